@@ -1,0 +1,26 @@
+# Fresh machine: `make demo` (install, train and score the demo gallery) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo/gallery/labels.csv: | $(STAMP)
+	$(PY) -m beholder.demo demo/gallery --count 400
+
+demo: $(STAMP) demo/gallery/labels.csv
+	$(PY) train.py experiment=demo trainer.enable_progress_bar=false
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs demo .pytest_cache

@@ -1,0 +1,196 @@
+"""Images from a gallery (local or S3) into batches: datasets, transforms and the training DataModule."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnreadableImage, decode_image
+from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
+from beholder.storage import Store, check_uri, join
+
+log = logging.getLogger(__name__)
+
+
+def build_transform(data_config: dict, train: bool, augment: dict | None = None) -> T.Compose:
+    """Resize to the network's input size; on training batches also flip, crop and jitter.
+
+    The crop keeps the input's aspect ratio (a panorama stays a panorama) and covers at least
+    ``augment.min_crop`` of it.
+    """
+    _, height, width = data_config["input_size"]
+    interpolation = InterpolationMode(data_config.get("interpolation", "bilinear"))
+    steps = [T.ToImage(), T.Resize((height, width), interpolation=interpolation, antialias=True)]
+    if train:
+        augment = augment or {}
+        aspect = width / height
+        steps += [
+            T.RandomResizedCrop(
+                (height, width),
+                scale=(augment.get("min_crop", 0.7), 1.0),
+                ratio=(aspect * 0.9, aspect / 0.9),
+                interpolation=interpolation,
+                antialias=True,
+            ),
+            T.RandomHorizontalFlip(),
+        ]
+        jitter = augment.get("jitter", 0.1)
+        if jitter:
+            steps.append(T.ColorJitter(brightness=jitter, contrast=jitter))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])]
+    return T.Compose(steps)
+
+
+class GalleryDataset(Dataset):
+    """Images under ``root`` by relative path. An unreadable file yields its reason, not an error.
+
+    ``targets`` (optional) gives each image's (tier, regression target).
+    """
+
+    def __init__(self, root, images, store, transform, targets=None, max_pixels=DEFAULT_MAX_PIXELS):
+        self.root, self.images, self.store, self.transform = root, list(images), store, transform
+        self.targets, self.max_pixels = targets, max_pixels
+        size = transform.transforms[1].size if transform is not None else None  # (H, W) of the Resize step
+        self.min_size = (size[1], size[0]) if size else None
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        sample = {"index": index, "image_path": image}
+        try:
+            picture = decode_image(self.store.read(join(self.root, image)), self.max_pixels, self.min_size)
+        except (UnreadableImage, OSError) as error:
+            return {**sample, "error": str(error) or type(error).__name__}
+        sample["image"] = self.transform(picture)
+        if self.targets is not None:
+            sample["tier"], sample["target"] = self.targets[index]
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack the good samples; list the bad ones under ``skipped`` as (image path, reason)."""
+    good = [s for s in samples if "error" not in s]
+    batch = {"skipped": [(s["image_path"], s["error"]) for s in samples if "error" in s]}
+    batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
+    batch["image_path"] = [s["image_path"] for s in good]
+    if good:
+        batch["image"] = torch.stack([s["image"] for s in good])
+        if "tier" in good[0]:
+            batch["tier"] = torch.tensor([s["tier"] for s in good], dtype=torch.long)
+            batch["target"] = torch.tensor([s["target"] for s in good], dtype=torch.float32)
+    return batch
+
+
+def tier_weights(tiers: list[int], strength: float) -> list[float]:
+    """Sampling weights that draw rare tiers more: ``strength`` 1 evens tiers out, 0 leaves them."""
+    counts = Counter(tiers)
+    return [(1.0 / counts[t]) ** strength for t in tiers]
+
+
+class GalleryDataModule(pl.LightningDataModule):
+    """A labelled gallery split into train/val/test. ``root`` and ``labels`` are local or s3:// URIs."""
+
+    def __init__(
+        self,
+        root: str,
+        labels: str,
+        score_column: str | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        image_size: list[int] | None = None,
+        oversample: bool = True,
+        oversample_strength: float = 1.0,
+        augment: dict | None = None,
+        on_missing: str = "error",
+        endpoint_url: str | None = None,
+        cache_dir: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        super().__init__()
+        self.root = check_uri(root, "data.root")
+        self.labels_uri = check_uri(labels, "data.labels")
+        self.score_column = score_column or None
+        self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
+        self.image_size = list(image_size) if image_size else None
+        self.oversample, self.oversample_strength = oversample, oversample_strength
+        self.augment, self.on_missing, self.max_pixels = dict(augment or {}), on_missing, max_pixels
+        self.store = Store(endpoint_url, cache_dir)
+        self.splits: dict[str, list[Label]] | None = None
+        self.data_config: dict | None = None  # the network's input size and normalisation
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        try:
+            text = self.store.read(self.labels_uri).decode("utf-8-sig")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"data.labels: no such file {self.labels_uri}") from None
+        labels = parse_labels(text, self.labels_uri, self.score_column)
+        try:
+            available = set(self.store.list(self.root))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"data.root: no such folder {self.root}") from None
+        labels = drop_missing(labels, available, self.root, self.on_missing)
+        self.splits = split_labels(labels, self.seed)
+        for name, rows in self.splits.items():
+            if not rows:
+                raise ValueError(f"{self.labels_uri}: the {name} split is empty ({len(labels)} labelled images)")
+        counts = {name: dict(sorted(Counter(lb.tier for lb in rows).items())) for name, rows in self.splits.items()}
+        log.info("labels %s: tiers per split %s", self.labels_uri, counts)
+
+    def regression_stats(self) -> dict:
+        self.setup()
+        return regression_stats(self.splits["train"])
+
+    def dataset(self, split: str, train: bool) -> GalleryDataset:
+        if self.data_config is None:
+            raise RuntimeError("GalleryDataModule.data_config is not set: give it the network's data config")
+        rows = self.splits[split]
+        tier_values = regression_stats(self.splits["train"])["tier_values"]
+        return GalleryDataset(
+            self.root,
+            [lb.image for lb in rows],
+            self.store,
+            build_transform(self.data_config, train, self.augment),
+            targets=[(lb.tier, target_of(lb, tier_values)) for lb in rows],
+            max_pixels=self.max_pixels,
+        )
+
+    def _loader(self, dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train=True)
+        if not self.oversample:
+            return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+        weights = tier_weights([lb.tier for lb in self.splits["train"]], self.oversample_strength)
+        generator = torch.Generator().manual_seed(self.seed)
+        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        return self._loader(dataset, sampler=sampler, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val", train=False))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test", train=False))
+
+
+def list_gallery(store: Store, root: str) -> list[str]:
+    """Every image file under ``root`` (jpg, jpeg, png, webp, tif; any case), sorted."""
+    return store.list(root, IMAGE_SUFFIXES)

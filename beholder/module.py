@@ -1,0 +1,121 @@
+"""The LightningModule: loss, metrics, optimiser and the keep threshold around a :class:`ScoreNet`."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from beholder.metrics import GalleryMetrics
+from beholder.model import ScoreNet
+
+CHECKPOINT_FORMAT = 1
+
+
+class IncompatibleCheckpoint(ValueError):
+    pass
+
+
+class BeholderModule(pl.LightningModule):
+    """Trains a :class:`ScoreNet` and remembers the score that kept every top-tier validation image.
+
+    All arguments are plain dicts/lists (no pickled objects), so ``load_checkpoint`` rebuilds the
+    model from a checkpoint alone with ``weights_only=True``.
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        head: dict,
+        optimizer: dict,
+        image_size: list[int] | None = None,
+        score_column: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = ScoreNet(backbone, head, image_size)
+        self.metrics = nn.ModuleDict({stage: GalleryMetrics(self.net.head.positive_tier) for stage in ("val", "test")})
+        self.register_buffer("keep_threshold", torch.tensor(math.nan, dtype=torch.float64))
+
+    def forward(self, images):
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx):
+        if "image" not in batch:  # every image of this batch was unreadable
+            return None
+        loss = self.net.head.loss(self.net(batch["image"]), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _evaluate(self, batch, stage):
+        if "image" not in batch:
+            return None
+        outputs = self.net(batch["image"])
+        head = self.net.head
+        scores, tiers = head.score(outputs), head.tier(outputs)
+        values = batch["target"] if self.hparams.score_column else None
+        self.metrics[stage].update(scores, batch["tier"], tiers, values)
+        self.log(f"{stage}/loss", head.loss(outputs, batch), batch_size=len(scores), sync_dist=True)
+        return {"scores": scores, "pred_tiers": tiers}
+
+    def validation_step(self, batch, batch_idx):
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._evaluate(batch, "test")
+
+    def _log_epoch(self, stage):
+        results = self.metrics[stage].compute()
+        threshold = results.pop("keep_threshold")
+        if stage == "val" and not math.isnan(float(threshold)):
+            self.keep_threshold.fill_(float(threshold))
+        self.log_dict({f"{stage}/{name}": value for name, value in results.items()})
+        if stage == "val":
+            self.log("val_gr", results["gallery_reduction"], prog_bar=True, logger=False)
+        self.metrics[stage].reset()
+
+    def on_validation_epoch_end(self):
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self):
+        self._log_epoch("test")
+
+    def predict_step(self, batch, batch_idx):
+        result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"]}
+        if "image" in batch:
+            outputs = self.net(batch["image"])
+            head = self.net.head
+            result.update(scores=head.score(outputs), tiers=head.tier(outputs))
+            if hasattr(head, "probabilities"):
+                result["probabilities"] = head.probabilities(outputs)
+        return result
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return instantiate(self.hparams.optimizer)(params)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["beholder_format"] = CHECKPOINT_FORMAT
+
+
+def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
+    """Rebuild the model from a checkpoint file alone; never runs code stored in the file."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ckpt_path: no such file {path}") from None
+    except Exception as error:
+        raise IncompatibleCheckpoint(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    found = checkpoint.get("beholder_format") if isinstance(checkpoint, dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise IncompatibleCheckpoint(
+            f"ckpt_path={path}: checkpoint format {found!r}, this beholder reads format {CHECKPOINT_FORMAT}"
+        )
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
+    module = BeholderModule(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()

@@ -1,0 +1,141 @@
+"""Where files live: a local folder or an ``s3://bucket/prefix``, behind one small interface.
+
+A :class:`Store` is picklable and safe to hand to DataLoader workers: each process creates its own
+boto3 client on first use (boto3 clients must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+S3_PREFIX = "s3://"
+_S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith(S3_PREFIX)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
+    bucket, _, key = str(uri)[len(S3_PREFIX):].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI without a bucket: {uri!r}")
+    return bucket, key
+
+
+def check_uri(uri: str, option: str) -> str:
+    """A local path or s3:// URI, ``~`` expanded; any other scheme is refused naming ``option``."""
+    uri = str(uri)
+    if "://" in uri and not is_s3(uri):
+        scheme = uri.split("://", 1)[0]
+        raise ValueError(f"{option}={uri!r}: unknown URI scheme {scheme!r} (use a local path or s3://bucket/prefix)")
+    return uri if is_s3(uri) else os.path.expanduser(uri)
+
+
+def join(root: str, relative: str) -> str:
+    if is_s3(root):
+        return root.rstrip("/") + "/" + relative.lstrip("/")
+    return os.path.join(root, relative)
+
+
+class Store:
+    """Reads, lists and writes local paths and S3 URIs.
+
+    ``endpoint_url`` points boto3 at an S3-compatible store (boto3 also honours
+    ``AWS_ENDPOINT_URL``); credentials come from boto3's usual chain. With ``cache_dir``, S3
+    objects are kept on local disk after the first read, so later epochs do not download again.
+    """
+
+    def __init__(self, endpoint_url: str | None = None, cache_dir: str | None = None):
+        self.endpoint_url = endpoint_url or None
+        self.cache_dir = os.path.expanduser(cache_dir) if cache_dir else None
+        self._client = None
+        self._client_pid = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None, "_client_pid": None}
+
+    @property
+    def s3(self):
+        if self._client is None or self._client_pid != os.getpid():
+            self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=_S3_RETRIES)
+            self._client_pid = os.getpid()
+        return self._client
+
+    def read(self, uri: str) -> bytes:
+        if not is_s3(uri):
+            return Path(uri).read_bytes()
+        bucket, key = split_s3(uri)
+        cached = os.path.join(self.cache_dir, bucket, key) if self.cache_dir else None
+        if cached and os.path.exists(cached):
+            return Path(cached).read_bytes()
+        try:
+            data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                raise FileNotFoundError(uri) from None
+            raise
+        if cached:
+            write_local_atomically(cached, data)
+        return data
+
+    def list(self, root: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+        """Paths under ``root`` relative to it, sorted; only those ending in ``suffixes`` (any case)."""
+        if is_s3(root):
+            bucket, prefix = split_s3(root)
+            prefix = prefix.rstrip("/") + "/" if prefix else ""
+            names = []
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+        else:
+            if not os.path.isdir(root):
+                raise FileNotFoundError(f"no such folder: {root}")
+            names = [
+                os.path.relpath(os.path.join(folder, name), root)
+                for folder, _, files in os.walk(root)
+                for name in files
+            ]
+        if suffixes:
+            names = [n for n in names if n.lower().endswith(suffixes)]
+        return sorted(names)
+
+    def exists(self, uri: str) -> bool:
+        if not is_s3(uri):
+            return os.path.exists(uri)
+        bucket, key = split_s3(uri)
+        try:
+            self.s3.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+
+    def write(self, uri: str, data: bytes) -> None:
+        """Whole-or-nothing: a reader never sees a half-written file."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.s3.put_object(Bucket=bucket, Key=key, Body=data)
+        else:
+            write_local_atomically(uri, data)
+
+
+def write_local_atomically(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

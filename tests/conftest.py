@@ -1,0 +1,109 @@
+"""Shared fixtures: small generated galleries, composed configs and a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+TINY = [
+    "backbone.name=test_efficientnet",
+    "backbone.pretrained=false",
+    "data.image_size=[32,64]",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def make_gallery(folder: Path, count: int = 60, size=(64, 32), seed: int = 0, split_column=False) -> Path:
+    """``count`` small images whose brightness grows with their tier; ``labels.csv`` beside them.
+
+    Tiers roughly 50/30/10/10 % so that every split holds top-tier images.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    tiers = np.array([0] * (count // 2) + [1] * (count * 3 // 10) + [2] * (count // 10))
+    tiers = np.concatenate([tiers, [3] * (count - len(tiers))])
+    rows = []
+    for i, tier in enumerate(rng.permutation(tiers)):
+        level = 40 + 60 * int(tier) + rng.integers(0, 20)
+        pixels = np.clip(rng.normal(level, 10, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        name = f"sub{i % 3}/img_{i:03d}.jpg"
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(folder / name)
+        row = {"image": name, "tier": int(tier), "beauty_mean": round(1 + level / 50, 3)}
+        if split_column:
+            row["split"] = ("train", "train", "train", "val", "test")[i % 5]
+        rows.append(row)
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def gallery(tmp_path) -> Path:
+    return make_gallery(tmp_path / "gallery")
+
+
+@pytest.fixture
+def tiny_cfg(gallery, tmp_path):
+    def build(*overrides):
+        return compose_train(
+            TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={tmp_path}/run", *overrides]
+        )
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1, reached by boto3 over HTTP like any S3-compatible store."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh bucket; returns (client, bucket name)."""
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    name = "beholder-" + request.node.name.lower().replace("_", "-")[:40]
+    client.create_bucket(Bucket=name)
+    return client, name
+
+
+def upload_folder(client, bucket: str, folder: Path, prefix: str) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+PYTHON = sys.executable

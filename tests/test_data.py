@@ -1,0 +1,179 @@
+import io
+import struct
+import zlib
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from beholder.data import GalleryDataModule, GalleryDataset, build_transform, collate, tier_weights
+from beholder.images import UnreadableImage, decode_image
+from beholder.labels import LabelsError, parse_labels, regression_stats, split_labels, tier_midpoints
+from beholder.storage import Store, check_uri
+
+DATA_CONFIG = {"input_size": (3, 32, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
+
+
+def encode(image: Image.Image, fmt="PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+def test_labels_missing_column_is_named():
+    with pytest.raises(LabelsError, match=r"labels.csv: missing column\(s\) \['tier'\]"):
+        parse_labels("image,score\na.jpg,1\n", "labels.csv")
+    with pytest.raises(LabelsError, match=r"missing column\(s\) \['beauty_mean'\]"):
+        parse_labels("image,tier\na.jpg,1\n", "labels.csv", score_column="beauty_mean")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("image,tier\na.jpg,1\nb.jpg,7\n", "labels.csv line 3: tier 7 is outside 0..3"),
+        ("image,tier\na.jpg,one\n", "labels.csv line 2: tier 'one' is not an integer"),
+        ("image,tier\na.jpg,1\na.jpg,2\n", "line 3: image 'a.jpg' is listed twice"),
+        ("image,tier,split\na.jpg,1,holdout\n", "line 2: split 'holdout'"),
+        ("image,tier,beauty_mean\na.jpg,1,n/a\n", "line 2: beauty_mean 'n/a' is not a number"),
+        ("image,tier\n", "no rows"),
+    ],
+)
+def test_bad_labels_name_the_row(text, message):
+    with pytest.raises(LabelsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_labels(text, "labels.csv", score_column="beauty_mean" if "beauty" in text else None)
+
+
+def test_split_is_stratified_64_16_20_and_reproducible():
+    text = "image,tier\n" + "".join(f"{i}.jpg,{0 if i < 500 else 1 if i < 900 else 2 if i < 950 else 3}\n" for i in range(1000))
+    labels = parse_labels(text, "x")
+    splits = split_labels(labels, seed=3)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [640, 160, 200]
+    assert Counter(lb.tier for lb in splits["val"]) == {0: 80, 1: 64, 2: 8, 3: 8}
+    assert split_labels(labels, seed=3) == splits
+    assert split_labels(labels, seed=4)["val"] != splits["val"]
+
+
+def test_split_column_is_honoured():
+    labels = parse_labels("image,tier,split\na,0,test\nb,1,train\nc,3,val\n", "x")
+    assert {s: [lb.image for lb in rows] for s, rows in split_labels(labels, 0).items()} == {
+        "train": ["b"], "val": ["c"], "test": ["a"]
+    }
+
+
+def test_tier_midpoints_match_the_original_labels():
+    tiers = [0] * 576 + [1] * 374 + [2] * 32 + [3] * 18  # the original project's proportions
+    labels = parse_labels("image,tier\n" + "".join(f"{i},{t}\n" for i, t in enumerate(tiers)), "x")
+    assert tier_midpoints(labels) == pytest.approx([0.288, 0.763, 0.966, 0.991], abs=1e-3)
+    stats = regression_stats(labels)
+    assert stats["tier_values"] == tier_midpoints(labels)
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def test_decode_converts_odd_modes_to_rgb():
+    rgb = Image.new("RGB", (20, 10), (200, 30, 40))
+    for image in (rgb.convert("CMYK"), rgb.convert("L"), rgb.convert("P"), rgb.convert("RGBA")):
+        fmt = "JPEG" if image.mode == "CMYK" else "PNG"
+        out = decode_image(encode(image, fmt))
+        assert out.mode == "RGB" and out.size == (20, 10)
+    sixteen = Image.fromarray(np.full((10, 20), 40000, dtype=np.uint16))
+    pixel = decode_image(encode(sixteen)).getpixel((0, 0))
+    assert pixel[0] == pixel[1] == pixel[2] and 150 < pixel[0] < 160  # 40000/65535 of white, not clipped
+
+
+def test_decode_applies_exif_rotation():
+    image = Image.new("RGB", (40, 10), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    assert decode_image(encode(image, "JPEG", exif=exif)).size == (10, 40)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"this is a text file", "UnidentifiedImageError"),
+        (encode(Image.new("RGB", (200, 200)), "JPEG")[:300], "(?i)truncated"),
+    ],
+)
+def test_unreadable_files_say_why(data, reason):
+    with pytest.raises(UnreadableImage, match=reason):
+        decode_image(data)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused_before_decoding():
+    bomb = png_declaring(30000, 30000)
+    assert len(bomb) < 200
+    with pytest.raises(UnreadableImage, match="pixels"):
+        decode_image(bomb)
+    with pytest.raises(UnreadableImage, match="5000x5000 pixels is more than the limit of 1000000"):
+        decode_image(png_declaring(5000, 5000), max_pixels=1_000_000)
+
+
+def test_unknown_uri_scheme_is_refused():
+    with pytest.raises(ValueError, match=r"data.root='gs://b/x': unknown URI scheme 'gs'"):
+        check_uri("gs://b/x", "data.root")
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+def test_unreadable_images_are_skipped_in_batches(gallery):
+    (gallery / "broken.jpg").write_bytes(b"not an image")
+    images = ["sub0/img_000.jpg", "broken.jpg", "sub1/img_001.jpg", "gone.jpg"]
+    dataset = GalleryDataset(str(gallery), images, Store(), build_transform(DATA_CONFIG, train=False))
+    batch = next(iter(DataLoader(dataset, batch_size=4, collate_fn=collate)))
+    assert batch["image"].shape == (2, 3, 32, 64)
+    assert batch["image_path"] == ["sub0/img_000.jpg", "sub1/img_001.jpg"]
+    assert [name for name, _ in batch["skipped"]] == ["broken.jpg", "gone.jpg"]
+
+
+def test_training_augmentation_keeps_shape_and_evaluation_is_deterministic():
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (237, 1820, 3), dtype=np.uint8))
+    config = {**DATA_CONFIG, "input_size": (3, 48, 368)}
+    train, evaluate = build_transform(config, True), build_transform(config, False)
+    assert train(picture).shape == (3, 48, 368)
+    assert not torch.equal(train(picture), train(picture))
+    assert torch.equal(evaluate(picture), evaluate(picture))
+
+
+def test_oversampling_evens_out_tiers(gallery):
+    tiers = [0] * 500 + [1] * 300 + [2] * 30 + [3] * 10
+    sampled = torch.multinomial(torch.tensor(tier_weights(tiers, 1.0)), 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    shares = Counter(tiers[i] for i in sampled.tolist())
+    assert all(abs(shares[t] / 20000 - 0.25) < 0.02 for t in range(4))
+    assert tier_weights(tiers, 0.0) == [1.0] * len(tiers)
+
+    datamodule = GalleryDataModule(str(gallery), str(gallery / "labels.csv"), batch_size=4, num_workers=0)
+    datamodule.setup()
+    datamodule.data_config = DATA_CONFIG
+    drawn = Counter(t for batch in datamodule.train_dataloader() for t in batch["tier"].tolist())
+    assert drawn[3] > 0.15 * sum(drawn.values())  # 10 % of the labels, about 25 % of the draws
+
+
+def test_missing_images_stop_setup_or_are_dropped(gallery):
+    labels = gallery / "labels.csv"
+    labels.write_text(labels.read_text() + "nowhere/a.jpg,1,2.0\nnowhere/b.jpg,0,2.0\n")
+    with pytest.raises(LabelsError, match=r"2 of 62 images in the labels are not under .*first: nowhere/a.jpg, nowhere/b.jpg.*on_missing=skip"):
+        GalleryDataModule(str(gallery), str(labels)).setup()
+    datamodule = GalleryDataModule(str(gallery), str(labels), on_missing="skip")
+    datamodule.setup()
+    assert sum(len(rows) for rows in datamodule.splits.values()) == 60
+
+
+def test_missing_labels_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.labels: no such file"):
+        GalleryDataModule(str(tmp_path), str(tmp_path / "nope.csv")).setup()

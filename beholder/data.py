@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnreadableImage, decode_image
 from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
 from beholder.storage import Store, check_uri, join
@@ -133,17 +134,17 @@ class GalleryDataModule(pl.LightningDataModule):
         try:
             text = self.store.read(self.labels_uri).decode("utf-8-sig")
         except FileNotFoundError:
-            raise FileNotFoundError(f"data.labels: no such file {self.labels_uri}") from None
+            raise MissingInput(f"data.labels: no such file {self.labels_uri}") from None
         labels = parse_labels(text, self.labels_uri, self.score_column)
         try:
             available = set(self.store.list(self.root))
         except FileNotFoundError:
-            raise FileNotFoundError(f"data.root: no such folder {self.root}") from None
+            raise MissingInput(f"data.root: no such folder {self.root}") from None
         labels = drop_missing(labels, available, self.root, self.on_missing)
         self.splits = split_labels(labels, self.seed)
         for name, rows in self.splits.items():
             if not rows:
-                raise ValueError(f"{self.labels_uri}: the {name} split is empty ({len(labels)} labelled images)")
+                raise UserError(f"{self.labels_uri}: the {name} split is empty ({len(labels)} labelled images)")
         counts = {name: dict(sorted(Counter(lb.tier for lb in rows).items())) for name, rows in self.splits.items()}
         log.info("labels %s: tiers per split %s", self.labels_uri, counts)
 

@@ -9,6 +9,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from beholder.errors import UserError
+
 NUM_TIERS = 4
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
@@ -16,7 +18,7 @@ SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
 log = logging.getLogger(__name__)
 
 
-class LabelsError(ValueError):
+class LabelsError(UserError, ValueError):
     """The labels file cannot be used as it is; the message names the file, column or row."""
 
 

@@ -34,7 +34,7 @@ class GalleryMetrics(Metric):
 
     ``update(scores, tiers, pred_tiers, values=None)``; ``compute()`` gives a dict: F2 and
     accuracy of the decision "tier >= positive_tier", Spearman with the tier (and with the score column),
-    gallery reduction at 100 % and 95 % recall, and the keep threshold at 100 % recall.
+    gallery reduction at 100 % and 95 % recall.
     """
 
     full_state_update = False
@@ -66,11 +66,15 @@ class GalleryMetrics(Metric):
             "spearman_tier": _spearman(scores, tiers),
             "gallery_reduction": torch.tensor(gallery_reduction(scores, positives, 1.0)),
             "gallery_reduction_95": torch.tensor(gallery_reduction(scores, positives, 0.95)),
-            "keep_threshold": torch.tensor(keep_threshold(scores, positives, 1.0)),
         }
         if len(self.values):  # a list before a DDP sync, a tensor after it
             result["spearman_value"] = _spearman(scores, self._cat(self.values))
         return result
+
+    def positive_scores(self) -> torch.Tensor:
+        """Scores of the images in ``positive_tier`` or above, best first."""
+        scores, tiers = self._cat(self.scores), self._cat(self.tiers)
+        return scores[tiers >= self.positive_tier].sort(descending=True).values
 
     def confusion_matrix(self) -> torch.Tensor:
         return multiclass_confusion_matrix(self._cat(self.pred_tiers), self._cat(self.tiers), NUM_TIERS)

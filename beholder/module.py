@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import math
-
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from beholder.metrics import GalleryMetrics
+from beholder.errors import MissingInput, UserError
+from beholder.metrics import GalleryMetrics, keep_threshold
 from beholder.model import ScoreNet
 
 CHECKPOINT_FORMAT = 1
 
 
-class IncompatibleCheckpoint(ValueError):
+class IncompatibleCheckpoint(UserError, ValueError):
     pass
 
 
 class BeholderModule(pl.LightningModule):
-    """Trains a :class:`ScoreNet` and remembers the score that kept every top-tier validation image.
+    """Trains a :class:`ScoreNet` and remembers the scores of the top-tier validation images, so
+    that prediction can set the threshold that keeps all (or a given share) of them.
 
     All arguments are plain dicts/lists (no pickled objects), so ``load_checkpoint`` rebuilds the
     model from a checkpoint alone with ``weights_only=True``.
@@ -38,7 +38,7 @@ class BeholderModule(pl.LightningModule):
         self.save_hyperparameters()
         self.net = ScoreNet(backbone, head, image_size)
         self.metrics = nn.ModuleDict({stage: GalleryMetrics(self.net.head.positive_tier) for stage in ("val", "test")})
-        self.register_buffer("keep_threshold", torch.tensor(math.nan, dtype=torch.float64))
+        self.val_positive_scores = torch.empty(0)
 
     def forward(self, images):
         return self.net(images)
@@ -69,9 +69,8 @@ class BeholderModule(pl.LightningModule):
 
     def _log_epoch(self, stage):
         results = self.metrics[stage].compute()
-        threshold = results.pop("keep_threshold")
-        if stage == "val" and not math.isnan(float(threshold)):
-            self.keep_threshold.fill_(float(threshold))
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.val_positive_scores = self.metrics[stage].positive_scores().cpu()
         self.log_dict({f"{stage}/{name}": value for name, value in results.items()})
         if stage == "val":
             self.log("val_gr", results["gallery_reduction"], prog_bar=True, logger=False)
@@ -97,8 +96,17 @@ class BeholderModule(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         return instantiate(self.hparams.optimizer)(params)
 
+    def keep_threshold(self, recall: float = 1.0) -> float:
+        """The score that kept ``recall`` of the top-tier validation images (NaN before validation)."""
+        scores = self.val_positive_scores
+        return keep_threshold(scores, torch.ones_like(scores, dtype=torch.bool), recall)
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["beholder_format"] = CHECKPOINT_FORMAT
+        checkpoint["val_positive_scores"] = self.val_positive_scores.tolist()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
@@ -106,7 +114,7 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"ckpt_path: no such file {path}") from None
+        raise MissingInput(f"ckpt_path: no such file {path}") from None
     except Exception as error:
         raise IncompatibleCheckpoint(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
     found = checkpoint.get("beholder_format") if isinstance(checkpoint, dict) else None
@@ -118,4 +126,5 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
     hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
     module = BeholderModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
     return module.eval()

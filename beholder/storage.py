@@ -14,6 +14,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from beholder.errors import UserError
+
 S3_PREFIX = "s3://"
 _S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60)
 
@@ -26,7 +28,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
     bucket, _, key = str(uri)[len(S3_PREFIX):].partition("/")
     if not bucket:
-        raise ValueError(f"S3 URI without a bucket: {uri!r}")
+        raise UserError(f"S3 URI without a bucket: {uri!r}")
     return bucket, key
 
 
@@ -35,7 +37,7 @@ def check_uri(uri: str, option: str) -> str:
     uri = str(uri)
     if "://" in uri and not is_s3(uri):
         scheme = uri.split("://", 1)[0]
-        raise ValueError(f"{option}={uri!r}: unknown URI scheme {scheme!r} (use a local path or s3://bucket/prefix)")
+        raise UserError(f"{option}={uri!r}: unknown URI scheme {scheme!r} (use a local path or s3://bucket/prefix)")
     return uri if is_s3(uri) else os.path.expanduser(uri)
 
 

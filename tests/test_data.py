@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from beholder.data import GalleryDataModule, GalleryDataset, build_transform, collate, tier_weights
+from beholder.errors import UserError
 from beholder.images import UnreadableImage, decode_image
 from beholder.labels import LabelsError, parse_labels, regression_stats, split_labels, tier_midpoints
 from beholder.storage import Store, check_uri
@@ -125,7 +126,7 @@ def test_decompression_bomb_refused_before_decoding():
 
 
 def test_unknown_uri_scheme_is_refused():
-    with pytest.raises(ValueError, match=r"data.root='gs://b/x': unknown URI scheme 'gs'"):
+    with pytest.raises(UserError, match=r"data.root=.gs://b/x.: unknown URI scheme .gs."):
         check_uri("gs://b/x", "data.root")
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 from timm.data import ImageNetInfo
 
 from beholder.data import build_transform
+from beholder.errors import UserError
 from beholder.metrics import GalleryMetrics, gallery_reduction, keep_threshold
 from beholder.model import (
     PYPI_WEIGHTS,
@@ -60,7 +61,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     assert torch.equal(loaded.conv1[0].weight, source.conv1[0].weight)
     with pytest.raises(FileNotFoundError, match="backbone.weights='nope.pth'"):
         create_backbone("test_resnet", weights="nope.pth")
-    with pytest.raises(ValueError, match="backbone.name='no_such_net' is not a timm model"):
+    with pytest.raises(UserError, match="backbone.name='no_such_net' is not a timm model"):
         create_backbone("no_such_net")
 
 

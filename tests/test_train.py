@@ -38,7 +38,8 @@ def test_fast_training_run_for_each_head(tiny_cfg, tmp_path, head, extra):
 
     module = load_checkpoint(str(run / "checkpoints" / "best.ckpt"))  # the checkpoint alone rebuilds the model
     assert type(module.net.head).__name__ == {"softmax": "SoftmaxHead", "regression": "RegressionHead"}[head]
-    assert not math.isnan(float(module.keep_threshold))
+    assert not math.isnan(module.keep_threshold(1.0))
+    assert module.keep_threshold(0.5) >= module.keep_threshold(1.0)
     assert module.net(torch.zeros(2, 3, 32, 64)).shape[0] == 2
 
 

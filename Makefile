@@ -18,6 +18,8 @@ demo/gallery/labels.csv: | $(STAMP)
 
 demo: $(STAMP) demo/gallery/labels.csv
 	$(PY) train.py experiment=demo trainer.enable_progress_bar=false
+	$(PY) predict.py ckpt_path=$$(ls -td outputs/demo/*/checkpoints/best.ckpt | head -1) \
+		gallery=demo/gallery output=outputs/demo/scored trainer.enable_progress_bar=false
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -26,5 +26,5 @@ def exit_on_user_error():
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        print(f"beholder: error: {cause}", file=sys.stderr, flush=True)
+        print("beholder: error: " + " ".join(str(cause).split()), file=sys.stderr, flush=True)
         sys.exit(2)

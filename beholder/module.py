@@ -122,9 +122,12 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
         raise IncompatibleCheckpoint(
             f"ckpt_path={path}: checkpoint format {found!r}, this beholder reads format {CHECKPOINT_FORMAT}"
         )
-    hparams = dict(checkpoint["hyper_parameters"])
-    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
-    module = BeholderModule(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
+    try:
+        hparams = dict(checkpoint["hyper_parameters"])
+        hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
+        module = BeholderModule(**hparams)
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise IncompatibleCheckpoint(f"ckpt_path={path}: does not fit this version of beholder ({error})") from None
     module.on_load_checkpoint(checkpoint)
     return module.eval()

@@ -17,6 +17,8 @@ from botocore.exceptions import ClientError
 from beholder.errors import UserError
 
 S3_PREFIX = "s3://"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60)
 
 
@@ -120,6 +122,13 @@ class Store:
                 return False
             raise
 
+    def delete(self, uri: str) -> None:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.s3.delete_object(Bucket=bucket, Key=key)
+        elif os.path.exists(uri):
+            os.remove(uri)
+
     def write(self, uri: str, data: bytes) -> None:
         """Whole-or-nothing: a reader never sees a half-written file."""
         if is_s3(uri):
@@ -136,6 +145,7 @@ def write_local_atomically(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,200 @@
+"""predict(cfg): score every image of a gallery, decide keep/reject, write the results."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import time
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from beholder.data import GalleryDataset, build_transform, collate, list_gallery
+from beholder.errors import MissingInput, UserError
+from beholder.module import BeholderModule, load_checkpoint
+from beholder.report import highlights_html, scores_csv, skipped_csv, star_rating, xmp_sidecar
+from beholder.shards import ShardWriter, read_shards
+from beholder.storage import Store, check_uri, is_s3, join
+
+THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
+# Scores are recomputed in other batch sizes than at validation; count float noise as a tie.
+SCORE_TOLERANCE = 1e-6
+
+
+class Incomplete(UserError):
+    """Not every image was processed (an interrupted or limited run); a rerun finishes the rest."""
+
+
+def check_threshold_options(cfg: DictConfig) -> None:
+    given = [name for name in THRESHOLD_OPTIONS if cfg.get(name) is not None]
+    if len(given) > 1:
+        raise UserError(f"give at most one of {', '.join(THRESHOLD_OPTIONS)} (got {', '.join(given)})")
+    for name in ("keep_recall", "keep_top"):
+        value = cfg.get(name)
+        if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+            raise UserError(f"{name}={value!r}: give a share in (0, 1]")
+    if cfg.get("threshold") is not None and not isinstance(cfg.threshold, (int, float)):
+        raise UserError(f"threshold={cfg.threshold!r}: give a number")
+
+
+def mark_kept(cfg: DictConfig, module: BeholderModule, ranked: list[dict]) -> tuple[float, str]:
+    """Set each row's ``keep``; returns the threshold and where it came from. ``ranked``: best first."""
+    if cfg.get("keep_top") is not None:
+        count = max(math.ceil(float(cfg.keep_top) * len(ranked) - 1e-9), 1)  # exactly this many, ties or not
+        for row in ranked:
+            row["keep"] = row["rank"] <= count
+        return ranked[count - 1]["score"], f"keep_top={cfg.keep_top} of this gallery"
+    threshold, source = score_threshold(cfg, module)
+    for row in ranked:
+        row["keep"] = row["score"] >= threshold - SCORE_TOLERANCE
+    return threshold, source
+
+
+def score_threshold(cfg: DictConfig, module: BeholderModule) -> tuple[float, str]:
+    if cfg.get("threshold") is not None:
+        return float(cfg.threshold), f"threshold={cfg.threshold}"
+    recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
+    threshold = module.keep_threshold(recall)
+    if math.isnan(threshold):
+        raise UserError(f"ckpt_path={cfg.ckpt_path} holds no validation scores; give threshold=, keep_top= or keep_recall= on a validated checkpoint")
+    tiers = f"tier >= {module.net.head.positive_tier}"
+    return threshold, f"checkpoint: keeps {recall:.0%} of the {tiers} validation images"
+
+
+def partial_folder(output: str) -> str:
+    """Where results accumulate before the final files are written: beside them for a local
+    output, in the user's cache for an S3 one."""
+    if not is_s3(output):
+        return os.path.join(output, ".beholder-partial")
+    digest = hashlib.sha1(output.encode()).hexdigest()[:16]
+    return os.path.join(os.path.expanduser("~/.cache/beholder/partial"), digest)
+
+
+def check_writable(store: Store, output: str, partial: str) -> None:
+    probe = join(output, ".beholder-write-check")
+    try:
+        os.makedirs(partial, exist_ok=True)
+        store.write(probe, b"ok")
+        store.delete(probe)
+    except Exception as error:
+        raise UserError(f"output={output}: cannot write there ({type(error).__name__}: {error})") from None
+
+
+def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str], partial: str) -> bool:
+    """Score ``images`` into shards under ``partial``; True on the process that should finish up."""
+    dataset = GalleryDataset(gallery, images, store, build_transform(module.net.data_config, train=False))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
+    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial)], logger=False)
+    trainer.predict(module, loader, return_predictions=False)
+    trainer.strategy.barrier()
+    return trainer.is_global_zero
+
+
+def predict(cfg: DictConfig) -> dict | None:
+    """Returns the summary (None on the other processes of a multi-process run)."""
+    gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
+    check_threshold_options(cfg)
+    module = load_checkpoint(os.path.expanduser(str(cfg.ckpt_path)))
+    store = Store(cfg.endpoint_url)
+    try:
+        images = list_gallery(store, gallery)
+    except FileNotFoundError:
+        raise MissingInput(f"gallery={gallery}: no such folder") from None
+    if not images:
+        raise UserError(f"gallery={gallery}: no images (jpg, jpeg, png, webp, tif) found")
+    partial = partial_folder(output)
+    check_writable(store, output, partial)
+
+    done, _ = read_shards(partial)
+    todo = [image for image in images if image not in done]
+    started = time.perf_counter()
+    if todo and not score_gallery(cfg, module, store, gallery, todo, partial):
+        return None
+    seconds = time.perf_counter() - started
+
+    found = set(images)
+    scored, skipped = read_shards(partial)
+    scored = {image: row for image, row in scored.items() if image in found}
+    skipped = {image: reason for image, reason in skipped.items() if image in found}
+    if len(scored) + len(skipped) < len(images):
+        missing = len(images) - len(scored) - len(skipped)
+        raise Incomplete(f"{missing} of {len(images)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
+    ranked = sorted(scored.values(), key=lambda row: (-row["score"], row["image"]))
+    if not ranked:
+        raise UserError(f"gallery={gallery}: none of the {len(images)} files could be read (see the warnings)")
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    threshold, source = mark_kept(cfg, module, ranked)
+    kept = sum(row["keep"] for row in ranked)
+
+    summary = {
+        "found": len(images),
+        "scored": len(ranked),
+        "skipped": len(skipped),
+        "kept": kept,
+        "gallery_reduction": 1 - kept / len(ranked),
+        "threshold": threshold,
+        "threshold_source": source,
+        "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
+        "newly_scored": len(todo),
+        "output": output,
+    }
+    write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
+    shutil.rmtree(partial, ignore_errors=True)
+    print_summary(summary, ranked, skipped)
+    return summary
+
+
+def probability_names(module: BeholderModule) -> list[str]:
+    head = module.net.head
+    if not hasattr(head, "probabilities"):
+        return []
+    if head.num_classes == 4:
+        return [f"p_tier{t}" for t in range(4)]
+    return [f"p_tier_below{head.positive_tier}", f"p_tier{head.positive_tier}_up"]
+
+
+def write_results(cfg, module, store, gallery, output, ranked, skipped, summary) -> None:
+    store.write(join(output, "skipped.csv"), skipped_csv(skipped))
+    if cfg.xmp:
+        for row in ranked:
+            stem = os.path.splitext(row["image"])[0] + ".xmp"
+            beside = cfg.xmp_beside_images and not is_s3(gallery)
+            target = join(gallery, stem) if beside else join(output, "xmp/" + stem)
+            store.write(target, xmp_sidecar(star_rating(row["rank"], summary["kept"], row["keep"]), row["keep"], row["score"]))
+    count = cfg.highlights
+    kept = [row for row in ranked if row["keep"]]
+    rejected = [row for row in ranked if not row["keep"]]
+    sections = [
+        (f"Top {min(count, len(ranked))}", ranked[:count]),
+        ("Lowest-scoring kept", kept[-(count // 2):] if kept else []),
+        ("Highest-scoring rejected", rejected[: count // 2]),
+    ]
+    line = (
+        f"{summary['scored']} images scored, {summary['kept']} kept "
+        f"({summary['gallery_reduction']:.1%} of the gallery dropped); threshold {summary['threshold']:.4f} "
+        f"({summary['threshold_source']})"
+    )
+    store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line))
+    # scores.csv last: its presence says the run is complete
+    store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
+
+
+def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) -> None:
+    lines = [
+        "",
+        "beholder: gallery scored",
+        f"  images found    {summary['found']}",
+        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s)",
+        f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
+        f"  kept            {summary['kept']}  (gallery reduction {summary['gallery_reduction']:.1%})",
+        f"  threshold       {summary['threshold']:.4f}  ({summary['threshold_source']})",
+        f"  results         {join(summary['output'], 'scores.csv')}",
+        f"  contact sheet   {join(summary['output'], 'highlights.html')}",
+        "  top 10:",
+    ]
+    lines += [f"    {row['rank']:>3}. {row['score']:.4f}  {row['image']}" for row in ranked[:10]]
+    print("\n".join(lines), flush=True)

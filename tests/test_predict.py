@@ -1,0 +1,185 @@
+import csv
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+from beholder.data import GalleryDataModule
+from beholder.errors import UserError
+from beholder.predict import Incomplete, predict
+from beholder.report import star_rating
+from beholder.train import train
+
+from conftest import PYTHON, ROOT, compose_train, make_gallery, upload_folder, TINY
+
+PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained once for this module: (checkpoint path, gallery folder)."""
+    root = tmp_path_factory.mktemp("trained")
+    gallery = make_gallery(root / "gallery", count=60)
+    cfg = compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={root}/run"])
+    train(cfg)
+    return root / "run" / "checkpoints" / "best.ckpt", gallery
+
+
+def compose_predict(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="predict", overrides=PREDICT_FAST + overrides)
+
+
+def read_scores(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def copy_gallery(gallery, target):
+    shutil.copytree(gallery, target)
+    (target / "labels.csv").unlink()
+    return target
+
+
+def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = copy_gallery(gallery, tmp_path / "photos")
+    (photos / "broken.JPG").write_bytes(b"not a photo")
+    (photos / "notes.txt").write_text("not an image suffix: not even found")
+    (photos / "sub0" / "upper.PNG").write_bytes((photos / "sub0" / "img_000.jpg").read_bytes())
+    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
+
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    skipped = read_scores(tmp_path / "out" / "skipped.csv")
+    assert summary["found"] == 62 == len(rows) + len(skipped)
+    assert [row["image"] for row in skipped] == ["broken.JPG"] and skipped[0]["reason"]
+    assert "sub0/upper.PNG" in {row["image"] for row in rows}
+    scores = [float(row["score"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert [int(row["rank"]) for row in rows] == list(range(1, 62))
+    assert list(rows[0]) == ["image", "score", "tier", "p_tier_below2", "p_tier2_up", "keep", "rank"]
+    assert all(abs(float(r["p_tier2_up"]) - float(r["score"])) < 1e-3 for r in rows)
+    kept = [row for row in rows if row["keep"] == "true"]
+    assert summary["kept"] == len(kept) and rows[: len(kept)] == kept  # kept ones are the best ones
+
+    page = (tmp_path / "out" / "highlights.html").read_text()
+    assert page.count("<img src='data:image/jpeg;base64,") >= 6
+    for row in rows[:6]:
+        assert f"data-image='{row['image']}'" in page or f'data-image="{row["image"]}"' in page
+    assert "Highest-scoring rejected" in page and "Lowest-scoring kept" in page
+    assert not (tmp_path / "out" / ".beholder-partial").exists()
+
+
+def test_checkpoint_threshold_keeps_every_top_tier_validation_image(trained, tmp_path):
+    ckpt, gallery = trained
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
+    keep = {row["image"]: row["keep"] == "true" for row in read_scores(tmp_path / "out" / "scores.csv")}
+    datamodule = GalleryDataModule(str(gallery), str(gallery / "labels.csv"))  # the same seeded split
+    datamodule.setup()
+    top = [lb.image for lb in datamodule.splits["val"] if lb.tier >= 2]
+    assert top and all(keep[image] for image in top)
+
+
+def test_keep_top_and_threshold_options(trained, tmp_path):
+    ckpt, gallery = trained
+    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a", "keep_top=0.25"]))
+    assert summary["kept"] == 15 and summary["threshold_source"].startswith("keep_top=0.25")
+    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/b", "threshold=2.0"]))
+    assert summary["kept"] == 0
+    with pytest.raises(UserError, match="give at most one of keep_recall, threshold, keep_top"):
+        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/c", "keep_top=0.2", "threshold=0.5"]))
+    with pytest.raises(UserError, match=r"keep_recall=1.5: give a share in \(0, 1\]"):
+        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/c", "keep_recall=1.5"]))
+
+
+def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path):
+    ckpt, gallery = trained
+    args = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
+    with pytest.raises(Incomplete, match="44 of 60 images are not processed yet; rerun"):
+        predict(compose_predict(args + ["+trainer.limit_predict_batches=2"]))  # stops after 16 images
+    assert not (tmp_path / "out" / "scores.csv").exists()  # nothing posing as complete
+    shard = tmp_path / "out" / ".beholder-partial" / "scores-rank0.csv"
+    with open(shard, "a") as f:
+        f.write("sub1/img_099.jpg,0.5")  # a line cut short by a crash
+    summary = predict(compose_predict(args))
+    assert summary["newly_scored"] == 44
+    images = [row["image"] for row in read_scores(tmp_path / "out" / "scores.csv")]
+    assert len(images) == len(set(images)) == 60
+
+
+def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = copy_gallery(gallery, tmp_path / "photos")
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "keep_top=0.5"]))
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/"}
+    for row in (rows[0], rows[-1]):
+        sidecar = tmp_path / "out" / "xmp" / (os.path.splitext(row["image"])[0] + ".xmp")
+        description = ET.parse(sidecar).getroot().find("rdf:RDF/rdf:Description", ns)
+        rating = int(description.get(f"{{{ns['xmp']}}}Rating"))
+        assert rating == star_rating(int(row["rank"]), 30, row["keep"] == "true")
+    assert star_rating(1, 30, True) == 5 and star_rating(60, 30, False) == 1
+    assert not list(photos.rglob("*.xmp"))
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
+    assert len(list(photos.rglob("*.xmp"))) == 60
+
+
+def test_predict_from_and_to_s3(trained, tmp_path, s3_bucket, s3_endpoint, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ckpt, gallery = trained
+    client, bucket = s3_bucket
+    upload_folder(client, bucket, copy_gallery(gallery, tmp_path / "photos"), "panocam/2019")
+    summary = predict(compose_predict([
+        f"ckpt_path={ckpt}", f"gallery=s3://{bucket}/panocam/2019/", f"output=s3://{bucket}/scores/2019/",
+        f"endpoint_url={s3_endpoint}",
+    ]))
+    assert summary["scored"] == 60
+    body = client.get_object(Bucket=bucket, Key="scores/2019/scores.csv")["Body"].read().decode()
+    assert len(body.strip().splitlines()) == 61
+    keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="scores/")["Contents"]}
+    assert keys == {"scores/2019/scores.csv", "scores/2019/skipped.csv", "scores/2019/highlights.html"}
+
+
+def run_predict(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([PYTHON, str(ROOT / "predict.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_give_the_same_scores_as_one(trained, tmp_path):
+    ckpt, gallery = trained
+    base = PREDICT_FAST + [f"ckpt_path={ckpt}", f"gallery={gallery}"]
+    one = run_predict(base + [f"output={tmp_path}/one", f"hydra.run.dir={tmp_path}/h1"], tmp_path)
+    two = run_predict(base + [f"output={tmp_path}/two", "trainer.strategy=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/h2"], tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    assert "world_size: 2" in two.stdout + two.stderr or "distributed_backend=gloo" in two.stdout + two.stderr
+    a = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "one" / "scores.csv")}
+    b = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "two" / "scores.csv")}
+    assert a.keys() == b.keys() and len(a) == 60
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-4
+
+
+def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
+    ckpt, gallery = trained
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "not_a_checkpoint.ckpt").write_bytes(b"garbage")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        "ckpt_path: no such file": [f"ckpt_path={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
+        "not a readable checkpoint": [f"ckpt_path={tmp_path}/not_a_checkpoint.ckpt", f"gallery={gallery}", f"output={tmp_path}/o2"],
+        "checkpoint format None, this beholder reads format 1": [f"ckpt_path={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
+        "no images (jpg, jpeg, png, webp, tif) found": [f"ckpt_path={ckpt}", f"gallery={tmp_path}/empty", f"output={tmp_path}/o4"],
+        "unknown URI scheme 'gs'": [f"ckpt_path={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
+        "cannot write there": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],
+    }
+    for message, args in cases.items():
+        result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)
+        assert result.returncode == 2, (message, result.stderr[-2000:])
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("beholder: error: ") and message in last, (message, last)
+    assert not list(tmp_path.glob("o*/scores.csv"))

@@ -109,6 +109,23 @@ class BeholderModule(pl.LightningModule):
         self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
 
 
+@torch.no_grad()
+def score_images(module: BeholderModule, root: str, images: list[str], store, batch_size: int = 32, num_workers: int = 2) -> dict[str, tuple[float, int]]:
+    """In-process scoring of a few images: image -> (score, predicted tier); unreadable ones are left out.
+    (``predict.py`` is the resumable, multi-device way for whole galleries.)"""
+    from torch.utils.data import DataLoader
+
+    from beholder.data import GalleryDataset, build_transform, collate
+
+    dataset = GalleryDataset(root, images, store, build_transform(module.net.data_config, train=False))
+    results = {}
+    for i, batch in enumerate(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)):
+        out = module.predict_step(batch, i)
+        if "scores" in out:
+            results.update(zip(out["image_path"], zip(out["scores"].tolist(), out["tiers"].tolist())))
+    return results
+
+
 def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
     """Rebuild the model from a checkpoint file alone; never runs code stored in the file."""
     try:

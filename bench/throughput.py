@@ -1,0 +1,218 @@
+"""Speed, as ratios of things measured side by side in one run (these machines are noisy).
+
+For legacy_xception (random weights) at 299x299 and at the native panorama size 237x1820:
+  loader/step     images/s of the training DataLoader alone (decode + augment; local folder and S3
+                  through moto's server on 127.0.0.1) against images/s of the training step alone
+                  on preloaded tensors, same batch and size: above 1, the pipeline is not the limit
+  predict/forward predict.py end to end (files in, scores.csv out) against the bare forward pass
+                  on preloaded tensors: the target is >= 0.9
+and for predict.py over 100, 1,000 and 10,000 images (duplicated files): wall time, images/s and
+peak resident memory (main process and its loader workers), which should grow linearly and stay
+flat. Results replace the "throughput" section of bench/RESULTS.md.
+
+    python bench/throughput.py                  # about 25 minutes on 2 CPU cores
+    python bench/throughput.py --quick          # smaller counts, to check it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO, SHARED, markdown_table, write_section  # noqa: E402
+from beholder.data import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
+from beholder.module import CHECKPOINT_FORMAT, BeholderModule  # noqa: E402
+from beholder.storage import Store  # noqa: E402
+
+SIZES = {"299x299": [299, 299], "237x1820": [237, 1820]}
+HEAD = {"_target_": "beholder.model.SoftmaxHead"}
+OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-4, "momentum": 0.9}
+
+
+def make_module(backbone, size):
+    return BeholderModule({"name": backbone, "pretrained": False, "trainable_blocks": 4}, HEAD, OPTIMIZER, size)
+
+
+def save_checkpoint(module, path):
+    """What load_checkpoint needs: weights, hyperparameters, the format (no validation scores:
+    predict then needs threshold=)."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "beholder_format": CHECKPOINT_FORMAT}, path)
+
+
+def loader_rate(root, images, store, data_config, batch, batches, workers=2):
+    dataset = GalleryDataset(root, images, store, build_transform(data_config, train=True))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=collate, shuffle=True, drop_last=True)
+    it = iter(loader)
+    next(it)  # workers started
+    started, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        seen += len(next(it)["image"])
+    return seen / (time.perf_counter() - started)
+
+
+def train_step_rate(module, size, batch, steps):
+    optimizer = module.configure_optimizers()
+    module.train()
+    images, batch_data = torch.randn(batch, 3, *size), {"tier": torch.randint(0, 4, (batch,))}
+
+    def step():
+        loss = module.net.head.loss(module.net(images), batch_data)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(module.parameters(), 0.5)
+        optimizer.step()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def forward_rate(module, size, batch, batches):
+    module.eval()
+    images = torch.randn(batch, 3, *size)
+    module.net(images)
+    started = time.perf_counter()
+    for _ in range(batches):
+        module.net(images)
+    return batch * batches / (time.perf_counter() - started)
+
+
+def fill_gallery(source_files, folder, count):
+    """``count`` files under ``folder``, cycling through ``source_files`` (hard links: no disk cost)."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        src = source_files[i % len(source_files)]
+        dst = os.path.join(folder, f"{i // 1000:03d}", f"{i:06d}{os.path.splitext(src)[1]}")
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy(src, dst)
+    return folder
+
+
+PREDICT_RUNNER = """
+import json, resource, sys, time
+from hydra import compose, initialize_config_dir
+from beholder.predict import predict
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    cfg = compose(config_name="predict", overrides=sys.argv[2:])
+started = time.perf_counter()
+summary = predict(cfg)
+wall = time.perf_counter() - started
+print("RESULT " + json.dumps({"wall": wall, "ips": summary["images_per_second"], "scored": summary["scored"],
+    "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def run_predict(ckpt, gallery, output, batch, extra=()):
+    overrides = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={output}", f"batch_size={batch}", "num_workers=2",
+                 "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4", *extra]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    result = subprocess.run([sys.executable, "-c", PREDICT_RUNNER, os.path.join(REPO, "conf"), *overrides], capture_output=True, text=True, env=env)
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    if result.returncode or not line:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(line[0][len("RESULT "):])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    work = tempfile.mkdtemp(prefix="beholder-throughput-")
+    photos = os.path.join(SHARED, "photos")
+    panoramas = os.path.join(SHARED, "needle", "panoramas")
+    store = Store()
+
+    from moto.server import ThreadedMotoServer
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = "http://%s:%d" % server.get_host_and_port()
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket="bench")
+
+    rows, ratios = [], {}
+    for label, size in SIZES.items():
+        source = photos if size[0] == size[1] else panoramas
+        images = list_gallery(store, source)
+        for name in images:
+            s3.upload_file(os.path.join(source, name), "bench", f"{label}/{name}")
+        module = make_module("legacy_xception", size)
+        batch = 8 if size[0] == size[1] else 4
+        n = 2 if args.quick else 6
+        local = loader_rate(source, images, store, module.net.data_config, batch, n * 2)
+        remote = loader_rate(f"s3://bench/{label}", images, Store(endpoint), module.net.data_config, batch, n * 2)
+        step = train_step_rate(module, size, batch, n)
+        forward = forward_rate(module, size, batch, n)
+        ckpt = os.path.join(work, f"xception-{label}.ckpt")
+        save_checkpoint(module, ckpt)
+        count = (4 if args.quick else 16) * batch
+        gallery = fill_gallery([os.path.join(source, i) for i in images], os.path.join(work, f"gallery-{label}"), count)
+        end_to_end = run_predict(ckpt, gallery, os.path.join(work, f"out-{label}"), batch)
+        ratios[label] = {"loader_local/step": local / step, "loader_s3/step": remote / step, "predict/forward": end_to_end["ips"] / forward}
+        rows.append([f"legacy_xception {label}", batch, f"{local:.1f}", f"{remote:.1f}", f"{step:.2f}", f"**{local / step:.1f}** / **{remote / step:.1f}**",
+                     f"{end_to_end['ips']:.2f}", f"{forward:.2f}", f"**{end_to_end['ips'] / forward:.2f}**"])
+        print(rows[-1], flush=True)
+
+    # Scaling: a cheap backbone, so that 10,000 images fit in minutes on a CPU; what grows here is the pipeline.
+    scale_rows = []
+    module = make_module("efficientnet_lite0", [224, 224])
+    ckpt = os.path.join(work, "lite0.ckpt")
+    save_checkpoint(module, ckpt)
+    sources = [os.path.join(photos, i) for i in list_gallery(store, photos)]
+    counts = [50, 200, 800] if args.quick else [100, 1000, 10000]
+    base = None
+    for count in counts:
+        gallery = fill_gallery(sources, os.path.join(work, f"scale-{count}"), count)
+        result = run_predict(ckpt, gallery, os.path.join(work, f"scale-out-{count}"), 32)
+        base = base or result["wall"] / count
+        scale_rows.append([count, f"{result['wall']:.1f}", f"{count / result['wall']:.1f}", f"{result['wall'] / count / base:.2f}",
+                           f"{result['rss_main_mb']:.0f}", f"{result['rss_workers_mb']:.0f}"])
+        print(scale_rows[-1], flush=True)
+    server.stop()
+
+    body = (
+        "Each ratio divides two rates measured in the same run on the same machine. legacy_xception with "
+        "random weights (top 4 groups trainable), the evaluation/training transforms of beholder, 2 loader "
+        f"workers. Photos: `shared/data/photos` (182 PNG/JPEG, 256-1024 px) for 299x299; `shared/data/needle/panoramas` "
+        "for 237x1820. S3: moto's server on 127.0.0.1.\n\n"
+        + markdown_table(
+            ["model, input", "batch", "loader local img/s", "loader S3 img/s", "train step img/s", "loader/step local / S3",
+             "predict.py img/s", "bare forward img/s", "predict/forward"],
+            rows,
+        )
+        + "\n\nScaling of `predict.py` (efficientnet_lite0 at 224x224, random weights, batch 32, 2 workers; files "
+        "duplicated from `shared/data/photos`). Time per image relative to the smallest run: 1.00 = linear. Peak "
+        "RSS: main process, and the largest loader worker.\n\n"
+        + markdown_table(["images", "wall s", "images/s", "time/image vs first", "peak RSS main MB", "peak RSS worker MB"], scale_rows)
+    )
+    print(body)
+    if not args.no_write:
+        write_section("throughput", "## Throughput (bench/throughput.py)\n\n" + body)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
+from beholder.redact import redact
+
 
 class UserError(Exception):
     """Bad input (a path, a file, an option): printed as one line, exit code 2, no traceback."""
@@ -26,5 +28,5 @@ def exit_on_user_error():
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        print("beholder: error: " + " ".join(str(cause).split()), file=sys.stderr, flush=True)
+        print("beholder: error: " + redact(" ".join(str(cause).split())), file=sys.stderr, flush=True)
         sys.exit(2)

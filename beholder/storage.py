@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+from urllib3.exceptions import ProtocolError
 
 from beholder.errors import UserError
 
 S3_PREFIX = "s3://"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+_BODY_RETRIES = 5
+_CUT_SHORT = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError, ProtocolError)
 _S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60)
 
 
@@ -80,15 +84,26 @@ class Store:
         cached = os.path.join(self.cache_dir, bucket, key) if self.cache_dir else None
         if cached and os.path.exists(cached):
             return Path(cached).read_bytes()
-        try:
-            data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                raise FileNotFoundError(uri) from None
-            raise
+        data = self._download(bucket, key, uri)
         if cached:
             write_local_atomically(cached, data)
         return data
+
+    def _download(self, bucket: str, key: str, uri: str) -> bytes:
+        """botocore retries failed requests itself, but not a body cut off mid-download: that is
+        retried here."""
+        for attempt in range(_BODY_RETRIES + 1):
+            try:
+                return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except ClientError as error:
+                if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                    raise FileNotFoundError(uri) from None
+                raise
+            except _CUT_SHORT:
+                if attempt == _BODY_RETRIES:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def list(self, root: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
         """Paths under ``root`` relative to it, sorted; only those ending in ``suffixes`` (any case)."""

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import glob
+import inspect
 import json
 import logging
 import math
 import os
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+import torch
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.callbacks import SkippedImages, ValidationImages
+from beholder.errors import MissingInput, UserError
+from beholder.model import require_timm_model
 from beholder.module import BeholderModule
+from beholder.probe import init_head_from_probe
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,63 @@ def build_module(cfg: DictConfig, regression_stats: dict) -> BeholderModule:
     )
 
 
+def check_known_keys(group: str, node: DictConfig, extra: tuple[str, ...] = ()) -> None:
+    """Every key of a ``_target_`` node must be a parameter of its target (a typo, or credentials
+    pasted into the config, stop here: credentials belong to boto3's chain)."""
+    parameters = inspect.signature(get_class(node._target_)).parameters
+    unknown = [k for k in node if not k.startswith("_") and k not in parameters and k not in extra]
+    if unknown:
+        raise UserError(f"{group}.{unknown[0]}: unknown option for {node._target_} (options: {', '.join(p for p in parameters if p != 'self')})")
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Fail on a bad data, backbone, head or optimiser option before anything expensive starts."""
+    check_known_keys("data", cfg.data)
+    check_known_keys("head", cfg.head)
+    check_known_keys("optimizer", cfg.optimizer)
+    require_timm_model(cfg.backbone.name)
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    defaults = inspect.signature(get_class(optimizer["_target_"])).parameters
+    for key, value in optimizer.items():
+        default = defaults[key].default if key in defaults else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
+            raise UserError(f"optimizer.{key}={value!r} is not a number")
+    try:
+        instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        instantiate(cfg.head, in_features=8)
+    except Exception as error:
+        raise UserError(f"bad option: {error}") from None
+
+
+def resolve_checkpoint(ckpt_path: str | None, runs_root: str) -> str | None:
+    """``ckpt_path=last``: the newest ``last.ckpt`` of any run under ``runs_root``."""
+    if not ckpt_path:
+        return None
+    if ckpt_path != "last":
+        path = os.path.expanduser(ckpt_path)
+        if not os.path.isfile(path):
+            raise MissingInput(f"ckpt_path={ckpt_path}: no such file")
+        return path
+    candidates = glob.glob(os.path.join(runs_root, "**", "checkpoints", "last.ckpt"), recursive=True)
+    if not candidates:
+        raise MissingInput(f"ckpt_path=last: no checkpoints/last.ckpt under {runs_root}/")
+    newest = max(candidates, key=os.path.getmtime)
+    log.info("resuming from %s", newest)
+    return newest
+
+
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
+    check_options(cfg)
+    ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.runs_root)
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = cfg.output_dir
     datamodule = instantiate(cfg.data)
     datamodule.setup()  # reads and checks the labels before anything expensive
     module = build_module(cfg, datamodule.regression_stats())
     datamodule.data_config = module.net.data_config
+    if cfg.probe_init and not ckpt_path:
+        init_head_from_probe(module.net, datamodule.dataset("train", train=False), cfg.seed, cfg.data.num_workers)
 
     checkpoints = os.path.join(output_dir, "checkpoints")
     checkpoint = ModelCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode="max", enable_version_counter=False)
@@ -53,7 +108,7 @@ def train(cfg: DictConfig) -> float:
     trainer = instantiate(cfg.trainer, callbacks=[checkpoint, last, skipped, ValidationImages()], logger=logger, default_root_dir=output_dir)
     logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
 

@@ -30,15 +30,15 @@ import time
 import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, SHARED, markdown_table, write_section  # noqa: E402
-from beholder.data import GalleryDataset, build_transform, collate  # noqa: E402
+from beholder.data import GalleryDataset, build_transform  # noqa: E402
 from beholder.metrics import gallery_reduction  # noqa: E402
 from beholder.model import ScoreNet  # noqa: E402
 from beholder.module import load_checkpoint, score_images  # noqa: E402
+from beholder.probe import extract_features, ridge_cv  # noqa: E402
 from beholder.storage import Store  # noqa: E402
 from beholder.train import train  # noqa: E402
 
@@ -74,36 +74,14 @@ def score_with_checkpoint(ckpt, root, images):
     return [scored[i][0] for i in images], [scored[i][1] >= POSITIVE_TIER for i in images]
 
 
-@torch.no_grad()
 def probe_features(root, images, image_size):
-    net = ScoreNet(dict(compose(["backbone=efficientnet_lite0", "data.root=.", "data.labels=x", "output_dir=."]).backbone),
-                   {"_target_": "beholder.model.RegressionHead"}, image_size).eval()
-    features = {}
+    """Frozen ImageNet features of the same backbone beholder fine-tunes, evaluation transforms."""
+    cfg = compose(["backbone=efficientnet_lite0", "data.root=.", "data.labels=x", "output_dir=."])
+    net = ScoreNet(dict(cfg.backbone), {"_target_": "beholder.model.RegressionHead"}, image_size)
     dataset = GalleryDataset(root, images, Store(), build_transform(net.data_config, train=False))
-    for batch in DataLoader(dataset, batch_size=32, num_workers=2, collate_fn=collate):
-        features.update(zip(batch["image_path"], net.backbone(batch["image"]).numpy()))
-    return np.stack([features[i] for i in images])
-
-
-def ridge_fit(x, y, alpha):
-    mean_x, mean_y = x.mean(0), y.mean()
-    xc = x - mean_x
-    w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - mean_y))
-    return lambda z: (z - mean_x) @ w + mean_y
-
-
-def ridge_cv(x, y, seed, alphas=(1.0, 10.0, 100.0, 1000.0, 10000.0)):
-    """Ridge with alpha chosen by 5-fold CV on the training part only."""
-    idx = np.random.default_rng(seed).permutation(len(y))
-    best = None
-    for alpha in alphas:
-        err = 0.0
-        for part in np.array_split(idx, 5):
-            fit = np.setdiff1d(idx, part)
-            err += float(((ridge_fit(x[fit], y[fit], alpha)(x[part]) - y[part]) ** 2).sum())
-        if best is None or err < best[0]:
-            best = (err, alpha)
-    return ridge_fit(x, y, best[1]), best[1]
+    features, extra = extract_features(net.backbone, dataset)
+    by_image = dict(zip(extra["image_path"], features))
+    return np.stack([by_image[i] for i in images])
 
 
 def metrics(scores, decisions, rows):
@@ -191,10 +169,10 @@ def main():
         train_idx = [i for i, f in enumerate(folds) if f != fold]
         started = time.perf_counter()
         beauty = np.array([r["beauty"] for r in rows])
-        model, alpha = ridge_cv(features[train_idx], beauty[train_idx], args.seed)
+        weight, bias, alpha = ridge_cv(features[train_idx], beauty[train_idx], args.seed)
         alphas.append(alpha)
         cut = min(rows[i]["beauty"] for i in train_idx if rows[i]["tier"] >= POSITIVE_TIER)
-        for i, s in zip(test, model(features[test])):
+        for i, s in zip(test, (features[test] @ weight + bias)[:, 0]):
             scored["probe"][rows[i]["image"]] = (float(s), bool(s >= cut))
         timings["probe"] += time.perf_counter() - started
         prevalence = np.mean([rows[i]["tier"] >= POSITIVE_TIER for i in train_idx])

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean bench-quality bench-throughput bench-faults
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ demo: $(STAMP) demo/gallery/labels.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench-quality: $(STAMP)
+	$(PY) bench/quality.py
+
+bench-throughput: $(STAMP)
+	$(PY) bench/throughput.py
+
+bench-faults: $(STAMP)
+	$(PY) bench/faults.py
 
 clean:
 	rm -rf $(VENV) outputs demo .pytest_cache

@@ -184,6 +184,8 @@ class ScoreNet(nn.Module):
         super().__init__()
         self.backbone = create_backbone(backbone["name"], backbone.get("pretrained", True), backbone.get("weights"))
         self.frozen_norms = freeze_below_top_blocks(self.backbone, backbone.get("trainable_blocks", 4))
+        if not backbone.get("train_norm", True):  # keep every normalisation layer's ImageNet statistics
+            self.frozen_norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
         self.head = instantiate(head, in_features=self.backbone.num_features)
         self.data_config = timm.data.resolve_model_data_config(self.backbone)
         if backbone.get("mean"):

@@ -147,6 +147,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", action="append", default=[], help="NAME=HYDRA OVERRIDES: another beholder system")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these of the default beholder systems (none: only --variant)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
@@ -154,6 +155,8 @@ def main():
     root = os.path.join(args.data, "images")
     folds = stratified_folds(rows, 5, args.seed)
     systems = {"regression": "head=regression data.score_column=beauty_mean", "softmax": "head=softmax"}
+    if args.only is not None:
+        systems = {name: o for name, o in systems.items() if name in args.only}
     systems.update(dict(v.split("=", 1) for v in args.variant))
     scored = {name: {} for name in ["probe", *systems, "random"]}
     timings = {name: 0.0 for name in scored}

@@ -52,7 +52,8 @@ def save_checkpoint(module, path):
 
 def loader_rate(root, images, store, data_config, batch, batches, workers=2):
     dataset = GalleryDataset(root, images, store, build_transform(data_config, train=True))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=collate, shuffle=True, drop_last=True)
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch * (batches + 1))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=collate, sampler=sampler)
     it = iter(loader)
     next(it)  # workers started
     started, seen = time.perf_counter(), 0

@@ -192,6 +192,13 @@ class GalleryDataModule(pl.LightningDataModule):
         return self._loader(self.dataset("test", train=False))
 
 
-def list_gallery(store: Store, root: str) -> list[str]:
-    """Every image file under ``root`` (jpg, jpeg, png, webp, tif; any case), sorted."""
-    return store.list(root, IMAGE_SUFFIXES)
+def list_gallery(store: Store, root: str, option: str = "gallery") -> list[str]:
+    """Every image file under ``root`` (jpg, jpeg, png, webp, tif; any case), sorted; an error
+    naming ``option`` when the folder is missing or holds none."""
+    try:
+        images = store.list(root, IMAGE_SUFFIXES)
+    except FileNotFoundError:
+        raise MissingInput(f"{option}={root}: no such folder") from None
+    if not images:
+        raise UserError(f"{option}={root}: no images (jpg, jpeg, png, webp, tif) found")
+    return images

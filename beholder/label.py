@@ -116,12 +116,7 @@ def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> 
 def serve(args) -> None:
     gallery = check_uri(args.gallery, "--gallery")
     store = Store(args.endpoint_url)
-    try:
-        keys = list_gallery(store, gallery)
-    except FileNotFoundError:
-        raise UserError(f"--gallery {gallery}: no such folder") from None
-    if not keys:
-        raise UserError(f"--gallery {gallery}: no images (jpg, jpeg, png, webp, tif) found")
+    keys = list_gallery(store, gallery, "--gallery")
     try:
         targets = [float(t) for t in args.targets.split(",")]
     except ValueError:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery
-from beholder.errors import MissingInput, UserError
+from beholder.errors import UserError
 from beholder.module import BeholderModule, load_checkpoint
 from beholder.report import highlights_html, scores_csv, skipped_csv, star_rating, xmp_sidecar
 from beholder.shards import ShardWriter, read_shards
@@ -100,12 +100,7 @@ def predict(cfg: DictConfig) -> dict | None:
     check_threshold_options(cfg)
     module = load_checkpoint(os.path.expanduser(str(cfg.ckpt_path)))
     store = Store(cfg.endpoint_url)
-    try:
-        images = list_gallery(store, gallery)
-    except FileNotFoundError:
-        raise MissingInput(f"gallery={gallery}: no such folder") from None
-    if not images:
-        raise UserError(f"gallery={gallery}: no images (jpg, jpeg, png, webp, tif) found")
+    images = list_gallery(store, gallery)
     partial = partial_folder(output)
     check_writable(store, output, partial)
 

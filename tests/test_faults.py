@@ -318,3 +318,13 @@ def test_no_secrets_in_logs_configs_or_errors(gallery, tmp_path):
                             env=env, capture_output=True, text=True, timeout=600)
     found = [str(p) for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert found == [] and secret not in result.stdout + result.stderr and key_id not in result.stdout + result.stderr
+
+
+def test_redact_hides_credentials(monkeypatch):
+    from beholder.redact import redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envSECRETvalue123")
+    text = "endpoint_url: http://AKIA123:topsecret@minio:9000\naws_secret_access_key: abc123\nlr: 0.001\nnote: envSECRETvalue123"
+    clean = redact(text)
+    assert "topsecret" not in clean and "AKIA123" not in clean and "abc123" not in clean and "envSECRETvalue123" not in clean
+    assert "http://***@minio:9000" in clean and "lr: 0.001" in clean

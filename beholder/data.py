@@ -57,8 +57,8 @@ class GalleryDataset(Dataset):
     def __init__(self, root, images, store, transform, targets=None, max_pixels=DEFAULT_MAX_PIXELS):
         self.root, self.images, self.store, self.transform = root, list(images), store, transform
         self.targets, self.max_pixels = targets, max_pixels
-        size = transform.transforms[1].size if transform is not None else None  # (H, W) of the Resize step
-        self.min_size = (size[1], size[0]) if size else None
+        resize = next((t for t in transform.transforms if isinstance(t, T.Resize)), None)
+        self.min_size = (resize.size[1], resize.size[0]) if resize else None  # JPEGs may decode at a reduced scale down to this
 
     def __len__(self):
         return len(self.images)

@@ -24,6 +24,7 @@ from beholder.data import list_gallery
 from beholder.errors import UserError, exit_on_user_error
 from beholder.images import UnreadableImage, decode_image
 from beholder.label_export import export
+from beholder.module import load_checkpoint, score_images
 from beholder.storage import Store, check_uri, join
 from beholder.tournament import SubmissionError, Tournament
 
@@ -103,8 +104,6 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
 def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> dict[str, float]:
     """Active labelling: distance of each image's score from the checkpoint's keep threshold
     (smaller = the model is less sure = shown sooner)."""
-    from beholder.module import load_checkpoint, score_images
-
     module = load_checkpoint(ckpt)
     scores = {key: score for key, (score, _) in score_images(module, gallery, keys, store).items()}
     threshold = module.keep_threshold(1.0)

@@ -6,7 +6,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.utils.data import DataLoader
 
+from beholder.data import GalleryDataset, build_transform, collate
 from beholder.errors import MissingInput, UserError
 from beholder.metrics import GalleryMetrics, keep_threshold
 from beholder.model import ScoreNet
@@ -113,10 +115,6 @@ class BeholderModule(pl.LightningModule):
 def score_images(module: BeholderModule, root: str, images: list[str], store, batch_size: int = 32, num_workers: int = 2) -> dict[str, tuple[float, int]]:
     """In-process scoring of a few images: image -> (score, predicted tier); unreadable ones are left out.
     (``predict.py`` is the resumable, multi-device way for whole galleries.)"""
-    from torch.utils.data import DataLoader
-
-    from beholder.data import GalleryDataset, build_transform, collate
-
     dataset = GalleryDataset(root, images, store, build_transform(module.net.data_config, train=False))
     results = {}
     for i, batch in enumerate(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)):

@@ -37,13 +37,17 @@ from bench.throughput import fill_gallery, make_module, save_checkpoint  # noqa:
 from beholder.demo import make_gallery  # noqa: E402
 
 PYTHON = sys.executable
-ENV = {**os.environ, "PYTHONPATH": REPO}
 FAST = ["batch_size=8", "num_workers=2", "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4"]
 
 
 def predict_cli(args, **kwargs):
-    return subprocess.run([PYTHON, os.path.join(REPO, "predict.py"), *FAST, *args], env={**ENV, **kwargs.pop("env", {})},
+    return subprocess.run([PYTHON, os.path.join(REPO, "predict.py"), *FAST, *args], env={**env(), **kwargs.pop("env", {})},
                           capture_output=True, text=True, **kwargs)
+
+
+def env():
+    """The environment for child processes, read when they start (the S3 experiment sets credentials)."""
+    return {**os.environ, "PYTHONPATH": REPO}
 
 
 def scores_of(path):
@@ -81,6 +85,8 @@ def s3_experiment(work, ckpt, photos):
                               f"endpoint_url={proxy.url}", f"hydra.run.dir={work}/h-{label}"], env={"HOME": work})
         seconds = time.perf_counter() - started
         proxy.stop()
+        if result.returncode:
+            print(result.stderr[-2000:], file=sys.stderr)
         body = s3.get_object(Bucket="faults", Key=f"out-{label}/scores.csv")["Body"].read().decode() if result.returncode == 0 else ""
         scored = max(len(body.strip().splitlines()) - 1, 0)
         c = proxy.counts
@@ -98,13 +104,13 @@ def kill_experiment(work, ckpt, photos, points=(0.2, 0.5, 0.8), count=400):
             f"hydra.run.dir={work}/h-kill"]
     rows = []
     for point in points:
-        process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: os.path.exists(shard) and sum(1 for _ in open(shard)) - 1 >= point * count)
         time.sleep(random.Random(point).random() * 0.5)  # land anywhere inside a batch
         process.send_signal(signal.SIGKILL)
         process.wait()
         rows.append(sum(1 for _ in open(shard)) - 1)
-    rerun = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    rerun = subprocess.run(args, env=env(), capture_output=True, text=True)
     images = scores_of(os.path.join(output, "scores.csv")) if rerun.returncode == 0 else []
     return [[", ".join(f"{int(p * 100)} %" for p in points), count, " / ".join(map(str, rows)), len(images),
              count - len(set(images)), len(images) - len(set(images))]]
@@ -115,7 +121,7 @@ def train_experiment(work):
     make_gallery(gallery, count=120, seed=3, height=60, width=460)
     common = [os.path.join(REPO, "train.py"), "backbone=efficientnet_lite0", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
               "data.image_size=[48,368]", "data.batch_size=16", "trainer.enable_progress_bar=false", f"runs_root={work}/runs"]
-    process = subprocess.Popen([PYTHON, *common, "trainer.max_epochs=50", f"hydra.run.dir={work}/runs/a"], env=ENV,
+    process = subprocess.Popen([PYTHON, *common, "trainer.max_epochs=50", f"hydra.run.dir={work}/runs/a"], env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = os.path.join(work, "runs", "a", "checkpoints", "last.ckpt")
     wait_for(lambda: os.path.exists(last) and torch.load(last, weights_only=True)["epoch"] >= 1)
@@ -124,7 +130,7 @@ def train_experiment(work):
     process.wait()
     saved = torch.load(last, weights_only=True)
     result = subprocess.run([PYTHON, *common, f"trainer.max_epochs={saved['epoch'] + 2}", "ckpt_path=last",
-                             f"hydra.run.dir={work}/runs/b"], env=ENV, capture_output=True, text=True)
+                             f"hydra.run.dir={work}/runs/b"], env=env(), capture_output=True, text=True)
     final = torch.load(os.path.join(work, "runs", "b", "checkpoints", "last.ckpt"), weights_only=True) if result.returncode == 0 else {}
     per_epoch = saved["global_step"] // (saved["epoch"] + 1)
     return [[saved["epoch"], saved["global_step"], "yes" if result.returncode == 0 else "no", final.get("epoch"),

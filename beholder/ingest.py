@@ -15,6 +15,7 @@ import argparse
 import csv
 import datetime as dt
 import fnmatch
+import http.client
 import io
 import os
 import re
@@ -107,7 +108,7 @@ class Fetcher:
                 expected = response.headers.get("Content-Length")
                 try:
                     data = response.read()
-                except (ConnectionError, TimeoutError, urllib.error.URLError, http_incomplete()):
+                except (ConnectionError, TimeoutError, urllib.error.URLError, http.client.IncompleteRead):
                     data = None
             if data is not None and (expected is None or len(data) == int(expected)):
                 return data
@@ -117,12 +118,6 @@ class Fetcher:
                 self.retried += 1
             time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
-
-
-def http_incomplete():
-    import http.client
-
-    return http.client.IncompleteRead
 
 
 def capture_time(key: str) -> dt.datetime | None:

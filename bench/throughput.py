@@ -197,7 +197,7 @@ def main():
     body = (
         "Each ratio divides two rates measured in the same run on the same machine. legacy_xception with "
         "random weights (top 4 groups trainable), the evaluation/training transforms of beholder, 2 loader "
-        f"workers. Photos: `shared/data/photos` (182 PNG/JPEG, 256-1024 px) for 299x299; `shared/data/needle/panoramas` "
+        "workers. Photos: `shared/data/photos` (182 PNG/JPEG, 256-1024 px) for 299x299; `shared/data/needle/panoramas` "
         "for 237x1820. S3: moto's server on 127.0.0.1.\n\n"
         + markdown_table(
             ["model, input", "batch", "loader local img/s", "loader S3 img/s", "train step img/s", "loader/step local / S3",

@@ -14,6 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from beholder.train import train
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 TINY = [
@@ -107,3 +109,27 @@ def upload_folder(client, bucket: str, folder: Path, prefix: str) -> None:
 
 
 PYTHON = sys.executable
+
+
+PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny model trained once for the session: (checkpoint path, gallery folder)."""
+    root = tmp_path_factory.mktemp("trained")
+    gallery = make_gallery(root / "gallery", count=60)
+    cfg = compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={root}/run"])
+    train(cfg)
+    return root / "run" / "checkpoints" / "best.ckpt", gallery
+
+
+def compose_predict(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="predict", overrides=PREDICT_FAST + overrides)
+
+
+def read_scores(path):
+    """The rows of a CSV written by predict (scores.csv, skipped.csv)."""
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -1,15 +1,17 @@
 """Reliability: S3 faults, crashes (kill -9), bad files, bad options, full disks, unsafe checkpoints."""
 
-import csv
+import functools
 import io
 import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
+import threading
 import time
 import urllib.request
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -18,13 +20,14 @@ from PIL import Image
 
 from bench.fault_proxy import FaultProxy
 from beholder.errors import UserError
+from beholder.ingest import main as ingest
 from beholder.module import IncompatibleCheckpoint, load_checkpoint
 from beholder.predict import predict
 from beholder.train import train
 
-from conftest import PYTHON, ROOT, TINY, compose_train, make_gallery, upload_folder
+from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery, read_scores, upload_folder
 from test_data import encode, png_declaring
-from test_predict import compose_predict, read_scores, trained  # noqa: F401  (a fixture)
+from test_ingest import CAPTURES
 from test_label import free_port
 
 
@@ -50,7 +53,7 @@ def test_training_survives_throttling_dropped_downloads_and_an_outage(s3_bucket,
     assert faulty_s3.counts["throttled"] > 3 and faulty_s3.counts["dropped"] > 3 and faulty_s3.counts["refused"] > 0
 
 
-def test_predict_survives_s3_faults(trained, s3_bucket, faulty_s3, tmp_path, monkeypatch):  # noqa: F811
+def test_predict_survives_s3_faults(trained, s3_bucket, faulty_s3, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     ckpt, gallery = trained
     client, bucket = s3_bucket
@@ -62,26 +65,27 @@ def test_predict_survives_s3_faults(trained, s3_bucket, faulty_s3, tmp_path, mon
     assert faulty_s3.counts["throttled"] and faulty_s3.counts["dropped"] and faulty_s3.counts["refused"]
 
 
+@contextmanager
+def serve_folder(folder):
+    """A plain autoindex web server for ``folder`` on 127.0.0.1; yields its URL."""
+    handler = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+
+
 def test_ingest_into_faulty_s3(s3_bucket, faulty_s3, tmp_path, capsys):
-    from test_ingest import CAPTURES, FaultyHandler  # noqa: F401
-    from beholder.ingest import main as ingest
-
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
     site = tmp_path / "site"
     for capture in CAPTURES:
         (site / capture).mkdir(parents=True)
         (site / capture / "thumbnail.jpg").write_bytes(os.urandom(5000))
-    handler = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(site)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     client, bucket = s3_bucket
     faulty_s3.throttle_every, faulty_s3.outage_after = 3, (4, 2.0)
-    code = ingest([f"http://127.0.0.1:{server.server_address[1]}/", f"s3://{bucket}/mirror", "--quiet",
-                   "--endpoint-url", faulty_s3.url, "--rate", "0"])
-    server.shutdown()
+    with serve_folder(site) as url:
+        code = ingest([url, f"s3://{bucket}/mirror", "--quiet", "--endpoint-url", faulty_s3.url, "--rate", "0"])
     assert code == 0
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert len(keys) == len(CAPTURES) + 1 and faulty_s3.counts["throttled"] and faulty_s3.counts["refused"]
@@ -119,7 +123,7 @@ def test_kill_9_during_training_then_resume_from_last(tmp_path):
     assert final["global_step"] == saved["global_step"] + 2 * steps_per_epoch
 
 
-def test_kill_9_during_predict_then_rerun_gives_each_image_once(trained, tmp_path):  # noqa: F811
+def test_kill_9_during_predict_then_rerun_gives_each_image_once(trained, tmp_path):
     ckpt, gallery = trained
     big = tmp_path / "big"
     for i in range(600):  # enough work to be caught mid-way
@@ -177,7 +181,7 @@ def test_kill_9_of_the_labeller_keeps_every_submission(tmp_path):
 
 # --- bad files, options, disks, checkpoints ------------------------------------------------------
 
-def test_bad_and_odd_files_in_a_gallery(trained, tmp_path):  # noqa: F811
+def test_bad_and_odd_files_in_a_gallery(trained, tmp_path):
     ckpt, _ = trained
     gallery = tmp_path / "odd"
     gallery.mkdir()
@@ -235,7 +239,7 @@ def test_unknown_head_is_refused_by_the_command_line(tmp_path):
     assert result.returncode != 0 and "Could not find 'head/nope'" in result.stderr and "softmax" in result.stderr
 
 
-def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkeypatch):  # noqa: F811
+def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkeypatch):
     ckpt, gallery = trained
     import beholder.storage as storage
 
@@ -256,39 +260,29 @@ def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkey
     assert summary["newly_scored"] == 0 and summary["scored"] == 60  # the rerun only writes
 
 
-def test_read_only_output_is_refused_up_front(trained, tmp_path):  # noqa: F811
+def test_read_only_output_is_refused_up_front(trained, tmp_path):
     ckpt, gallery = trained
     with pytest.raises(UserError, match="output=/proc/beholder-out: cannot write there"):
         predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", "output=/proc/beholder-out"]))
 
 
 def test_ingest_full_disk_is_reported(tmp_path, capsys, monkeypatch):
-    from test_ingest import CAPTURES  # noqa: F401
     import beholder.storage as storage
-    from beholder.ingest import main as ingest
-
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     site = tmp_path / "site" / "2016" / "01" / "01" / "2016_0101_090000"
     site.mkdir(parents=True)
     (site / "thumbnail.jpg").write_bytes(b"x" * 100)
-    handler = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(tmp_path / "site")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def disk_full(path, data):
         raise OSError(28, "No space left on device", path)
 
     monkeypatch.setattr(storage, "write_local_atomically", disk_full)
-    with pytest.raises(SystemExit) as exit_info:
-        ingest([f"http://127.0.0.1:{server.server_address[1]}/", str(tmp_path / "mirror"), "--quiet", "--rate", "0"])
-    server.shutdown()
+    with serve_folder(tmp_path / "site") as url, pytest.raises(SystemExit) as exit_info:
+        ingest([url, str(tmp_path / "mirror"), "--quiet", "--rate", "0"])
     out = capsys.readouterr()
     assert exit_info.value.code == 2
     assert "No space left on device" in out.out and "manifest.csv failed" in out.err
-    assert not list((tmp_path / "mirror").rglob("thumbnail.jpg")) if (tmp_path / "mirror").exists() else True
+    assert not list((tmp_path / "mirror").rglob("thumbnail.jpg"))
 
 
 def test_checkpoints_cannot_run_code(tmp_path):

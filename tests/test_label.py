@@ -1,7 +1,6 @@
 import csv
 import io
 import os
-import shutil
 import socket
 import sqlite3
 import threading

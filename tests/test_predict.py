@@ -1,4 +1,3 @@
-import csv
 import os
 import shutil
 import subprocess
@@ -11,34 +10,8 @@ from beholder.data import GalleryDataModule
 from beholder.errors import UserError
 from beholder.predict import Incomplete, predict
 from beholder.report import star_rating
-from beholder.train import train
 
-from conftest import PYTHON, ROOT, compose_train, make_gallery, upload_folder, TINY
-
-PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained once for this module: (checkpoint path, gallery folder)."""
-    root = tmp_path_factory.mktemp("trained")
-    gallery = make_gallery(root / "gallery", count=60)
-    cfg = compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={root}/run"])
-    train(cfg)
-    return root / "run" / "checkpoints" / "best.ckpt", gallery
-
-
-def compose_predict(overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="predict", overrides=PREDICT_FAST + overrides)
-
-
-def read_scores(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
+from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, upload_folder
 
 def copy_gallery(gallery, target):
     shutil.copytree(gallery, target)

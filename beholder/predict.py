@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery
 from beholder.errors import UserError
+from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
 from beholder.report import highlights_html, scores_csv, skipped_csv, star_rating, xmp_sidecar
 from beholder.shards import ShardWriter, read_shards
@@ -98,6 +99,7 @@ def predict(cfg: DictConfig) -> dict | None:
     """Returns the summary (None on the other processes of a multi-process run)."""
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     check_threshold_options(cfg)
+    keep_freed_memory()
     module = load_checkpoint(os.path.expanduser(str(cfg.ckpt_path)))
     store = Store(cfg.endpoint_url)
     images = list_gallery(store, gallery)

@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.callbacks import SkippedImages, ValidationImages
 from beholder.errors import MissingInput, UserError
+from beholder.memory import keep_freed_memory
 from beholder.model import require_timm_model
 from beholder.module import BeholderModule
 from beholder.probe import init_head_from_probe
@@ -91,6 +92,7 @@ def train(cfg: DictConfig) -> float:
     check_options(cfg)
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.runs_root)
     pl.seed_everything(cfg.seed, workers=True)
+    keep_freed_memory()
     output_dir = cfg.output_dir
     datamodule = instantiate(cfg.data)
     datamodule.setup()  # reads and checks the labels before anything expensive

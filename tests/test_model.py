@@ -137,4 +137,4 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
             trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
             assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
     data = instantiate(cfg.data)
-    assert data.batch_size == 32 and data.oversample
+    assert data.batch_size == 32 and data.oversample is (cfg.head._target_ == "beholder.model.SoftmaxHead")

@@ -43,6 +43,15 @@ def test_fast_training_run_for_each_head(tiny_cfg, tmp_path, head, extra):
     assert module.net(torch.zeros(2, 3, 32, 64)).shape[0] == 2
 
 
+def test_only_the_classification_head_oversamples_rare_tiers_by_default():
+    """Oversampling would shift a regression's target distribution; an explicit override still wins."""
+    from conftest import compose_train
+
+    assert compose_train(["head=softmax"]).data.oversample is True
+    assert compose_train(["head=regression"]).data.oversample is False
+    assert compose_train(["head=regression", "data.oversample=true"]).data.oversample is True
+
+
 def test_regression_learns_the_score_column(tmp_path):
     """Images whose brightness sets their score: a few epochs must rank them well above chance."""
     gallery = make_gallery(tmp_path / "g", count=80)

@@ -10,7 +10,7 @@ Reported: Spearman and Pearson with beauty_mean, F2 for tier >= 2, gallery reduc
 95 % recall of tier >= 2, each with a bootstrap 90 % interval. Results replace the "quality" section
 of bench/RESULTS.md.
 
-    python bench/quality.py                      # the full run (about 45 minutes on 2 CPU cores)
+    python bench/quality.py                      # the full run (about 35 minutes on 2 CPU cores)
     python bench/quality.py --folds 0 --epochs 2 # a quick look at fold 0
     python bench/quality.py --variant "lr3e-3=optimizer=adamw optimizer.lr=3e-3"   # try other settings
 """

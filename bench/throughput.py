@@ -10,7 +10,7 @@ and for predict.py over 100, 1,000 and 10,000 images (duplicated files): wall ti
 peak resident memory (main process and its loader workers), which should grow linearly and stay
 flat. Results replace the "throughput" section of bench/RESULTS.md.
 
-    python bench/throughput.py                  # about 25 minutes on 2 CPU cores
+    python bench/throughput.py                  # about 6 minutes on 2 CPU cores
     python bench/throughput.py --quick          # smaller counts, to check it runs
 """
 

@@ -48,6 +48,13 @@ def write_section(name: str, body: str) -> None:
         f.write(text)
 
 
+def publish(name: str, title: str, body: str, write: bool = True) -> None:
+    """Print a bench's results and, when ``write``, make them the section ``name`` of bench/RESULTS.md."""
+    print(body)
+    if write:
+        write_section(name, f"## {title}\n\n{body}")
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

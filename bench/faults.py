@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, markdown_table, write_section  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from bench.fault_proxy import FaultProxy  # noqa: E402
 from bench.throughput import fill_gallery, make_module, save_checkpoint  # noqa: E402
 from beholder.demo import make_gallery  # noqa: E402
@@ -189,9 +189,7 @@ def main():
         "A gallery of broken and odd files (truncated, empty, text named .jpg, a PNG declaring 30,000x30,000, CMYK, grayscale, palette):\n\n"
         + markdown_table(["files", "scored", "skipped", "skipped files", "crashes", "peak RSS of a predict process MB"], bad_rows),
     ])
-    print(body)
-    if not args.no_write:
-        write_section("faults", "## Faults (bench/faults.py)\n\n" + body)
+    publish("faults", "Faults (bench/faults.py)", body, write=not args.no_write)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -32,7 +32,7 @@ from scipy.stats import pearsonr, spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, markdown_table, write_section  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from beholder.data import GalleryDataset, build_transform  # noqa: E402
 from beholder.metrics import gallery_reduction  # noqa: E402
 from beholder.model import ScoreNet  # noqa: E402
@@ -210,11 +210,9 @@ def main():
         + markdown_table(header, table)
         + "\n\nbeholder systems:\n" + "\n".join(f"- `{n}`: `{o}`" for n, o in systems.items())
     )
-    print(body)
     with open(os.path.join(work, "quality.json"), "w") as f:
         json.dump(results, f, indent=2)
-    if not args.no_write:
-        write_section("quality", "## Quality (bench/quality.py)\n\n" + body)
+    publish("quality", "Quality (bench/quality.py)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

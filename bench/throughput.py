@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, markdown_table, write_section  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
 from beholder.memory import keep_freed_memory  # noqa: E402
 from beholder.module import CHECKPOINT_FORMAT, BeholderModule  # noqa: E402
@@ -211,9 +211,7 @@ def main():
         "RSS: main process, and the largest loader worker.\n\n"
         + markdown_table(["images", "wall s", "images/s", "time/image vs first", "peak RSS main MB", "peak RSS worker MB"], scale_rows)
     )
-    print(body)
-    if not args.no_write:
-        write_section("throughput", "## Throughput (bench/throughput.py)\n\n" + body)
+    publish("throughput", "Throughput (bench/throughput.py)", body, write=not args.no_write)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,14 +1,17 @@
-"""Shared by the benchmark scripts: paths, the machine, and writing a section of RESULTS.md."""
+"""Shared by the benchmark scripts: paths, the machine, a local S3 server, and writing a section of RESULTS.md."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
 import platform
 import re
 import subprocess
 import sys
 
+import boto3
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +35,24 @@ def commit() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     except OSError:
         return "unknown"
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str):
+    """moto's S3 server on 127.0.0.1 with an empty ``bucket``: yields (endpoint URL, boto3 client)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        endpoint = "http://%s:%d" % server.get_host_and_port()
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket=bucket)
+        yield endpoint, s3
+    finally:
+        server.stop()
 
 
 def write_section(name: str, body: str) -> None:

@@ -25,12 +25,11 @@ import sys
 import tempfile
 import time
 
-import boto3
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
+from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from bench.fault_proxy import FaultProxy  # noqa: E402
 from bench.throughput import fill_gallery, make_module, save_checkpoint  # noqa: E402
 from beholder.demo import make_gallery  # noqa: E402
@@ -63,35 +62,27 @@ def wait_for(condition, timeout=300):
 
 
 def s3_experiment(work, ckpt, photos):
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://%s:%d" % server.get_host_and_port()
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket="faults")
-    names = sorted(os.listdir(photos))[:120]
-    for name in names:
-        s3.upload_file(os.path.join(photos, name), "faults", f"gallery/{name}")
-    rows = []
-    for label, settings in (("clean", {}), ("faulty", {"throttle_every": 6, "drop_every": 9, "outage_after": (80, 3.0)})):
-        proxy = FaultProxy(endpoint).start()
-        for key, value in settings.items():
-            setattr(proxy, key, value)
-        started = time.perf_counter()
-        result = predict_cli([f"ckpt_path={ckpt}", "gallery=s3://faults/gallery", f"output=s3://faults/out-{label}",
-                              f"endpoint_url={proxy.url}", f"hydra.run.dir={work}/h-{label}"], env={"HOME": work})
-        seconds = time.perf_counter() - started
-        proxy.stop()
-        if result.returncode:
-            print(result.stderr[-2000:], file=sys.stderr)
-        body = s3.get_object(Bucket="faults", Key=f"out-{label}/scores.csv")["Body"].read().decode() if result.returncode == 0 else ""
-        scored = max(len(body.strip().splitlines()) - 1, 0)
-        c = proxy.counts
-        rows.append([label, len(names), scored, len(names) - scored, c["requests"], c["throttled"], c["dropped"],
-                     c["refused"], f"{seconds:.1f}"])
-    server.stop()
+    with local_s3("faults") as (endpoint, s3):
+        names = sorted(os.listdir(photos))[:120]
+        for name in names:
+            s3.upload_file(os.path.join(photos, name), "faults", f"gallery/{name}")
+        rows = []
+        for label, settings in (("clean", {}), ("faulty", {"throttle_every": 6, "drop_every": 9, "outage_after": (80, 3.0)})):
+            proxy = FaultProxy(endpoint).start()
+            for key, value in settings.items():
+                setattr(proxy, key, value)
+            started = time.perf_counter()
+            result = predict_cli([f"ckpt_path={ckpt}", "gallery=s3://faults/gallery", f"output=s3://faults/out-{label}",
+                                  f"endpoint_url={proxy.url}", f"hydra.run.dir={work}/h-{label}"], env={"HOME": work})
+            seconds = time.perf_counter() - started
+            proxy.stop()
+            if result.returncode:
+                print(result.stderr[-2000:], file=sys.stderr)
+            body = s3.get_object(Bucket="faults", Key=f"out-{label}/scores.csv")["Body"].read().decode() if result.returncode == 0 else ""
+            scored = max(len(body.strip().splitlines()) - 1, 0)
+            c = proxy.counts
+            rows.append([label, len(names), scored, len(names) - scored, c["requests"], c["throttled"], c["dropped"],
+                         c["refused"], f"{seconds:.1f}"])
     return rows
 
 

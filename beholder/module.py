@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -12,12 +11,26 @@ from beholder.data import GalleryDataset, build_transform, collate
 from beholder.errors import MissingInput, UserError
 from beholder.metrics import GalleryMetrics, keep_threshold
 from beholder.model import ScoreNet
+from beholder.spec import registered, typed_arguments
 
 CHECKPOINT_FORMAT = 1
 
 
 class IncompatibleCheckpoint(UserError, ValueError):
     pass
+
+
+OPTIMIZERS = {
+    f"torch.optim.{name}": cls
+    for name, cls in vars(torch.optim).items()
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+}
+
+
+def build_optimizer(spec: dict, params) -> torch.optim.Optimizer:
+    """A torch optimiser from its config dict (``_target_: torch.optim.SGD``, plain arguments)."""
+    cls = registered("optimizer", OPTIMIZERS, spec)
+    return cls(params, **typed_arguments("optimizer", cls, spec, skip=("params",)))
 
 
 class BeholderModule(pl.LightningModule):
@@ -96,7 +109,7 @@ class BeholderModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        return instantiate(self.hparams.optimizer)(params)
+        return build_optimizer(self.hparams.optimizer, params)
 
     def keep_threshold(self, recall: float = 1.0) -> float:
         """The score that kept ``recall`` of the top-tier validation images (NaN before validation)."""
@@ -138,11 +151,14 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
             f"ckpt_path={path}: checkpoint format {found!r}, this beholder reads format {CHECKPOINT_FORMAT}"
         )
     try:
-        hparams = dict(checkpoint["hyper_parameters"])
+        hparams = typed_arguments("hyper_parameters", BeholderModule, dict(checkpoint["hyper_parameters"]))
         hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
+        build_optimizer(hparams["optimizer"], [nn.Parameter(torch.zeros(1))])  # checked now, built only when training
         module = BeholderModule(**hparams)
         module.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as error:
+    except UserError as error:
+        raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {error}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise IncompatibleCheckpoint(f"ckpt_path={path}: does not fit this version of beholder ({error})") from None
     module.on_load_checkpoint(checkpoint)
     return module.eval()

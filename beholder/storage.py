@@ -116,11 +116,7 @@ class Store:
         else:
             if not os.path.isdir(root):
                 raise FileNotFoundError(f"no such folder: {root}")
-            names = [
-                os.path.relpath(os.path.join(folder, name), root)
-                for folder, _, files in os.walk(root)
-                for name in files
-            ]
+            names = local_files(root)
         if suffixes:
             names = [n for n in names if n.lower().endswith(suffixes)]
         return sorted(names)
@@ -153,16 +149,37 @@ class Store:
             write_local_atomically(uri, data)
 
 
+def local_files(root: str) -> list[str]:
+    """Files under ``root`` relative to it, through symlinked folders too (each real folder once,
+    so a link cycle ends)."""
+    names, visited = [], set()
+    for folder, folders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            folders[:] = []
+            continue
+        visited.add(real)
+        names += [os.path.relpath(os.path.join(folder, name), root) for name in files]
+    return names
+
+
 def write_local_atomically(path: str, data: bytes) -> None:
+    write_local_with(path, lambda f: f.write(data))
+
+
+def write_local_with(path: str, fill):
+    """``fill(file)`` writes a temporary file beside ``path``, which then replaces ``path`` whole
+    (a reader never sees half a file; on failure nothing is left). Returns what ``fill`` returns."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "w+b") as f:
+            result = fill(f)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return result

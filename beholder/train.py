@@ -19,8 +19,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from beholder.callbacks import SkippedImages, ValidationImages
 from beholder.errors import MissingInput, UserError
 from beholder.memory import keep_freed_memory
-from beholder.model import require_timm_model
-from beholder.module import BeholderModule
+from beholder.model import BackboneSpec, build_head, require_timm_model
+from beholder.module import BeholderModule, build_optimizer
 from beholder.probe import init_head_from_probe
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,13 @@ def check_known_keys(group: str, node: DictConfig, extra: tuple[str, ...] = ()) 
 def check_options(cfg: DictConfig) -> None:
     """Fail on a bad data, backbone, head or optimiser option before anything expensive starts."""
     check_known_keys("data", cfg.data)
-    check_known_keys("head", cfg.head)
-    check_known_keys("optimizer", cfg.optimizer)
     require_timm_model(cfg.backbone.name)
-    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    defaults = inspect.signature(get_class(optimizer["_target_"])).parameters
-    for key, value in optimizer.items():
-        default = defaults[key].default if key in defaults else None
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
-            raise UserError(f"optimizer.{key}={value!r} is not a number")
+    BackboneSpec.parse(OmegaConf.to_container(cfg.backbone, resolve=True))
     try:
-        instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
-        instantiate(cfg.head, in_features=8)
+        build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True), [torch.nn.Parameter(torch.zeros(1))])
+        build_head(OmegaConf.to_container(cfg.head, resolve=True), in_features=8)
+    except UserError:
+        raise
     except Exception as error:
         raise UserError(f"bad option: {error}") from None
 

@@ -178,3 +178,18 @@ def test_missing_images_stop_setup_or_are_dropped(gallery):
 def test_missing_labels_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.labels: no such file"):
         GalleryDataModule(str(tmp_path), str(tmp_path / "nope.csv")).setup()
+
+
+def test_symlinked_folders_in_a_gallery_are_listed_and_cycles_end(tmp_path):
+    from beholder.data import list_gallery
+    from beholder.storage import Store
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(elsewhere / "linked.jpg")
+    gallery = tmp_path / "gallery"
+    (gallery / "day1").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(gallery / "day1" / "own.jpg")
+    (gallery / "from_card").symlink_to(elsewhere, target_is_directory=True)
+    (gallery / "day1" / "loop").symlink_to(gallery, target_is_directory=True)  # a cycle
+    assert list_gallery(Store(), str(gallery)) == ["day1/own.jpg", "from_card/linked.jpg"]

@@ -212,7 +212,9 @@ def test_bad_and_odd_files_in_a_gallery(trained, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optimizer.lr=abc", "optimizer.lr='abc' is not a number"),
+    ("optimizer.lr=abc", "optimizer.lr='abc': expected float"),
+    ("+optimizer.weight_dcay=0.1", "optimizer.weight_dcay: unknown option"),
+    ("optimizer._target_=shutil.rmtree", "optimizer._target_='shutil.rmtree' is not one of beholder's optimizers"),
     ("backbone.name=no_such_net", "backbone.name='no_such_net' is not a timm model"),
     ("head.num_classes=3", "head.num_classes=3"),
     ("ckpt_path=last", "ckpt_path=last: no checkpoints/last.ckpt under"),
@@ -273,15 +275,15 @@ def test_ingest_full_disk_is_reported(tmp_path, capsys, monkeypatch):
     site.mkdir(parents=True)
     (site / "thumbnail.jpg").write_bytes(b"x" * 100)
 
-    def disk_full(path, data):
+    def disk_full(path, fill):
         raise OSError(28, "No space left on device", path)
 
-    monkeypatch.setattr(storage, "write_local_atomically", disk_full)
+    monkeypatch.setattr(storage, "write_local_with", disk_full)
     with serve_folder(tmp_path / "site") as url, pytest.raises(SystemExit) as exit_info:
         ingest([url, str(tmp_path / "mirror"), "--quiet", "--rate", "0"])
     out = capsys.readouterr()
     assert exit_info.value.code == 2
-    assert "No space left on device" in out.out and "manifest.csv failed" in out.err
+    assert "No space left on device" in out.out and "beholder-manifest.csv failed" in out.err
     assert not list((tmp_path / "mirror").rglob("thumbnail.jpg"))
 
 
@@ -296,6 +298,28 @@ def test_checkpoints_cannot_run_code(tmp_path):
     with pytest.raises(IncompatibleCheckpoint, match="not a readable checkpoint"):
         load_checkpoint(str(tmp_path / "evil.ckpt"))
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("part, payload", [
+    ("head", {"dropout": {"_target_": "shutil.copyfile", "_args_": ["/dev/null", "VICTIM"]}}),
+    ("head", {"_target_": "shutil.copyfile", "src": "/dev/null", "dst": "VICTIM"}),
+    ("optimizer", {"_target_": "shutil.copyfile", "_partial_": False, "src": "/dev/null", "dst": "VICTIM"}),
+    ("backbone", {"mean": {"_target_": "shutil.copyfile", "_args_": ["/dev/null", "VICTIM"]}}),
+])
+def test_checkpoint_hyperparameters_naming_code_are_refused(trained, tmp_path, part, payload):
+    """Plain dicts pass weights_only=True; a nested ``_target_`` must still never be called."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the photographer's notes")
+    checkpoint = torch.load(trained[0], map_location="cpu", weights_only=True)
+    payload = json.loads(json.dumps(payload).replace("VICTIM", str(victim)))
+    checkpoint["hyper_parameters"][part] = {**checkpoint["hyper_parameters"][part], **payload}
+    torch.save(checkpoint, tmp_path / "evil.ckpt")
+    result = subprocess.run([PYTHON, str(ROOT / "predict.py"), f"ckpt_path={tmp_path}/evil.ckpt", f"gallery={trained[1]}",
+                             f"output={tmp_path}/out", f"hydra.run.dir={tmp_path}/h"],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert victim.read_text() == "the photographer's notes"
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"ckpt_path={tmp_path}/evil.ckpt: refused: {part}" in result.stderr
 
 
 def test_no_secrets_in_logs_configs_or_errors(gallery, tmp_path):

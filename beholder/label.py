@@ -13,11 +13,12 @@ import math
 import os
 import secrets
 import sys
-from functools import lru_cache
+import threading
+from collections import OrderedDict
 from importlib import resources
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from beholder.data import list_gallery
@@ -29,6 +30,8 @@ from beholder.storage import Store, check_uri, join
 from beholder.tournament import SubmissionError, Tournament
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_IMAGE_ID = 2**63 - 1
+DECODES_AT_ONCE = 2  # full-size decodes in flight: each can take hundreds of MB for a huge PNG
 
 
 class Submission(BaseModel):
@@ -36,12 +39,88 @@ class Submission(BaseModel):
     advanced: list[int]
 
 
-def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None) -> FastAPI:
-    app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None)
+def host_name(host_header: str) -> str:
+    """``127.0.0.1:8000`` -> ``127.0.0.1``, ``[::1]:8000`` -> ``::1``."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def request_refusal(request: Request, allowed_hosts: set[str] | None) -> str | None:
+    """Why a request must be refused, or None. Without a token the server answers only to its own
+    address (a page on another site can rebind a DNS name to 127.0.0.1, but not the Host header);
+    a request that changes state must be same-origin JSON (a cross-site form or beacon cannot be)."""
+    if allowed_hosts is not None and host_name(request.headers.get("host", "")) not in allowed_hosts:
+        return f"host {request.headers.get('host', '')!r} is not this labeller's address"
+    if request.method in ("GET", "HEAD"):
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        return f"cross-origin request from {origin} refused"
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return "cross-site request refused"
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return "send JSON (Content-Type: application/json)"
+    return None
+
+
+class Thumbnails:
+    """Each image decoded once, at display size, with at most ``DECODES_AT_ONCE`` decodes in
+    flight; the JPEGs are kept in a small cache. Concurrent requests for one image wait for one decode."""
+
+    def __init__(self, read, size: int = 256):
+        self.read, self.size = read, size
+        self.cache: OrderedDict[str, bytes] = OrderedDict()
+        self.decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
+        self.lock = threading.Lock()
+        self.key_locks: dict[str, threading.Lock] = {}
+
+    def get(self, key: str) -> bytes:
+        with self.lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+            key_lock = self.key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self.lock:
+                if key in self.cache:
+                    return self.cache[key]
+            with self.decoding:
+                data = self.make(self.read(key))
+            with self.lock:
+                self.cache[key] = data
+                if len(self.cache) > self.size:
+                    self.cache.popitem(last=False)
+                self.key_locks.pop(key, None)
+        return data
+
+    @staticmethod
+    def make(data: bytes) -> bytes:
+        picture = decode_image(data, min_size=(900, 200))  # JPEGs decode at a reduced scale
+        del data
+        picture.thumbnail((1820, 1820) if picture.width > 2.5 * picture.height else (900, 700))
+        buffer = io.BytesIO()
+        picture.save(buffer, "JPEG", quality=85)
+        return buffer.getvalue()
+
+
+def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
+               host: str = "127.0.0.1") -> FastAPI:
+    app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
     page = resources.files("beholder").joinpath("static/label.html").read_text()
+    allowed_hosts = None if token else set(LOCAL_HOSTS) | {host}
+    thumbnails = Thumbnails(lambda key: store.read(join(gallery, key)))
+
+    @app.middleware("http")
+    async def refuse_foreign_requests(request: Request, call_next):
+        reason = request_refusal(request, allowed_hosts)
+        if reason:
+            return JSONResponse({"detail": reason}, status_code=403)
+        return await call_next(request)
 
     def authorised(request: Request, t: str | None = Query(None, alias="token")):
-        if token and not secrets.compare_digest(t or request.headers.get("x-token", ""), token):
+        given = (t or request.headers.get("x-token", "")).encode()
+        if token and not secrets.compare_digest(given, token.encode()):
             raise HTTPException(401, "a valid token is needed (?token=...)")
 
     def rater_of(rater: str | None) -> str:
@@ -50,20 +129,10 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
             raise HTTPException(400, "rater: give a name of 1-64 characters")
         return name
 
-    def state(rater: str) -> dict:
-        shown = tournament.next_set(rater)
+    def state(rater: str, shown) -> dict:
         images = [{"id": i, "url": f"/image/{i}"} for i in shown.image_ids] if shown else []
         return {"rater": rater, "set": {"id": shown.set_id, "round": shown.round, "images": images} if shown else None,
                 "progress": tournament.progress(rater), "token_required": bool(token)}
-
-    @lru_cache(maxsize=256)
-    def thumbnail(image_id: int) -> bytes:
-        key = tournament.key_of(image_id)
-        picture = decode_image(store.read(join(gallery, key)), min_size=(900, 200))
-        picture.thumbnail((1820, 1820) if picture.width > 2.5 * picture.height else (900, 700))
-        buffer = io.BytesIO()
-        picture.save(buffer, "JPEG", quality=85)
-        return buffer.getvalue()
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -71,7 +140,14 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
 
     @app.get("/api/state", dependencies=[Depends(authorised)])
     def get_state(rater: str | None = None):
-        return state(rater_of(rater))
+        """The set on screen, if any; reads only (POST /api/next draws one)."""
+        name = rater_of(rater)
+        return state(name, tournament.open_set(name))
+
+    @app.post("/api/next", dependencies=[Depends(authorised)])
+    def next_set(rater: str | None = None):
+        name = rater_of(rater)
+        return state(name, tournament.next_set(name))
 
     @app.post("/api/submit", dependencies=[Depends(authorised)])
     def submit(submission: Submission, rater: str | None = None):
@@ -80,23 +156,31 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
             tournament.submit(name, submission.set_id, submission.advanced)
         except SubmissionError as error:
             raise HTTPException(409, str(error)) from None
-        return state(name)
+        return state(name, tournament.next_set(name))
 
     @app.post("/api/undo", dependencies=[Depends(authorised)])
     def undo(rater: str | None = None):
         name = rater_of(rater)
         tournament.undo(name)
-        return state(name)
+        return state(name, tournament.next_set(name))
 
     @app.get("/image/{image_id}", dependencies=[Depends(authorised)])
     def image(image_id: int):
-        # Only ids of gallery images are served: no path or key ever comes from the request.
-        if tournament.key_of(image_id) is None:
+        # Only ids of gallery images are served: no path or key ever comes from the request,
+        # and no server path goes into an answer.
+        key = tournament.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
+        if key is None:
             raise HTTPException(404, "no such image")
         try:
-            return Response(thumbnail(image_id), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-        except (UnreadableImage, OSError) as error:
+            data = thumbnails.get(key)
+        except FileNotFoundError:
+            tournament.retire(image_id)
+            raise HTTPException(404, "this image is no longer in the gallery") from None
+        except UnreadableImage as error:
             raise HTTPException(422, f"unreadable image: {error}") from None
+        except OSError as error:
+            raise HTTPException(422, f"the image could not be read ({type(error).__name__})") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     return app
 
@@ -112,23 +196,27 @@ def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> 
     return {key: abs(score - threshold) for key, score in scores.items()}
 
 
+def parse_targets(text: str) -> list[float]:
+    try:
+        targets = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise UserError(f"--targets {text!r}: give acceptance rates like 0.5,0.1,0.4") from None
+    if not all(0 < t <= 1 for t in targets):
+        raise UserError(f"--targets {text!r}: each rate must be in (0, 1]")
+    return targets
+
+
 def serve(args) -> None:
     gallery = check_uri(args.gallery, "--gallery")
     store = Store(args.endpoint_url)
     keys = list_gallery(store, gallery, "--gallery")
-    try:
-        targets = [float(t) for t in args.targets.split(",")]
-    except ValueError:
-        raise UserError(f"--targets {args.targets!r}: give acceptance rates like 0.5,0.1,0.4") from None
-    if not targets or not all(0 < t <= 1 for t in targets):
-        raise UserError(f"--targets {args.targets!r}: each rate must be in (0, 1]")
-    tournament = Tournament(args.db, targets)
+    tournament = Tournament(args.db, parse_targets(args.targets) if args.targets is not None else None)
     priorities = model_priorities(args.model, gallery, store, keys) if args.model else None
-    tournament.add_images(keys, priorities)
+    tournament.sync_images(keys, priorities)
     token = args.token
     if args.host not in LOCAL_HOSTS and not token:
         token = secrets.token_urlsafe(16)
-    app = create_app(tournament, gallery, store, args.rater, token)
+    app = create_app(tournament, gallery, store, args.rater, token, args.host)
     address = f"http://{args.host}:{args.port}/?rater={args.rater}" + (f"&token={token}" if token else "")
     print(f"beholder labeller: {len(keys)} images in {gallery}; open {address}", flush=True)
     import uvicorn
@@ -137,13 +225,12 @@ def serve(args) -> None:
 
 
 def run_export(args) -> None:
-    if not os.path.exists(args.db):
-        raise UserError(f"--db {args.db}: no such file")
-    text, summary = export(Tournament(args.db))
+    text, summary = export(Tournament(args.db, read_only=True))
     Store().write(args.out, text.encode())
     alpha = "n/a (no image seen by two raters)" if summary["alpha"] is None else f"{summary['alpha']:.3f}"
-    print(f"wrote {summary['images']} labelled images to {args.out}; raters: {', '.join(summary['raters']) or 'none'}; "
-          f"{summary['shared']} images seen by 2+ raters, Krippendorff's alpha (ordinal) {alpha}")
+    gone = f"; {summary['gone']} labelled images no longer in the gallery left out" if summary["gone"] else ""
+    print(f"wrote {summary['images']} labelled images to {args.out} ({summary['rounds']} rounds); raters: {', '.join(summary['raters']) or 'none'}; "
+          f"{summary['shared']} images seen by 2+ raters, Krippendorff's alpha (ordinal) {alpha}{gone}")
 
 
 def main(argv=None) -> None:
@@ -162,7 +249,8 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--token", default=None, help="access token (generated when listening beyond localhost)")
-    parser.add_argument("--targets", default="0.5,0.1,0.4", help="acceptance target per round; their count is the number of rounds")
+    parser.add_argument("--targets", default=None, help="acceptance target per round, their count the number of rounds "
+                        "(default 0.5,0.1,0.4; stored with the database)")
     parser.add_argument("--model", default=None, help="a checkpoint: show the images it is least sure about first")
     parser.add_argument("--endpoint-url", default=None)
     with exit_on_user_error():

@@ -7,7 +7,15 @@ import io
 from collections import Counter
 from itertools import permutations
 
+from beholder.labels import NUM_TIERS
 from beholder.tournament import Tournament
+
+
+def tier_of(rounds_advanced: int) -> int:
+    """The training tier of an image that advanced through ``rounds_advanced`` rounds: the same
+    number, capped at the top tier (3). With the default 3 rounds that is 0 junk, 1 fine, 2 top
+    5 %, 3 top 2 %; with fewer rounds the top tiers stay empty, with more they merge into tier 3."""
+    return min(rounds_advanced, NUM_TIERS - 1)
 
 
 def ordinal_alpha(units: list[list[int]]) -> float | None:
@@ -35,13 +43,16 @@ def ordinal_alpha(units: list[list[int]]) -> float | None:
 
 
 def export(tournament: Tournament) -> tuple[str, dict]:
-    """CSV text (image, tier, matches, raters, tier_mean, tier_<rater>...) and a summary."""
+    """CSV text (image, tier, matches, raters, tier_mean, tier_by_<rater>...) and a summary. Images
+    no longer in the gallery (as of the labeller's last start) are left out and counted."""
     raters = tournament.raters()
-    per_rater = {r: tournament.tiers(r) for r in raters}
-    images = sorted({i for tiers in per_rater.values() for i in tiers})
+    per_rater = {r: {i: (tier_of(t), m) for i, (t, m) in tournament.tiers(r).items()} for r in raters}
+    labelled = {i for tiers in per_rater.values() for i in tiers}
+    active, keys = tournament.active_ids(), tournament.keys()
+    images = sorted(labelled & active, key=keys.get)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "tier", "matches", "raters", "tier_mean", *[f"tier_{r}" for r in raters]])
+    writer.writerow(["image", "tier", "matches", "raters", "tier_mean", *[f"tier_by_{r}" for r in raters]])
     units = []
     for image_id in images:
         given = {r: per_rater[r][image_id] for r in raters if image_id in per_rater[r]}
@@ -49,9 +60,10 @@ def export(tournament: Tournament) -> tuple[str, dict]:
         mean = sum(tiers) / len(tiers)
         units.append(tiers)
         writer.writerow([
-            tournament.key_of(image_id), int(mean + 0.5), sum(m for _, m in given.values()), len(given), f"{mean:.3f}",
+            keys[image_id], int(mean + 0.5), sum(m for _, m in given.values()), len(given), f"{mean:.3f}",
             *[given[r][0] if r in given else "" for r in raters],
         ])
     alpha = ordinal_alpha(units)
-    summary = {"images": len(images), "raters": raters, "shared": sum(len(u) >= 2 for u in units), "alpha": alpha}
+    summary = {"images": len(images), "raters": raters, "shared": sum(len(u) >= 2 for u in units), "alpha": alpha,
+               "gone": len(labelled - active), "rounds": tournament.rounds}
     return buffer.getvalue(), summary

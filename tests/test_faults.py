@@ -154,7 +154,7 @@ def test_kill_9_of_the_labeller_keeps_every_submission(tmp_path):
     base = f"http://127.0.0.1:{port}"
 
     def call(method, path, body=None):
-        request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
+        request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body is not None else None,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
@@ -166,7 +166,7 @@ def test_kill_9_of_the_labeller_keeps_every_submission(tmp_path):
             return None
 
     wait_for(up, timeout=60)
-    state = call("GET", "/api/state")
+    state = call("POST", "/api/next", {})
     submitted = []
     for _ in range(3):
         chosen = [state["set"]["images"][0]["id"]]

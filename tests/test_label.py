@@ -5,12 +5,16 @@ import socket
 import sqlite3
 import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from beholder.errors import UserError
 from beholder.label import create_app, main
 from beholder.label_export import export, ordinal_alpha
 from beholder.storage import Store
@@ -31,13 +35,13 @@ def panoramas(tmp_path):
 def client_for(panoramas, db, token=None, seed=0):
     tournament = Tournament(str(db), seed=seed)
     store = Store()
-    tournament.add_images(store.list(str(panoramas)))
-    return TestClient(create_app(tournament, str(panoramas), store, "alice", token)), tournament
+    tournament.sync_images(store.list(str(panoramas)))
+    return TestClient(create_app(tournament, str(panoramas), store, "alice", token), base_url="http://127.0.0.1:8000"), tournament
 
 
 def play(client, pick, rater="alice"):
     """Submit sets until none is left; ``pick(set)`` gives the ids that advance."""
-    state = client.get("/api/state", params={"rater": rater}).json()
+    state = client.post("/api/next", params={"rater": rater}, json={}).json()
     while state["set"]:
         state = client.post("/api/submit", params={"rater": rater}, json={"set_id": state["set"]["id"], "advanced": pick(state["set"])}).json()
     return state
@@ -68,13 +72,13 @@ def test_rounds_feed_the_right_pools_and_tiers_follow(panoramas, tmp_path):
 def test_undo_and_resume_after_restart(panoramas, tmp_path):
     db = tmp_path / "labels.sqlite"
     client, _ = client_for(panoramas, db)
-    first = client.get("/api/state").json()["set"]
+    first = client.post("/api/next", json={}).json()["set"]
     second = client.post("/api/submit", json={"set_id": first["id"], "advanced": [first["images"][1]["id"]]}).json()["set"]
-    again = client.post("/api/undo").json()["set"]
+    again = client.post("/api/undo", json={}).json()["set"]
     assert [i["id"] for i in again["images"]] == [i["id"] for i in first["images"]]
     assert client.get("/api/state").json()["progress"]["judged_in_round"] == 0
     client.post("/api/submit", json={"set_id": again["id"], "advanced": []})
-    shown = client.get("/api/state").json()["set"]
+    shown = client.post("/api/next", json={}).json()["set"]
     del client  # the server "dies"; a new one on the same database resumes
     client, tournament = client_for(panoramas, db, seed=1)
     state = client.get("/api/state").json()
@@ -84,7 +88,7 @@ def test_undo_and_resume_after_restart(panoramas, tmp_path):
 
 def test_bad_ids_and_path_traversal_are_refused(panoramas, tmp_path):
     client, _ = client_for(panoramas, tmp_path / "labels.sqlite")
-    shown = client.get("/api/state").json()["set"]
+    shown = client.post("/api/next", json={}).json()["set"]
     outsider = next(i for i in range(1, 17) if i not in [x["id"] for x in shown["images"]])
     response = client.post("/api/submit", json={"set_id": shown["id"], "advanced": [outsider]})
     assert response.status_code == 409 and "not in set" in response.json()["detail"]
@@ -111,9 +115,9 @@ def test_export_matches_the_clicks_and_reports_agreement(panoramas, tmp_path, ca
     play(client, lambda s: [s["images"][0]["id"]], rater="bob")
     main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
     rows = list(csv.DictReader(open(tmp_path / "labels.csv")))
-    assert len(rows) == 16 and set(rows[0]) == {"image", "tier", "matches", "raters", "tier_mean", "tier_alice", "tier_bob"}
+    assert len(rows) == 16 and set(rows[0]) == {"image", "tier", "matches", "raters", "tier_mean", "tier_by_alice", "tier_by_bob"}
     alice = {tournament.key_of(i): t for i, (t, _) in tournament.tiers("alice").items()}
-    assert {r["image"]: int(r["tier_alice"]) for r in rows} == alice
+    assert {r["image"]: int(r["tier_by_alice"]) for r in rows} == alice
     assert all(r["raters"] == "2" for r in rows)
     assert "Krippendorff's alpha (ordinal)" in capsys.readouterr().out
     _, summary = export(tournament)
@@ -190,3 +194,274 @@ def test_labelling_in_a_real_browser(panoramas, tmp_path):
     assert [a for _, a in second] == [0, 1, 0, 0]  # after the undo: key 2
     undone = sqlite3.connect(db).execute("SELECT COUNT(*) FROM sets WHERE undone = 1 AND submitted IS NOT NULL").fetchone()[0]
     assert undone == 1
+
+
+# --- guarantees: transactions, concurrency, cross-site requests, stored targets, odd input -----------
+
+@pytest.fixture
+def many(tmp_path):
+    """80 tiny images: enough sets for many clients."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(folder / f"img_{i:02d}.jpg")
+    return folder
+
+
+@contextmanager
+def running(app):
+    """The app on a real uvicorn server on 127.0.0.1 (threads: requests really run at once)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def count(db, sql):
+    return sqlite3.connect(db).execute(sql).fetchone()[0]
+
+
+@pytest.mark.parametrize("denied", [(sqlite3.SQLITE_UPDATE, "sets"), (sqlite3.SQLITE_INSERT, "decisions")])
+def test_a_submission_that_dies_halfway_leaves_nothing(panoramas, tmp_path, denied):
+    db = tmp_path / "labels.sqlite"
+    client, tournament = client_for(panoramas, db)
+    shown = client.post("/api/next", json={}).json()["set"]
+    # the second write of the submission fails, as a kill there would stop it
+    tournament.db.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY if (action, table) == denied else sqlite3.SQLITE_OK)
+    with pytest.raises(sqlite3.DatabaseError):
+        tournament.submit("alice", shown["id"], [shown["images"][0]["id"]])
+    tournament.db.set_authorizer(None)
+    assert count(db, "SELECT COUNT(*) FROM decisions") == 0
+    assert tournament.open_set("alice").set_id == shown["id"]  # still open: the resubmission counts once
+    client.post("/api/submit", json={"set_id": shown["id"], "advanced": [shown["images"][1]["id"]]})
+    assert count(db, "SELECT COUNT(*) FROM decisions") == 4
+    assert count(db, "SELECT COUNT(*) FROM decisions WHERE advanced = 1") == 1
+
+
+def test_ten_clients_at_once_count_each_submission_once(many, tmp_path):
+    import httpx
+
+    db = tmp_path / "labels.sqlite"
+    tournament = Tournament(str(db), seed=0)
+    tournament.sync_images(Store().list(str(many)))
+    with running(create_app(tournament, str(many), Store(), "alice")) as base:
+        # the same set posted by 10 clients at once, 20 times over: one of each 10 is accepted
+        accepted = []
+        state = httpx.post(f"{base}/api/next", json={}).json()
+        for _ in range(20):
+            body = {"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]}
+            barrier = threading.Barrier(10)
+
+            def post(body=body, barrier=barrier):
+                barrier.wait()
+                return httpx.post(f"{base}/api/submit", json=body, timeout=30)
+
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(lambda _: post(), range(10)))
+            accepted.append(sum(a.status_code == 200 for a in answers))
+            assert {a.status_code for a in answers} <= {200, 409}
+            state = next(a for a in answers if a.status_code == 200).json()
+        assert accepted == [1] * 20
+        assert count(db, "SELECT COUNT(*) FROM decisions") == 80
+        assert count(db, "SELECT MAX(n) FROM (SELECT COUNT(*) n FROM decisions GROUP BY image_id, rater, round)") == 1
+
+        # 10 raters working in parallel: every honest submission is accepted
+        def rater(name):
+            refused, state = 0, httpx.post(f"{base}/api/next", params={"rater": name}, json={}, timeout=30).json()
+            for _ in range(15):
+                answer = httpx.post(f"{base}/api/submit", params={"rater": name}, timeout=30,
+                                    json={"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]})
+                refused += answer.status_code != 200
+                state = answer.json() if answer.status_code == 200 else state
+            return refused
+
+        with ThreadPoolExecutor(10) as pool:
+            assert list(pool.map(rater, [f"r{i}" for i in range(10)])) == [0] * 10
+    assert count(db, "SELECT COUNT(*) FROM decisions WHERE rater LIKE 'r%'") == 600
+    assert count(db, "SELECT COUNT(DISTINCT rater) FROM sets WHERE rater LIKE 'r%'") == 10
+
+
+def test_cross_site_and_rebinding_requests_change_nothing(panoramas, tmp_path):
+    db = tmp_path / "labels.sqlite"
+    client, _ = client_for(panoramas, db)
+    play(client, lambda s: [s["images"][0]["id"]])
+    before = count(db, "SELECT COUNT(*) FROM sets"), count(db, "SELECT COUNT(*) FROM sets WHERE undone = 1")
+    hostile = [
+        {"headers": {"Origin": "http://evil.example"}, "json": {}},
+        {"headers": {"Content-Type": "application/x-www-form-urlencoded"}, "content": b"a=1"},
+        {"headers": {"Content-Type": "text/plain"}, "content": b"{}"},
+        {"headers": {"Sec-Fetch-Site": "cross-site"}, "json": {}},
+        {"headers": {"Host": "attacker.example:8000"}, "json": {}},
+    ]
+    for request in hostile:
+        assert client.post("/api/undo", **request).status_code == 403
+    assert client.get("/api/state", headers={"Host": "attacker.example:8000"}).status_code == 403
+    for _ in range(5):  # reading the state writes nothing
+        assert client.get("/api/state", params={"rater": "someone-new"}).status_code == 200
+    assert (count(db, "SELECT COUNT(*) FROM sets"), count(db, "SELECT COUNT(*) FROM sets WHERE undone = 1")) == before
+    assert client.post("/api/undo", json={}, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200  # the page itself
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_path):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from playwright.sync_api import sync_playwright
+
+    db = tmp_path / "labels.sqlite"
+    client, tournament = client_for(panoramas, db)
+    play(client, lambda s: [s["images"][0]["id"]])
+    labelled = tournament.progress("alice")["labelled"]
+    with running(create_app(tournament, str(panoramas), Store(), "alice")) as base:
+        attack = (f'<form method="POST" action="{base}/api/undo?rater=alice" enctype="text/plain">'
+                  '<input name=\'{"x":"\' value=\'"}\'></form><script>'
+                  f'for (let i = 0; i < 5; i++) fetch("{base}/api/undo?rater=alice", {{method: "POST", mode: "no-cors", body: "{{}}"}});'
+                  'setTimeout(() => document.forms[0].submit(), 300);</script>').encode()
+
+        class Attacker(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(attack)
+
+        site = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+                page = browser.new_page()
+                page.goto(f"http://localhost:{site.server_address[1]}/")
+                page.wait_for_url(f"{base}/api/undo?rater=alice", timeout=10000)  # the form did post
+                browser.close()
+        finally:
+            site.shutdown()
+    assert tournament.progress("alice")["labelled"] == labelled
+    assert count(db, "SELECT COUNT(*) FROM sets WHERE undone = 1") == 0
+
+
+@pytest.mark.parametrize("targets, tiers", [("0.5,0.25", {0, 1, 2}), ("0.5,0.5,0.5,0.5", {0, 1, 2, 3})])
+def test_any_number_of_rounds_exports_every_image_in_trainable_tiers(many, tmp_path, capsys, targets, tiers):
+    from beholder.label import parse_targets
+    from beholder.labels import parse_labels
+
+    db = tmp_path / "labels.sqlite"
+    tournament = Tournament(str(db), parse_targets(targets), seed=0)
+    tournament.sync_images(Store().list(str(many))[:40])
+    client = TestClient(create_app(tournament, str(many), Store(), "alice"), base_url="http://127.0.0.1:8000")
+    play(client, lambda s: [i["id"] for i in s["images"][: (len(s["images"]) + 1) // 2]])
+    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    text = (tmp_path / "labels.csv").read_text()
+    labels = parse_labels(text, "labels.csv", None)  # what train.py reads
+    assert len(labels) == 40 and {label.tier for label in labels} == tiers
+    reopened = Tournament(str(db))  # the targets come from the database
+    assert reopened.targets == parse_targets(targets)
+    with pytest.raises(UserError, match="was labelled with --targets"):
+        Tournament(str(db), [0.5, 0.1, 0.4])
+
+
+def test_deleted_images_leave_the_pool_and_errors_name_no_server_path(panoramas, tmp_path):
+    db = tmp_path / "labels.sqlite"
+    client, tournament = client_for(panoramas, db)
+    shown = client.post("/api/next", json={}).json()["set"]
+    victim = shown["images"][0]
+    (panoramas / tournament.key_of(victim["id"])).unlink()
+    answer = client.get(victim["url"])
+    assert answer.status_code == 404 and str(panoramas) not in answer.text
+    gone = next(p for p in sorted(panoramas.rglob("*.jpg")) if p.name != "pano_00.jpg")
+    gone.unlink()
+    client, tournament = client_for(panoramas, db)  # a restart lists the gallery again
+    state = play(client, lambda s: [])
+    assert state["progress"]["pool"] == 14 and state["progress"]["labelled"] == 14
+    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    assert len(list(csv.DictReader(open(tmp_path / "labels.csv")))) == 14
+
+
+def test_odd_requests_and_databases_get_clear_answers(panoramas, tmp_path, capsys):
+    import hashlib
+
+    client, _ = client_for(panoramas, tmp_path / "labels.sqlite", token="s3cret-ÿ")
+    assert client.get("/api/state", params={"token": "x"}).status_code == 401  # a non-ASCII token is no 500
+    assert client.get("/api/state", params={"token": "s3cret-ÿ"}).status_code == 200
+    assert client.get("/openapi.json").status_code in (401, 404)
+    client, _ = client_for(panoramas, tmp_path / "labels.sqlite")
+    assert client.get("/image/99999999999999999999").status_code == 404
+    assert client.get("/image/-1").status_code == 404
+
+    play(client, lambda s: [s["images"][0]["id"]], rater="mean")
+    main(["export", "--db", str(tmp_path / "labels.sqlite"), "--out", str(tmp_path / "labels.csv")])
+    row = next(csv.DictReader(open(tmp_path / "labels.csv")))
+    assert "tier_by_mean" in row and float(row["tier_mean"]) == int(row["tier_by_mean"])
+
+    foreign = tmp_path / "catalog.sqlite"
+    other = sqlite3.connect(foreign)
+    other.execute("CREATE TABLE photos (id INTEGER, rating INTEGER)")
+    other.commit()
+    other.close()
+    digest = hashlib.sha256(foreign.read_bytes()).hexdigest()
+    truncated = tmp_path / "truncated.sqlite"
+    truncated.write_bytes((tmp_path / "labels.sqlite").read_bytes()[:1000])
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    for db, message in [(foreign, "not a beholder labeller database"), (truncated, "not a beholder labeller database"),
+                        (corrupt, "not a readable SQLite database"),
+                        (tmp_path, "is a folder"), (tmp_path / "nope.sqlite", "no such file")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--db", str(db), "--out", str(tmp_path / "x.csv")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(UserError, match="not a beholder labeller database"):
+        Tournament(str(foreign))
+    assert hashlib.sha256(foreign.read_bytes()).hexdigest() == digest  # not switched to WAL, no tables added
+    assert not os.path.exists(f"{foreign}-wal")
+
+
+def test_export_only_reads_the_database(panoramas, tmp_path):
+    import hashlib
+
+    db = tmp_path / "labels.sqlite"
+    client, tournament = client_for(panoramas, db)
+    play(client, lambda s: [s["images"][0]["id"]])
+    tournament.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        Tournament(str(db), read_only=True).db.execute("DELETE FROM images")
+
+
+def test_thumbnails_decode_each_image_once_and_few_at_a_time():
+    from beholder.label import DECODES_AT_ONCE, Thumbnails
+
+    active, most, reads = [0], [0], Counter()
+    lock = threading.Lock()
+    picture = io.BytesIO()
+    Image.new("RGB", (2000, 1000)).save(picture, "PNG")
+
+    def read(key):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            reads[key] += 1
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return picture.getvalue()
+
+    thumbnails = Thumbnails(read)
+    with ThreadPoolExecutor(10) as pool:
+        sizes = list(pool.map(lambda i: len(thumbnails.get(f"img{i % 5}")), range(40)))
+    assert most[0] <= DECODES_AT_ONCE and reads == {f"img{i}": 1 for i in range(5)}
+    assert Image.open(io.BytesIO(thumbnails.get("img0"))).size == (900, 450) and min(sizes) > 0

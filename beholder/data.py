@@ -192,11 +192,11 @@ class GalleryDataModule(pl.LightningDataModule):
         return self._loader(self.dataset("test", train=False))
 
 
-def list_gallery(store: Store, root: str, option: str = "gallery") -> list[str]:
-    """Every image file under ``root`` (jpg, jpeg, png, webp, tif; any case), sorted; an error
-    naming ``option`` when the folder is missing or holds none."""
+def list_gallery(store: Store, root: str, option: str = "gallery") -> dict[str, str]:
+    """Every image file under ``root`` (jpg, jpeg, png, webp, tif; any case), sorted, each with its
+    version (:meth:`Store.versions`); an error naming ``option`` when the folder is missing or holds none."""
     try:
-        images = store.list(root, IMAGE_SUFFIXES)
+        images = store.versions(root, IMAGE_SUFFIXES)
     except FileNotFoundError:
         raise MissingInput(f"{option}={root}: no such folder") from None
     if not images:

@@ -289,22 +289,9 @@ class Destination:
         self.uri, self.store = uri, Store(endpoint_url)
 
     def existing_sizes(self) -> dict[str, int]:
-        if is_s3(self.uri):
-            bucket, prefix = split_s3(self.uri)
-            prefix = prefix.rstrip("/") + "/" if prefix else ""
-            sizes = {}
-            for page in self.store.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                sizes.update({obj["Key"][len(prefix):]: obj["Size"] for obj in page.get("Contents", [])})
-            return sizes
-        if not os.path.isdir(self.uri):
+        if not is_s3(self.uri) and not os.path.isdir(self.uri):
             return {}
-        sizes = {}
-        for name in self.store.list(self.uri):
-            try:
-                sizes[name] = os.path.getsize(join(self.uri, name))
-            except OSError:  # a dangling link: not there
-                pass
-        return sizes
+        return {name: int(version.split(":", 1)[0]) for name, version in self.store.versions(self.uri).items()}
 
     def path(self, key: str) -> str:
         """Where ``key`` goes; refused unless it is a plain relative path that stays inside."""

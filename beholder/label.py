@@ -209,7 +209,7 @@ def parse_targets(text: str) -> list[float]:
 def serve(args) -> None:
     gallery = check_uri(args.gallery, "--gallery")
     store = Store(args.endpoint_url)
-    keys = list_gallery(store, gallery, "--gallery")
+    keys = list(list_gallery(store, gallery, "--gallery"))
     tournament = Tournament(args.db, parse_targets(args.targets) if args.targets is not None else None)
     priorities = model_priorities(args.model, gallery, store, keys) if args.model else None
     tournament.sync_images(keys, priorities)

@@ -17,8 +17,8 @@ from beholder.data import GalleryDataset, build_transform, collate, list_gallery
 from beholder.errors import UserError
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
-from beholder.report import highlights_html, scores_csv, skipped_csv, star_rating, xmp_sidecar
-from beholder.shards import ShardWriter, read_shards
+from beholder.report import UnreadableSidecar, highlights_html, scores_csv, sidecar_names, skipped_csv, star_rating, xmp_sidecar
+from beholder.shards import ShardWriter, bind_run, read_shards
 from beholder.storage import Store, check_uri, is_s3, join
 
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
@@ -85,11 +85,20 @@ def check_writable(store: Store, output: str, partial: str) -> None:
         raise UserError(f"output={output}: cannot write there ({type(error).__name__}: {error})") from None
 
 
-def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str], partial: str) -> bool:
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str],
+                  versions: dict[str, str], partial: str) -> bool:
     """Score ``images`` into shards under ``partial``; True on the process that should finish up."""
     dataset = GalleryDataset(gallery, images, store, build_transform(module.net.data_config, train=False))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
-    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial)], logger=False)
+    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial, versions)], logger=False)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     return trainer.is_global_zero
@@ -100,39 +109,39 @@ def predict(cfg: DictConfig) -> dict | None:
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     check_threshold_options(cfg)
     keep_freed_memory()
-    module = load_checkpoint(os.path.expanduser(str(cfg.ckpt_path)))
+    ckpt_path = os.path.expanduser(str(cfg.ckpt_path))
+    module = load_checkpoint(ckpt_path)
     store = Store(cfg.endpoint_url)
-    images = list_gallery(store, gallery)
+    versions = list_gallery(store, gallery)
     partial = partial_folder(output)
     check_writable(store, output, partial)
 
-    done, _ = read_shards(partial)
-    todo = [image for image in images if image not in done]
+    # Results so far count only for this checkpoint, this gallery and each file as it is now.
+    restarted = bind_run(partial, {"checkpoint": file_digest(ckpt_path), "gallery": gallery})
+    done, _, outdated = read_shards(partial, versions)
+    todo = [image for image in versions if image not in done]
     started = time.perf_counter()
     try:
-        if todo and not score_gallery(cfg, module, store, gallery, todo, partial):
+        if todo and not score_gallery(cfg, module, store, gallery, todo, versions, partial):
             return None
     except OSError as error:
         raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
     seconds = time.perf_counter() - started
 
-    found = set(images)
-    scored, skipped = read_shards(partial)
-    scored = {image: row for image, row in scored.items() if image in found}
-    skipped = {image: reason for image, reason in skipped.items() if image in found}
-    if len(scored) + len(skipped) < len(images):
-        missing = len(images) - len(scored) - len(skipped)
-        raise Incomplete(f"{missing} of {len(images)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
+    scored, skipped, _ = read_shards(partial, versions)
+    if len(scored) + len(skipped) < len(versions):
+        missing = len(versions) - len(scored) - len(skipped)
+        raise Incomplete(f"{missing} of {len(versions)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
     ranked = sorted(scored.values(), key=lambda row: (-row["score"], row["image"]))
     if not ranked:
-        raise UserError(f"gallery={gallery}: none of the {len(images)} files could be read (see the warnings)")
+        raise UserError(f"gallery={gallery}: none of the {len(versions)} files could be read (see the warnings)")
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     threshold, source = mark_kept(cfg, module, ranked)
     kept = sum(row["keep"] for row in ranked)
 
     summary = {
-        "found": len(images),
+        "found": len(versions),
         "scored": len(ranked),
         "skipped": len(skipped),
         "kept": kept,
@@ -141,6 +150,7 @@ def predict(cfg: DictConfig) -> dict | None:
         "threshold_source": source,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),
+        "rescored": {reason: count for reason, count in ((restarted, len(todo)), ("changed since scored", len(outdated))) if reason and count},
         "output": output,
     }
     try:
@@ -164,11 +174,7 @@ def probability_names(module: BeholderModule) -> list[str]:
 def write_results(cfg, module, store, gallery, output, ranked, skipped, summary) -> None:
     store.write(join(output, "skipped.csv"), skipped_csv(skipped))
     if cfg.xmp:
-        for row in ranked:
-            stem = os.path.splitext(row["image"])[0] + ".xmp"
-            beside = cfg.xmp_beside_images and not is_s3(gallery)
-            target = join(gallery, stem) if beside else join(output, "xmp/" + stem)
-            store.write(target, xmp_sidecar(star_rating(row["rank"], summary["kept"], row["keep"]), row["keep"], row["score"]))
+        write_sidecars(cfg, store, gallery, output, ranked, list(skipped), summary)
     count = cfg.highlights
     kept = [row for row in ranked if row["keep"]]
     rejected = [row for row in ranked if not row["keep"]]
@@ -187,15 +193,34 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
     store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
 
 
+def write_sidecars(cfg, store, gallery, output, ranked, skipped, summary) -> None:
+    """One XMP sidecar per scored image, merged into the one already there (never replacing the
+    photographer's own fields); one that is not XMP is left as it is and counted."""
+    names = sidecar_names([row["image"] for row in ranked] + skipped)
+    beside = cfg.xmp_beside_images and not is_s3(gallery)
+    summary["sidecars_left_alone"] = []
+    for row in ranked:
+        target = join(gallery, names[row["image"]]) if beside else join(output, "xmp/" + names[row["image"]])
+        existing = store.read(target) if store.exists(target) else None
+        try:
+            packet = xmp_sidecar(star_rating(row["rank"], summary["kept"], row["keep"]), row["keep"], row["score"], existing)
+        except UnreadableSidecar as error:
+            summary["sidecars_left_alone"].append(f"{target}: {error}")
+            continue
+        store.write(target, packet)
+
+
 def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) -> None:
     lines = [
         "",
         "beholder: gallery scored",
         f"  images found    {summary['found']}",
         f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s)",
+        *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
         f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
         f"  kept            {summary['kept']}  (gallery reduction {summary['gallery_reduction']:.1%})",
         f"  threshold       {summary['threshold']:.4f}  ({summary['threshold_source']})",
+        *[f"  sidecar left as it was, not XMP: {problem}" for problem in summary.get("sidecars_left_alone", [])],
         f"  results         {join(summary['output'], 'scores.csv')}",
         f"  contact sheet   {join(summary['output'], 'highlights.html')}",
         "  top 10:",

@@ -6,6 +6,9 @@ import base64
 import csv
 import html
 import io
+import os
+import re
+import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
 from beholder.images import UnreadableImage, decode_image
@@ -39,27 +42,63 @@ def star_rating(rank: int, kept: int, keep: bool) -> int:
     return 5 if share < 0.1 else 4 if share < 0.3 else 3 if share < 0.6 else 2
 
 
-def xmp_sidecar(rating: int, keep: bool, score: float) -> bytes:
+XMP_NAMESPACES = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
+    "beholder": "https://github.com/beholder/ns/1.0/",
+}
+EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+
+
+class UnreadableSidecar(ValueError):
+    """An existing sidecar that is not XMP we can merge into: it is left as it is."""
+
+
+def sidecar_names(images: list[str]) -> dict[str, str]:
+    """Each image's sidecar path: ``<path without extension>.xmp`` (what Lightroom reads), or
+    ``<path>.xmp`` (darktable's and digiKam's form) for images that share a stem, such as
+    ``dup.jpg`` and ``dup.png``, so that no two images write one sidecar (case-insensitively)."""
+    stems: dict[str, int] = {}
+    for image in images:
+        stem = os.path.splitext(image)[0].lower()
+        stems[stem] = stems.get(stem, 0) + 1
+    return {image: (os.path.splitext(image)[0] if stems[os.path.splitext(image)[0].lower()] == 1 else image) + ".xmp" for image in images}
+
+
+def xmp_sidecar(rating: int, keep: bool, score: float, existing: bytes | None = None) -> bytes:
     """An XMP packet with the star rating (``xmp:Rating``), a colour label (Green = keep, Red =
     reject; ``xmp:Label``) and digiKam's pick label (3 accepted, 1 rejected). Lightroom, darktable
-    and digiKam read these."""
+    and digiKam read these. ``existing``: a sidecar already there, whose other properties
+    (keywords, edits, the photographer's own fields) are kept; only these fields are replaced."""
     label, pick = ("Green", 3) if keep else ("Red", 1)
-    return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
-<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="beholder">
- <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
-  <rdf:Description rdf:about=""
-    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
-    xmlns:digiKam="http://www.digikam.org/ns/1.0/"
-    xmlns:beholder="https://github.com/beholder/ns/1.0/"
-    xmp:Rating="{rating}"
-    xmp:Label="{label}"
-    digiKam:PickLabel="{pick}"
-    beholder:Score={quoteattr(f"{score:.6f}")}
-    beholder:Keep="{str(keep).lower()}"/>
- </rdf:RDF>
-</x:xmpmeta>
-<?xpacket end="w"?>
-""".encode()
+    values = {("xmp", "Rating"): str(rating), ("xmp", "Label"): label, ("digiKam", "PickLabel"): str(pick),
+              ("beholder", "Score"): f"{score:.6f}", ("beholder", "Keep"): str(keep).lower()}
+    data = existing or EMPTY_XMP
+    try:
+        for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
+            if prefix and not re.fullmatch(r"ns\d+", prefix):
+                ET.register_namespace(prefix, uri)  # write the file's own prefixes back
+        root = ET.fromstring(data)
+    except ET.ParseError as error:
+        raise UnreadableSidecar(f"not XML ({error})") from None
+    for prefix, uri in XMP_NAMESPACES.items():
+        ET.register_namespace(prefix, uri)
+    rdf = XMP_NAMESPACES["rdf"]
+    holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
+    if holder is None:
+        raise UnreadableSidecar("no rdf:RDF element")
+    description = holder.find(f"{{{rdf}}}Description")
+    if description is None:
+        description = ET.SubElement(holder, f"{{{rdf}}}Description", {f"{{{rdf}}}about": ""})
+    for (prefix, name), value in values.items():
+        tag = f"{{{XMP_NAMESPACES[prefix]}}}{name}"
+        for element in description.findall(tag):  # the same property written as an element
+            description.remove(element)
+        description.set(tag, value)
+    body = ET.tostring(root, encoding="unicode")
+    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>\n'.encode()
 
 
 def thumbnail(data: bytes, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:

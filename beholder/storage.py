@@ -107,19 +107,30 @@ class Store:
 
     def list(self, root: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
         """Paths under ``root`` relative to it, sorted; only those ending in ``suffixes`` (any case)."""
+        return list(self.versions(root, suffixes))
+
+    def versions(self, root: str, suffixes: tuple[str, ...] | None = None) -> dict[str, str]:
+        """Like :meth:`list`, each path with its version: ``size:mtime_ns`` for a local file,
+        ``size:ETag`` for an S3 object. A file that changes gets another version."""
         if is_s3(root):
             bucket, prefix = split_s3(root)
             prefix = prefix.rstrip("/") + "/" if prefix else ""
-            names = []
+            found = {}
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+                found.update({obj["Key"][len(prefix):]: f"{obj['Size']}:{obj['ETag'].strip(chr(34))}" for obj in page.get("Contents", [])})
         else:
             if not os.path.isdir(root):
                 raise FileNotFoundError(f"no such folder: {root}")
-            names = local_files(root)
+            found = {}
+            for name in local_files(root):
+                try:
+                    info = os.stat(os.path.join(root, name))
+                except OSError:  # a dangling link
+                    continue
+                found[name] = f"{info.st_size}:{info.st_mtime_ns}"
         if suffixes:
-            names = [n for n in names if n.lower().endswith(suffixes)]
-        return sorted(names)
+            found = {n: v for n, v in found.items() if n.lower().endswith(suffixes)}
+        return dict(sorted(found.items()))
 
     def exists(self, uri: str) -> bool:
         if not is_s3(uri):

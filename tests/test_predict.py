@@ -156,3 +156,87 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("beholder: error: ") and message in last, (message, last)
     assert not list(tmp_path.glob("o*/scores.csv"))
+
+
+def other_checkpoint(trained, tmp_path):
+    """The trained checkpoint with its head turned around: another model that ranks the other way."""
+    checkpoint = torch.load(trained[0], map_location="cpu", weights_only=True)
+    for name in [n for n in checkpoint["state_dict"] if n.startswith("net.head.fc.")]:
+        checkpoint["state_dict"][name] = -checkpoint["state_dict"][name]
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    return tmp_path / "other.ckpt"
+
+
+def test_a_resume_never_mixes_checkpoints_galleries_or_changed_files(trained, tmp_path, capsys):
+    ckpt, gallery = trained
+    photos = copy_gallery(gallery, tmp_path / "photos")
+    other = other_checkpoint(trained, tmp_path)
+    predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/clean"]))
+    clean = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "clean" / "scores.csv")}
+
+    # checkpoint A scores part of the gallery, then checkpoint B runs into the same output
+    with pytest.raises(Incomplete):
+        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "+trainer.limit_predict_batches=4"]))
+    capsys.readouterr()
+    summary = predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/out"]))
+    assert summary["newly_scored"] == 60 and summary["rescored"] == {"checkpoint changed": 60}
+    assert "rescored        60  (checkpoint changed)" in capsys.readouterr().out
+    scores = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "out" / "scores.csv")}
+    assert scores == pytest.approx(clean, abs=1e-4)
+
+    # another gallery reusing the same names
+    renamed = copy_gallery(gallery, tmp_path / "card2")
+    with pytest.raises(Incomplete):
+        predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/g", "+trainer.limit_predict_batches=4"]))
+    summary = predict(compose_predict([f"ckpt_path={other}", f"gallery={renamed}", f"output={tmp_path}/g"]))
+    assert summary["rescored"] == {"gallery changed": 60}
+
+    # files edited after they were scored are scored again, the rest kept
+    with pytest.raises(Incomplete):
+        predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/f", "+trainer.limit_predict_batches=4"]))
+    done = {row["image"] for row in read_scores(tmp_path / "f" / ".beholder-partial" / "scores-rank0.csv")}
+    edited = sorted(done)[:3]
+    for name in edited:
+        (photos / name).write_bytes((photos / sorted(set(clean) - done)[0]).read_bytes())
+    summary = predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/f"]))
+    assert summary["newly_scored"] == 60 - len(done) + 3 and summary["rescored"] == {"changed since scored": 3}
+    scores = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "f" / "scores.csv")}
+    replacement = scores[sorted(set(clean) - done)[0]]
+    assert all(scores[name] == pytest.approx(replacement, abs=1e-4) for name in edited)
+
+
+def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = copy_gallery(gallery, tmp_path / "photos")
+    first, second = sorted(p for p in photos.rglob("*.jpg"))[:2]
+    from PIL import Image
+
+    Image.open(second).save(first.with_suffix(".png"))  # dup.jpg and dup.png: two images, one stem
+    lightroom = first.with_suffix(".xmp")
+    lightroom.write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/">'
+        '<xmp:Rating>2</xmp:Rating><dc:subject><rdf:Bag><rdf:li>needle</rdf:li></rdf:Bag></dc:subject>'
+        '</rdf:Description></rdf:RDF></x:xmpmeta>')
+    broken = second.with_suffix(".xmp")
+    broken.write_text("my own notes, not XMP")
+    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
+                                       "xmp_beside_images=true"]))
+    rows = {r["image"]: r for r in read_scores(tmp_path / "out" / "scores.csv")}
+    ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/", "dc": "http://purl.org/dc/elements/1.1/"}
+    for image in (first, first.with_suffix(".png")):
+        relative = str(image.relative_to(photos))
+        sidecar = photos / (relative + ".xmp")
+        description = ET.parse(sidecar).getroot().find(".//rdf:Description", ns)
+        row = rows[relative]
+        assert int(description.get(f"{{{ns['xmp']}}}Rating")) == star_rating(int(row["rank"]), summary["kept"], row["keep"] == "true")
+    assert lightroom.read_text().count("needle") == 1 and "Rating>2" in lightroom.read_text()  # not this image's sidecar now
+    assert broken.read_text() == "my own notes, not XMP" and any(str(broken) in p for p in summary["sidecars_left_alone"])
+
+    # an existing sidecar of the usual name is merged into: the photographer's keywords stay
+    third = sorted(p for p in photos.rglob("*.jpg"))[2]
+    third.with_suffix(".xmp").write_text(lightroom.read_text())
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
+    merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
+    assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
+    assert merged.find("xmp:Rating", ns) is None and merged.get(f"{{{ns['xmp']}}}Rating") in {"1", "2", "3", "4", "5"}

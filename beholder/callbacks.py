@@ -1,4 +1,5 @@
-"""Training callbacks: report unreadable images, and draw the validation pictures for TensorBoard."""
+"""Training callbacks: checkpoints that survive a resume, reports of unreadable images, and the
+validation pictures for TensorBoard."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import logging
 import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageDraw
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 log = logging.getLogger(__name__)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that keeps the best score seen before a resume. Lightning restores it only
+    into the same folder, and a resumed run writes to a new one: the first epoch after the resume
+    became "best" however bad. The earlier best file stays where it is until a better epoch comes."""
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})
 
 
 class SkippedImages(pl.Callback):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import pytorch_lightning as pl
@@ -41,7 +42,7 @@ def build_transform(data_config: dict, train: bool, augment: dict | None = None)
             ),
             T.RandomHorizontalFlip(),
         ]
-        jitter = augment.get("jitter", 0.1)
+        jitter = augment.get("jitter", 0.0)
         if jitter:
             steps.append(T.ColorJitter(brightness=jitter, contrast=jitter))
     steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])]
@@ -178,12 +179,16 @@ class GalleryDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train", train=True)
+        # Drop a last partial batch (its few images would get a whole step) only when each
+        # process still has a full batch: under DDP each rank sees len / world_size images.
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        drop_last = math.ceil(len(dataset) / world_size) > self.batch_size
         if not self.oversample:
-            return self._loader(dataset, shuffle=True, drop_last=len(dataset) > self.batch_size)
+            return self._loader(dataset, shuffle=True, drop_last=drop_last)
         weights = tier_weights([lb.tier for lb in self.splits["train"]], self.oversample_strength)
         generator = torch.Generator().manual_seed(self.seed)
         sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
-        return self._loader(dataset, sampler=sampler, drop_last=len(dataset) > self.batch_size)
+        return self._loader(dataset, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val", train=False))

@@ -32,9 +32,11 @@ def gallery_reduction(scores: torch.Tensor, positives: torch.Tensor, recall: flo
 class GalleryMetrics(Metric):
     """Everything reported per validation/test epoch, from one pass over (score, tier) pairs.
 
-    ``update(scores, tiers, pred_tiers, values=None)``; ``compute()`` gives a dict: F2 and
-    accuracy of the decision "tier >= positive_tier", Spearman with the tier (and with the score column),
-    gallery reduction at 100 % and 95 % recall.
+    ``update(scores, tiers, pred_tiers, values=None, indices=None)``; ``compute()`` gives a dict:
+    F2 and accuracy of the decision "tier >= positive_tier", Spearman with the tier (and with the
+    score column), gallery reduction at 100 % and 95 % recall. Under DDP the states of every rank
+    are gathered; ``indices`` (each image's index in the dataset) drop the copies that a
+    DistributedSampler pads the last batches with, so each image counts once.
     """
 
     full_state_update = False
@@ -42,19 +44,28 @@ class GalleryMetrics(Metric):
     def __init__(self, positive_tier: int = 2):
         super().__init__()
         self.positive_tier = positive_tier
-        for name in ("scores", "tiers", "pred_tiers", "values"):
+        for name in ("scores", "tiers", "pred_tiers", "values", "indices"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, scores, tiers, pred_tiers, values=None):
+    def update(self, scores, tiers, pred_tiers, values=None, indices=None):
         self.scores.append(scores.detach().float())
         self.tiers.append(tiers.detach())
         self.pred_tiers.append(pred_tiers.detach())
         if values is not None:
             self.values.append(values.detach().float())
+        if indices is not None:
+            self.indices.append(indices.detach())
 
-    @staticmethod
-    def _cat(state):
-        return torch.cat(state) if isinstance(state, list) else state
+    def _cat(self, state):
+        """A state's values, each image once (the first copy of an index)."""
+        values = torch.cat(state) if isinstance(state, list) else state
+        indices = torch.cat(self.indices) if isinstance(self.indices, list) and self.indices else self.indices
+        if not isinstance(indices, torch.Tensor) or len(indices) != len(values):
+            return values
+        order = torch.argsort(indices, stable=True)
+        first = torch.ones(len(order), dtype=torch.bool, device=order.device)
+        first[1:] = indices[order][1:] != indices[order][:-1]
+        return values[order[first]]
 
     def compute(self) -> dict[str, torch.Tensor]:
         scores, tiers, pred = self._cat(self.scores), self._cat(self.tiers), self._cat(self.pred_tiers)
@@ -72,8 +83,9 @@ class GalleryMetrics(Metric):
         return result
 
     def positive_scores(self) -> torch.Tensor:
-        """Scores of the images in ``positive_tier`` or above, best first."""
-        scores, tiers = self._cat(self.scores), self._cat(self.tiers)
+        """Scores of the images in ``positive_tier`` or above, best first (of every rank)."""
+        with self.sync_context():
+            scores, tiers = self._cat(self.scores), self._cat(self.tiers)
         return scores[tiers >= self.positive_tier].sort(descending=True).values
 
     def confusion_matrix(self) -> torch.Tensor:

@@ -72,18 +72,18 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         ) from None
 
 
-def freeze_below_top_blocks(model: nn.Module, trainable_blocks: int) -> list[nn.Module]:
+def freeze_below_top_blocks(model: nn.Module, trainable_blocks: int) -> list[str]:
     """Freeze all but the top ``trainable_blocks`` parameter groups of timm's ``group_matcher()``.
 
-    Returns the normalisation layers that were frozen, which must also stay in eval mode so that
-    their running statistics stay those of ImageNet.
+    Returns the names of the normalisation layers that were frozen, which must also stay in eval
+    mode so that their running statistics stay those of ImageNet.
     """
     groups = list(group_parameters(model, model.group_matcher(coarse=True)).values())
     frozen = {name for group in groups[: max(len(groups) - trainable_blocks, 0)] for name in group}
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name not in frozen)
     return [
-        module
+        name
         for name, module in model.named_modules()
         if isinstance(module, nn.modules.batchnorm._NormBase)
         and any(f"{name}.{p}" in frozen for p, _ in module.named_parameters(recurse=False))
@@ -213,21 +213,25 @@ class ScoreNet(nn.Module):
         super().__init__()
         spec = BackboneSpec.parse(backbone)
         self.backbone = create_backbone(spec.name, spec.pretrained, spec.weights)
-        self.frozen_norms = freeze_below_top_blocks(self.backbone, spec.trainable_blocks)
+        # By name, not by object: DDP's SyncBatchNorm conversion replaces the modules.
+        self.frozen_norms = ["backbone." + name for name in freeze_below_top_blocks(self.backbone, spec.trainable_blocks)]
         if not spec.train_norm:  # keep every normalisation layer's ImageNet statistics
-            self.frozen_norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+            self.frozen_norms = ["backbone." + n for n, m in self.backbone.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
         self.head = build_head(head, self.backbone.num_features)
         self.data_config = timm.data.resolve_model_data_config(self.backbone)
         if spec.mean:
             self.data_config.update(mean=tuple(spec.mean), std=tuple(spec.std or spec.mean))
         if image_size:
             self.data_config["input_size"] = (3, *image_size)
+        self.train()
 
     def forward(self, images):
         return self.head(self.backbone(images))
 
     def train(self, mode: bool = True):
+        """Train mode for all but the frozen norms. Lightning does not call this at fit start
+        (it keeps the modes it finds), so the LightningModule calls it each training epoch."""
         super().train(mode)
-        for module in self.frozen_norms:
-            module.eval()
+        for name in self.frozen_norms:
+            self.get_submodule(name).eval()
         return self

@@ -58,6 +58,9 @@ class BeholderModule(pl.LightningModule):
     def forward(self, images):
         return self.net(images)
 
+    def on_train_epoch_start(self):
+        self.net.train()  # frozen norms back to eval: the probe, DDP's SyncBatchNorm or a restore may have reset them
+
     def training_step(self, batch, batch_idx):
         if "image" not in batch:  # every image of this batch was unreadable
             return None
@@ -72,7 +75,7 @@ class BeholderModule(pl.LightningModule):
         head = self.net.head
         scores, tiers = head.score(outputs), head.tier(outputs)
         values = batch["target"] if self.hparams.score_column else None
-        self.metrics[stage].update(scores, batch["tier"], tiers, values)
+        self.metrics[stage].update(scores, batch["tier"], tiers, values, batch["index"])
         self.log(f"{stage}/loss", head.loss(outputs, batch), batch_size=len(scores), sync_dist=True)
         return {"scores": scores, "pred_tiers": tiers}
 

@@ -8,15 +8,15 @@ import json
 import logging
 import math
 import os
+import warnings
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.callbacks import SkippedImages, ValidationImages
+from beholder.callbacks import ResumableCheckpoint, SkippedImages, ValidationImages
 from beholder.errors import MissingInput, UserError
 from beholder.memory import keep_freed_memory
 from beholder.model import BackboneSpec, build_head, require_timm_model
@@ -54,6 +54,9 @@ def check_known_keys(group: str, node: DictConfig, extra: tuple[str, ...] = ()) 
 def check_options(cfg: DictConfig) -> None:
     """Fail on a bad data, backbone, head or optimiser option before anything expensive starts."""
     check_known_keys("data", cfg.data)
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
+        raise UserError("trainer.sync_batchnorm=true needs GPUs (DDP refuses SyncBatchNorm on CPU processes); add trainer.sync_batchnorm=false")
     require_timm_model(cfg.backbone.name)
     BackboneSpec.parse(OmegaConf.to_container(cfg.backbone, resolve=True))
     try:
@@ -65,27 +68,51 @@ def check_options(cfg: DictConfig) -> None:
         raise UserError(f"bad option: {error}") from None
 
 
-def resolve_checkpoint(ckpt_path: str | None, runs_root: str) -> str | None:
-    """``ckpt_path=last``: the newest ``last.ckpt`` of any run under ``runs_root``."""
-    if not ckpt_path:
+SAME_JOB = ("data.root", "data.labels", "data.score_column", "backbone.name", "head._target_")
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: a file, or ``last``: the newest ``last.ckpt`` under ``runs_root`` of a run
+    with this run's data and model (not a demo's or another sweep's)."""
+    if not cfg.ckpt_path:
         return None
-    if ckpt_path != "last":
-        path = os.path.expanduser(ckpt_path)
+    if cfg.ckpt_path != "last":
+        path = os.path.expanduser(cfg.ckpt_path)
         if not os.path.isfile(path):
-            raise MissingInput(f"ckpt_path={ckpt_path}: no such file")
+            raise MissingInput(f"ckpt_path={cfg.ckpt_path}: no such file")
         return path
-    candidates = glob.glob(os.path.join(runs_root, "**", "checkpoints", "last.ckpt"), recursive=True)
+    wanted = {key: OmegaConf.select(cfg, key) for key in SAME_JOB}
+    candidates = []
+    for path in glob.glob(os.path.join(cfg.runs_root, "**", "checkpoints", "last.ckpt"), recursive=True):
+        saved = os.path.join(os.path.dirname(os.path.dirname(path)), ".hydra", "config.yaml")
+        try:
+            run = OmegaConf.load(saved)
+        except (OSError, ValueError):
+            continue
+        if all(OmegaConf.select(run, key, default=None) == value for key, value in wanted.items()):
+            candidates.append(path)
     if not candidates:
-        raise MissingInput(f"ckpt_path=last: no checkpoints/last.ckpt under {runs_root}/")
+        described = ", ".join(f"{key}={value}" for key, value in wanted.items() if value is not None)
+        raise MissingInput(f"ckpt_path=last: no checkpoints/last.ckpt under {cfg.runs_root}/ of a run with {described}; give the checkpoint's path")
     newest = max(candidates, key=os.path.getmtime)
     log.info("resuming from %s", newest)
     return newest
 
 
+def metric_mode(metric: str, mode: str) -> str:
+    """Whether ``metric`` is better larger or smaller: ``auto`` minimises losses and errors."""
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise UserError(f"optimized_mode={mode!r}: give min, max or auto")
+    return "min" if any(word in metric.rsplit("/", 1)[-1] for word in ("loss", "mse", "error")) else "max"
+
+
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
     check_options(cfg)
-    ckpt_path = resolve_checkpoint(cfg.ckpt_path, cfg.runs_root)
+    mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
+    ckpt_path = resolve_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     keep_freed_memory()
     output_dir = cfg.output_dir
@@ -97,19 +124,21 @@ def train(cfg: DictConfig) -> float:
         init_head_from_probe(module.net, datamodule.dataset("train", train=False), cfg.seed, cfg.data.num_workers)
 
     checkpoints = os.path.join(output_dir, "checkpoints")
-    checkpoint = ModelCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode="max", enable_version_counter=False)
+    checkpoint = ResumableCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode=mode, enable_version_counter=False)
     # A second callback for last.ckpt: Lightning's save_last=True skips epochs that set no new best.
-    last = ModelCheckpoint(checkpoints, "last", enable_version_counter=False)
+    last = ResumableCheckpoint(checkpoints, "last", enable_version_counter=False)
     skipped = SkippedImages()
     logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
     trainer = instantiate(cfg.trainer, callbacks=[checkpoint, last, skipped, ValidationImages()], logger=logger, default_root_dir=output_dir)
     logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():  # the frozen norms are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
 
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
     result = {
         cfg.optimized_metric: best_score,
         **{name: float(value) for name, value in test.items()},

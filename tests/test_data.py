@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2 as T
 
 from beholder.data import GalleryDataModule, GalleryDataset, build_transform, collate, tier_weights
 from beholder.errors import UserError
@@ -192,4 +193,13 @@ def test_symlinked_folders_in_a_gallery_are_listed_and_cycles_end(tmp_path):
     Image.new("RGB", (8, 8)).save(gallery / "day1" / "own.jpg")
     (gallery / "from_card").symlink_to(elsewhere, target_is_directory=True)
     (gallery / "day1" / "loop").symlink_to(gallery, target_is_directory=True)  # a cycle
-    assert list_gallery(Store(), str(gallery)) == ["day1/own.jpg", "from_card/linked.jpg"]
+    assert list(list_gallery(Store(), str(gallery))) == ["day1/own.jpg", "from_card/linked.jpg"]
+
+
+def test_colour_jitter_is_off_unless_asked_for_in_code_and_config():
+    from conftest import compose_train
+
+    config = {"input_size": (3, 32, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    assert compose_train(["data.root=x", "data.labels=y"]).data.augment.jitter == 0.0
+    assert not any(isinstance(t, T.ColorJitter) for t in build_transform(config, train=True, augment={"min_crop": 0.7}).transforms)
+    assert any(isinstance(t, T.ColorJitter) for t in build_transform(config, train=True, augment={"jitter": 0.1}).transforms)

@@ -36,6 +36,19 @@ def test_xception_trains_exactly_its_top_four_groups():
     assert net.data_config["input_size"] == (3, 299, 299)
 
 
+@pytest.mark.parametrize("train_norm", [True, False])
+def test_frozen_norms_stay_frozen_after_sync_batchnorm_conversion(train_norm):
+    """trainer=ddp converts every BatchNorm to SyncBatchNorm, replacing the modules."""
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 1, "train_norm": train_norm},
+                   {"_target_": "beholder.model.SoftmaxHead"})
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.train()
+    norms = {name: m for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)}
+    frozen = {name for name, m in norms.items() if not m.weight.requires_grad}
+    assert all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms.values()) and frozen
+    assert {name for name, m in norms.items() if not m.training} == (set(norms) if not train_norm else frozen)
+
+
 def test_non_square_input_works_through_global_pooling():
     net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.model.RegressionHead"}, [48, 368])
     assert net.data_config["input_size"] == (3, 48, 368)

@@ -88,6 +88,62 @@ def test_resume_from_last_checkpoint(tiny_cfg, tmp_path):
     assert resumed["global_step"] == 3 * first["global_step"]
 
 
+@pytest.mark.parametrize("train_norm", [True, False])
+def test_frozen_batchnorm_statistics_do_not_move(tiny_cfg, tmp_path, train_norm):
+    train(tiny_cfg(f"backbone.train_norm={str(train_norm).lower()}", "backbone.trainable_blocks=2"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    net = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt")).net
+    frozen = set(net.frozen_norms)
+    moved = {name for name, value in state.items() if name.endswith("running_mean") and value.abs().sum() > 0}
+    assert moved and all(name.removeprefix("net.").removesuffix(".running_mean") not in frozen for name in moved) if train_norm else moved == set()
+
+
+def test_resume_keeps_the_best_score_seen_before(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=1"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    (best_key,) = [k for k in checkpoint["callbacks"] if "'monitor': 'val/gallery_reduction'" in k]
+    # the best so far: a score no later epoch can beat (every gem kept means the gallery never empties)
+    state = checkpoint["callbacks"][best_key]
+    state.update(best_model_score=torch.tensor(1.0), kth_value=torch.tensor(1.0), best_k_models={state["best_model_path"]: torch.tensor(1.0)})
+    torch.save(checkpoint, last)
+    train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}", f"output_dir={tmp_path}/resumed"))
+    metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert metrics["val/gallery_reduction"] == 1.0
+    assert metrics["best_checkpoint"] == str(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert not (tmp_path / "resumed" / "checkpoints" / "best.ckpt").exists()
+
+
+def test_ckpt_path_last_resumes_a_run_of_this_data_and_model(tiny_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from beholder.errors import MissingInput
+    from beholder.train import resolve_checkpoint
+
+    cfg = tiny_cfg(f"runs_root={tmp_path}/outputs", "ckpt_path=last")
+    other = tiny_cfg("data.labels=demo/gallery/labels.csv")
+    for name, config in (("2026-11-01/mine", cfg), ("demo/2026-11-02", other), ("multirun/2026-11-03/0", other)):
+        run = tmp_path / "outputs" / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / "checkpoints").mkdir()
+        (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+        os.utime(run / "checkpoints" / "last.ckpt", (len(name), len(name)))  # the others are newer
+    assert resolve_checkpoint(cfg) == str(tmp_path / "outputs" / "2026-11-01" / "mine" / "checkpoints" / "last.ckpt")
+    with pytest.raises(MissingInput, match="of a run with data.root=.*backbone.name=test_resnet"):
+        resolve_checkpoint(tiny_cfg(f"runs_root={tmp_path}/outputs", "ckpt_path=last", "backbone.name=test_resnet"))
+
+
+def test_losses_are_minimised():
+    from beholder.errors import UserError
+    from beholder.train import metric_mode
+
+    assert metric_mode("val/loss", "auto") == "min" and metric_mode("val/gallery_reduction", "auto") == "max"
+    assert metric_mode("val/spearman_value", "min") == "min"
+    with pytest.raises(UserError, match="optimized_mode='down'"):
+        metric_mode("val/loss", "down")
+
+
 def test_training_from_s3_through_moto_server(s3_bucket, s3_endpoint, tmp_path):
     client, bucket = s3_bucket
     gallery = make_gallery(tmp_path / "g", count=40)
@@ -127,11 +183,25 @@ def test_sweep_over_heads_writes_a_summary(gallery, tmp_path):
     assert all(0 <= float(row["val/gallery_reduction"]) <= 1 for row in rows)
 
 
-def test_ddp_with_two_cpu_processes(gallery, tmp_path):
+def test_ddp_with_two_cpu_processes(tmp_path):
+    """Frozen norms, 51 training images on 2 ranks at batch 32: the checkpoint must hold the
+    top-tier scores of the whole validation split, and no frozen BatchNorm may move. (DDP refuses
+    SyncBatchNorm on CPU processes; test_model checks that the conversion keeps frozen norms frozen.)"""
+    gallery = make_gallery(tmp_path / "g", count=85, split_column=True)  # 51 train, 17 val, 17 test
+    refused = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, "trainer=ddp", "trainer.accelerator=cpu", f"data.root={gallery}",
+                              f"data.labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/refused"],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "trainer.sync_batchnorm=true needs GPUs" in refused.stderr
     result = run_cli(TINY + [
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false", "data.batch_size=32",
+        "backbone.train_norm=false",
         f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/run",
     ], cwd=tmp_path)
-    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
     assert "world_size: 2" in result.stdout + result.stderr or "distributed_backend=gloo" in result.stdout + result.stderr
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/gallery_reduction"] >= 0
+    with open(gallery / "labels.csv") as f:
+        val_top = sum(1 for row in csv.DictReader(f) if row["split"] == "val" and int(row["tier"]) >= 2)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert val_top >= 2 and len(checkpoint["val_positive_scores"]) == val_top
+    norms = {name: value for name, value in checkpoint["state_dict"].items() if name.endswith(("running_mean", "running_var"))}
+    assert norms and all(torch.equal(v, torch.zeros_like(v) if n.endswith("mean") else torch.ones_like(v)) for n, v in norms.items())
+    assert 0 <= json.loads((tmp_path / "run" / "metrics.json").read_text())["test/gallery_reduction"] <= 1

@@ -6,6 +6,11 @@
   kill      kill -9 of predict.py at three points of a gallery, then one rerun: images lost or doubled
   train     kill -9 of train.py mid-epoch, then ckpt_path=last: epoch and step it resumed at
   bad       a gallery seeded with broken and odd files: skipped, scored, peak memory
+  labeller  the labeller's server under 10 clients posting one set at once, 10 raters in parallel, a
+            cross-site page in Chromium, a rebinding Host header, and 10 requests for 81-megapixel PNGs
+  archive   ingest of a hostile archive (encoded ../ and / links, a redirect to another site, a
+            dribbling download, an endless listing) and of one 268 MB file: what was refused, written
+            outside, fetched elsewhere, and the ingester's peak memory
 Results replace the "faults" section of bench/RESULTS.md.
 
     python bench/faults.py          # about 5 minutes on 2 CPU cores
@@ -151,6 +156,170 @@ def bad_files_experiment(work, ckpt, photos):
     return [[len(files), len(scored), len(skipped), ", ".join(sorted(skipped)), "0" if result.returncode == 0 else "crash", f"{peak:.0f}"]]
 
 
+def rss_peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def labeller_experiment(work):
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_label import free_port
+
+    gallery = os.path.join(work, "to-label")
+    os.makedirs(gallery)
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(os.path.join(gallery, f"img_{i:03d}.jpg"))
+    for name in ("huge_a.png", "huge_b.png"):  # 9000 x 9000 = 81 megapixels each
+        Image.new("RGB", (9000, 9000), (40, 90, 160)).save(os.path.join(gallery, name))
+    db, port = os.path.join(work, "labels.sqlite"), free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([PYTHON, "-m", "beholder.label", "--gallery", gallery, "--db", db, "--port", str(port)],
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        try:
+            return httpx.get(f"{base}/api/state").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def rows(sql):
+        with sqlite3.connect(db) as connection:
+            return connection.execute(sql).fetchone()[0]
+
+    try:
+        wait_for(up, timeout=120)
+        # one set posted by 10 clients at once, 20 times over
+        accepted, state = 0, httpx.post(f"{base}/api/next", json={}).json()
+        for _ in range(20):
+            body = {"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]}
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(lambda _: httpx.post(f"{base}/api/submit", json=body, timeout=60), range(10)))
+            accepted += sum(a.status_code == 200 for a in answers)
+            state = next(a for a in answers if a.status_code == 200).json()
+        same_set = [20 * 10, accepted, rows("SELECT COUNT(*) FROM decisions"), 20 * 4]
+
+        def rater(name):
+            refused, state = 0, httpx.post(f"{base}/api/next", params={"rater": name}, json={}, timeout=60).json()
+            for _ in range(15):
+                answer = httpx.post(f"{base}/api/submit", params={"rater": name}, timeout=60,
+                                    json={"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]})
+                refused += answer.status_code != 200
+                state = answer.json() if answer.status_code == 200 else state
+            return refused
+
+        with ThreadPoolExecutor(10) as pool:
+            refused = sum(pool.map(rater, [f"r{i}" for i in range(10)]))
+        parallel = [150, 150 - refused, refused, rows("SELECT COUNT(*) FROM decisions WHERE rater LIKE 'r%'"), 150 * 4]
+
+        judged = rows("SELECT COUNT(*) FROM decisions d JOIN sets s ON s.id = d.set_id WHERE s.undone = 0 AND d.rater = 'me'")
+        sets_before = rows("SELECT COUNT(*) FROM sets")
+        attack_statuses = cross_site_attack(base, work)
+        rebinding = httpx.get(f"{base}/api/state", headers={"Host": "attacker.example"}).status_code
+        for _ in range(50):
+            httpx.get(f"{base}/api/state", params={"rater": "reader"})
+        after = rows("SELECT COUNT(*) FROM decisions d JOIN sets s ON s.id = d.set_id WHERE s.undone = 0 AND d.rater = 'me'")
+        cross = [attack_statuses, judged, after, rebinding, rows("SELECT COUNT(*) FROM sets") - sets_before]
+
+        ids = [rows(f"SELECT id FROM images WHERE key = '{name}'") for name in ("huge_a.png", "huge_b.png")]
+        before = rss_peak_mb(server.pid)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(lambda i: httpx.get(f"{base}/image/{ids[i % 2]}", timeout=300).status_code, range(10)))
+        memory = [10, codes.count(200), f"{before:.0f}", f"{rss_peak_mb(server.pid):.0f}", f"{time.perf_counter() - started:.1f}"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+    return same_set, parallel, cross, memory
+
+
+def cross_site_attack(base, work):
+    """A page on another origin, opened in Chromium, posts 15 undo forms and 15 no-cors fetches to
+    the labeller. Returns what the browser could see of it, or why it did not run."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if not os.path.exists("/usr/bin/chromium"):
+        return "not run (no /usr/bin/chromium)"
+    from playwright.sync_api import sync_playwright
+
+    frames = "".join(f'<iframe name="f{i}"></iframe><form target="f{i}" method="POST" action="{base}/api/undo?rater=me" '
+                     f'enctype="text/plain"><input name=\'{{"x":"\' value=\'"}}\'></form>' for i in range(15))
+    page = (frames + "<script>for (const form of document.forms) form.submit();"
+            f'for (let i = 0; i < 15; i++) fetch("{base}/api/undo?rater=me", {{method: "POST", mode: "no-cors", body: "{{}}"}});</script>').encode()
+
+    class Attacker(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    import threading
+
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+            tab = browser.new_page()
+            tab.goto(f"http://localhost:{site.server_address[1]}/")
+            time.sleep(3)
+            browser.close()
+    finally:
+        site.shutdown()
+    return "30 posts sent"
+
+
+def archive_experiment(work):
+    import functools
+    import uuid
+    from http.server import SimpleHTTPRequestHandler
+
+    from tests.test_ingest import Elsewhere, hostile_archive, serve
+
+    escape = f"beholder-escape-{uuid.uuid4().hex}.jpg"
+    Elsewhere.hits = []
+    other, elsewhere = serve(Elsewhere)
+    archive, base = serve(hostile_archive(escape, elsewhere))
+    mirror = os.path.join(work, "deep", "er", "mirror")
+    started = time.perf_counter()
+    result = subprocess.run([PYTHON, "-m", "beholder.ingest", f"{base}/archive/", mirror, "--quiet", "--max-depth", "6", "--deadline", "5",
+                             "--retries", "1"], env=env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    archive.shutdown()
+    other.shutdown()
+    outside = [os.path.join(folder, name) for folder, _, names in os.walk(os.path.join(work, "deep")) for name in names
+               if not os.path.join(folder, name).startswith(mirror + os.sep)] + ([f"/tmp/{escape}"] if os.path.exists(f"/tmp/{escape}") else [])
+    copied = sum(len(names) for _, _, names in os.walk(mirror)) - 1  # less the manifest
+    hostile = [result.stdout.count("would leave the destination"), len(outside), len(Elsewhere.hits),
+               result.stdout.count("redirect to"), result.stdout.count("DeadlineExceeded"), result.stdout.count("deeper than --max-depth"),
+               copied, f"{seconds:.1f}"]
+
+    site = os.path.join(work, "big-site")
+    os.makedirs(site)
+    with open(os.path.join(site, "big.bin"), "wb") as f:
+        f.truncate(268 * 1024 * 1024)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=site)
+    handler.log_message = lambda *args: None
+    server, url = serve(handler)
+    target = os.path.join(work, "big-mirror")
+    run = subprocess.run([PYTHON, "-m", "beholder.ingest", f"{url}/", target, "--quiet"], env=env(), capture_output=True, text=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far: this one, or a smaller earlier one
+    server.shutdown()
+    size = os.path.getsize(os.path.join(target, "big.bin")) if run.returncode == 0 else 0
+    big = [268, f"{size / 2**20:.0f}", f"{peak:.0f}"]
+    return hostile, big
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true")
@@ -168,6 +337,10 @@ def main():
     print(train_rows, flush=True)
     bad_rows = bad_files_experiment(work, ckpt, photos)
     print(bad_rows, flush=True)
+    same_set, parallel, cross, memory = labeller_experiment(work)
+    print(same_set, parallel, cross, memory, flush=True)
+    hostile, big = archive_experiment(work)
+    print(hostile, big, flush=True)
 
     body = "\n\n".join([
         "S3 faults during `predict.py` (120 photos on moto's S3 behind the fault proxy: every 6th request 503 SlowDown, "
@@ -179,6 +352,21 @@ def main():
         + markdown_table(["last.ckpt epoch", "its global step", "resumed", "final epoch", "final global step", "expected final step"], train_rows),
         "A gallery of broken and odd files (truncated, empty, text named .jpg, a PNG declaring 30,000x30,000, CMYK, grayscale, palette):\n\n"
         + markdown_table(["files", "scored", "skipped", "skipped files", "crashes", "peak RSS of a predict process MB"], bad_rows),
+        "The labeller's server (`python -m beholder.label`, 120 images): one set posted by 10 clients at once, 20 times over:\n\n"
+        + markdown_table(["posts", "accepted", "decision rows", "expected rows"], [same_set]),
+        "10 raters submitting 15 sets each in parallel:\n\n"
+        + markdown_table(["honest submissions", "accepted", "refused", "decision rows", "expected rows"], [parallel]),
+        "A page on another origin opened in Chromium (15 cross-site undo forms and 15 no-cors fetches), a request with "
+        "`Host: attacker.example`, and 50 `GET /api/state` of a new rater:\n\n"
+        + markdown_table(["cross-site page", "rater's judged images before", "after", "status for a foreign Host", "sets created by GETs"], [cross]),
+        "10 concurrent requests for two 81-megapixel PNGs (9000x9000) on the labeller:\n\n"
+        + markdown_table(["requests", "answered 200", "server peak RSS before MB", "after MB", "seconds"], [memory]),
+        "`python -m beholder.ingest` of a hostile archive (4 links with encoded `..` or `/`, a 302 to another site, a file "
+        "dribbled a byte every 50 ms with `--deadline 5`, an endless folder nesting with `--max-depth 6`):\n\n"
+        + markdown_table(["links refused as leaving DEST", "files written outside", "requests to the other site",
+                          "redirects refused", "downloads cut by the deadline", "folders refused by depth", "files copied", "seconds"], [hostile]),
+        "One 268 MB file mirrored to a local folder (streamed to disk in 1 MB reads):\n\n"
+        + markdown_table(["file MB", "copied MB", "peak RSS of the ingester MB"], [big]),
     ])
     publish("faults", "Faults (bench/faults.py)", body, write=not args.no_write)
     shutil.rmtree(work, ignore_errors=True)

@@ -152,7 +152,7 @@ def hostile_archive(escape_name: str, elsewhere: str):
     beholder's manifest."""
     listings = {
         "/archive/": [f"%2e%2e/%2e%2e/{escape_name}", f"..%2F{escape_name}", f"%2Ftmp%2F{escape_name}", f"ok%5C..%5C{escape_name}",
-                      "moved.jpg", "inside.jpg", "with space.jpg", "slow.jpg", "deep/", "2019/", "beholder-manifest.csv", "ok/"],
+                      "moved.jpg", "inside.jpg", "with space.jpg", "slow.jpg", "deep/", "2019/", "beholder-manifest.csv", "manifest.csv", "ok/"],
         "/archive/ok/": ["real.jpg"],
         "/archive/2019/": ["52/", "0612/"],
         "/archive/2019/52/": ["2019_1225_120000_thumb.jpg"],
@@ -229,13 +229,14 @@ def test_a_hostile_archive_cannot_write_outside_or_fetch_elsewhere(tmp_path, cap
     assert dated_code == 0 and "Traceback" not in dated.err
     if dry_run:
         assert code == 0 and not (target / "ok").exists()
-        for key in ("inside.jpg", "with space.jpg", "ok/real.jpg", "2019/52/2019_1225_120000_thumb.jpg", "2019/0612/2019_0612_101000_thumb.jpg"):
+        for key in ("inside.jpg", "with space.jpg", "ok/real.jpg", "manifest.csv", "2019/52/2019_1225_120000_thumb.jpg", "2019/0612/2019_0612_101000_thumb.jpg"):
             assert f"would copy {key.removeprefix('2019/')}  (" in (dated.out if key.startswith("2019") else out.out)
         return
     assert code == 1 and "slow.jpg  (DeadlineExceeded: not finished within --deadline 1 s)" in out.out
     copied = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     assert copied == ["2019/0612/2019_0612_101000_thumb.jpg", "2019/52/2019_1225_120000_thumb.jpg", "2019/beholder-manifest.csv",
-                      "beholder-manifest.csv", "inside.jpg", "ok/real.jpg", "with space.jpg"]
+                      "beholder-manifest.csv", "inside.jpg", "manifest.csv", "ok/real.jpg", "with space.jpg"]
+    assert (target / "manifest.csv").read_bytes() == b"\xff\xd8/archive/manifest.csv"  # the archive's own file, not ours
     assert (target / "inside.jpg").read_bytes() == b"\xff\xd8/archive/ok/real.jpg"  # a redirect inside the archive is fine
     assert set(read_manifest((target / "beholder-manifest.csv").read_text())) == set(copied) - {"beholder-manifest.csv", "2019/beholder-manifest.csv"}
 

@@ -144,48 +144,36 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
 def test_labelling_in_a_real_browser(panoramas, tmp_path):
     """Headless Chromium through Playwright: keyboard and mouse over a few rounds."""
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     db = tmp_path / "labels.sqlite"
     _, tournament = client_for(panoramas, db)
-    app = create_app(tournament, str(panoramas), Store(), "carol")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/?rater=carol")
-            page.wait_for_selector(".card img")
-            assert page.locator("#round").inner_text() == "1"
-            page.keyboard.press("1")
-            page.keyboard.press("3")
-            page.keyboard.press("3")  # toggled back off
-            assert page.locator(".card.picked").count() == 1
-            page.keyboard.press("Enter")
-            page.wait_for_function("document.getElementById('rate').textContent.includes('of 4')")
-            page.locator(".card").nth(1).click()
-            page.locator(".card").nth(2).click()
-            page.locator("#submit").click()
-            page.wait_for_function("document.getElementById('rate').textContent.includes('of 8')")
-            page.keyboard.press("Backspace")  # undo the mouse submission
-            page.wait_for_function("document.getElementById('rate').textContent.includes('of 4')")
-            page.keyboard.press("2")
-            page.keyboard.press(" ")
-            page.wait_for_function("document.getElementById('rate').textContent.includes('of 8')")
-            assert page.locator("#rate").inner_text().startswith("25 %")
-            shots = os.environ.get("BEHOLDER_SCREENSHOTS", str(tmp_path))
-            os.makedirs(shots, exist_ok=True)
-            page.screenshot(path=os.path.join(shots, "labeller.png"), full_page=True)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with running(create_app(tournament, str(panoramas), Store(), "carol")) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base}/?rater=carol")
+        page.wait_for_selector(".card img")
+        assert page.locator("#round").inner_text() == "1"
+        page.keyboard.press("1")
+        page.keyboard.press("3")
+        page.keyboard.press("3")  # toggled back off
+        assert page.locator(".card.picked").count() == 1
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('rate').textContent.includes('of 4')")
+        page.locator(".card").nth(1).click()
+        page.locator(".card").nth(2).click()
+        page.locator("#submit").click()
+        page.wait_for_function("document.getElementById('rate').textContent.includes('of 8')")
+        page.keyboard.press("Backspace")  # undo the mouse submission
+        page.wait_for_function("document.getElementById('rate').textContent.includes('of 4')")
+        page.keyboard.press("2")
+        page.keyboard.press(" ")
+        page.wait_for_function("document.getElementById('rate').textContent.includes('of 8')")
+        assert page.locator("#rate").inner_text().startswith("25 %")
+        shots = os.environ.get("BEHOLDER_SCREENSHOTS", str(tmp_path))
+        os.makedirs(shots, exist_ok=True)
+        page.screenshot(path=os.path.join(shots, "labeller.png"), full_page=True)
+        browser.close()
     rows = sqlite3.connect(db).execute(
         "SELECT s.id, d.advanced FROM decisions d JOIN sets s ON s.id = d.set_id WHERE s.undone = 0 AND d.rater = 'carol' ORDER BY s.id, d.rowid").fetchall()
     assert len(rows) == 8

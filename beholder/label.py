@@ -173,8 +173,7 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
             raise HTTPException(404, "no such image")
         try:
             data = thumbnails.get(key)
-        except FileNotFoundError:
-            tournament.retire(image_id)
+        except FileNotFoundError:  # it leaves the pool at the next start (a GET writes nothing)
             raise HTTPException(404, "this image is no longer in the gallery") from None
         except UnreadableImage as error:
             raise HTTPException(422, f"unreadable image: {error}") from None

@@ -138,11 +138,6 @@ class Tournament:
                 if gone & set(json.loads(image_ids)):
                     self.db.execute("UPDATE sets SET undone = 1 WHERE id = ?", (set_id,))
 
-    def retire(self, image_id: int) -> None:
-        """An image found missing while serving: out of the pool from now on."""
-        with self._write():
-            self.db.execute("UPDATE images SET active = 0 WHERE id = ?", (image_id,))
-
     def key_of(self, image_id: int) -> str | None:
         with self.lock:
             row = self.db.execute("SELECT key FROM images WHERE id = ? AND active = 1", (image_id,)).fetchone()

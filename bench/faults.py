@@ -22,7 +22,6 @@ import argparse
 import csv
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -148,9 +147,16 @@ def bad_files_experiment(work, ckpt, photos):
     for name, data in files.items():
         with open(os.path.join(gallery, name), "wb") as f:
             f.write(data)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = predict_cli([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={work}/bad-out", f"hydra.run.dir={work}/h-bad"])
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    process = subprocess.Popen([PYTHON, os.path.join(REPO, "predict.py"), *FAST, f"ckpt_path={ckpt}", f"gallery={gallery}",
+                                f"output={work}/bad-out", f"hydra.run.dir={work}/h-bad"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0.0
+    while process.poll() is None:  # its own high-water mark; ru_maxrss of children would include earlier ones
+        try:
+            peak = max(peak, rss_peak_mb(process.pid))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.05)
+    result = process
     skipped = scores_of(os.path.join(work, "bad-out", "skipped.csv")) if result.returncode == 0 else []
     scored = scores_of(os.path.join(work, "bad-out", "scores.csv")) if result.returncode == 0 else []
     return [[len(files), len(scored), len(skipped), ", ".join(sorted(skipped)), "0" if result.returncode == 0 else "crash", f"{peak:.0f}"]]
@@ -312,10 +318,13 @@ def archive_experiment(work):
     handler.log_message = lambda *args: None
     server, url = serve(handler)
     target = os.path.join(work, "big-mirror")
-    run = subprocess.run([PYTHON, "-m", "beholder.ingest", f"{url}/", target, "--quiet"], env=env(), capture_output=True, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far: this one, or a smaller earlier one
+    # VmHWM, not ru_maxrss: ru_maxrss outlives fork and exec, so a child would report this bench's own size.
+    measured = ("import sys; from beholder.ingest import main; main(sys.argv[1:]); "
+                "print('peak', next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))")
+    run = subprocess.run([PYTHON, "-c", measured, f"{url}/", target, "--quiet"], env=env(), capture_output=True, text=True)
     server.shutdown()
-    size = os.path.getsize(os.path.join(target, "big.bin")) if run.returncode == 0 else 0
+    peak = next((int(line.split()[1]) / 1024 for line in run.stdout.splitlines() if line.startswith("peak ")), float("nan"))
+    size = os.path.getsize(os.path.join(target, "big.bin")) if os.path.exists(os.path.join(target, "big.bin")) else 0
     big = [268, f"{size / 2**20:.0f}", f"{peak:.0f}"]
     return hostile, big
 

@@ -10,7 +10,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet -e '.[dev]'
 	touch $(STAMP)
 
 demo/gallery/labels.csv: | $(STAMP)

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from beholder.console import quiet_libraries
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery
 from beholder.errors import UserError
 from beholder.memory import keep_freed_memory
@@ -95,19 +96,21 @@ def file_digest(path: str) -> str:
 
 def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str],
                   versions: dict[str, str], partial: str) -> bool:
-    """Score ``images`` into shards under ``partial``; True on the process that should finish up."""
+    """Score ``images`` into shards under ``partial``. Returns the number of processes on the one
+    that should finish up, None on the others."""
     dataset = GalleryDataset(gallery, images, store, build_transform(module.net.data_config, train=False))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
     trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial, versions)], logger=False)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
-    return trainer.is_global_zero
+    return trainer.world_size if trainer.is_global_zero else None
 
 
 def predict(cfg: DictConfig) -> dict | None:
     """Returns the summary (None on the other processes of a multi-process run)."""
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     check_threshold_options(cfg)
+    quiet_libraries()
     keep_freed_memory()
     ckpt_path = os.path.expanduser(str(cfg.ckpt_path))
     module = load_checkpoint(ckpt_path)
@@ -120,10 +123,12 @@ def predict(cfg: DictConfig) -> dict | None:
     restarted = bind_run(partial, {"checkpoint": file_digest(ckpt_path), "gallery": gallery})
     done, _, outdated = read_shards(partial, versions)
     todo = [image for image in versions if image not in done]
-    started = time.perf_counter()
+    started, processes = time.perf_counter(), 1
     try:
-        if todo and not score_gallery(cfg, module, store, gallery, todo, versions, partial):
-            return None
+        if todo:
+            processes = score_gallery(cfg, module, store, gallery, todo, versions, partial)
+            if processes is None:
+                return None
     except OSError as error:
         raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
     seconds = time.perf_counter() - started
@@ -150,6 +155,7 @@ def predict(cfg: DictConfig) -> dict | None:
         "threshold_source": source,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),
+        "processes": processes,
         "rescored": {reason: count for reason, count in ((restarted, len(todo)), ("changed since scored", len(outdated))) if reason and count},
         "output": output,
     }
@@ -215,7 +221,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         "",
         "beholder: gallery scored",
         f"  images found    {summary['found']}",
-        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s)",
+        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {summary['processes']} processes)",
         *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
         f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
         f"  kept            {summary['kept']}  (gallery reduction {summary['gallery_reduction']:.1%})",

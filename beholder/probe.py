@@ -22,7 +22,7 @@ ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, dataset, batch_size: int = 32, num_workers: int = 2):
     """Pooled features of every readable image: (features N x F, batches' other fields concatenated)."""
-    was_training = backbone.training
+    modes = {module: module.training for module in backbone.modules()}  # frozen norms stay in eval mode after
     backbone.eval()
     features, tiers, targets, paths = [], [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
@@ -33,7 +33,8 @@ def extract_features(backbone: torch.nn.Module, dataset, batch_size: int = 32, n
         if "tier" in batch:
             tiers.append(batch["tier"])
             targets.append(batch["target"])
-    backbone.train(was_training)
+    for module, training in modes.items():
+        module.training = training
     extra = {"image_path": paths}
     if tiers:
         extra.update(tier=torch.cat(tiers), target=torch.cat(targets))

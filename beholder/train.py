@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.callbacks import ResumableCheckpoint, SkippedImages, ValidationImages
+from beholder.console import quiet_libraries
 from beholder.errors import MissingInput, UserError
 from beholder.memory import keep_freed_memory
 from beholder.model import BackboneSpec, build_head, require_timm_model
@@ -110,6 +111,7 @@ def metric_mode(metric: str, mode: str) -> str:
 
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
+    quiet_libraries()
     check_options(cfg)
     mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
     ckpt_path = resolve_checkpoint(cfg)
@@ -144,6 +146,7 @@ def train(cfg: DictConfig) -> float:
         **{name: float(value) for name, value in test.items()},
         "best_checkpoint": best,
         "skipped_images": len(skipped.skipped),
+        "processes": trainer.world_size,
     }
     if trainer.is_global_zero:
         logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): best_score})
@@ -154,7 +157,7 @@ def train(cfg: DictConfig) -> float:
 
 
 def print_summary(result: dict, skipped: dict, output_dir: str) -> None:
-    lines = ["", "beholder: training finished", f"  run folder      {output_dir}"]
+    lines = ["", "beholder: training finished", f"  run folder      {output_dir}", f"  processes       {result['processes']}"]
     lines += [f"  {name:<26} {value:.4f}" for name, value in result.items() if isinstance(value, float)]
     lines.append(f"  best checkpoint {result['best_checkpoint']}")
     if skipped:

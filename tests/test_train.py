@@ -197,7 +197,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         "backbone.train_norm=false",
         f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/run",
     ], cwd=tmp_path)
-    assert "world_size: 2" in result.stdout + result.stderr or "distributed_backend=gloo" in result.stdout + result.stderr
+    assert "processes       2" in result.stdout
     with open(gallery / "labels.csv") as f:
         val_top = sum(1 for row in csv.DictReader(f) if row["split"] == "val" and int(row["tier"]) >= 2)
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)

@@ -116,8 +116,11 @@ class GalleryDataModule(pl.LightningDataModule):
         endpoint_url: str | None = None,
         cache_dir: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        group_by: str | None = None,
+        group_pattern: str | None = None,
     ):
         super().__init__()
+        self.group_by, self.group_pattern = group_by or None, group_pattern or None
         self.root = check_uri(root, "data.root")
         self.labels_uri = check_uri(labels, "data.labels")
         self.score_column = score_column or None
@@ -136,7 +139,7 @@ class GalleryDataModule(pl.LightningDataModule):
             text = self.store.read(self.labels_uri).decode("utf-8-sig")
         except FileNotFoundError:
             raise MissingInput(f"data.labels: no such file {self.labels_uri}") from None
-        labels = parse_labels(text, self.labels_uri, self.score_column)
+        labels = parse_labels(text, self.labels_uri, self.score_column, self.group_by, self.group_pattern)
         try:
             available = set(self.store.list(self.root))
         except FileNotFoundError:

@@ -7,6 +7,8 @@ import io
 import logging
 import math
 import random
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from beholder.errors import UserError
@@ -28,13 +30,22 @@ class Label:
     tier: int
     value: float | None = None  # the score column, when one is used
     split: str | None = None
+    group: str | None = None  # rows of one group (e.g. one capture day) stay in one split
 
 
-def parse_labels(text: str, source: str, score_column: str | None = None) -> list[Label]:
-    """Rows of a labels CSV (``image``, ``tier``, optional ``split`` and ``score_column``)."""
+def parse_labels(text: str, source: str, score_column: str | None = None, group_by: str | None = None,
+                 group_pattern: str | None = None) -> list[Label]:
+    """Rows of a labels CSV (``image``, ``tier``, optional ``split`` and ``score_column``).
+
+    ``group_by``: a column whose value (or the first match of ``group_pattern`` in it, e.g.
+    ``\\d{4}-\\d{2}-\\d{2}`` for the day of a timestamp) names each row's group."""
     reader = csv.DictReader(io.StringIO(text))
     columns = reader.fieldnames or []
-    required = ["image", "tier"] + ([score_column] if score_column else [])
+    try:
+        pattern = re.compile(group_pattern) if group_pattern else None
+    except re.error as error:
+        raise LabelsError(f"data.group_pattern={group_pattern!r}: not a regular expression ({error})") from None
+    required = ["image", "tier"] + ([score_column] if score_column else []) + ([group_by] if group_by else [])
     missing = [c for c in required if c not in columns]
     if missing:
         raise LabelsError(f"{source}: missing column(s) {missing}; the file has {columns}")
@@ -65,16 +76,26 @@ def parse_labels(text: str, source: str, score_column: str | None = None) -> lis
         split = (row["split"] or "").strip() if has_split else None
         if has_split and split not in SPLITS:
             raise LabelsError(f"{where}: split {split!r} is not one of {SPLITS}")
-        labels.append(Label(image, tier, value, split))
+        group = None
+        if group_by:
+            group = (row[group_by] or "").strip()
+            match = pattern.search(group) if pattern else None
+            if pattern and not match:
+                raise LabelsError(f"{where}: {group_by} {group!r} does not match data.group_pattern={group_pattern!r}")
+            group = match.group(0) if match else group
+        labels.append(Label(image, tier, value, split, group))
     if not labels:
         raise LabelsError(f"{source}: no rows")
     return labels
 
 
 def split_labels(labels: list[Label], seed: int) -> dict[str, list[Label]]:
-    """The file's own ``split`` column when it has one, else a 64/16/20 split stratified by tier."""
+    """The file's own ``split`` column when it has one; else a 64/16/20 split stratified by tier,
+    keeping each group whole when the rows have groups."""
     if labels[0].split is not None:
         return {s: [lb for lb in labels if lb.split == s] for s in SPLITS}
+    if labels[0].group is not None:
+        return split_groups(labels, seed)
     rng = random.Random(seed)
     splits = {s: [] for s in SPLITS}
     for tier in range(NUM_TIERS):
@@ -85,6 +106,29 @@ def split_labels(labels: list[Label], seed: int) -> dict[str, list[Label]]:
         splits["train"] += members[:n_train]
         splits["val"] += members[n_train:n_train + n_val]
         splits["test"] += members[n_train + n_val:]
+    return splits
+
+
+def split_groups(labels: list[Label], seed: int) -> dict[str, list[Label]]:
+    """64/16/20 with every group in one split (no near-copies on both sides), stratified by tier as
+    far as groups allow: groups are placed rarest tier first, each into the split whose share of
+    that tier is furthest below its target (then of all images)."""
+    groups: dict[str, list[Label]] = defaultdict(list)
+    for label in labels:
+        groups[label.group].append(label)
+    totals = Counter(lb.tier for lb in labels)
+    fractions = dict(zip(SPLITS, SPLIT_FRACTIONS))
+    filled = {s: Counter() for s in SPLITS}
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    rarest = {g: min((lb.tier for lb in groups[g]), key=lambda t: (totals[t], -t)) for g in order}
+    order.sort(key=lambda g: totals[rarest[g]])  # stable: shuffled within each tier
+    splits = {s: [] for s in SPLITS}
+    for name in order:
+        tier = rarest[name]
+        chosen = min(SPLITS, key=lambda s: (filled[s][tier] / (fractions[s] * totals[tier]), sum(filled[s].values()) / fractions[s]))
+        filled[chosen].update(lb.tier for lb in groups[name])
+        splits[chosen] += groups[name]
     return splits
 
 

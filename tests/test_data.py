@@ -203,3 +203,35 @@ def test_colour_jitter_is_off_unless_asked_for_in_code_and_config():
     assert compose_train(["data.root=x", "data.labels=y"]).data.augment.jitter == 0.0
     assert not any(isinstance(t, T.ColorJitter) for t in build_transform(config, train=True, augment={"min_crop": 0.7}).transforms)
     assert any(isinstance(t, T.ColorJitter) for t in build_transform(config, train=True, augment={"jitter": 0.1}).transforms)
+
+
+def test_group_by_keeps_each_capture_day_in_one_split_stratified_by_tier():
+    rng = np.random.default_rng(0)
+    rows = []
+    for day in range(120):  # 120 days of 10 frames, 10 minutes apart; good days have several top-tier frames
+        good = rng.random() < 0.15
+        for frame in range(10):
+            tier = int(rng.choice(4, p=[0.2, 0.4, 0.25, 0.15] if good else [0.6, 0.4, 0, 0]))
+            rows.append(f"2019/{day:03d}/{frame}.jpg,{tier},2019-06-{day:03d} {8 + frame // 6:02d}:{frame % 6}0:00\n")
+    text = "image,tier,date\n" + "".join(rows)
+    labels = parse_labels(text, "labels.csv", group_by="date", group_pattern=r"\d{4}-\d{2}-\d{3}")
+    assert len({lb.group for lb in labels}) == 120
+    splits = split_labels(labels, seed=0)
+    days = {name: {lb.group for lb in rows} for name, rows in splits.items()}
+    assert not (days["train"] & days["val"] or days["train"] & days["test"] or days["val"] & days["test"])
+    for name, share in zip(("train", "val", "test"), (0.64, 0.16, 0.20)):
+        assert abs(len(splits[name]) / len(labels) - share) < 0.05
+        top = sum(lb.tier >= 2 for lb in splits[name]) / sum(lb.tier >= 2 for lb in labels)
+        assert abs(top - share) < 0.08, (name, top)
+    assert split_labels(labels, seed=0) == splits and split_labels(labels, seed=1) != splits
+    with pytest.raises(LabelsError, match=r"line 2: date '2019-06-000 08:00:00' does not match data.group_pattern="):
+        parse_labels(text, "labels.csv", group_by="date", group_pattern=r"\d{8}")
+    with pytest.raises(LabelsError, match=r"missing column\(s\) \['day'\]"):
+        parse_labels(text, "labels.csv", group_by="day")
+
+
+def test_group_by_reaches_the_training_split(gallery):
+    module = GalleryDataModule(str(gallery), str(gallery / "labels.csv"), group_by="image", group_pattern=r"^sub\d")
+    module.setup()
+    folders = {name: {lb.image.split("/")[0] for lb in rows} for name, rows in module.splits.items()}
+    assert sorted(len(f) for f in folders.values()) == [1, 1, 1] and len(set().union(*folders.values())) == 3

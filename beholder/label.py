@@ -26,6 +26,7 @@ from beholder.errors import UserError, exit_on_user_error
 from beholder.images import UnreadableImage, decode_image
 from beholder.label_export import export
 from beholder.module import load_checkpoint, score_images
+from beholder.policy import Policy
 from beholder.storage import Store, check_uri, join
 from beholder.tournament import SubmissionError, Tournament
 
@@ -185,14 +186,16 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
 
 
 def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> dict[str, float]:
-    """Active labelling: distance of each image's score from the checkpoint's keep threshold
-    (smaller = the model is less sure = shown sooner)."""
+    """Active labelling: distance of each image's score from the review band of the checkpoint's
+    keep / review / reject policy (smaller = the model is less sure = shown sooner)."""
     module = load_checkpoint(ckpt)
     scores = {key: score for key, (score, _) in score_images(module, gallery, keys, store).items()}
-    threshold = module.keep_threshold(1.0)
-    if math.isnan(threshold):
-        threshold = sorted(scores.values())[len(scores) // 2]
-    return {key: abs(score - threshold) for key, score in scores.items()}
+    calibration = module.val_positive_scores.tolist()
+    if calibration:
+        policy = Policy.calibrated(calibration)
+    else:  # an unvalidated checkpoint: unsure around the median
+        policy = Policy.fixed(sorted(scores.values())[len(scores) // 2], "the median score")
+    return {key: policy.distance(score) for key, score in scores.items()}
 
 
 def parse_targets(text: str) -> list[float]:

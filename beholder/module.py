@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from beholder.data import GalleryDataset, build_transform, collate
 from beholder.errors import MissingInput, UserError
-from beholder.metrics import GalleryMetrics, keep_threshold
+from beholder.metrics import GalleryMetrics
 from beholder.model import ScoreNet
 from beholder.spec import registered, typed_arguments
 
@@ -113,11 +113,6 @@ class BeholderModule(pl.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         return build_optimizer(self.hparams.optimizer, params)
-
-    def keep_threshold(self, recall: float = 1.0) -> float:
-        """The score that kept ``recall`` of the top-tier validation images (NaN before validation)."""
-        scores = self.val_positive_scores
-        return keep_threshold(scores, torch.ones_like(scores, dtype=torch.bool), recall)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["beholder_format"] = CHECKPOINT_FORMAT

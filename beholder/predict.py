@@ -18,13 +18,13 @@ from beholder.data import GalleryDataset, build_transform, collate, list_gallery
 from beholder.errors import UserError
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
-from beholder.report import UnreadableSidecar, highlights_html, scores_csv, sidecar_names, skipped_csv, star_rating, xmp_sidecar
+from beholder.policy import BANDS, Policy
+from beholder.report import (UnreadableSidecar, highlights_html, score_histogram_svg, scores_csv, sidecar_names, skipped_csv, star_rating,
+                             xmp_sidecar)
 from beholder.shards import ShardWriter, bind_run, read_shards
 from beholder.storage import Store, check_uri, is_s3, join
 
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
-# Scores are recomputed in other batch sizes than at validation; count float noise as a tie.
-SCORE_TOLERANCE = 1e-6
 
 
 class Incomplete(UserError):
@@ -43,28 +43,23 @@ def check_threshold_options(cfg: DictConfig) -> None:
         raise UserError(f"threshold={cfg.threshold!r}: give a number")
 
 
-def mark_kept(cfg: DictConfig, module: BeholderModule, ranked: list[dict]) -> tuple[float, str]:
-    """Set each row's ``keep``; returns the threshold and where it came from. ``ranked``: best first."""
+def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Policy:
+    """Keep / review / reject for this run: by default calibrated on the checkpoint's top-tier
+    validation scores; ``keep_top`` or ``threshold`` fix a plain cut (no review band)."""
     if cfg.get("keep_top") is not None:
-        count = max(math.ceil(float(cfg.keep_top) * len(ranked) - 1e-9), 1)  # exactly this many, ties or not
-        for row in ranked:
-            row["keep"] = row["rank"] <= count
-        return ranked[count - 1]["score"], f"keep_top={cfg.keep_top} of this gallery"
-    threshold, source = score_threshold(cfg, module)
-    for row in ranked:
-        row["keep"] = row["score"] >= threshold - SCORE_TOLERANCE
-    return threshold, source
-
-
-def score_threshold(cfg: DictConfig, module: BeholderModule) -> tuple[float, str]:
+        keep = max(math.ceil(float(cfg.keep_top) * count - 1e-9), 1)  # exactly this many, ties or not
+        return Policy.top(keep, f"keep_top={cfg.keep_top} of this gallery")
     if cfg.get("threshold") is not None:
-        return float(cfg.threshold), f"threshold={cfg.threshold}"
-    recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
-    threshold = module.keep_threshold(recall)
-    if math.isnan(threshold):
-        raise UserError(f"ckpt_path={cfg.ckpt_path} holds no validation scores; give threshold=, keep_top= or keep_recall= on a validated checkpoint")
-    tiers = f"tier >= {module.net.head.positive_tier}"
-    return threshold, f"checkpoint: keeps {recall:.0%} of the {tiers} validation images"
+        return Policy.fixed(float(cfg.threshold), f"threshold={cfg.threshold}")
+    scores = module.val_positive_scores.tolist()
+    if not scores:
+        raise UserError(f"ckpt_path={cfg.ckpt_path} holds no validation scores; give threshold= or keep_top=")
+    for name in ("promise_recall", "promise_confidence"):
+        if not (isinstance(cfg.get(name), (int, float)) and 0 < cfg.get(name) < 1):
+            raise UserError(f"{name}={cfg.get(name)!r}: give a share in (0, 1)")
+    keep_recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
+    return Policy.calibrated(scores, keep_recall, float(cfg.promise_recall), float(cfg.promise_confidence),
+                             tiers=f"tier >= {module.net.head.positive_tier}")
 
 
 def partial_folder(output: str) -> str:
@@ -142,17 +137,23 @@ def predict(cfg: DictConfig) -> dict | None:
         raise UserError(f"gallery={gallery}: none of the {len(versions)} files could be read (see the warnings)")
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
-    threshold, source = mark_kept(cfg, module, ranked)
-    kept = sum(row["keep"] for row in ranked)
+    policy = decision_policy(cfg, module, len(ranked))
+    for row in ranked:
+        row["band"] = policy.band(row["score"], row["rank"])
+        row["keep"] = row["band"] == "keep"
+    bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
 
     summary = {
         "found": len(versions),
         "scored": len(ranked),
         "skipped": len(skipped),
-        "kept": kept,
-        "gallery_reduction": 1 - kept / len(ranked),
-        "threshold": threshold,
-        "threshold_source": source,
+        "kept": bands["keep"],
+        "review": bands["review"],
+        "rejected": bands["reject"],
+        "gallery_reduction": bands["reject"] / len(ranked),
+        "threshold": ranked[bands["keep"] - 1]["score"] if policy.keep_count else policy.keep_at,
+        "reject_below": ranked[bands["keep"] - 1]["score"] if policy.keep_count else policy.reject_below,
+        "threshold_source": policy.summary,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),
         "processes": processes,
@@ -182,19 +183,21 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
     if cfg.xmp:
         write_sidecars(cfg, store, gallery, output, ranked, list(skipped), summary)
     count = cfg.highlights
-    kept = [row for row in ranked if row["keep"]]
-    rejected = [row for row in ranked if not row["keep"]]
+    kept = [row for row in ranked if row["band"] == "keep"]
+    review = [row for row in ranked if row["band"] == "review"]
+    rejected = [row for row in ranked if row["band"] == "reject"]
     sections = [
         (f"Top {min(count, len(ranked))}", ranked[:count]),
         ("Lowest-scoring kept", kept[-(count // 2):] if kept else []),
+        (f"To review: {len(review)} between the thresholds" + (f", the best {count} shown" if len(review) > count else ""), review[:count]),
         ("Highest-scoring rejected", rejected[: count // 2]),
     ]
     line = (
-        f"{summary['scored']} images scored, {summary['kept']} kept "
-        f"({summary['gallery_reduction']:.1%} of the gallery dropped); threshold {summary['threshold']:.4f} "
-        f"({summary['threshold_source']})"
+        f"{summary['scored']} images scored: {summary['kept']} kept, {summary['review']} to review, {summary['rejected']} rejected "
+        f"({summary['gallery_reduction']:.1%} of the gallery dropped). {summary['threshold_source']}"
     )
-    store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line))
+    histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
+    store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
     # scores.csv last: its presence says the run is complete
     store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
 
@@ -209,7 +212,7 @@ def write_sidecars(cfg, store, gallery, output, ranked, skipped, summary) -> Non
         target = join(gallery, names[row["image"]]) if beside else join(output, "xmp/" + names[row["image"]])
         existing = store.read(target) if store.exists(target) else None
         try:
-            packet = xmp_sidecar(star_rating(row["rank"], summary["kept"], row["keep"]), row["keep"], row["score"], existing)
+            packet = xmp_sidecar(star_rating(row["rank"], summary["kept"], row["band"]), row["band"], row["score"], existing)
         except UnreadableSidecar as error:
             summary["sidecars_left_alone"].append(f"{target}: {error}")
             continue
@@ -224,8 +227,10 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {summary['processes']} processes)",
         *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
         f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
-        f"  kept            {summary['kept']}  (gallery reduction {summary['gallery_reduction']:.1%})",
-        f"  threshold       {summary['threshold']:.4f}  ({summary['threshold_source']})",
+        f"  kept            {summary['kept']}  (score >= {summary['threshold']:.4f})",
+        f"  to review       {summary['review']}  (score >= {summary['reject_below']:.4f})",
+        f"  rejected        {summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})",
+        f"  thresholds      {summary['threshold_source']}",
         *[f"  sidecar left as it was, not XMP: {problem}" for problem in summary.get("sidecars_left_alone", [])],
         f"  results         {join(summary['output'], 'scores.csv')}",
         f"  contact sheet   {join(summary['output'], 'highlights.html')}",

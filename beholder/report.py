@@ -15,13 +15,13 @@ from beholder.images import UnreadableImage, decode_image
 
 
 def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
-    """``ranked``: rows best first, each with image, score, tier, probabilities, keep, rank."""
+    """``ranked``: rows best first, each with image, score, tier, probabilities, band, keep, rank."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "score", "tier", *probability_names, "keep", "rank"])
+    writer.writerow(["image", "score", "tier", *probability_names, "band", "keep", "rank"])
     for row in ranked:
         probabilities = [f"{p:.4f}" for p in row["probabilities"]] if probability_names else []
-        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, str(row["keep"]).lower(), row["rank"]])
+        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, row["band"], str(row["keep"]).lower(), row["rank"]])
     return buffer.getvalue().encode()
 
 
@@ -33,13 +33,12 @@ def skipped_csv(skipped: dict[str, str]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def star_rating(rank: int, kept: int, keep: bool) -> int:
-    """1 star for a rejected image; kept ones get 5 (their best 10 %), 4 (next 20 %), 3 (next 30 %)
-    or 2 stars."""
-    if not keep:
-        return 1
+def star_rating(rank: int, kept: int, band: str) -> int:
+    """Kept images get 5 stars (their best 10 %), 4 (next 20 %) or 3; those to review 2; rejected 1."""
+    if band != "keep":
+        return 2 if band == "review" else 1
     share = (rank - 1) / max(kept, 1)
-    return 5 if share < 0.1 else 4 if share < 0.3 else 3 if share < 0.6 else 2
+    return 5 if share < 0.1 else 4 if share < 0.3 else 3
 
 
 XMP_NAMESPACES = {
@@ -67,14 +66,17 @@ def sidecar_names(images: list[str]) -> dict[str, str]:
     return {image: (os.path.splitext(image)[0] if stems[os.path.splitext(image)[0].lower()] == 1 else image) + ".xmp" for image in images}
 
 
-def xmp_sidecar(rating: int, keep: bool, score: float, existing: bytes | None = None) -> bytes:
-    """An XMP packet with the star rating (``xmp:Rating``), a colour label (Green = keep, Red =
-    reject; ``xmp:Label``) and digiKam's pick label (3 accepted, 1 rejected). Lightroom, darktable
-    and digiKam read these. ``existing``: a sidecar already there, whose other properties
-    (keywords, edits, the photographer's own fields) are kept; only these fields are replaced."""
-    label, pick = ("Green", 3) if keep else ("Red", 1)
+BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
+
+
+def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None) -> bytes:
+    """An XMP packet with the star rating (``xmp:Rating``), a colour label (Green = keep, Yellow =
+    review, Red = reject; ``xmp:Label``) and digiKam's pick label (3 accepted, 0 none, 1 rejected).
+    Lightroom, darktable and digiKam read these. ``existing``: a sidecar already there, whose other
+    properties (keywords, edits, the photographer's own fields) are kept; only these fields change."""
+    label, pick = BAND_LABELS[band]
     values = {("xmp", "Rating"): str(rating), ("xmp", "Label"): label, ("digiKam", "PickLabel"): str(pick),
-              ("beholder", "Score"): f"{score:.6f}", ("beholder", "Keep"): str(keep).lower()}
+              ("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
     data = existing or EMPTY_XMP
     try:
         for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
@@ -113,17 +115,46 @@ def thumbnail(data: bytes, max_width: int = 900, max_height: int = 220) -> tuple
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), *image.size
 
 
-def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str) -> bytes:
-    """A self-contained contact sheet: each section a title and rows (image, score, rank, keep);
-    ``read(image)`` gives an image's bytes. Wide images (panoramas) take a whole row."""
+BAND_COLOURS = {"keep": "#3a3", "review": "#db3", "reject": "#c33"}
+
+
+def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float, bins: int = 40) -> str:
+    """An inline SVG histogram of the scores, bars coloured by band, the two thresholds marked."""
+    width, height, low, high = 720, 140, min(scores), max(scores)
+    span = (high - low) or 1.0
+    counts = [0] * bins
+    for score in scores:
+        counts[min(int((score - low) / span * bins), bins - 1)] += 1
+    tallest, step = max(counts), width / bins
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height + 20}' role='img' "
+             f"aria-label='score distribution'><rect width='100%' height='100%' fill='#2a2a2a'/>"]
+    for i, count in enumerate(counts):
+        middle = low + (i + 0.5) * span / bins
+        band = "keep" if middle >= keep_at else "review" if middle >= reject_below else "reject"
+        bar = count / tallest * height
+        parts.append(f"<rect x='{i * step:.1f}' y='{height - bar:.1f}' width='{step - 1:.1f}' height='{bar:.1f}' "
+                     f"fill='{BAND_COLOURS[band]}'><title>{count} images near {middle:.3f}</title></rect>")
+    for value, name in ((keep_at, "keep"), (reject_below, "reject below")):
+        if low <= value <= high:
+            x = (value - low) / span * width
+            parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='0' y2='{height}' stroke='#fff' stroke-dasharray='4 3'/>"
+                         f"<text x='{x + 3:.1f}' y='{height + 14}' fill='#eee' font-size='11'>{name} {value:.3f}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "") -> bytes:
+    """A self-contained contact sheet: the score histogram, then each section a title and rows
+    (image, score, rank, band); ``read(image)`` gives an image's bytes. Wide images (panoramas) take a whole row."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>beholder highlights</title><style>",
         "body{font-family:sans-serif;background:#222;color:#eee;margin:1em}",
         ".sheet{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#333;padding:4px}",
         "figure.wide{flex-basis:100%}figure.wide img{width:100%;height:auto}",
         "img{display:block;max-height:220px}figcaption{font-size:12px;padding-top:2px;word-break:break-all}",
-        ".reject{outline:3px solid #c33}.keep{outline:3px solid #3a3}</style></head><body>",
-        f"<h1>beholder highlights</h1><p>{html.escape(summary)}</p>",
+        "".join(f".{band}{{outline:3px solid {colour}}}" for band, colour in BAND_COLOURS.items()),
+        "</style></head><body>",
+        f"<h1>beholder highlights</h1><p>{html.escape(summary)}</p>{histogram}",
     ]
     for title, rows in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><div class='sheet'>")
@@ -133,13 +164,11 @@ def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str) 
                 continue
             uri, width, height = picture
             wide = " wide" if width > 2.5 * height else ""
-            state = "keep" if row["keep"] else "reject"
-            caption = f"#{row['rank']} · {row['score']:.3f} · {row['image']}"
+            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']} · {row['image']}"
             parts.append(
-                f"<figure class='{state}{wide}' data-image={quoteattr(row['image'])}>"
+                f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"
                 f"<img src='{uri}' alt={quoteattr(row['image'])}><figcaption>{html.escape(caption)}</figcaption></figure>"
             )
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts).encode()
-

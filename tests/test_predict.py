@@ -35,7 +35,7 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     scores = [float(row["score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
     assert [int(row["rank"]) for row in rows] == list(range(1, 62))
-    assert list(rows[0]) == ["image", "score", "tier", "p_tier_below2", "p_tier2_up", "keep", "rank"]
+    assert list(rows[0]) == ["image", "score", "tier", "p_tier_below2", "p_tier2_up", "band", "keep", "rank"]
     assert all(abs(float(r["p_tier2_up"]) - float(r["score"])) < 1e-3 for r in rows)
     kept = [row for row in rows if row["keep"] == "true"]
     assert summary["kept"] == len(kept) and rows[: len(kept)] == kept  # kept ones are the best ones
@@ -95,8 +95,8 @@ def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
         sidecar = tmp_path / "out" / "xmp" / (os.path.splitext(row["image"])[0] + ".xmp")
         description = ET.parse(sidecar).getroot().find("rdf:RDF/rdf:Description", ns)
         rating = int(description.get(f"{{{ns['xmp']}}}Rating"))
-        assert rating == star_rating(int(row["rank"]), 30, row["keep"] == "true")
-    assert star_rating(1, 30, True) == 5 and star_rating(60, 30, False) == 1
+        assert rating == star_rating(int(row["rank"]), 30, row["band"])
+    assert star_rating(1, 30, "keep") == 5 and star_rating(40, 30, "review") == 2 and star_rating(60, 30, "reject") == 1
     assert not list(photos.rglob("*.xmp"))
     predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
     assert len(list(photos.rglob("*.xmp"))) == 60
@@ -229,7 +229,7 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
         sidecar = photos / (relative + ".xmp")
         description = ET.parse(sidecar).getroot().find(".//rdf:Description", ns)
         row = rows[relative]
-        assert int(description.get(f"{{{ns['xmp']}}}Rating")) == star_rating(int(row["rank"]), summary["kept"], row["keep"] == "true")
+        assert int(description.get(f"{{{ns['xmp']}}}Rating")) == star_rating(int(row["rank"]), summary["kept"], row["band"])
     assert lightroom.read_text().count("needle") == 1 and "Rating>2" in lightroom.read_text()  # not this image's sidecar now
     assert broken.read_text() == "my own notes, not XMP" and any(str(broken) in p for p in summary["sidecars_left_alone"])
 
@@ -240,3 +240,27 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
     merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
     assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
     assert merged.find("xmp:Rating", ns) is None and merged.get(f"{{{ns['xmp']}}}Rating") in {"1", "2", "3", "4", "5"}
+
+
+def test_review_band_between_the_promised_and_the_plain_threshold(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = copy_gallery(gallery, tmp_path / "photos")
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "threshold=-100"]))
+    scores = sorted(float(r["score"]) for r in read_scores(tmp_path / "plain" / "scores.csv"))
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["val_positive_scores"] = sorted(scores * 5, reverse=True)  # 300 calibration photos: enough for the promise
+    torch.save(checkpoint, tmp_path / "calibrated.ckpt")
+    summary = predict(compose_predict([f"ckpt_path={tmp_path}/calibrated.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
+                                       "keep_recall=0.5", "xmp=true"]))
+    rows = read_scores(tmp_path / "out" / "scores.csv")
+    bands = {band: [float(r["score"]) for r in rows if r["band"] == band] for band in ("keep", "review", "reject")}
+    assert summary["review"] == len(bands["review"]) > 0 and summary["kept"] + summary["review"] + summary["rejected"] == 60
+    assert min(bands["keep"]) >= summary["threshold"] - 1e-6 > max(bands["review"])
+    assert min(bands["review"]) >= summary["reject_below"] - 1e-6 > max(bands["reject"], default=-1e9)
+    assert summary["gallery_reduction"] == len(bands["reject"]) / 60
+    assert "with 90% confidence, calibrated on 300 photos" in summary["threshold_source"]
+    review = next(r for r in rows if r["band"] == "review")
+    packet = (tmp_path / "out" / "xmp" / (os.path.splitext(review["image"])[0] + ".xmp")).read_text()
+    assert 'xmp:Label="Yellow"' in packet and 'xmp:Rating="2"' in packet
+    page = (tmp_path / "out" / "highlights.html").read_text()
+    assert page.index("<svg") < page.index("<h2>") and f"To review: {summary['review']} between the thresholds" in page

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from beholder.module import load_checkpoint
+from beholder.policy import Policy
 from beholder.storage import Store
 from beholder.train import train
 
@@ -38,8 +39,8 @@ def test_fast_training_run_for_each_head(tiny_cfg, tmp_path, head, extra):
 
     module = load_checkpoint(str(run / "checkpoints" / "best.ckpt"))  # the checkpoint alone rebuilds the model
     assert type(module.net.head).__name__ == {"softmax": "SoftmaxHead", "regression": "RegressionHead"}[head]
-    assert not math.isnan(module.keep_threshold(1.0))
-    assert module.keep_threshold(0.5) >= module.keep_threshold(1.0)
+    policy = Policy.calibrated(module.val_positive_scores.tolist())  # the checkpoint holds the calibration scores
+    assert not math.isnan(policy.keep_at) and Policy.calibrated(module.val_positive_scores.tolist(), keep_recall=0.5).keep_at >= policy.keep_at
     assert module.net(torch.zeros(2, 3, 32, 64)).shape[0] == 2
 
 

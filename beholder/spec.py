@@ -14,6 +14,8 @@ import inspect
 import types
 import typing
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 from beholder.errors import UserError
 
 
@@ -42,7 +44,11 @@ def fits(value, hint) -> bool:
 
 def typed_arguments(what: str, target, values: dict, skip: tuple[str, ...] = ()) -> dict:
     """``values`` checked against ``target``'s signature: every key a parameter, every value of its
-    declared type; keys starting with ``_`` (Hydra's ``_target_``, ``_partial_``) are dropped."""
+    declared type; keys starting with ``_`` (Hydra's ``_target_``, ``_partial_``) are dropped.
+    OmegaConf nodes count as the plain values they resolve to."""
+    if isinstance(values, DictConfig):
+        values = OmegaConf.to_container(values, resolve=True)
+    values = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v for k, v in values.items()}
     if dataclasses.is_dataclass(target):
         hints = typing.get_type_hints(target)
     else:
@@ -63,7 +69,7 @@ def typed_arguments(what: str, target, values: dict, skip: tuple[str, ...] = ())
 
 def registered(what: str, registry: dict[str, type], spec) -> type:
     """The class a spec's ``_target_`` names, if it is in ``registry``; else a one-line error."""
-    target = spec.get("_target_") if isinstance(spec, dict) else None
+    target = spec.get("_target_") if isinstance(spec, (dict, DictConfig)) else None
     if target not in registry:
         raise UserError(f"{what}._target_={target!r} is not one of beholder's {what}s ({', '.join(registry)})")
     return registry[target]

@@ -178,3 +178,11 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
             assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
     data = instantiate(cfg.data)
     assert data.batch_size == 32 and data.oversample is (cfg.head._target_ != "beholder.model.RegressionHead")
+
+
+def test_config_nodes_count_as_the_plain_values_they_hold():
+    backbone = OmegaConf.create({"name": "test_efficientnet", "pretrained": False, "mean": [0.5] * 3, "std": [0.5] * 3})
+    net = ScoreNet(dict(backbone), OmegaConf.create({"_target_": "beholder.model.RegressionHead"}))
+    assert net.data_config["mean"] == (0.5, 0.5, 0.5)
+    with pytest.raises(UserError, match=r"backbone.mean=\['a'\]"):
+        ScoreNet({**dict(backbone), "mean": OmegaConf.create(["a"])}, {"_target_": "beholder.model.RegressionHead"})

@@ -245,8 +245,8 @@ def crawl(start: str, fetcher: Fetcher, includes, excludes, since, until, errors
         folder = queue.popleft()
         pages += 1
         if pages > max_pages:
-            errors[folder] = f"not crawled: more than --max-pages {max_pages} listings"
-            continue
+            errors[folder] = f"not crawled, nor {len(queue)} more listings: beyond --max-pages {max_pages}"
+            break
         try:
             page = fetcher.read(folder).decode("utf-8", "replace")
         except Exception as error:

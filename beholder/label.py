@@ -86,13 +86,16 @@ class Thumbnails:
             with self.lock:
                 if key in self.cache:
                     return self.cache[key]
-            with self.decoding:
-                data = self.make(self.read(key))
-            with self.lock:
-                self.cache[key] = data
-                if len(self.cache) > self.size:
-                    self.cache.popitem(last=False)
-                self.key_locks.pop(key, None)
+            try:
+                with self.decoding:
+                    data = self.make(self.read(key))
+                with self.lock:
+                    self.cache[key] = data
+                    if len(self.cache) > self.size:
+                        self.cache.popitem(last=False)
+            finally:
+                with self.lock:
+                    self.key_locks.pop(key, None)
         return data
 
     @staticmethod

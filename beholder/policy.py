@@ -1,4 +1,5 @@
-"""Keep, review or reject: the one decision that prediction, the labeller and burst culling share.
+"""Keep, review or reject: the one decision that prediction and the labeller share (and, when it
+comes, culling per burst).
 
 Both thresholds come from the scores of top-tier calibration photos (the validation split's,
 stored in the checkpoint):

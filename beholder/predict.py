@@ -41,6 +41,9 @@ def check_threshold_options(cfg: DictConfig) -> None:
             raise UserError(f"{name}={value!r}: give a share in (0, 1]")
     if cfg.get("threshold") is not None and not isinstance(cfg.threshold, (int, float)):
         raise UserError(f"threshold={cfg.threshold!r}: give a number")
+    for name in ("promise_recall", "promise_confidence"):
+        if not (isinstance(cfg.get(name), (int, float)) and 0 < cfg.get(name) < 1):
+            raise UserError(f"{name}={cfg.get(name)!r}: give a share in (0, 1)")
 
 
 def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Policy:
@@ -54,9 +57,6 @@ def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Poli
     scores = module.val_positive_scores.tolist()
     if not scores:
         raise UserError(f"ckpt_path={cfg.ckpt_path} holds no validation scores; give threshold= or keep_top=")
-    for name in ("promise_recall", "promise_confidence"):
-        if not (isinstance(cfg.get(name), (int, float)) and 0 < cfg.get(name) < 1):
-            raise UserError(f"{name}={cfg.get(name)!r}: give a share in (0, 1)")
     keep_recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
     return Policy.calibrated(scores, keep_recall, float(cfg.promise_recall), float(cfg.promise_confidence),
                              tiers=f"tier >= {module.net.head.positive_tier}")
@@ -90,7 +90,7 @@ def file_digest(path: str) -> str:
 
 
 def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str],
-                  versions: dict[str, str], partial: str) -> bool:
+                  versions: dict[str, str], partial: str) -> int | None:
     """Score ``images`` into shards under ``partial``. Returns the number of processes on the one
     that should finish up, None on the others."""
     dataset = GalleryDataset(gallery, images, store, build_transform(module.net.data_config, train=False))

@@ -20,15 +20,16 @@ ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 @torch.no_grad()
-def extract_features(backbone: torch.nn.Module, dataset, batch_size: int = 32, num_workers: int = 2):
-    """Pooled features of every readable image: (features N x F, batches' other fields concatenated)."""
-    modes = {module: module.training for module in backbone.modules()}  # frozen norms stay in eval mode after
-    backbone.eval()
+def extract_features(net: torch.nn.Module, dataset, batch_size: int = 32, num_workers: int = 2):
+    """What ``net``'s head reads (``net.features``: the pooled features of the backbone and any extra
+    extractors) for every readable image: (features N x F, batches' other fields concatenated)."""
+    modes = {module: module.training for module in net.modules()}  # frozen norms stay in eval mode after
+    net.eval()
     features, tiers, targets, paths = [], [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
         if "image" not in batch:
             continue
-        features.append(backbone(batch["image"]).float())
+        features.append(net.features(batch["image"]).float())
         paths += batch["image_path"]
         if "tier" in batch:
             tiers.append(batch["tier"])
@@ -68,7 +69,7 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, seed: int = 0, alphas=ALPHAS, folds: 
 def init_head_from_probe(net, dataset, seed: int = 0, num_workers: int = 2) -> float:
     """Set the head's linear layer to the ridge solution on frozen features of ``dataset``
     (training images, evaluation transforms). Returns the chosen penalty."""
-    features, batch = extract_features(net.backbone, dataset, num_workers=num_workers)
+    features, batch = extract_features(net, dataset, num_workers=num_workers)
     wanted = net.head.probe_targets(batch).numpy().astype(np.float64)
     weight, bias, alpha = ridge_cv(features, wanted, seed)
     fc = net.head.fc

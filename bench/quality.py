@@ -78,7 +78,7 @@ def probe_features(root, images, image_size):
     cfg = compose(["backbone=efficientnet_lite0", "data.root=.", "data.labels=x", "output_dir=."])
     net = ScoreNet(dict(cfg.backbone), {"_target_": "beholder.model.RegressionHead"}, image_size)
     dataset = GalleryDataset(root, images, Store(), build_transform(net.data_config, train=False))
-    features, extra = extract_features(net.backbone, dataset)
+    features, extra = extract_features(net, dataset)
     by_image = dict(zip(extra["image_path"], features))
     return np.stack([by_image[i] for i in images])
 

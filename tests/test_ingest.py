@@ -241,6 +241,17 @@ def test_a_hostile_archive_cannot_write_outside_or_fetch_elsewhere(tmp_path, cap
     assert set(read_manifest((target / "beholder-manifest.csv").read_text())) == set(copied) - {"beholder-manifest.csv", "2019/beholder-manifest.csv"}
 
 
+def test_the_crawl_stops_at_max_pages(tmp_path, capsys):
+    other, elsewhere = serve(Elsewhere)
+    archive, base = serve(hostile_archive("x.jpg", elsewhere))
+    try:
+        code, out = run([f"{base}/archive/", str(tmp_path / "mirror"), "--max-pages", "2", "--dry-run"], capsys)
+    finally:
+        archive.shutdown()
+        other.shutdown()
+    assert code == 0 and out.out.count("beyond --max-pages 2") == 1 and "nor 2 more listings" in out.out
+
+
 def test_dry_run_copies_nothing(site, tmp_path, capsys):
     url, _ = site
     code, out = run([url, str(tmp_path / "mirror"), "--include", "slice_*.jpg", "--since", "2016-01-02", "--dry-run"], capsys)

@@ -186,3 +186,13 @@ def test_config_nodes_count_as_the_plain_values_they_hold():
     assert net.data_config["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(UserError, match=r"backbone.mean=\['a'\]"):
         ScoreNet({**dict(backbone), "mean": OmegaConf.create(["a"])}, {"_target_": "beholder.model.RegressionHead"})
+
+
+def test_extra_frozen_extractors_are_concatenated_before_the_head():
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False, "extra": ["test_resnet", "test_efficientnet"]},
+                   {"_target_": "beholder.model.RegressionHead"})
+    widths = [net.backbone.num_features] + [e.num_features for e in net.extractors]
+    assert net.head.fc.in_features == sum(widths) and net.features(torch.zeros(2, 3, 32, 64)).shape == (2, sum(widths))
+    net.train()
+    assert not any(m.training for m in net.extractors.modules()) and not any(p.requires_grad for p in net.extractors.parameters())
+    assert any(p.requires_grad for p in net.backbone.parameters())

@@ -149,6 +149,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
         "no images (jpg, jpeg, png, webp, tif) found": [f"ckpt_path={ckpt}", f"gallery={tmp_path}/empty", f"output={tmp_path}/o4"],
         "unknown URI scheme 'gs'": [f"ckpt_path={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
         "cannot write there": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],
+        "promise_recall=1.5: give a share in (0, 1)": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o6", "promise_recall=1.5"],
     }
     for message, args in cases.items():
         result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)

@@ -206,3 +206,15 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     norms = {name: value for name, value in checkpoint["state_dict"].items() if name.endswith(("running_mean", "running_var"))}
     assert norms and all(torch.equal(v, torch.zeros_like(v) if n.endswith("mean") else torch.ones_like(v)) for n, v in norms.items())
     assert 0 <= json.loads((tmp_path / "run" / "metrics.json").read_text())["test/gallery_reduction"] <= 1
+
+
+def test_training_with_extra_extractors_and_predicting_from_the_checkpoint(tiny_cfg, gallery, tmp_path):
+    from beholder.module import score_images
+
+    train(tiny_cfg('backbone.extra=["test_resnet"]', "trainer.max_epochs=1"))
+    module = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.ckpt"))
+    assert len(module.net.extractors) == 1 and module.hparams.backbone["extra"] == ["test_resnet"]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(value, state[f"net.extractors.0.{name}"]) for name, value in module.net.extractors[0].state_dict().items())
+    scores = score_images(module, str(gallery), ["sub0/img_000.jpg", "sub1/img_001.jpg"], Store(), num_workers=0)
+    assert len(scores) == 2

@@ -224,7 +224,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         "",
         "beholder: gallery scored",
         f"  images found    {summary['found']}",
-        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {summary['processes']} processes)",
+        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {summary['processes']} process{'es' if summary['processes'] != 1 else ''})",
         *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
         f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
         f"  kept            {summary['kept']}  (score >= {summary['threshold']:.4f})",

@@ -134,11 +134,14 @@ def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float
         bar = count / tallest * height
         parts.append(f"<rect x='{i * step:.1f}' y='{height - bar:.1f}' width='{step - 1:.1f}' height='{bar:.1f}' "
                      f"fill='{BAND_COLOURS[band]}'><title>{count} images near {middle:.3f}</title></rect>")
-    for value, name in ((keep_at, "keep"), (reject_below, "reject below")):
+    marks = [(keep_at, "threshold", 12)] if keep_at == reject_below else [(keep_at, "keep from", 12), (reject_below, "reject below", height + 14)]
+    for value, name, y in marks:  # two labels on two rows, so that close thresholds stay readable
         if low <= value <= high:
             x = (value - low) / span * width
+            anchor = "end" if x > width / 2 else "start"
             parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='0' y2='{height}' stroke='#fff' stroke-dasharray='4 3'/>"
-                         f"<text x='{x + 3:.1f}' y='{height + 14}' fill='#eee' font-size='11'>{name} {value:.3f}</text>")
+                         f"<text x='{x + (-3 if anchor == 'end' else 3):.1f}' y='{y}' text-anchor='{anchor}' fill='#eee' "
+                         f"font-size='11'>{name} {value:.3f}</text>")
     parts.append("</svg>")
     return "".join(parts)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
-import os
 import secrets
 import sys
 import threading

@@ -140,8 +140,9 @@ def predict(cfg: DictConfig) -> dict | None:
     policy = decision_policy(cfg, module, len(ranked))
     for row in ranked:
         row["band"] = policy.band(row["score"], row["rank"])
-        row["keep"] = row["band"] == "keep"
     bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
+    # keep_top cuts by rank: both thresholds are the score of the last one kept
+    keep_at, reject_below = (ranked[bands["keep"] - 1]["score"],) * 2 if policy.keep_count else (policy.keep_at, policy.reject_below)
 
     summary = {
         "found": len(versions),
@@ -151,8 +152,8 @@ def predict(cfg: DictConfig) -> dict | None:
         "review": bands["review"],
         "rejected": bands["reject"],
         "gallery_reduction": bands["reject"] / len(ranked),
-        "threshold": ranked[bands["keep"] - 1]["score"] if policy.keep_count else policy.keep_at,
-        "reject_below": ranked[bands["keep"] - 1]["score"] if policy.keep_count else policy.reject_below,
+        "threshold": keep_at,
+        "reject_below": reject_below,
         "threshold_source": policy.summary,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),

@@ -15,13 +15,14 @@ from beholder.images import UnreadableImage, decode_image
 
 
 def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
-    """``ranked``: rows best first, each with image, score, tier, probabilities, band, keep, rank."""
+    """``ranked``: rows best first, each with image, score, tier, probabilities, band, rank (``keep``
+    is the band ``keep``)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "score", "tier", *probability_names, "band", "keep", "rank"])
     for row in ranked:
         probabilities = [f"{p:.4f}" for p in row["probabilities"]] if probability_names else []
-        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, row["band"], str(row["keep"]).lower(), row["rank"]])
+        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, row["band"], str(row["band"] == "keep").lower(), row["rank"]])
     return buffer.getvalue().encode()
 
 

@@ -46,8 +46,6 @@ def typed_arguments(what: str, target, values: dict, skip: tuple[str, ...] = ())
     """``values`` checked against ``target``'s signature: every key a parameter, every value of its
     declared type; keys starting with ``_`` (Hydra's ``_target_``, ``_partial_``) are dropped.
     OmegaConf nodes count as the plain values they resolve to."""
-    if isinstance(values, DictConfig):
-        values = OmegaConf.to_container(values, resolve=True)
     values = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v for k, v in values.items()}
     if dataclasses.is_dataclass(target):
         hints = typing.get_type_hints(target)

@@ -61,14 +61,14 @@ class Tournament:
         self.lock = threading.RLock()
         self.random = random.Random(seed)
         self.db = self._connect(read_only)
-        stored = self._meta("targets")
+        stored = json.loads(self._meta("targets") or "null")
         if read_only:
-            self.targets = json.loads(stored) if stored else list(DEFAULT_TARGETS)
+            self.targets = stored or list(DEFAULT_TARGETS)
             return
-        self.targets = list(targets) if targets is not None else json.loads(stored) if stored else list(DEFAULT_TARGETS)
-        if stored and json.loads(stored) != self.targets and self.db.execute("SELECT 1 FROM decisions LIMIT 1").fetchone():
+        self.targets = list(targets) if targets is not None else stored or list(DEFAULT_TARGETS)
+        if stored and stored != self.targets and self.db.execute("SELECT 1 FROM decisions LIMIT 1").fetchone():
             raise UserError(f"--targets {','.join(map(str, self.targets))}: {self.path} was labelled with "
-                            f"--targets {','.join(map(str, json.loads(stored)))}; use those (or a new --db)")
+                            f"--targets {','.join(map(str, stored))}; use those (or a new --db)")
         with self._write():
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('targets', ?)", (json.dumps(self.targets),))
 
@@ -159,8 +159,7 @@ class Tournament:
         return dict(rows.fetchall())
 
     def _pending(self, rater: str, round_: int) -> list[int]:
-        judged = self._judged(rater, round_)
-        active = {i for (i,) in self.db.execute("SELECT id FROM images WHERE active = 1")}
+        judged, active = self._judged(rater, round_), self.active_ids()
         if round_ == 1:
             pool = sorted(active)
         else:

@@ -175,7 +175,7 @@ def labeller_experiment(work):
     import numpy as np
     from PIL import Image
 
-    from tests.test_label import free_port
+    from tests.test_label import free_port, honest_rater
 
     gallery = os.path.join(work, "to-label")
     os.makedirs(gallery)
@@ -211,17 +211,8 @@ def labeller_experiment(work):
             state = next(a for a in answers if a.status_code == 200).json()
         same_set = [20 * 10, accepted, rows("SELECT COUNT(*) FROM decisions"), 20 * 4]
 
-        def rater(name):
-            refused, state = 0, httpx.post(f"{base}/api/next", params={"rater": name}, json={}, timeout=60).json()
-            for _ in range(15):
-                answer = httpx.post(f"{base}/api/submit", params={"rater": name}, timeout=60,
-                                    json={"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]})
-                refused += answer.status_code != 200
-                state = answer.json() if answer.status_code == 200 else state
-            return refused
-
         with ThreadPoolExecutor(10) as pool:
-            refused = sum(pool.map(rater, [f"r{i}" for i in range(10)]))
+            refused = sum(pool.map(lambda name: honest_rater(base, name), [f"r{i}" for i in range(10)]))
         parallel = [150, 150 - refused, refused, rows("SELECT COUNT(*) FROM decisions WHERE rater LIKE 'r%'"), 150 * 4]
 
         judged = rows("SELECT COUNT(*) FROM decisions d JOIN sets s ON s.id = d.set_id WHERE s.undone = 0 AND d.rater = 'me'")
@@ -248,40 +239,16 @@ def labeller_experiment(work):
 def cross_site_attack(base, work):
     """A page on another origin, opened in Chromium, posts 15 undo forms and 15 no-cors fetches to
     the labeller. Returns what the browser could see of it, or why it did not run."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from tests.test_label import CHROMIUM, open_from_another_origin
 
-    if not os.path.exists("/usr/bin/chromium"):
-        return "not run (no /usr/bin/chromium)"
-    from playwright.sync_api import sync_playwright
+    if not os.path.exists(CHROMIUM):
+        return f"not run (no {CHROMIUM})"
 
     frames = "".join(f'<iframe name="f{i}"></iframe><form target="f{i}" method="POST" action="{base}/api/undo?rater=me" '
                      f'enctype="text/plain"><input name=\'{{"x":"\' value=\'"}}\'></form>' for i in range(15))
     page = (frames + "<script>for (const form of document.forms) form.submit();"
             f'for (let i = 0; i < 15; i++) fetch("{base}/api/undo?rater=me", {{method: "POST", mode: "no-cors", body: "{{}}"}});</script>').encode()
-
-    class Attacker(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(page)
-
-    site = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
-    import threading
-
-    threading.Thread(target=site.serve_forever, daemon=True).start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
-            tab = browser.new_page()
-            tab.goto(f"http://localhost:{site.server_address[1]}/")
-            time.sleep(3)
-            browser.close()
-    finally:
-        site.shutdown()
+    open_from_another_origin(page, lambda tab: time.sleep(3))  # time for every post to land
     return "30 posts sent"
 
 

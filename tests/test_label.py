@@ -215,6 +215,20 @@ def running(app):
         thread.join(timeout=10)
 
 
+def honest_rater(base: str, name: str, sets: int = 15, timeout: float = 60) -> int:
+    """Rater ``name`` submits ``sets`` sets on the labeller at ``base``, each the set on screen;
+    returns how many were refused. (bench/faults.py uses it too.)"""
+    import httpx
+
+    refused, state = 0, httpx.post(f"{base}/api/next", params={"rater": name}, json={}, timeout=timeout).json()
+    for _ in range(sets):
+        answer = httpx.post(f"{base}/api/submit", params={"rater": name}, timeout=timeout,
+                            json={"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]})
+        refused += answer.status_code != 200
+        state = answer.json() if answer.status_code == 200 else state
+    return refused
+
+
 def count(db, sql):
     return sqlite3.connect(db).execute(sql).fetchone()[0]
 
@@ -264,17 +278,8 @@ def test_ten_clients_at_once_count_each_submission_once(many, tmp_path):
         assert count(db, "SELECT MAX(n) FROM (SELECT COUNT(*) n FROM decisions GROUP BY image_id, rater, round)") == 1
 
         # 10 raters working in parallel: every honest submission is accepted
-        def rater(name):
-            refused, state = 0, httpx.post(f"{base}/api/next", params={"rater": name}, json={}, timeout=30).json()
-            for _ in range(15):
-                answer = httpx.post(f"{base}/api/submit", params={"rater": name}, timeout=30,
-                                    json={"set_id": state["set"]["id"], "advanced": [state["set"]["images"][0]["id"]]})
-                refused += answer.status_code != 200
-                state = answer.json() if answer.status_code == 200 else state
-            return refused
-
         with ThreadPoolExecutor(10) as pool:
-            assert list(pool.map(rater, [f"r{i}" for i in range(10)])) == [0] * 10
+            assert list(pool.map(lambda name: honest_rater(base, name, timeout=30), [f"r{i}" for i in range(10)])) == [0] * 10
     assert count(db, "SELECT COUNT(*) FROM decisions WHERE rater LIKE 'r%'") == 600
     assert count(db, "SELECT COUNT(DISTINCT rater) FROM sets WHERE rater LIKE 'r%'") == 10
 
@@ -300,12 +305,38 @@ def test_cross_site_and_rebinding_requests_change_nothing(panoramas, tmp_path):
     assert client.post("/api/undo", json={}, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200  # the page itself
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
-def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_path):
+def open_from_another_origin(page: bytes, then) -> None:
+    """Serve ``page`` from another origin (another port, named localhost), open it in headless
+    Chromium and call ``then(tab)`` before the browser closes. (bench/faults.py uses it too.)"""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from playwright.sync_api import sync_playwright
 
+    class Attacker(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            tab = browser.new_page()
+            tab.goto(f"http://localhost:{site.server_address[1]}/")
+            then(tab)
+            browser.close()
+    finally:
+        site.shutdown()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_path):
     db = tmp_path / "labels.sqlite"
     client, tournament = client_for(panoramas, db)
     play(client, lambda s: [s["images"][0]["id"]])
@@ -315,28 +346,7 @@ def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_p
                   '<input name=\'{"x":"\' value=\'"}\'></form><script>'
                   f'for (let i = 0; i < 5; i++) fetch("{base}/api/undo?rater=alice", {{method: "POST", mode: "no-cors", body: "{{}}"}});'
                   'setTimeout(() => document.forms[0].submit(), 300);</script>').encode()
-
-        class Attacker(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.end_headers()
-                self.wfile.write(attack)
-
-        site = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
-        threading.Thread(target=site.serve_forever, daemon=True).start()
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-                page = browser.new_page()
-                page.goto(f"http://localhost:{site.server_address[1]}/")
-                page.wait_for_url(f"{base}/api/undo?rater=alice", timeout=10000)  # the form did post
-                browser.close()
-        finally:
-            site.shutdown()
+        open_from_another_origin(attack, lambda tab: tab.wait_for_url(f"{base}/api/undo?rater=alice", timeout=10000))  # the form did post
     assert tournament.progress("alice")["labelled"] == labelled
     assert count(db, "SELECT COUNT(*) FROM sets WHERE undone = 1") == 0
 

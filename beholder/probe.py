@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from beholder.data import collate
 
 log = logging.getLogger(__name__)
-ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 
 
 @torch.no_grad()
@@ -42,39 +42,61 @@ def extract_features(net: torch.nn.Module, dataset, batch_size: int = 32, num_wo
     return torch.cat(features).numpy().astype(np.float64), extra
 
 
-def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float):
-    """Weights (F x K) and bias (K) of ridge regression with an unpenalised intercept."""
+def ridge_fits(x: np.ndarray, y: np.ndarray, alphas) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Weights (F x K) and bias (K) of ridge regression with an unpenalised intercept, for each
+    penalty in ``alphas``, from one SVD (cheap when features outnumber images)."""
     mean_x, mean_y = x.mean(0), y.mean(0)
-    xc = x - mean_x
-    weight = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - mean_y))
-    return weight, mean_y - mean_x @ weight
+    u, s, vt = np.linalg.svd(x - mean_x, full_matrices=False)
+    projected = u.T @ (y - mean_y)
+    fits = []
+    for alpha in alphas:
+        weight = vt.T @ ((s / (s**2 + alpha))[:, None] * projected)
+        fits.append((weight, mean_y - mean_x @ weight))
+    return fits
 
 
 def ridge_cv(x: np.ndarray, y: np.ndarray, seed: int = 0, alphas=ALPHAS, folds: int = 5):
     """Ridge with the penalty chosen by ``folds``-fold cross-validation: (weight, bias, alpha)."""
     y = y.reshape(len(y), -1)
     order = np.random.default_rng(seed).permutation(len(y))
-    errors = []
-    for alpha in alphas:
-        error = 0.0
-        for part in np.array_split(order, folds):
-            fit = np.setdiff1d(order, part)
-            weight, bias = ridge_fit(x[fit], y[fit], alpha)
-            error += float(((x[part] @ weight + bias - y[part]) ** 2).sum())
-        errors.append(error)
+    errors = np.zeros(len(alphas))
+    for part in np.array_split(order, folds):
+        fit = np.setdiff1d(order, part)
+        for i, (weight, bias) in enumerate(ridge_fits(x[fit], y[fit], alphas)):
+            errors[i] += float(((x[part] @ weight + bias - y[part]) ** 2).sum())
     alpha = alphas[int(np.argmin(errors))]
-    return (*ridge_fit(x, y, alpha), alpha)
+    return (*ridge_fits(x, y, [alpha])[0], alpha)
 
 
-def init_head_from_probe(net, dataset, seed: int = 0, num_workers: int = 2) -> float:
-    """Set the head's linear layer to the ridge solution on frozen features of ``dataset``
-    (training images, evaluation transforms). Returns the chosen penalty."""
-    features, batch = extract_features(net, dataset, num_workers=num_workers)
+def set_feature_scale(net, features: torch.Tensor) -> None:
+    """Standardise ``net``'s features as those of ``features`` (training images): networks and levels
+    of different scales then weigh alike, for ridge and for gradient descent."""
+    with torch.no_grad():
+        net.feature_mean.copy_(features.double().mean(0))
+        net.feature_std.copy_(features.double().std(0).clamp_min(1e-6))
+
+
+def fit_probe(net, features: torch.Tensor, batch: dict, seed: int = 0) -> float:
+    """Set ``net``'s head's linear layer to the ridge solution on the standardised ``features``.
+    Returns the chosen penalty."""
+    standardised = net.standardise(features.to(net.feature_mean.dtype)).double().numpy()
     wanted = net.head.probe_targets(batch).numpy().astype(np.float64)
-    weight, bias, alpha = ridge_cv(features, wanted, seed)
+    weight, bias, alpha = ridge_cv(standardised, wanted, seed)
     fc = net.head.fc
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(weight.T).to(fc.weight.dtype))
         fc.bias.copy_(torch.from_numpy(bias).to(fc.bias.dtype))
     log.info("head initialised by ridge on %d frozen feature vectors (alpha %g)", len(features), alpha)
     return alpha
+
+
+def init_head_from_probe(net, dataset, seed: int = 0, num_workers: int = 2) -> float:
+    """Fit the ridge probe on the frozen features of ``dataset`` (training images, evaluation
+    transforms), standardised by them when the backbone stays frozen. A fine-tuned backbone's
+    features stay as they are: dividing them by their (often tiny) spread would multiply every
+    gradient step on the backbone by as much."""
+    features, batch = extract_features(net, dataset, num_workers=num_workers)
+    features = torch.from_numpy(features)
+    if net.frozen:
+        set_feature_scale(net, features)
+    return fit_probe(net, features, batch, seed)

@@ -8,6 +8,7 @@ import torch
 
 from beholder.data import GalleryDataModule
 from beholder.errors import UserError
+from beholder.module import CHECKPOINT_FORMAT
 from beholder.predict import Incomplete, predict
 from beholder.report import star_rating
 
@@ -145,7 +146,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
     cases = {
         "ckpt_path: no such file": [f"ckpt_path={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
         "not a readable checkpoint": [f"ckpt_path={tmp_path}/not_a_checkpoint.ckpt", f"gallery={gallery}", f"output={tmp_path}/o2"],
-        "checkpoint format None, this beholder reads format 1": [f"ckpt_path={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
+        f"checkpoint format None, this beholder reads format {CHECKPOINT_FORMAT}": [f"ckpt_path={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
         "no images (jpg, jpeg, png, webp, tif) found": [f"ckpt_path={ckpt}", f"gallery={tmp_path}/empty", f"output={tmp_path}/o4"],
         "unknown URI scheme 'gs'": [f"ckpt_path={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
         "cannot write there": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],

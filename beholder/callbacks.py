@@ -1,9 +1,10 @@
-"""Training callbacks: checkpoints that survive a resume, reports of unreadable images, and the
-validation pictures for TensorBoard."""
+"""Training callbacks: checkpoints that survive a resume, the best head of a fold, reports of
+unreadable images, and the validation pictures for TensorBoard."""
 
 from __future__ import annotations
 
 import logging
+import math
 
 import pytorch_lightning as pl
 import torch
@@ -67,7 +68,7 @@ class ValidationImages(pl.Callback):
         self.best, self.worst = [], []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not outputs or trainer.sanity_checking:
+        if not outputs or trainer.sanity_checking or "image" not in batch:  # cached features have no pictures
             return
         pairs = list(zip(outputs["scores"].tolist(), batch["image"].cpu()))
         self.best = sorted(self.best + pairs, key=lambda p: -p[0])[: self.count]
@@ -75,12 +76,12 @@ class ValidationImages(pl.Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module):
         logger = trainer.logger
-        if trainer.sanity_checking or not isinstance(logger, TensorBoardLogger) or not self.best:
+        if trainer.sanity_checking or not isinstance(logger, TensorBoardLogger):
             return
         mean = torch.tensor(pl_module.net.data_config["mean"])[:, None, None]
         std = torch.tensor(pl_module.net.data_config["std"])[:, None, None]
         step = trainer.global_step
-        for name, pairs in (("best", self.best), ("worst", self.worst)):
+        for name, pairs in (("best", self.best), ("worst", self.worst)) if self.best else ():
             images = torch.stack([image * std + mean for _, image in pairs]).clamp(0, 1)
             logger.experiment.add_image(f"val/{name}_scored", make_grid(images, nrow=1 if images.shape[-1] > 2 * images.shape[-2] else 4), step)
         matrix = pl_module.metrics["val"].confusion_matrix().cpu()
@@ -102,3 +103,27 @@ def draw_confusion_matrix(matrix: torch.Tensor, cell: int = 48) -> torch.Tensor:
             draw.rectangle(box, fill=(shade, shade, 255))
             draw.text((box[0] + cell // 4, box[1] + cell // 3), str(int(matrix[i, j])), fill="black")
     return pil_to_tensor(picture)
+
+
+class BestHead(pl.Callback):
+    """Keeps, in memory, the head's weights from the validation with the best ``monitor`` (a fold of
+    ``cv=K`` needs no checkpoint file of its frozen networks); the last ones if none was finite."""
+
+    def __init__(self, monitor: str, mode: str):
+        self.monitor, self.mode = monitor, mode
+        self.best, self.state = math.nan, None
+
+    def _keep(self, pl_module, value: float) -> None:
+        self.best, self.state = value, {k: v.detach().clone() for k, v in pl_module.net.head.state_dict().items()}
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.state is None or math.isnan(self.best) or (value > self.best if self.mode == "max" else value < self.best):
+            self._keep(pl_module, value)
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.state is None:
+            self._keep(pl_module, math.nan)

@@ -22,3 +22,5 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     # Raised inside pytorch_lightning/utilities/_pytree.py by newer torch; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # beholder keeps frozen normalisation layers (and frozen extractors) in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")

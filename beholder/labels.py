@@ -111,25 +111,35 @@ def split_labels(labels: list[Label], seed: int) -> dict[str, list[Label]]:
 
 def split_groups(labels: list[Label], seed: int) -> dict[str, list[Label]]:
     """64/16/20 with every group in one split (no near-copies on both sides), stratified by tier as
-    far as groups allow: groups are placed rarest tier first, each into the split whose share of
-    that tier is furthest below its target (then of all images)."""
+    far as groups allow."""
+    return assign_groups(labels, dict(zip(SPLITS, SPLIT_FRACTIONS)), seed)
+
+
+def fold_labels(labels: list[Label], folds: int, seed: int) -> list[list[Label]]:
+    """``folds`` near-equal folds, stratified by tier, each group (or ungrouped row) in one fold."""
+    return list(assign_groups(labels, {k: 1 / folds for k in range(folds)}, seed).values())
+
+
+def assign_groups(labels: list[Label], fractions: dict, seed: int) -> dict:
+    """Parts of the given ``fractions``, every group whole (a row without a group is its own),
+    stratified by tier as far as groups allow: groups are placed rarest tier first, each into the
+    part whose share of that tier is furthest below its target (then of all images)."""
     groups: dict[str, list[Label]] = defaultdict(list)
     for label in labels:
-        groups[label.group].append(label)
+        groups[label.group if label.group is not None else "\0" + label.image].append(label)
     totals = Counter(lb.tier for lb in labels)
-    fractions = dict(zip(SPLITS, SPLIT_FRACTIONS))
-    filled = {s: Counter() for s in SPLITS}
+    filled = {s: Counter() for s in fractions}
     order = sorted(groups)
     random.Random(seed).shuffle(order)
     rarest = {g: min((lb.tier for lb in groups[g]), key=lambda t: (totals[t], -t)) for g in order}
     order.sort(key=lambda g: totals[rarest[g]])  # stable: shuffled within each tier
-    splits = {s: [] for s in SPLITS}
+    parts = {s: [] for s in fractions}
     for name in order:
         tier = rarest[name]
-        chosen = min(SPLITS, key=lambda s: (filled[s][tier] / (fractions[s] * totals[tier]), sum(filled[s].values()) / fractions[s]))
+        chosen = min(fractions, key=lambda s: (filled[s][tier] / (fractions[s] * totals[tier]), sum(filled[s].values()) / fractions[s]))
         filled[chosen].update(lb.tier for lb in groups[name])
-        splits[chosen] += groups[name]
-    return splits
+        parts[chosen] += groups[name]
+    return parts
 
 
 def drop_missing(labels: list[Label], available: set[str], source: str, on_missing: str) -> list[Label]:

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -18,11 +17,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.callbacks import ResumableCheckpoint, SkippedImages, ValidationImages
 from beholder.console import quiet_libraries
+from beholder.crossval import train_folds
 from beholder.errors import MissingInput, UserError
 from beholder.memory import keep_freed_memory
 from beholder.model import BackboneSpec, build_head, require_timm_model
 from beholder.module import BeholderModule, build_optimizer
-from beholder.probe import init_head_from_probe
+from beholder.features import CachedFeatureDataModule
+from beholder.labels import regression_stats
+from beholder.probe import fit_probe, init_head_from_probe, set_feature_scale
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def check_known_keys(group: str, node: DictConfig, extra: tuple[str, ...] = ()) 
 def check_options(cfg: DictConfig) -> None:
     """Fail on a bad data, backbone, head or optimiser option before anything expensive starts."""
     check_known_keys("data", cfg.data)
+    if cfg.cv and cfg.cv < 2:
+        raise UserError(f"cv={cfg.cv}: give K >= 2 folds, or 0 for one train/val split")
     accelerator = cfg.trainer.get("accelerator", "auto")
     if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
         raise UserError("trainer.sync_batchnorm=true needs GPUs (DDP refuses SyncBatchNorm on CPU processes); add trainer.sync_batchnorm=false")
@@ -118,42 +122,57 @@ def train(cfg: DictConfig) -> float:
     pl.seed_everything(cfg.seed, workers=True)
     keep_freed_memory()
     output_dir = cfg.output_dir
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()  # reads and checks the labels before anything expensive
-    module = build_module(cfg, datamodule.regression_stats())
-    datamodule.data_config = module.net.data_config
-    if cfg.probe_init and not ckpt_path:
-        init_head_from_probe(module.net, datamodule.dataset("train", train=False), cfg.seed, cfg.data.num_workers)
+    gallery = instantiate(cfg.data)
+    gallery.setup()  # reads and checks the labels before anything expensive
+    if cfg.cv:
+        if ckpt_path or not cfg.feature_cache:
+            raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and ckpt_path=null")
+        stats = regression_stats(gallery.splits["train"] + gallery.splits["val"])
+    else:
+        stats = gallery.regression_stats()
+    module = build_module(cfg, stats)
+    gallery.data_config = module.net.data_config
+    datamodule = CachedFeatureDataModule(gallery, module.net, cfg.feature_views, cfg.feature_cache) if cfg.feature_cache else gallery
+    logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
+    logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
+    if cfg.cv:
+        results, best = train_folds(cfg, module, datamodule, stats["tier_values"], mode, logger)
+        report(cfg, logger, results, best, datamodule.skipped, 1)
+        return results[cfg.optimized_metric]
+    if cfg.feature_cache and not ckpt_path:
+        features, batch = datamodule.probe_inputs("train")
+        set_feature_scale(module.net, features)
+        if cfg.probe_init:
+            fit_probe(module.net, features, batch, cfg.seed)
+    elif cfg.probe_init and not ckpt_path:
+        init_head_from_probe(module.net, gallery.dataset("train", train=False), cfg.seed, cfg.data.num_workers)
 
     checkpoints = os.path.join(output_dir, "checkpoints")
     checkpoint = ResumableCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode=mode, enable_version_counter=False)
     # A second callback for last.ckpt: Lightning's save_last=True skips epochs that set no new best.
     last = ResumableCheckpoint(checkpoints, "last", enable_version_counter=False)
     skipped = SkippedImages()
-    logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
     trainer = instantiate(cfg.trainer, callbacks=[checkpoint, last, skipped, ValidationImages()], logger=logger, default_root_dir=output_dir)
-    logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
 
-    with warnings.catch_warnings():  # the frozen norms are in eval mode on purpose
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
 
-    result = {
-        cfg.optimized_metric: best_score,
-        **{name: float(value) for name, value in test.items()},
-        "best_checkpoint": best,
-        "skipped_images": len(skipped.skipped),
-        "processes": trainer.world_size,
-    }
+    unreadable = {**getattr(datamodule, "skipped", {}), **skipped.skipped}
     if trainer.is_global_zero:
-        logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): best_score})
-        with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        print_summary(result, skipped.skipped, output_dir)
+        metrics = {cfg.optimized_metric: best_score, **{name: float(value) for name, value in test.items()}}
+        report(cfg, logger, metrics, best, unreadable, trainer.world_size)
     return best_score
+
+
+def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, processes: int) -> None:
+    """metrics.json, the TensorBoard hparams metric and the summary a user reads."""
+    result = {**metrics, "best_checkpoint": best, "skipped_images": len(skipped), "processes": processes}
+    logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): metrics[cfg.optimized_metric]})
+    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print_summary(result, skipped, cfg.output_dir)
 
 
 def print_summary(result: dict, skipped: dict, output_dir: str) -> None:

@@ -1,0 +1,127 @@
+"""The feature cache, heads trained on it, multi-level features and cv=K."""
+
+import csv
+import json
+import subprocess
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from beholder.errors import UserError
+from beholder.features import cached_features
+from beholder.model import ScoreNet
+from beholder.module import load_checkpoint, score_images
+from beholder.storage import Store
+from beholder.train import train
+
+from conftest import PYTHON, ROOT, TINY, compose_train
+
+FROZEN = ["backbone.trainable_blocks=0", "backbone.levels=true", 'backbone.extra=["test_resnet"]', "head=regression",
+          "data.score_column=beauty_mean", "trainer.max_epochs=4"]
+
+
+def tiny_net(**backbone):
+    return ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 0, **backbone},
+                    {"_target_": "beholder.model.RegressionHead"}, [32, 64])
+
+
+def test_levels_pool_every_feature_level_of_every_network():
+    torch.manual_seed(0)
+    plain, levels = tiny_net(extra=["test_resnet"]), tiny_net(extra=["test_resnet"], levels=True)
+    levels.backbone.load_state_dict(plain.backbone.state_dict())
+    images = torch.randn(2, 3, 32, 64)
+    widths = [m.num_features + sum(i["num_chs"] for i in m.feature_info) for m in (levels.backbone, *levels.extractors)]
+    out = levels.features(images)
+    assert out.shape == (2, sum(widths)) and levels.head.fc.in_features == sum(widths)
+    # the first part of each network's block is its usual pooled output
+    assert torch.allclose(out[:, : plain.backbone.num_features], plain.backbone.eval()(images), atol=1e-5)
+
+
+def test_cached_features_are_the_networks_features_and_are_computed_once(gallery, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = tiny_net(levels=True)
+    images = [p.relative_to(gallery).as_posix() for p in sorted(gallery.rglob("*.jpg"))][:10]
+    calls = []
+    features_of = net.features
+    monkeypatch.setattr(net, "features", lambda x: calls.append(len(x)) or features_of(x))
+    first, skipped = cached_features(net, str(gallery), images, Store(), {}, 3, str(tmp_path / "cache"), 10**8, num_workers=0)
+    assert sum(calls) == 30 and not skipped and first[images[0]].shape == (3, net.head.fc.in_features)
+
+    # view 0 is what prediction computes from the image; view 1 its mirror image
+    from beholder.data import GalleryDataset, build_transform
+
+    picture = GalleryDataset(str(gallery), images[:1], Store(), build_transform(net.data_config, train=False))[0]["image"]
+    with torch.no_grad():
+        assert torch.allclose(first[images[0]][0], features_of(picture[None])[0], atol=1e-4)
+        assert torch.allclose(first[images[0]][1], features_of(picture.flip(-1)[None])[0], atol=1e-4)
+
+    calls.clear()
+    again, _ = cached_features(net, str(gallery), images, Store(), {}, 3, str(tmp_path / "cache"), 10**8, num_workers=0)
+    assert calls == [] and all(torch.equal(first[i], again[i]) for i in images)
+
+    (gallery / images[0]).write_bytes((gallery / images[1]).read_bytes())  # new content: computed anew
+    changed, _ = cached_features(net, str(gallery), images[:1], Store(), {}, 3, str(tmp_path / "cache"), 10**8, num_workers=0)
+    assert torch.equal(changed[images[0]], first[images[1]])
+    assert calls == []  # ... from the cache: the content is that of images[1]
+
+    with torch.no_grad():
+        net.backbone.conv_stem.weight.mul_(2)  # other weights: another key, nothing reused
+    cached_features(net, str(gallery), images[:2], Store(), {}, 3, str(tmp_path / "cache"), 10**8, num_workers=0)
+    assert sum(calls) == 6
+
+
+def test_a_trainable_backbone_is_refused_by_the_cache(gallery, tmp_path):
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.model.RegressionHead"}, [32, 64])
+    with pytest.raises(UserError, match="trainable_blocks=0"):
+        cached_features(net, str(gallery), ["sub0/img_000.jpg"], Store(), {}, 1, str(tmp_path), 10**8)
+
+
+def run_overrides(gallery, tmp_path, *extra):
+    return TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={tmp_path}/run",
+                   f"feature_cache={tmp_path}/cache", *FROZEN, *extra]
+
+
+def test_a_head_on_cached_features_scores_as_the_checkpoint_does_on_images(gallery, tmp_path):
+    train(compose_train(run_overrides(gallery, tmp_path)))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    module = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.ckpt"))
+    assert module.net.feature_std.min() > 0 and not torch.equal(module.net.feature_mean, torch.zeros_like(module.net.feature_mean))
+    with open(gallery / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    from beholder.labels import parse_labels, split_labels
+
+    test = split_labels(parse_labels((gallery / "labels.csv").read_text(), "labels.csv", "beauty_mean"), 0)["test"]
+    scores = score_images(module, str(gallery), [lb.image for lb in test], Store(), num_workers=0)
+    value = {r["image"]: float(r["beauty_mean"]) for r in rows}
+    rho = spearmanr([scores[lb.image][0] for lb in test], [value[lb.image] for lb in test]).statistic
+    assert rho == pytest.approx(metrics["test/spearman_value"], abs=1e-4)  # the same model, from images
+
+
+def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_photo(gallery, tmp_path):
+    overrides = run_overrides(gallery, tmp_path, "cv=3")
+    best = train(compose_train(overrides))
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val/gallery_reduction"] == best and "test/spearman_value" in metrics
+    from beholder.labels import parse_labels, split_labels
+
+    splits = split_labels(parse_labels((gallery / "labels.csv").read_text(), "labels.csv", "beauty_mean"), 0)
+    top = [lb for lb in splits["train"] + splits["val"] if lb.tier >= 2]
+    module = load_checkpoint(str(run / "checkpoints" / "best.ckpt"))
+    assert len(module.val_positive_scores) == len(top) > len([lb for lb in splits["val"] if lb.tier >= 2])
+    assert sorted((run / "tensorboard").iterdir()) and {"fold0", "fold1", "fold2"} <= {p.name for p in (run / "tensorboard").iterdir()}
+    out = subprocess.run([PYTHON, "predict.py", f"ckpt_path={run}/checkpoints/best.ckpt", f"gallery={gallery}", f"output={tmp_path}/out",
+                          "num_workers=0", "trainer.enable_progress_bar=false"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "calibrated on" in out.stdout and (tmp_path / "out" / "scores.csv").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["cv=3", "feature_cache=null"], "cv=3 trains heads on cached features"),
+    (["cv=1"], "cv=1: give K >= 2"),
+    (["backbone.trainable_blocks=2"], "trainable_blocks=0"),
+])
+def test_cv_and_cache_options_that_cannot_work_are_refused(gallery, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        train(compose_train(run_overrides(gallery, tmp_path, *extra)))

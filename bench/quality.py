@@ -155,8 +155,10 @@ def run_beholder(name, overrides, rows, folds, fold, root, work, args):
             writer.writerow([r["image"], r["tier"], r["beauty"], "test"])
     cfg = compose([
         f"data.root={root}", f"data.labels={labels}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        f"seed={args.seed}", f"output_dir={work}/{name}-fold{fold}", f"feature_cache={work}/cache", *overrides.split(),
+        f"seed={args.seed}", f"output_dir={work}/{name}-fold{fold}", *overrides.split(),
     ])
+    if cfg.feature_cache:  # one cache for every system and fold of this run
+        cfg.feature_cache = f"{work}/cache"
     train(cfg)
     return score_with_checkpoint(f"{work}/{name}-fold{fold}/checkpoints/best.ckpt", root, [r["image"] for r in test])
 
@@ -202,6 +204,7 @@ def main():
     started = time.perf_counter()
     features = {"probe-levels": probe_features(root, images, True, work)}
     extraction = time.perf_counter() - started
+    views = compose(["experiment=best", "data.root=.", "data.labels=x", "output_dir=."]).feature_views
     features["probe"] = probe_features(root, images, False, work)
     alphas = {name: [] for name in features}
     for fold in args.folds:
@@ -252,7 +255,7 @@ def main():
         f"OASIS: {len(covered)} photos scored out of fold ({len(args.folds)} of 5 stratified folds, seed {args.seed}); "
         f"{sum(r['tier'] >= POSITIVE_TIER for r in covered)} of them tier >= 2. beholder systems trained on the other folds "
         f"(their own 80/20 train/val split, or cv=5 over both). Frozen features of all {len(rows)} photos (3 networks x "
-        f"levels x 4 views, cache cold): {extraction:.0f} s once, not in the per-fold seconds. Ridge alpha per fold "
+        f"levels x {views} views, cache cold): {extraction:.0f} s once, not in the per-fold seconds. Ridge alpha per fold "
         f"(inner 5-fold CV): {alphas}. Brackets: bootstrap 90 % intervals. Shipped threshold: predict.py's default "
         f"policy from the checkpoint (reject below the score that keeps >= 95 % of new top-tier photos with 90 % "
         f"confidence), applied to the held-out fold.\n\n"

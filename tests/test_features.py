@@ -125,3 +125,11 @@ def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_
 def test_cv_and_cache_options_that_cannot_work_are_refused(gallery, tmp_path, extra, message):
     with pytest.raises(UserError, match=message):
         train(compose_train(run_overrides(gallery, tmp_path, *extra)))
+
+
+def test_the_best_preset_is_a_cached_cross_validated_frozen_ensemble_and_the_demo_uses_it(tmp_path):
+    for experiment in ("best", "demo"):
+        cfg = compose_train([f"experiment={experiment}", "data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"])
+        assert cfg.backbone.trainable_blocks == 0 and cfg.backbone.levels and len(cfg.backbone.extra) == 2
+        assert cfg.cv == 5 and cfg.feature_cache == "outputs/feature_cache"
+    assert compose_train(["data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"]).backbone.name == "legacy_xception"

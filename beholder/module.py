@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -61,12 +62,16 @@ class BeholderModule(pl.LightningModule):
     def on_train_epoch_start(self):
         self.net.train()  # frozen norms back to eval: the probe, DDP's SyncBatchNorm or a restore may have reset them
 
-    def outputs(self, batch):
-        """The head's outputs for a batch of images, or of cached features (:mod:`beholder.features`);
-        None when every image of the batch was unreadable."""
+    def head_inputs(self, batch):
+        """The standardised features the head reads, from a batch of images or of cached features
+        (:mod:`beholder.features`); None when every image of the batch was unreadable."""
         if "features" in batch:
-            return self.net.head(self.net.standardise(batch["features"]))
-        return self.net(batch["image"]) if "image" in batch else None
+            return self.net.standardise(batch["features"])
+        return self.net.standardise(self.net.features(batch["image"])) if "image" in batch else None
+
+    def outputs(self, batch):
+        inputs = self.head_inputs(batch)
+        return None if inputs is None else self.net.head(inputs)
 
     def training_step(self, batch, batch_idx):
         outputs = self.outputs(batch)
@@ -110,9 +115,10 @@ class BeholderModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"]}
-        outputs = self.outputs(batch)
-        if outputs is not None:
-            head = self.net.head
+        inputs = self.head_inputs(batch)
+        if inputs is not None:
+            head, outputs = self.net.head, self.net.head(inputs)
+            result["embeddings"] = F.normalize(inputs.float(), dim=-1)
             result.update(scores=head.score(outputs), tiers=head.tier(outputs))
             if hasattr(head, "probabilities"):
                 result["probabilities"] = head.probabilities(outputs)

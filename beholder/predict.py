@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from beholder.console import quiet_libraries
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery
+from beholder.embeddings import FILE as EMBEDDINGS, parquet_bytes
 from beholder.errors import UserError
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
@@ -95,7 +96,7 @@ def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery
     that should finish up, None on the others."""
     dataset = GalleryDataset(gallery, images, store, build_transform(module.net.data_config, train=False))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
-    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial, versions)], logger=False)
+    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial, versions, bool(cfg.embeddings))], logger=False)
     trainer.predict(module, loader, return_predictions=False)
     trainer.strategy.barrier()
     return trainer.world_size if trainer.is_global_zero else None
@@ -115,7 +116,8 @@ def predict(cfg: DictConfig) -> dict | None:
     check_writable(store, output, partial)
 
     # Results so far count only for this checkpoint, this gallery and each file as it is now.
-    restarted = bind_run(partial, {"checkpoint": file_digest(ckpt_path), "gallery": gallery})
+    checkpoint = file_digest(ckpt_path)
+    restarted = bind_run(partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
     done, _, outdated = read_shards(partial, versions)
     todo = [image for image in versions if image not in done]
     started, processes = time.perf_counter(), 1
@@ -160,6 +162,8 @@ def predict(cfg: DictConfig) -> dict | None:
         "processes": processes,
         "rescored": {reason: count for reason, count in ((restarted, len(todo)), ("changed since scored", len(outdated))) if reason and count},
         "output": output,
+        "checkpoint": checkpoint,
+        "embeddings": bool(cfg.embeddings),
     }
     try:
         write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
@@ -197,6 +201,8 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
         f"{summary['scored']} images scored: {summary['kept']} kept, {summary['review']} to review, {summary['rejected']} rejected "
         f"({summary['gallery_reduction']:.1%} of the gallery dropped). {summary['threshold_source']}"
     )
+    if cfg.embeddings:
+        store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"]))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
     store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
     # scores.csv last: its presence says the run is complete
@@ -235,6 +241,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         *[f"  sidecar left as it was, not XMP: {problem}" for problem in summary.get("sidecars_left_alone", [])],
         f"  results         {join(summary['output'], 'scores.csv')}",
         f"  contact sheet   {join(summary['output'], 'highlights.html')}",
+        *([f"  embeddings      {join(summary['output'], EMBEDDINGS)}"] if summary.get("embeddings") else []),
         "  top 10:",
     ]
     lines += [f"    {row['rank']:>3}. {row['score']:.4f}  {row['image']}" for row in ranked[:10]]

@@ -15,7 +15,9 @@ import os
 
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-SCORE_FIELDS = ["image", "version", "score", "tier", "probabilities"]
+from beholder.embeddings import encode
+
+SCORE_FIELDS = ["image", "version", "score", "tier", "probabilities", "embedding"]
 SKIP_FIELDS = ["image", "version", "reason"]
 RUN_FILE = "run.json"
 
@@ -65,11 +67,12 @@ def _append(path: str, fields: list[str], rows: list[dict]) -> None:
 
 class ShardWriter(BasePredictionWriter):
     """Appends each batch's scores and skipped files to ``folder/scores-rank<R>.csv`` and
-    ``folder/skipped-rank<R>.csv``, each row with its file's version from ``versions``."""
+    ``folder/skipped-rank<R>.csv``, each row with its file's version from ``versions`` (and, with
+    ``embeddings``, the image's embedding)."""
 
-    def __init__(self, folder: str, versions: dict[str, str]):
+    def __init__(self, folder: str, versions: dict[str, str], embeddings: bool = True):
         super().__init__(write_interval="batch")
-        self.folder, self.versions = folder, versions
+        self.folder, self.versions, self.embeddings = folder, versions, embeddings
         os.makedirs(folder, exist_ok=True)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
@@ -79,8 +82,9 @@ class ShardWriter(BasePredictionWriter):
             probabilities = prediction.get("probabilities")
             for i, image in enumerate(prediction["image_path"]):
                 p = " ".join(f"{v:.6f}" for v in probabilities[i].tolist()) if probabilities is not None else ""
+                embedding = encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""
                 rows.append({"image": image, "version": self.versions[image], "score": f"{float(prediction['scores'][i]):.6f}",
-                             "tier": int(prediction["tiers"][i]), "probabilities": p})
+                             "tier": int(prediction["tiers"][i]), "probabilities": p, "embedding": embedding})
         _append(os.path.join(self.folder, f"scores-rank{rank}.csv"), SCORE_FIELDS, rows)
         skipped = [{"image": image, "version": self.versions[image], "reason": reason} for image, reason in prediction["skipped"]]
         _append(os.path.join(self.folder, f"skipped-rank{rank}.csv"), SKIP_FIELDS, skipped)

@@ -3,14 +3,17 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 import torch
 
-from beholder.data import GalleryDataModule
+from beholder.data import GalleryDataModule, GalleryDataset, build_transform
+from beholder.embeddings import read_parquet
 from beholder.errors import UserError
-from beholder.module import CHECKPOINT_FORMAT
+from beholder.module import CHECKPOINT_FORMAT, load_checkpoint
 from beholder.predict import Incomplete, predict
 from beholder.report import star_rating
+from beholder.storage import Store
 
 from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, upload_folder
 
@@ -48,6 +51,19 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     assert "Highest-scoring rejected" in page and "Lowest-scoring kept" in page
     assert not (tmp_path / "out" / ".beholder-partial").exists()
 
+    # embeddings.parquet: each scored image once, the head's input L2-normalised, float16
+    images, vectors, metadata = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())
+    module = load_checkpoint(str(ckpt))
+    assert images == [row["image"] for row in rows] and vectors.dtype == np.float16
+    assert vectors.shape == (61, module.net.head.fc.in_features) and metadata["beholder.dimension"] == str(vectors.shape[1])
+    assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1, atol=2e-3)
+    picture = GalleryDataset(str(photos), [images[0]], Store(), build_transform(module.net.data_config, train=False))[0]["image"]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(module.net.standardise(module.net.features(picture[None])), dim=-1)[0].numpy()
+    assert np.allclose(vectors[0].astype(np.float32), expected, atol=2e-3)
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "embeddings=false"]))
+    assert not (tmp_path / "plain" / "embeddings.parquet").exists() and (tmp_path / "plain" / "scores.csv").exists()
+
 
 def test_checkpoint_threshold_keeps_every_top_tier_validation_image(trained, tmp_path):
     ckpt, gallery = trained
@@ -84,6 +100,7 @@ def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path
     assert summary["newly_scored"] == 44
     images = [row["image"] for row in read_scores(tmp_path / "out" / "scores.csv")]
     assert len(images) == len(set(images)) == 60
+    assert read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0] == images  # each image once, as ranked
 
 
 def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
@@ -116,7 +133,9 @@ def test_predict_from_and_to_s3(trained, tmp_path, s3_bucket, s3_endpoint, monke
     body = client.get_object(Bucket=bucket, Key="scores/2019/scores.csv")["Body"].read().decode()
     assert len(body.strip().splitlines()) == 61
     keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="scores/")["Contents"]}
-    assert keys == {"scores/2019/scores.csv", "scores/2019/skipped.csv", "scores/2019/highlights.html"}
+    assert keys == {"scores/2019/scores.csv", "scores/2019/skipped.csv", "scores/2019/highlights.html", "scores/2019/embeddings.parquet"}
+    parquet = client.get_object(Bucket=bucket, Key="scores/2019/embeddings.parquet")["Body"].read()
+    assert len(read_parquet(parquet)[0]) == 60
 
 
 def run_predict(args, cwd):

@@ -1,0 +1,47 @@
+"""Each image's embedding: the head's input (standardised pooled features), L2-normalised, float16.
+
+In a prediction shard row it is base64 text (so it is resumable with its score, line by line); in
+``OUTPUT/embeddings.parquet`` a column ``vector`` (a fixed-size list of float16) beside ``image``,
+with the checkpoint's digest and the dimension in the schema's metadata, so that a later search
+can tell an index of another model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FILE = "embeddings.parquet"
+
+
+def encode(vector) -> str:
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def decode(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16)
+
+
+def parquet_bytes(rows: list[dict], checkpoint: str) -> bytes:
+    """``rows``: dicts with ``image`` and ``embedding`` (encoded), in the order to keep."""
+    vectors = np.stack([decode(row["embedding"]) for row in rows])
+    dimension = vectors.shape[1]
+    values = pa.array(vectors.reshape(-1), type=pa.float16())
+    table = pa.table({"image": [row["image"] for row in rows], "vector": pa.FixedSizeListArray.from_arrays(values, dimension)})
+    table = table.replace_schema_metadata({"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension)})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def read_parquet(data: bytes) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """(images, vectors N x D float16, metadata) of an ``embeddings.parquet``."""
+    table = pq.read_table(io.BytesIO(data))
+    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"beholder.")}
+    column = table.column("vector").combine_chunks()
+    vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(table), -1)
+    return table.column("image").to_pylist(), vectors, metadata

@@ -2,7 +2,7 @@
 
 In a prediction shard row it is base64 text (so it is resumable with its score, line by line); in
 ``OUTPUT/embeddings.parquet`` a column ``vector`` (a fixed-size list of float16) beside ``image``,
-with the checkpoint's digest and the dimension in the schema's metadata, so that a later search
+with the checkpoint's digest, the dimension and the gallery in the schema's metadata, so that a later search
 can tell an index of another model.
 """
 
@@ -26,13 +26,15 @@ def decode(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.float16)
 
 
-def parquet_bytes(rows: list[dict], checkpoint: str) -> bytes:
+def parquet_bytes(rows: list[dict], checkpoint: str, gallery: str) -> bytes:
     """``rows``: dicts with ``image`` and ``embedding`` (encoded), in the order to keep."""
     vectors = np.stack([decode(row["embedding"]) for row in rows])
     dimension = vectors.shape[1]
     values = pa.array(vectors.reshape(-1), type=pa.float16())
     table = pa.table({"image": [row["image"] for row in rows], "vector": pa.FixedSizeListArray.from_arrays(values, dimension)})
-    table = table.replace_schema_metadata({"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension)})
+    table = table.replace_schema_metadata(
+        {"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension), "beholder.gallery": gallery}
+    )
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()

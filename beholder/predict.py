@@ -202,7 +202,7 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
         f"({summary['gallery_reduction']:.1%} of the gallery dropped). {summary['threshold_source']}"
     )
     if cfg.embeddings:
-        store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"]))
+        store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
     store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
     # scores.csv last: its presence says the run is complete

@@ -147,18 +147,18 @@ def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float
     return "".join(parts)
 
 
-def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "") -> bytes:
+def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "", title: str = "beholder highlights") -> bytes:
     """A self-contained contact sheet: the score histogram, then each section a title and rows
     (image, score, rank, band); ``read(image)`` gives an image's bytes. Wide images (panoramas) take a whole row."""
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>beholder highlights</title><style>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
         "body{font-family:sans-serif;background:#222;color:#eee;margin:1em}",
         ".sheet{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#333;padding:4px}",
         "figure.wide{flex-basis:100%}figure.wide img{width:100%;height:auto}",
         "img{display:block;max-height:220px}figcaption{font-size:12px;padding-top:2px;word-break:break-all}",
         "".join(f".{band}{{outline:3px solid {colour}}}" for band, colour in BAND_COLOURS.items()),
         "</style></head><body>",
-        f"<h1>beholder highlights</h1><p>{html.escape(summary)}</p>{histogram}",
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>{histogram}",
     ]
     for title, rows in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><div class='sheet'>")

@@ -1,0 +1,57 @@
+"""python -m beholder.similar on a scored gallery's embeddings.parquet."""
+
+import csv
+import shutil
+
+import pytest
+
+from beholder.predict import predict
+from beholder.similar import main
+
+from conftest import compose_predict
+
+
+@pytest.fixture
+def scored(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = tmp_path / "photos"
+    shutil.copytree(gallery, photos)
+    (photos / "labels.csv").unlink()
+    shutil.copy(photos / "sub0" / "img_000.jpg", photos / "twin.jpg")  # the same picture twice
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
+    return ckpt, photos, tmp_path / "out"
+
+
+def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, tmp_path, capsys):
+    ckpt, photos, out = scored
+    main(["--index", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--out", str(tmp_path / "like")])
+    with open(tmp_path / "like" / "similar.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"] and "sub0/img_000.jpg" not in [r["image"] for r in rows]
+    assert rows[0]["image"] == "twin.jpg" and float(rows[0]["similarity"]) > 0.999
+    similarities = [float(r["similarity"]) for r in rows]
+    assert similarities == sorted(similarities, reverse=True) and all(r["band"] in ("keep", "review", "reject") for r in rows)
+    page = (tmp_path / "like" / "similar.html").read_text()
+    assert page.count("<img src='data:image/jpeg;base64,") == 5 and "more like this" in page
+
+    # a photo outside the gallery, embedded by the same checkpoint: its copy in the gallery comes first
+    outside = tmp_path / "new.jpg"
+    shutil.copy(photos / "sub1" / "img_001.jpg", outside)
+    capsys.readouterr()
+    main(["--index", str(out), "--query", str(outside), "--ckpt", str(ckpt), "--k", "3"])
+    first = capsys.readouterr().out.splitlines()[1].split()
+    assert first[2] == "sub1/img_001.jpg" and float(first[1]) > 0.99
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--query", "nowhere.jpg"], "not in the index; give --ckpt"),
+    (["--query", "nowhere.jpg", "--ckpt", "OTHER"], "not the checkpoint that made this index"),
+    (["--query", "x.jpg", "--index", "EMPTY"], "no embeddings.parquet there"),
+])
+def test_bad_queries_give_one_line(scored, tmp_path, capsys, extra, message):
+    ckpt, photos, out = scored
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(ckpt.read_bytes() + b"x")
+    with pytest.raises(SystemExit) as stop:
+        main(["--index", str(out), *[{"OTHER": str(other), "EMPTY": str(photos)}.get(a, a) for a in extra]])
+    assert stop.value.code == 2 and message in capsys.readouterr().err

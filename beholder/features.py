@@ -2,9 +2,8 @@
 DataModule that trains a head on them in seconds instead of running the networks every epoch.
 
 Used when the backbone is wholly frozen (``backbone.trainable_blocks=0``) and ``feature_cache`` names a
-folder. View 0 is what prediction
-sees (the evaluation transform), view 1 its mirror image, views 2 and up random crops (``data.augment``),
-fixed per image and view so that a cached view is the same on every run.
+folder. View 0 is what prediction sees (the evaluation transform), view 1 its mirror image, views 2 and
+up random crops (``data.augment``), fixed per image and view so that a cached view is the same on every run.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
 import pytorch_lightning as pl
@@ -25,7 +23,8 @@ from beholder.data import GalleryDataModule, build_transform, tier_weights
 from beholder.errors import UserError
 from beholder.images import UnreadableImage, decode_image
 from beholder.labels import regression_stats, target_of
-from beholder.storage import join
+from beholder.model import evaluation_mode
+from beholder.storage import join, write_local_with
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -60,12 +59,7 @@ class FeatureCache:
             return None
 
     def put(self, content: str, view: int, vector: np.ndarray) -> None:
-        path = self.path(content, view)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(handle, "wb") as f:
-            np.save(f, vector.astype(np.float32))
-        os.replace(temporary, path)
+        write_local_with(self.path(content, view), lambda f: np.save(f, vector.astype(np.float32)))
 
 
 class ViewImages(Dataset):
@@ -117,10 +111,8 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
     cache = FeatureCache(cache_dir, network_key(net, augment))
     dataset = ViewImages(root, images, store, net.data_config, augment, views, cache, max_pixels)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
-    modes = {module: module.training for module in net.modules()}
-    net.eval()
     features, skipped, computed = {}, {}, 0
-    try:
+    with evaluation_mode(net):
         for samples in loader:
             good = [s for s in samples if "error" not in s]
             skipped.update((s["image_path"], s["error"]) for s in samples if "error" in s)
@@ -136,9 +128,6 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
                         row += 1
             for s in good:
                 features[s["image_path"]] = torch.from_numpy(np.stack([s["cached"][v] for v in range(views)]))
-    finally:
-        for module, training in modes.items():
-            module.training = training
     log.info("features of %d images x %d views: %d computed, the rest from %s", len(features), views, computed, cache.folder)
     return features, skipped
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -264,6 +265,18 @@ class BackboneSpec:
         if not hasattr(values, "keys") or "name" not in values:
             raise UserError("backbone.name: missing")
         return cls(**typed_arguments("backbone", cls, values))
+
+
+@contextlib.contextmanager
+def evaluation_mode(net: nn.Module):
+    """``net`` in eval mode inside; afterwards each module back in its own mode (frozen norms stay in eval)."""
+    modes = {module: module.training for module in net.modules()}
+    net.eval()
+    try:
+        yield net
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def level_widths(model: nn.Module) -> list[int]:

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from beholder.data import collate
+from beholder.model import evaluation_mode
 
 log = logging.getLogger(__name__)
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
@@ -23,19 +24,16 @@ ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 def extract_features(net: torch.nn.Module, dataset, batch_size: int = 32, num_workers: int = 2):
     """What ``net``'s head reads (``net.features``: the pooled features of the backbone and any extra
     extractors) for every readable image: (features N x F, batches' other fields concatenated)."""
-    modes = {module: module.training for module in net.modules()}  # frozen norms stay in eval mode after
-    net.eval()
     features, tiers, targets, paths = [], [], [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
-        if "image" not in batch:
-            continue
-        features.append(net.features(batch["image"]).float())
-        paths += batch["image_path"]
-        if "tier" in batch:
-            tiers.append(batch["tier"])
-            targets.append(batch["target"])
-    for module, training in modes.items():
-        module.training = training
+    with evaluation_mode(net):
+        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
+            if "image" not in batch:
+                continue
+            features.append(net.features(batch["image"]).float())
+            paths += batch["image_path"]
+            if "tier" in batch:
+                tiers.append(batch["tier"])
+                targets.append(batch["target"])
     extra = {"image_path": paths}
     if tiers:
         extra.update(tier=torch.cat(tiers), target=torch.cat(targets))

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.callbacks import BestHead
-from beholder.features import CachedFeatureDataModule
 from beholder.errors import UserError
+from beholder.features import CachedFeatureDataModule
 from beholder.labels import fold_labels
 from beholder.metrics import GalleryMetrics
 from beholder.module import BeholderModule
@@ -31,13 +31,11 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
                 logger: TensorBoardLogger) -> tuple[dict, str]:
     """Train ``cfg.cv`` fold heads and ship their average in ``checkpoints/best.ckpt``. Returns the
     metrics of the out-of-fold scores (``val/...``) and of the average on the test split, and the path."""
-    if not cfg.optimized_metric.startswith("val/"):
-        raise UserError(f"optimized_metric={cfg.optimized_metric}: cv={cfg.cv} optimises a val/ metric (out of fold)")
     labelled, test = data.splits["train"] + data.splits["val"], data.splits["test"]
     folds = fold_labels(labelled, cfg.cv, cfg.seed)
     features, _ = data.with_splits({"train": labelled, "val": [], "test": test}, tier_values).probe_inputs("train")
     set_feature_scale(module.net, features)  # one standardisation for every fold, so that heads average
-    head, out_of_fold, heads, loss = module.net.head, GalleryMetrics(module.net.head.positive_tier), [], 0.0
+    out_of_fold, heads, loss = GalleryMetrics(module.net.head.positive_tier), [], 0.0
     for k, fold in enumerate(folds):
         pl.seed_everything(cfg.seed + k, workers=True)
         fold_module = copy.deepcopy(module)
@@ -53,13 +51,13 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
         heads.append(best.state)
         with torch.no_grad():
             fold_features, batch = fold_data.probe_inputs("val")
-            outputs = fold_module.eval().outputs({"features": fold_features})
+            head, outputs = fold_module.net.head, fold_module.eval().outputs({"features": fold_features})
             values = batch["target"] if cfg.data.score_column else None
             out_of_fold.update(head.score(outputs), batch["tier"], head.tier(outputs), values)
             loss += float(head.loss(outputs, batch)) * len(fold_features)
         log.info("fold %d of %d: best %s %.4f", k + 1, cfg.cv, cfg.optimized_metric, best.best)
 
-    head.load_state_dict({name: torch.stack([h[name] for h in heads]).mean(0) for name in heads[0]})
+    module.net.head.load_state_dict({name: torch.stack([h[name] for h in heads]).mean(0) for name in heads[0]})
     module.val_positive_scores = out_of_fold.positive_scores().cpu()
     results = {f"val/{name}": float(value) for name, value in out_of_fold.compute().items()}
     results["val/loss"] = loss / len(labelled)

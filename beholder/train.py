@@ -19,11 +19,11 @@ from beholder.callbacks import ResumableCheckpoint, SkippedImages, ValidationIma
 from beholder.console import quiet_libraries
 from beholder.crossval import train_folds
 from beholder.errors import MissingInput, UserError
+from beholder.features import CachedFeatureDataModule
+from beholder.labels import regression_stats
 from beholder.memory import keep_freed_memory
 from beholder.model import BackboneSpec, build_head, require_timm_model
 from beholder.module import BeholderModule, build_optimizer
-from beholder.features import CachedFeatureDataModule
-from beholder.labels import regression_stats
 from beholder.probe import fit_probe, init_head_from_probe, set_feature_scale
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ def check_options(cfg: DictConfig) -> None:
     check_known_keys("data", cfg.data)
     if cfg.cv and cfg.cv < 2:
         raise UserError(f"cv={cfg.cv}: give K >= 2 folds, or 0 for one train/val split")
+    if cfg.cv and (cfg.ckpt_path or not cfg.feature_cache):
+        raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and ckpt_path=null")
+    if cfg.cv and not cfg.optimized_metric.startswith("val/"):
+        raise UserError(f"optimized_metric={cfg.optimized_metric}: cv={cfg.cv} optimises a val/ metric (out of fold)")
     accelerator = cfg.trainer.get("accelerator", "auto")
     if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
         raise UserError("trainer.sync_batchnorm=true needs GPUs (DDP refuses SyncBatchNorm on CPU processes); add trainer.sync_batchnorm=false")
@@ -124,12 +128,7 @@ def train(cfg: DictConfig) -> float:
     output_dir = cfg.output_dir
     gallery = instantiate(cfg.data)
     gallery.setup()  # reads and checks the labels before anything expensive
-    if cfg.cv:
-        if ckpt_path or not cfg.feature_cache:
-            raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and ckpt_path=null")
-        stats = regression_stats(gallery.splits["train"] + gallery.splits["val"])
-    else:
-        stats = gallery.regression_stats()
+    stats = regression_stats(gallery.splits["train"] + gallery.splits["val"]) if cfg.cv else gallery.regression_stats()
     module = build_module(cfg, stats)
     gallery.data_config = module.net.data_config
     datamodule = CachedFeatureDataModule(gallery, module.net, cfg.feature_views, cfg.feature_cache) if cfg.feature_cache else gallery

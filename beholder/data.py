@@ -13,7 +13,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from beholder.errors import MissingInput, UserError
-from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnreadableImage, decode_image
+from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnreadableImage, capture_time, decode_image
 from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
 from beholder.storage import Store, check_uri, join
 
@@ -68,10 +68,11 @@ class GalleryDataset(Dataset):
         image = self.images[index]
         sample = {"index": index, "image_path": image}
         try:
-            picture = decode_image(self.store.read(join(self.root, image)), self.max_pixels, self.min_size)
+            data = self.store.read(join(self.root, image))
+            picture = decode_image(data, self.max_pixels, self.min_size)
         except (UnreadableImage, OSError) as error:
             return {**sample, "error": str(error) or type(error).__name__}
-        sample["image"] = self.transform(picture)
+        sample["image"], sample["taken"] = self.transform(picture), capture_time(image, data)
         if self.targets is not None:
             sample["tier"], sample["target"] = self.targets[index]
         return sample
@@ -83,6 +84,7 @@ def collate(samples: list[dict]) -> dict:
     batch = {"skipped": [(s["image_path"], s["error"]) for s in samples if "error" in s]}
     batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
     batch["image_path"] = [s["image_path"] for s in good]
+    batch["taken"] = [s.get("taken") for s in good]
     if good:
         batch["image"] = torch.stack([s["image"] for s in good])
         if "tier" in good[0]:

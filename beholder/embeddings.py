@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILE = "embeddings.parquet"
+CHECKPOINT = "model.ckpt"  # beside it: the checkpoint that made it, to embed new photos
 
 
 def encode(vector) -> str:
@@ -38,6 +39,20 @@ def parquet_bytes(rows: list[dict], checkpoint: str, gallery: str) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()
+
+
+def centred(vectors: np.ndarray, mean: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """Unit float32 rows of ``vectors - mean``. Searches and groups compare these, so that what every
+    image of a gallery shares (a fine-tuned network's features are all positive, say) is no likeness."""
+    out = np.empty(vectors.shape, dtype=np.float32)
+    for start in range(0, len(vectors), chunk):
+        rows = vectors[start:start + chunk].astype(np.float32) - mean
+        out[start:start + chunk] = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def gallery_mean(vectors: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    return sum(vectors[s:s + chunk].astype(np.float64).sum(0) for s in range(0, len(vectors), chunk)).astype(np.float32) / len(vectors)
 
 
 def read_parquet(data: bytes) -> tuple[list[str], np.ndarray, dict[str, str]]:

@@ -1,8 +1,11 @@
-"""Bytes in, an upright 8-bit RGB picture out — or a reason why not."""
+"""Bytes in, an upright 8-bit RGB picture out — or a reason why not; and when it was taken."""
 
 from __future__ import annotations
 
+import calendar
 import io
+import re
+import time
 import warnings
 
 import numpy as np
@@ -10,6 +13,9 @@ from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000
+# 2016/06/03/2016_0603_125000.jpg, the webcam archive's names
+WEBCAM_TIME = re.compile(r"(?<!\d)(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?!\d)")
+EXIF_IFD, DATE_TIME_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
 
 
 class UnreadableImage(Exception):
@@ -42,6 +48,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tu
         raise
     except Image.DecompressionBombError as error:
         raise UnreadableImage(str(error)) from None
+    except Image.UnidentifiedImageError:
+        raise UnreadableImage("UnidentifiedImageError: not an image format Pillow reads") from None
     except Exception as error:  # PIL raises many types for broken files; all mean "unreadable"
         raise UnreadableImage(f"{type(error).__name__}: {error}") from None
     return to_rgb(image)
@@ -57,3 +65,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def capture_time(path: str, data: bytes | None = None) -> float | None:
+    """Seconds since 1970 (as the camera's clock reads, no time zone) from the file name's
+    ``YYYY_MMDD_HHMMSS``, else from EXIF DateTimeOriginal (or DateTime); None if neither."""
+    match = WEBCAM_TIME.search(path)
+    if match:
+        stamp = "{}:{}:{} {}:{}:{}".format(*match.groups())
+    elif data:
+        try:
+            exif = Image.open(io.BytesIO(data)).getexif()
+        except Exception:  # an unreadable image has no time; its decoding reports why
+            return None
+        stamp = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)
+        if not isinstance(stamp, str):
+            return None
+    else:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(stamp.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")))
+    except ValueError:
+        return None

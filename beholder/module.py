@@ -114,7 +114,7 @@ class BeholderModule(pl.LightningModule):
         self._log_epoch("test")
 
     def predict_step(self, batch, batch_idx):
-        result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"]}
+        result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"], "taken": batch.get("taken")}
         inputs = self.head_inputs(batch)
         if inputs is not None:
             head, outputs = self.net.head, self.net.head(inputs)

@@ -7,7 +7,9 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 
+import numpy as np
 from botocore.exceptions import ClientError
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -15,15 +17,16 @@ from torch.utils.data import DataLoader
 
 from beholder.console import quiet_libraries
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery
-from beholder.embeddings import FILE as EMBEDDINGS, parquet_bytes
+from beholder.bursts import burst_groups
+from beholder.embeddings import CHECKPOINT, FILE as EMBEDDINGS, decode, parquet_bytes
 from beholder.errors import UserError
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
-from beholder.policy import BANDS, Policy
+from beholder.policy import BANDS, Policy, cull_bursts
 from beholder.report import (UnreadableSidecar, highlights_html, score_histogram_svg, scores_csv, sidecar_names, skipped_csv, star_rating,
                              xmp_sidecar)
 from beholder.shards import ShardWriter, bind_run, read_shards
-from beholder.storage import Store, check_uri, is_s3, join
+from beholder.storage import Store, check_uri, file_digest, is_s3, join
 
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
 
@@ -45,6 +48,18 @@ def check_threshold_options(cfg: DictConfig) -> None:
     for name in ("promise_recall", "promise_confidence"):
         if not (isinstance(cfg.get(name), (int, float)) and 0 < cfg.get(name) < 1):
             raise UserError(f"{name}={cfg.get(name)!r}: give a share in (0, 1)")
+
+
+def check_group_options(cfg: DictConfig) -> None:
+    per_group, window, similarity = cfg.get("keep_per_group"), cfg.get("group_window"), cfg.get("group_similarity")
+    if per_group is not None and (not isinstance(per_group, int) or isinstance(per_group, bool) or per_group < 1):
+        raise UserError(f"keep_per_group={per_group!r}: give a whole number of images, 1 or more")
+    if window is not None and (not isinstance(window, (int, float)) or window <= 0):
+        raise UserError(f"group_window={window!r}: give seconds, more than 0")
+    if not isinstance(similarity, (int, float)) or not -1 <= similarity <= 1:
+        raise UserError(f"group_similarity={similarity!r}: give a cosine similarity in [-1, 1]")
+    if not cfg.embeddings and (per_group is not None or window is not None):
+        raise UserError("keep_per_group and group_window group images by their embeddings; leave embeddings=true")
 
 
 def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Policy:
@@ -82,14 +97,6 @@ def check_writable(store: Store, output: str, partial: str) -> None:
         raise UserError(f"output={output}: cannot write there ({type(error).__name__}: {error})") from None
 
 
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str],
                   versions: dict[str, str], partial: str) -> int | None:
     """Score ``images`` into shards under ``partial``. Returns the number of processes on the one
@@ -106,6 +113,7 @@ def predict(cfg: DictConfig) -> dict | None:
     """Returns the summary (None on the other processes of a multi-process run)."""
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     check_threshold_options(cfg)
+    check_group_options(cfg)
     quiet_libraries()
     keep_freed_memory()
     ckpt_path = os.path.expanduser(str(cfg.ckpt_path))
@@ -142,6 +150,9 @@ def predict(cfg: DictConfig) -> dict | None:
     policy = decision_policy(cfg, module, len(ranked))
     for row in ranked:
         row["band"] = policy.band(row["score"], row["rank"])
+        row["reason"] = "score" if row["band"] == "reject" else ""
+    before_bursts = sum(row["band"] == "reject" for row in ranked) / len(ranked)
+    culled = group_bursts(cfg, ranked) if cfg.embeddings else 0
     bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
     # keep_top cuts by rank: both thresholds are the score of the last one kept
     keep_at, reject_below = (ranked[bands["keep"] - 1]["score"],) * 2 if policy.keep_count else (policy.keep_at, policy.reject_below)
@@ -154,6 +165,8 @@ def predict(cfg: DictConfig) -> dict | None:
         "review": bands["review"],
         "rejected": bands["reject"],
         "gallery_reduction": bands["reject"] / len(ranked),
+        "gallery_reduction_before_bursts": before_bursts,
+        "groups": groups_summary(cfg, ranked, culled),
         "threshold": keep_at,
         "reject_below": reject_below,
         "threshold_source": policy.summary,
@@ -174,6 +187,33 @@ def predict(cfg: DictConfig) -> dict | None:
     return summary
 
 
+def group_bursts(cfg: DictConfig, ranked: list[dict]) -> int:
+    """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size``; with ``keep_per_group``,
+    the surplus of each group rejected. Returns how many were."""
+    vectors = np.stack([decode(row["embedding"]) for row in ranked])
+    times = np.array([row["taken"] for row in ranked], dtype=np.float64)
+    window = None if cfg.group_window is None else float(cfg.group_window)
+    groups, ranks, sizes = burst_groups(vectors, float(cfg.group_similarity), times, window)
+    for row, group, rank, size in zip(ranked, groups.tolist(), ranks.tolist(), sizes.tolist()):
+        row["group"], row["group_rank"], row["group_size"] = group, rank, size
+    return cull_bursts(ranked, int(cfg.keep_per_group)) if cfg.keep_per_group is not None else 0
+
+
+def groups_summary(cfg: DictConfig, ranked: list[dict], culled: int) -> dict | None:
+    if not cfg.embeddings:
+        return None
+    sizes = [row["group_size"] for row in ranked if row["group_rank"] == 1]
+    return {
+        "groups": sum(size > 1 for size in sizes),
+        "images_in_groups": sum(size for size in sizes if size > 1),
+        "similarity": float(cfg.group_similarity),
+        "window_s": cfg.group_window,
+        "without_time": sum(math.isnan(row["taken"]) for row in ranked) if cfg.group_window is not None else 0,
+        "keep_per_group": cfg.keep_per_group,
+        "burst_rejected": culled,
+    }
+
+
 def probability_names(module: BeholderModule) -> list[str]:
     head = module.net.head
     if not hasattr(head, "probabilities"):
@@ -188,6 +228,10 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
     if cfg.xmp:
         write_sidecars(cfg, store, gallery, output, ranked, list(skipped), summary)
     count = cfg.highlights
+    culled = Counter(row["group"] for row in ranked if row["reason"] == "burst")
+    for row in ranked:
+        if row.get("group_rank") == 1 and culled[row["group"]]:
+            row["hidden"] = culled[row["group"]]
     kept = [row for row in ranked if row["band"] == "keep"]
     review = [row for row in ranked if row["band"] == "review"]
     rejected = [row for row in ranked if row["band"] == "reject"]
@@ -199,9 +243,13 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
     ]
     line = (
         f"{summary['scored']} images scored: {summary['kept']} kept, {summary['review']} to review, {summary['rejected']} rejected "
-        f"({summary['gallery_reduction']:.1%} of the gallery dropped). {summary['threshold_source']}"
+        f"({summary['gallery_reduction']:.1%} of the gallery dropped"
+        + (f", {summary['groups']['burst_rejected']} of them near-copies" if summary["groups"] and summary["groups"]["burst_rejected"] else "")
+        + f"). {summary['threshold_source']}"
     )
     if cfg.embeddings:
+        with open(os.path.expanduser(str(cfg.ckpt_path)), "rb") as f:
+            store.write(join(output, CHECKPOINT), f.read())
         store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
     store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
@@ -226,6 +274,20 @@ def write_sidecars(cfg, store, gallery, output, ranked, skipped, summary) -> Non
         store.write(target, packet)
 
 
+def group_lines(summary: dict) -> list[str]:
+    groups = summary.get("groups")
+    if not groups:
+        return []
+    within = f" taken within {groups['window_s']} s" if groups["window_s"] is not None else ""
+    lines = [f"  near-copies     {groups['groups']} groups of {groups['images_in_groups']} images (similarity >= {groups['similarity']}{within})"]
+    if groups["without_time"]:
+        lines.append(f"  no capture time {groups['without_time']} images (not grouped: group_window needs a time)")
+    if groups["keep_per_group"] is not None:
+        lines.append(f"  burst copies    {groups['burst_rejected']} rejected, keep_per_group={groups['keep_per_group']} "
+                     f"(gallery reduction {summary['gallery_reduction_before_bursts']:.1%} -> {summary['gallery_reduction']:.1%})")
+    return lines
+
+
 def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) -> None:
     lines = [
         "",
@@ -237,6 +299,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         f"  kept            {summary['kept']}  (score >= {summary['threshold']:.4f})",
         f"  to review       {summary['review']}  (score >= {summary['reject_below']:.4f})",
         f"  rejected        {summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})",
+        *group_lines(summary),
         f"  thresholds      {summary['threshold_source']}",
         *[f"  sidecar left as it was, not XMP: {problem}" for problem in summary.get("sidecars_left_alone", [])],
         f"  results         {join(summary['output'], 'scores.csv')}",

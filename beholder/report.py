@@ -14,15 +14,21 @@ from xml.sax.saxutils import quoteattr
 from beholder.images import UnreadableImage, decode_image
 
 
+GROUP_FIELDS = ["group", "group_rank", "group_size"]
+
+
 def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
-    """``ranked``: rows best first, each with image, score, tier, probabilities, band, rank (``keep``
+    """``ranked``: rows best first, each with image, score, tier, probabilities, band, reason (of a
+    reject: ``score`` or ``burst``), rank, and when grouped, group, group_rank, group_size (``keep``
     is the band ``keep``)."""
+    grouped = bool(ranked) and "group" in ranked[0]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "score", "tier", *probability_names, "band", "keep", "rank"])
+    writer.writerow(["image", "score", "tier", *probability_names, "band", "keep", "reason", "rank", *(GROUP_FIELDS if grouped else [])])
     for row in ranked:
         probabilities = [f"{p:.4f}" for p in row["probabilities"]] if probability_names else []
-        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, row["band"], str(row["band"] == "keep").lower(), row["rank"]])
+        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, row["band"], str(row["band"] == "keep").lower(),
+                         row["reason"], row["rank"], *([row[field] for field in GROUP_FIELDS] if grouped else [])])
     return buffer.getvalue().encode()
 
 
@@ -149,7 +155,7 @@ def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float
 
 def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "", title: str = "beholder highlights") -> bytes:
     """A self-contained contact sheet: the score histogram, then each section a title and rows
-    (image, score, rank, band); ``read(image)`` gives an image's bytes. Wide images (panoramas) take a whole row."""
+    (image, score, rank, band, and ``hidden``: near-copies culled); ``read(image)`` gives an image's bytes. Wide images (panoramas) take a whole row."""
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
         "body{font-family:sans-serif;background:#222;color:#eee;margin:1em}",
@@ -168,7 +174,8 @@ def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, 
                 continue
             uri, width, height = picture
             wide = " wide" if width > 2.5 * height else ""
-            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']} · {row['image']}"
+            hidden = f" · +{row['hidden']} near-cop{'y' if row['hidden'] == 1 else 'ies'} hidden" if row.get("hidden") else ""
+            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']}{hidden} · {row['image']}"
             parts.append(
                 f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"
                 f"<img src='{uri}' alt={quoteattr(row['image'])}><figcaption>{html.escape(caption)}</figcaption></figure>"

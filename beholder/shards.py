@@ -11,13 +11,14 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from beholder.embeddings import encode
 
-SCORE_FIELDS = ["image", "version", "score", "tier", "probabilities", "embedding"]
+SCORE_FIELDS = ["image", "version", "score", "tier", "probabilities", "taken", "embedding"]
 SKIP_FIELDS = ["image", "version", "reason"]
 RUN_FILE = "run.json"
 
@@ -80,11 +81,13 @@ class ShardWriter(BasePredictionWriter):
         rows = []
         if "scores" in prediction:
             probabilities = prediction.get("probabilities")
+            taken = prediction.get("taken") or [None] * len(prediction["image_path"])
             for i, image in enumerate(prediction["image_path"]):
                 p = " ".join(f"{v:.6f}" for v in probabilities[i].tolist()) if probabilities is not None else ""
                 embedding = encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""
                 rows.append({"image": image, "version": self.versions[image], "score": f"{float(prediction['scores'][i]):.6f}",
-                             "tier": int(prediction["tiers"][i]), "probabilities": p, "embedding": embedding})
+                             "tier": int(prediction["tiers"][i]), "probabilities": p,
+                             "taken": "" if taken[i] is None else f"{taken[i]:.0f}", "embedding": embedding})
         _append(os.path.join(self.folder, f"scores-rank{rank}.csv"), SCORE_FIELDS, rows)
         skipped = [{"image": image, "version": self.versions[image], "reason": reason} for image, reason in prediction["skipped"]]
         _append(os.path.join(self.folder, f"skipped-rank{rank}.csv"), SKIP_FIELDS, skipped)
@@ -117,6 +120,7 @@ def read_shards(folder: str, versions: dict[str, str]) -> tuple[dict[str, dict],
         row["score"] = float(row["score"])
         row["tier"] = int(row["tier"])
         row["probabilities"] = [float(v) for v in row["probabilities"].split()]
+        row["taken"] = float(row["taken"]) if row["taken"] else math.nan
     skipped_rows, outdated_skips = _read(os.path.join(folder, "skipped-rank*.csv"), SKIP_FIELDS, versions)
     skipped = {image: row["reason"] for image, row in skipped_rows.items() if image not in scored}
     return scored, skipped, (outdated | outdated_skips) - set(scored) - set(skipped)

@@ -1,50 +1,80 @@
 """python -m beholder.similar: the images most like a query, by cosine similarity of the embeddings
-that predict.py wrote (``OUTPUT/embeddings.parquet``). Exact search: one matrix product.
+that predict.py wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for large galleries (vector_index.py).
 
     python -m beholder.similar --index OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
-    python -m beholder.similar --index OUTPUT --query ~/new.jpg --ckpt best.ckpt   # a photo outside the gallery
+    python -m beholder.similar --index OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from beholder.data import build_transform
-from beholder.embeddings import FILE, read_parquet
+from beholder.embeddings import CHECKPOINT, FILE, centred, read_parquet
 from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from beholder.report import highlights_html
 from beholder.storage import Store, join
+from beholder.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
 
 
-def load_index(store: Store, index: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
+def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str], ExactIndex | FaissIndex, dict[str, str]]:
+    """The index's images, a search over their embeddings (exact or FAISS, see vector_index) and the
+    parquet metadata; a FAISS index is built on first use and saved beside the embeddings."""
+    path = join(index, FILE)
     try:
-        images, vectors, metadata = read_parquet(store.read(join(index, FILE)))
+        data = store.read(path)
+        images, vectors, metadata = read_parquet(data)
     except FileNotFoundError:
         raise MissingInput(f"--index {index}: no {FILE} there (predict.py writes it unless embeddings=false)") from None
     except Exception as error:
-        raise UserError(f"--index {index}: {FILE} is not readable ({type(error).__name__}: {error}); score the gallery again") from None
-    return images, vectors.astype(np.float32), metadata
+        raise UserError(f"--index {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun predict.py to write it again") from None
+    if str(vectors.shape[1]) != metadata.get("beholder.dimension"):
+        raise UserError(f"--index {index}: {FILE} holds {vectors.shape[1]}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
+    scored = bands(store, index)
+    if scored and set(scored) != set(images):
+        raise UserError(f"--index {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
+                        "rerun predict.py to write it again")
+    if method == "faiss" and not faiss_installed():
+        raise UserError("--method faiss: FAISS is not installed (pip install -e '.[index]')")
+    if method == "exact" or (method == "auto" and (len(images) <= EXACT_UP_TO or not faiss_installed())):
+        if len(images) > EXACT_UP_TO and method == "auto":
+            print(f"beholder: {len(images)} vectors searched exactly; pip install -e '.[index]' for a faster approximate index", file=sys.stderr)
+        return images, ExactIndex(vectors), metadata
+    saved, digest = join(index, FAISS_FILE), hashlib.sha256(data).hexdigest()
+    if store.exists(saved):
+        found = FaissIndex.from_bytes(store.read(saved))
+        if found.digest == digest and len(found) == len(images):
+            return images, found, metadata
+    built = FaissIndex.build(vectors, digest)
+    store.write(saved, built.to_bytes())
+    return images, built, metadata
 
 
 def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.ndarray:
     """The embedding of a photo outside the index, by the checkpoint that made the index."""
     from beholder.module import load_checkpoint
-    from beholder.predict import file_digest
 
-    if not ckpt:
-        raise UserError(f"--query {path}: not in the index; give --ckpt (the checkpoint that scored the gallery) to embed it")
-    if file_digest(os.path.expanduser(ckpt)) != metadata.get("beholder.checkpoint_sha256"):
+    try:
+        data = store.read(os.path.expanduser(ckpt))
+    except FileNotFoundError:
+        raise MissingInput(f"--query {path}: not in the index, and no checkpoint at {ckpt} to embed it (give --ckpt)") from None
+    if hashlib.sha256(data).hexdigest() != metadata.get("beholder.checkpoint_sha256"):
         raise UserError(f"--ckpt {ckpt}: not the checkpoint that made this index; its embeddings would not compare")
-    module = load_checkpoint(os.path.expanduser(ckpt))
+    with tempfile.NamedTemporaryFile(suffix=".ckpt") as copy:
+        copy.write(data)
+        copy.flush()
+        module = load_checkpoint(copy.name)
     try:
         picture = decode_image(store.read(os.path.expanduser(path)), DEFAULT_MAX_PIXELS)
     except FileNotFoundError:
@@ -53,17 +83,10 @@ def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.nd
         raise UserError(f"--query {path}: {error}") from None
     with torch.no_grad():
         inputs = module.head_inputs({"image": build_transform(module.net.data_config, train=False)(picture)[None]})
-    return F.normalize(inputs.float(), dim=-1)[0].numpy()
-
-
-def nearest(vectors: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None) -> list[tuple[int, float]]:
-    """The ``k`` rows most similar to ``query`` (cosine: the vectors are unit length), best first."""
-    similarity = vectors @ query
-    if exclude is not None:
-        similarity[exclude] = -np.inf
-    k = min(k, len(vectors) - (exclude is not None))
-    top = np.argpartition(-similarity, k - 1)[:k] if k > 0 else np.array([], dtype=int)
-    return [(int(i), float(similarity[i])) for i in sorted(top, key=lambda i: (-similarity[i], i))]
+    vector = F.normalize(inputs.float(), dim=-1)[0].numpy()
+    if str(len(vector)) != metadata.get("beholder.dimension"):
+        raise UserError(f"--ckpt {ckpt}: {len(vector)} features, the index {metadata.get('beholder.dimension')}")
+    return vector
 
 
 def bands(store: Store, index: str) -> dict[str, str]:
@@ -79,23 +102,27 @@ def main(argv=None) -> None:
     parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
     parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")
     parser.add_argument("--out", help="write similar.csv and similar.html into this folder")
-    parser.add_argument("--ckpt", help="the checkpoint that scored the gallery: needed for a query outside the index")
+    parser.add_argument("--ckpt", help=f"the checkpoint that scored the gallery, for a query outside the index (default: INDEX/{CHECKPOINT})")
+    parser.add_argument("--method", choices=("auto", "exact", "faiss"), default="auto",
+                        help=f"exact search, or FAISS (auto: FAISS beyond {EXACT_UP_TO} images when installed)")
     parser.add_argument("--endpoint-url", help="an S3-compatible store for s3:// paths")
     args = parser.parse_args(argv)
     try:
         store = Store(args.endpoint_url)
-        images, vectors, metadata = load_index(store, args.index)
+        images, index, metadata = load_index(store, args.index, args.method)
         position = images.index(args.query) if args.query in images else None
-        query = vectors[position] if position is not None else embed(args.query, args.ckpt, metadata, store)
-        if len(query) != vectors.shape[1]:
-            raise UserError(f"--ckpt {args.ckpt}: {len(query)} features, the index {vectors.shape[1]}")
-        found = nearest(vectors, query, args.k, exclude=position)
+        if position is not None:
+            query = index.vector(position)
+        else:
+            query = centred(embed(args.query, args.ckpt or join(args.index, CHECKPOINT), metadata, store)[None], index.mean)[0]
+        similarity, rows = index.search(query[None], args.k + (position is not None))
+        found = [(int(r), float(s)) for r, s in zip(rows[0], similarity[0]) if r != position and r >= 0][: args.k]
     except UserError as error:
         print(f"beholder: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     band = bands(store, args.index)
     rows = [{"rank": r, "image": images[i], "score": s, "band": band.get(images[i], "")} for r, (i, s) in enumerate(found, start=1)]
-    print(f"beholder: the {len(rows)} images most like {args.query}")
+    print(f"beholder: the {len(rows)} images most like {args.query} ({index.kind} search of {len(images)})")
     for row in rows[:10]:
         print(f"  {row['rank']:>3}. {row['score']:.3f}  {row['image']}")
     if args.out:

@@ -6,6 +6,7 @@ boto3 client on first use (boto3 clients must not cross a fork).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -194,3 +195,12 @@ def write_local_with(path: str, fill):
             os.remove(tmp)
         raise
     return result
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a local file, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

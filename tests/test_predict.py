@@ -39,7 +39,7 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     scores = [float(row["score"]) for row in rows]
     assert scores == sorted(scores, reverse=True)
     assert [int(row["rank"]) for row in rows] == list(range(1, 62))
-    assert list(rows[0]) == ["image", "score", "tier", "p_tier_below2", "p_tier2_up", "band", "keep", "rank"]
+    assert list(rows[0]) == ["image", "score", "tier", "p_tier_below2", "p_tier2_up", "band", "keep", "reason", "rank", "group", "group_rank", "group_size"]
     assert all(abs(float(r["p_tier2_up"]) - float(r["score"])) < 1e-3 for r in rows)
     kept = [row for row in rows if row["keep"] == "true"]
     assert summary["kept"] == len(kept) and rows[: len(kept)] == kept  # kept ones are the best ones
@@ -133,7 +133,7 @@ def test_predict_from_and_to_s3(trained, tmp_path, s3_bucket, s3_endpoint, monke
     body = client.get_object(Bucket=bucket, Key="scores/2019/scores.csv")["Body"].read().decode()
     assert len(body.strip().splitlines()) == 61
     keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="scores/")["Contents"]}
-    assert keys == {"scores/2019/scores.csv", "scores/2019/skipped.csv", "scores/2019/highlights.html", "scores/2019/embeddings.parquet"}
+    assert keys == {f"scores/2019/{name}" for name in ("scores.csv", "skipped.csv", "highlights.html", "embeddings.parquet", "model.ckpt")}
     parquet = client.get_object(Bucket=bucket, Key="scores/2019/embeddings.parquet")["Body"].read()
     assert len(read_parquet(parquet)[0]) == 60
 

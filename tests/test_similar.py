@@ -38,20 +38,47 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     outside = tmp_path / "new.jpg"
     shutil.copy(photos / "sub1" / "img_001.jpg", outside)
     capsys.readouterr()
-    main(["--index", str(out), "--query", str(outside), "--ckpt", str(ckpt), "--k", "3"])
+    main(["--index", str(out), "--query", str(outside), "--k", "3"])  # by the checkpoint predict.py stored beside the index
     first = capsys.readouterr().out.splitlines()[1].split()
     assert first[2] == "sub1/img_001.jpg" and float(first[1]) > 0.99
+    assert (out / "model.ckpt").read_bytes() == ckpt.read_bytes()
+
+
+def test_faiss_finds_what_exact_search_finds_and_is_built_once(scored, capsys):
+    ckpt, photos, out = scored
+    main(["--index", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "exact"])
+    exact = capsys.readouterr().out
+    main(["--index", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "faiss"])
+    approximate = capsys.readouterr().out
+    assert "(faiss search of 61)" in approximate and "(exact search of 61)" in exact
+    assert approximate.splitlines()[1].split()[2] == exact.splitlines()[1].split()[2] == "twin.jpg"
+    built = (out / "embeddings.faiss.npz").stat().st_mtime_ns
+    main(["--index", str(out), "--query", "twin.jpg", "--method", "faiss"])
+    assert (out / "embeddings.faiss.npz").stat().st_mtime_ns == built
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--query", "nowhere.jpg"], "not in the index; give --ckpt"),
+    (["--query", "nowhere.jpg"], "nowhere.jpg: no such image in the index or on disk"),
+    (["--query", "NOTES"], "notes.jpg: UnidentifiedImageError: not an image format Pillow reads"),
     (["--query", "nowhere.jpg", "--ckpt", "OTHER"], "not the checkpoint that made this index"),
     (["--query", "x.jpg", "--index", "EMPTY"], "no embeddings.parquet there"),
+    (["--query", "x.jpg", "CUT"], "embeddings.parquet is not readable"),
+    (["--query", "x.jpg", "MORE"], "embeddings.parquet holds 61 images, scores.csv 62: not from the same run"),
+    (["--query", "x.jpg", "NOCKPT"], "not in the index, and no checkpoint at"),
 ])
 def test_bad_queries_give_one_line(scored, tmp_path, capsys, extra, message):
     ckpt, photos, out = scored
     other = tmp_path / "other.ckpt"
     other.write_bytes(ckpt.read_bytes() + b"x")
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    if "CUT" in extra:  # a parquet file cut short
+        (out / "embeddings.parquet").write_bytes((out / "embeddings.parquet").read_bytes()[:-100])
+    if "MORE" in extra:  # a scores.csv of another run
+        with open(out / "scores.csv", "a") as f:
+            f.write("extra.jpg,0.1,0,0.9,0.1,reject,false,score,63,60,1,1\n")
+    if "NOCKPT" in extra:
+        (out / "model.ckpt").unlink()
+    extra = [a for a in extra if a not in ("CUT", "MORE", "NOCKPT")]
     with pytest.raises(SystemExit) as stop:
-        main(["--index", str(out), *[{"OTHER": str(other), "EMPTY": str(photos)}.get(a, a) for a in extra]])
+        main(["--index", str(out), *[{"OTHER": str(other), "EMPTY": str(photos), "NOTES": str(tmp_path / "notes.jpg")}.get(a, a) for a in extra]])
     assert stop.value.code == 2 and message in capsys.readouterr().err

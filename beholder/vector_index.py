@@ -1,0 +1,96 @@
+"""Nearest embeddings by cosine similarity (of vectors centred on the gallery's mean, as bursts.py
+compares them): exact, one matrix product, up to ``EXACT_UP_TO`` vectors; beyond, when the optional
+extra is installed (``pip install -e '.[index]'``), an approximate FAISS index (inverted lists over
+k-means cells, 8-bit scalar-quantised vectors), built once and saved beside the embeddings as
+``embeddings.faiss.npz``, tied to them by the parquet file's digest."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+
+import numpy as np
+
+from beholder.embeddings import centred, gallery_mean
+
+EXACT_UP_TO = 100_000
+FAISS_FILE = "embeddings.faiss.npz"
+TRAINING_SAMPLE = 50_000
+CELLS_SEARCHED = 32
+
+
+class ExactIndex:
+    kind = "exact"
+
+    def __init__(self, vectors: np.ndarray):
+        self.mean = gallery_mean(vectors)
+        self.unit = centred(vectors, self.mean)
+
+    def __len__(self):
+        return len(self.unit)
+
+    def vector(self, row: int) -> np.ndarray:
+        return self.unit[row]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, rows), each queries x k, best first; ``queries`` already centred."""
+        similarity = queries @ self.unit.T
+        k = min(k, similarity.shape[1])
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
+        rows = np.take_along_axis(top, order, axis=1)
+        return np.take_along_axis(similarity, rows, axis=1), rows
+
+
+class FaissIndex:
+    kind = "faiss"
+
+    def __init__(self, index, mean: np.ndarray, digest: str):
+        import faiss
+
+        self.index, self.mean, self.digest = index, mean, digest
+        faiss.extract_index_ivf(index).nprobe = CELLS_SEARCHED
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, digest: str, seed: int = 0, chunk: int = 50_000) -> FaissIndex:
+        import faiss
+
+        mean = gallery_mean(vectors)
+        cells = max(1, min(int(4 * math.sqrt(len(vectors))), len(vectors) // 39))  # FAISS wants >= 39 points a cell
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], cells,
+                                              faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(len(vectors), min(len(vectors), TRAINING_SAMPLE), replace=False)
+        index.train(centred(vectors[np.sort(sample)], mean))
+        for start in range(0, len(vectors), chunk):
+            index.add(centred(vectors[start:start + chunk], mean))
+        index.make_direct_map()
+        return cls(index, mean, digest)
+
+    def to_bytes(self) -> bytes:
+        import faiss
+
+        buffer = io.BytesIO()
+        np.savez(buffer, index=faiss.serialize_index(self.index), mean=self.mean, digest=np.array(self.digest))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FaissIndex:
+        import faiss
+
+        saved = np.load(io.BytesIO(data))
+        return cls(faiss.deserialize_index(saved["index"]), saved["mean"], str(saved["digest"]))
+
+    def __len__(self):
+        return self.index.ntotal
+
+    def vector(self, row: int) -> np.ndarray:
+        return self.index.reconstruct(row)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        similarity, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return similarity, rows
+
+
+def faiss_installed() -> bool:
+    return importlib.util.find_spec("faiss") is not None

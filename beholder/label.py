@@ -2,6 +2,7 @@
 
     python -m beholder.label --gallery ~/panocam --db labels.sqlite              # http://127.0.0.1:8000
     python -m beholder.label --gallery s3://my-bucket/panocam --db labels.sqlite --rater alice
+    python -m beholder.label --gallery ~/panocam --db labels.sqlite --index OUTPUT   # key M: more like this
     python -m beholder.label export --db labels.sqlite --out labels.csv          # -> data.labels
 """
 
@@ -25,6 +26,7 @@ from beholder.images import UnreadableImage, decode_image
 from beholder.label_export import export
 from beholder.module import load_checkpoint, score_images
 from beholder.policy import Policy
+from beholder.similar import Neighbours, load_index
 from beholder.storage import Store, check_uri, join
 from beholder.tournament import SubmissionError, Tournament
 
@@ -107,7 +109,8 @@ class Thumbnails:
 
 
 def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
-               host: str = "127.0.0.1") -> FastAPI:
+               host: str = "127.0.0.1", neighbours: Neighbours | None = None) -> FastAPI:
+    """``neighbours``: the gallery's embeddings (python -m beholder.similar's search), for "more like this"."""
     app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
     page = resources.files("beholder").joinpath("static/label.html").read_text()
     allowed_hosts = None if token else set(LOCAL_HOSTS) | {host}
@@ -166,6 +169,19 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
         tournament.undo(name)
         return state(name, tournament.next_set(name))
 
+    @app.get("/api/similar/{image_id}", dependencies=[Depends(authorised)])
+    def similar(image_id: int, k: int = Query(12, ge=1, le=100)):
+        if neighbours is None:
+            raise HTTPException(404, "no embeddings: start the labeller with --index OUTPUT (predict.py's output for this gallery)")
+        key = tournament.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
+        if key is None:
+            raise HTTPException(404, "no such image")
+        ids = {k: i for i, k in tournament.keys().items()}
+        found = [(ids[other], similarity) for other, similarity in neighbours.of(key, 2 * k) if other in ids]
+        if not found and not neighbours.knows(key):
+            raise HTTPException(404, "this image is not in the index (score the gallery again with predict.py)")
+        return {"images": [{"id": i, "url": f"/image/{i}", "similarity": round(s, 4)} for i, s in found[:k]]}
+
     @app.get("/image/{image_id}", dependencies=[Depends(authorised)])
     def image(image_id: int):
         # Only ids of gallery images are served: no path or key ever comes from the request,
@@ -219,7 +235,8 @@ def serve(args) -> None:
     token = args.token
     if args.host not in LOCAL_HOSTS and not token:
         token = secrets.token_urlsafe(16)
-    app = create_app(tournament, gallery, store, args.rater, token, args.host)
+    neighbours = Neighbours(*load_index(store, args.index)[:2]) if args.index else None
+    app = create_app(tournament, gallery, store, args.rater, token, args.host, neighbours)
     address = f"http://{args.host}:{args.port}/?rater={args.rater}" + (f"&token={token}" if token else "")
     print(f"beholder labeller: {len(keys)} images in {gallery}; open {address}", flush=True)
     import uvicorn
@@ -255,6 +272,7 @@ def main(argv=None) -> None:
     parser.add_argument("--targets", default=None, help="acceptance target per round, their count the number of rounds "
                         "(default 0.5,0.1,0.4; stored with the database)")
     parser.add_argument("--model", default=None, help="a checkpoint: show the images it is least sure about first")
+    parser.add_argument("--index", default=None, help="predict.py's output for this gallery (embeddings.parquet): key M shows more like this")
     parser.add_argument("--endpoint-url", default=None)
     with exit_on_user_error():
         serve(parser.parse_args(argv))

@@ -61,6 +61,24 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
     return images, built, metadata
 
 
+class Neighbours:
+    """An index's images by key: the ones most like a given one (the labeller's "more like this")."""
+
+    def __init__(self, images: list[str], index: ExactIndex | FaissIndex):
+        self.images, self.index = images, index
+        self.rows = {image: row for row, image in enumerate(images)}
+
+    def knows(self, image: str) -> bool:
+        return image in self.rows
+
+    def of(self, image: str, k: int) -> list[tuple[str, float]]:
+        row = self.rows.get(image)
+        if row is None:
+            return []
+        similarity, rows = self.index.search(self.index.vector(row)[None], k + 1)
+        return [(self.images[r], float(s)) for r, s in zip(rows[0], similarity[0]) if r != row and r >= 0][:k]
+
+
 def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.ndarray:
     """The embedding of a photo outside the index, by the checkpoint that made the index."""
     from beholder.module import load_checkpoint
@@ -112,16 +130,16 @@ def main(argv=None) -> None:
         images, index, metadata = load_index(store, args.index, args.method)
         position = images.index(args.query) if args.query in images else None
         if position is not None:
-            query = index.vector(position)
+            found = Neighbours(images, index).of(args.query, args.k)
         else:
             query = centred(embed(args.query, args.ckpt or join(args.index, CHECKPOINT), metadata, store)[None], index.mean)[0]
-        similarity, rows = index.search(query[None], args.k + (position is not None))
-        found = [(int(r), float(s)) for r, s in zip(rows[0], similarity[0]) if r != position and r >= 0][: args.k]
+            similarity, rows = index.search(query[None], args.k)
+            found = [(images[r], float(s)) for r, s in zip(rows[0], similarity[0]) if r >= 0]
     except UserError as error:
         print(f"beholder: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     band = bands(store, args.index)
-    rows = [{"rank": r, "image": images[i], "score": s, "band": band.get(images[i], "")} for r, (i, s) in enumerate(found, start=1)]
+    rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
     print(f"beholder: the {len(rows)} images most like {args.query} ({index.kind} search of {len(images)})")
     for row in rows[:10]:
         print(f"  {row['rank']:>3}. {row['score']:.3f}  {row['image']}")

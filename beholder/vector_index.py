@@ -21,21 +21,30 @@ CELLS_SEARCHED = 32
 
 
 class ExactIndex:
+    """Every vector compared, in chunks, with the vectors kept as they came (float16): no centred
+    copy, so memory stays at the embeddings' own size."""
+
     kind = "exact"
 
-    def __init__(self, vectors: np.ndarray):
-        self.mean = gallery_mean(vectors)
-        self.unit = centred(vectors, self.mean)
+    def __init__(self, vectors: np.ndarray, chunk: int = 16384):
+        self.vectors, self.chunk, self.mean = vectors, chunk, gallery_mean(vectors)
+        self.norms = np.concatenate([np.linalg.norm(vectors[s:s + chunk].astype(np.float32) - self.mean, axis=1)
+                                     for s in range(0, len(vectors), chunk)])
+        self.norms = np.maximum(self.norms, 1e-12)
 
     def __len__(self):
-        return len(self.unit)
+        return len(self.vectors)
 
     def vector(self, row: int) -> np.ndarray:
-        return self.unit[row]
+        return centred(self.vectors[row:row + 1], self.mean)[0]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, rows), each queries x k, best first; ``queries`` already centred."""
-        similarity = queries @ self.unit.T
+        """(similarities, rows), each queries x k, best first; ``queries`` already centred and unit:
+        (v - mean) . q / |v - mean| for every vector v."""
+        queries = np.asarray(queries, dtype=np.float32)
+        offset = self.mean @ queries.T
+        similarity = np.concatenate([(self.vectors[s:s + self.chunk].astype(np.float32) @ queries.T - offset) / self.norms[s:s + self.chunk, None]
+                                     for s in range(0, len(self.vectors), self.chunk)]).T
         k = min(k, similarity.shape[1])
         top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
@@ -57,7 +66,7 @@ class FaissIndex:
         import faiss
 
         mean = gallery_mean(vectors)
-        cells = max(1, min(int(4 * math.sqrt(len(vectors))), len(vectors) // 39))  # FAISS wants >= 39 points a cell
+        cells = max(1, min(math.ceil(math.sqrt(len(vectors))), len(vectors) // 39))  # FAISS wants >= 39 training points a cell
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], cells,
                                               faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(len(vectors), min(len(vectors), TRAINING_SAMPLE), replace=False)

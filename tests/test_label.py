@@ -463,3 +463,43 @@ def test_thumbnails_decode_each_image_once_and_few_at_a_time():
         sizes = list(pool.map(lambda i: len(thumbnails.get(f"img{i % 5}")), range(40)))
     assert most[0] <= DECODES_AT_ONCE and reads == {f"img{i}": 1 for i in range(5)}
     assert Image.open(io.BytesIO(thumbnails.get("img0"))).size == (900, 450) and min(sizes) > 0
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_path):
+    """--index: GET /api/similar/ID answers the gallery's nearest images by embedding; key M shows them."""
+    from playwright.sync_api import sync_playwright
+
+    from beholder.predict import predict
+    from beholder.similar import Neighbours, load_index
+    from conftest import compose_predict
+
+    ckpt, _ = trained
+    (panoramas / "day0" / "twin.jpg").write_bytes((panoramas / "day0" / "pano_03.jpg").read_bytes())
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored"]))
+    client, tournament = client_for(panoramas, tmp_path / "labels.sqlite")
+    assert client.get("/api/similar/1").status_code == 404 and "--index" in client.get("/api/similar/1").json()["detail"]
+    neighbours = Neighbours(*load_index(Store(), str(tmp_path / "scored"))[:2])
+    ids = {key: i for i, key in tournament.keys().items()}
+    app = create_app(tournament, str(panoramas), Store(), "carol", neighbours=neighbours)
+    api = TestClient(app, base_url="http://127.0.0.1:8000")
+    found = api.get(f"/api/similar/{ids['day0/pano_03.jpg']}", params={"k": 5}).json()["images"]
+    assert len(found) == 5 and found[0]["id"] == ids["day0/twin.jpg"] and found[0]["similarity"] > 0.999
+    assert [f["similarity"] for f in found] == sorted((f["similarity"] for f in found), reverse=True)
+    assert api.get("/api/similar/999").status_code == 404
+
+    with running(app) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base}/?rater=carol")
+        page.wait_for_selector(".card img")
+        page.locator(".card").nth(2).hover()
+        page.keyboard.press("m")
+        page.wait_for_selector("#similar:not([hidden]) figure img")
+        hovered = int(page.locator(".card").nth(2).get_attribute("data-id"))
+        expected = [f["id"] for f in api.get(f"/api/similar/{hovered}").json()["images"]]
+        shown = [int(i) for i in page.locator("#similar figure").evaluate_all("fs => fs.map(f => f.dataset.id)")]
+        assert shown == expected and len(shown) == 12 and "image 3" in page.locator("#similar-title").inner_text()
+        page.keyboard.press("Escape")
+        assert page.locator("#similar").is_hidden() and page.locator(".card.picked").count() == 0
+        browser.close()

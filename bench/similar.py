@@ -1,0 +1,351 @@
+"""Find by example: near-copy groups, "more like this" retrieval, index scale and the culling effect.
+
+- bursts: synthetic bursts of 3-8 near-copies per source photo (crops and shifts, +-0.3 EV, JPEG 70-95,
+  rotation up to 2 degrees, resizing) among the other, unrelated photos; one set from photos/, one from
+  oasis/. Pairwise precision and recall of the groups found by beholder (embeddings of a model trained
+  by experiment=best on OASIS) and by pixel hashes (imagehash phash, dhash). Each method's threshold is
+  chosen on the photos/ set (best F1) and measured on the oasis/ set; the default group_similarity of
+  conf/predict.yaml is the one chosen here.
+- retrieval: OASIS photos sharing a theme (Acorns_1, Acorns_2, ...) are the relevant ones; mean
+  average precision at 10 of python -m beholder.similar's ranking, raw pixels and phash.
+- scale: synthetic clustered vectors of the best preset's dimension; exact search against FAISS:
+  build seconds, bytes per image, query latency p50/p99, recall@10 against exact; grouping time and
+  memory at 10^4 and 10^5.
+- culling: gallery reduction with and without keep_per_group=1 on the oasis burst set and on the
+  demo's webcam panoramas (group_window=1800).
+
+    python bench/similar.py [--work DIR] [--sizes 10000 100000 1000000] [--only bursts retrieval scale culling] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
+from beholder.bursts import burst_groups, components  # noqa: E402
+from beholder.console import quiet_libraries  # noqa: E402
+from beholder.embeddings import centred, read_parquet  # noqa: E402
+from beholder.vector_index import ExactIndex, FaissIndex  # noqa: E402
+
+DIMENSION = 5424  # experiment=best: every pooled level of EfficientNet-Lite2 + Lite1 + Lite0
+THRESHOLDS = [round(t, 2) for t in np.arange(0.30, 0.99, 0.02)]
+HAMMING = list(range(0, 25))
+
+
+def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
+    image = image.rotate(rng.uniform(-2, 2), resample=Image.BICUBIC)
+    w, h = image.size
+    left, top, right, bottom = rng.uniform(0.04, 0.10, 4)  # covers the rotation's corners, and shifts
+    image = image.crop((int(left * w), int(top * h), int(w - right * w), int(h - bottom * h)))
+    linear = (np.asarray(image, dtype=np.float32) / 255) ** 2.2 * 2 ** rng.uniform(-0.3, 0.3)
+    image = Image.fromarray((np.clip(linear, 0, 1) ** (1 / 2.2) * 255).round().astype(np.uint8))
+    scale = rng.uniform(0.7, 1.0)
+    image = image.resize((max(16, int(image.width * scale)), max(16, int(image.height * scale))), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=int(rng.integers(70, 96)))
+    return buffer.getvalue()
+
+
+def burst_gallery(source: str, target: str, sources: int, seed: int) -> dict[str, int]:
+    """Copies every photo of ``source`` into ``target``; ``sources`` of them get 2-7 near-copies
+    beside them (a burst of 3-8). Returns each image's true burst (-1: unrelated)."""
+    rng = np.random.default_rng(seed)
+    names = sorted(n for n in os.listdir(source) if n.lower().endswith((".jpg", ".jpeg", ".png")))
+    chosen = set(rng.choice(len(names), sources, replace=False).tolist())
+    truth = {}
+    os.makedirs(target, exist_ok=True)
+    for i, name in enumerate(names):
+        stem = os.path.splitext(name)[0]
+        shutil.copy(os.path.join(source, name), os.path.join(target, name))
+        truth[name] = i if i in chosen else -1
+        if i in chosen:
+            original = Image.open(os.path.join(source, name)).convert("RGB")
+            for c in range(int(rng.integers(2, 8))):
+                copy = f"{stem}_copy{c}.jpg"
+                with open(os.path.join(target, copy), "wb") as f:
+                    f.write(near_copy(original, rng))
+                truth[copy] = i
+    return truth
+
+
+def compose(name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=overrides)
+
+
+def trained_checkpoint(work: str) -> str:
+    """experiment=best on all OASIS photos (one split; the embeddings do not depend on the head)."""
+    ckpt = os.path.join(work, "oasis-model", "checkpoints", "best.ckpt")
+    if not os.path.exists(ckpt):
+        from beholder.train import train
+
+        oasis = os.path.join(SHARED, "oasis")
+        train(compose("train", ["experiment=best", "head=regression", "cv=0", "data.score_column=beauty_mean",
+                                f"data.root={oasis}/images", f"data.labels={oasis}/labels.csv", f"feature_cache={work}/cache",
+                                f"output_dir={work}/oasis-model", "trainer.enable_progress_bar=false"]))
+    return ckpt
+
+
+def scored(ckpt: str, gallery: str, output: str, *overrides: str) -> dict:
+    """predict.py on ``gallery``; returns its summary with the embeddings and scores.csv rows."""
+    from beholder.predict import predict
+
+    summary = predict(compose("predict", [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={output}",
+                                          "trainer.enable_progress_bar=false", "num_workers=2", *overrides]))
+    images, vectors, _ = read_parquet(open(os.path.join(output, "embeddings.parquet"), "rb").read())
+    with open(os.path.join(output, "scores.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return {**summary, "images": images, "vectors": vectors, "rows": rows}
+
+
+def pair_scores(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Pairwise precision and recall of the partition ``found`` against ``truth`` (-1: alone)."""
+    same_found = found[:, None] == found[None, :]
+    truth_ids = np.where(truth >= 0, truth, -np.arange(1, len(truth) + 1) - 10**6)
+    same_truth = truth_ids[:, None] == truth_ids[None, :]
+    upper = np.triu(np.ones_like(same_found), 1)
+    tp = (same_found & same_truth & upper).sum()
+    predicted, actual = (same_found & upper).sum(), (same_truth & upper).sum()
+    return (tp / predicted if predicted else 1.0), (tp / actual if actual else 1.0)
+
+
+def hashes(folder: str, images: list[str], kind: str) -> np.ndarray:
+    import imagehash
+
+    function = {"phash": imagehash.phash, "dhash": imagehash.dhash}[kind]
+    return np.array([function(Image.open(os.path.join(folder, image))).hash.reshape(-1) for image in images], dtype=bool)
+
+
+def hash_groups(bits: np.ndarray, distance: int) -> np.ndarray:
+    hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    i, j = np.nonzero(np.triu(hamming <= distance, 1))
+    return components(len(bits), [(i, j)])
+
+
+def f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def bench_bursts(ckpt: str, work: str, seed: int) -> tuple[str, float]:
+    sets = {}
+    for name, sources in (("photos", 40), ("oasis", 60)):
+        source = os.path.join(SHARED, name) if name == "photos" else os.path.join(SHARED, "oasis", "images")
+        gallery = os.path.join(work, f"bursts-{name}")
+        truth = burst_gallery(source, gallery, sources, seed) if not os.path.exists(gallery) else None
+        truth_file = gallery + ".truth.csv"
+        if truth is not None:
+            with open(truth_file, "w") as f:
+                f.writelines(f"{image},{burst}\n" for image, burst in truth.items())
+        truth = dict(line.strip().rsplit(",", 1) for line in open(truth_file))
+        result = scored(ckpt, gallery, gallery + "-scored")
+        sets[name] = (gallery, result, np.array([int(truth[image]) for image in result["images"]]))
+
+    methods = {"beholder (embeddings)": ("similarity", THRESHOLDS), "phash": ("max Hamming distance", HAMMING),
+               "dhash": ("max Hamming distance", HAMMING)}
+    rows, chosen_similarity = [], None
+    for method, (unit, grid) in methods.items():
+        curves = {}
+        for name, (gallery, result, truth) in sets.items():
+            if method.startswith("beholder"):
+                groups = {t: burst_groups(result["vectors"], t)[0] for t in grid}
+            else:
+                bits = hashes(gallery, result["images"], method)
+                groups = {t: hash_groups(bits, t) for t in grid}
+            curves[name] = {t: pair_scores(g, truth) for t, g in groups.items()}
+        best = max(grid, key=lambda t: (f1(*curves["photos"][t]), t))
+        if method.startswith("beholder"):
+            chosen_similarity = best
+        p, r = curves["oasis"][best]
+        top = max(grid, key=lambda t: f1(*curves["oasis"][t]))
+        rows.append([method, f"{unit} {best}", f"{p:.3f}", f"{r:.3f}", f"{f1(p, r):.3f}",
+                     f"{f1(*curves['oasis'][top]):.3f} at {top}"])
+    counts = {name: (len(result["images"]), int((truth >= 0).sum()), len(set(truth[truth >= 0].tolist())))
+              for name, (_, result, truth) in sets.items()}
+    body = ("Pairwise precision and recall of near-copy groups on the oasis/ burst set, at the threshold chosen on the "
+            "photos/ set (" + "; ".join(f"{n}: {a} images, {b} of them in {c} bursts" for n, (a, b, c) in counts.items()) + ").\n\n")
+    body += markdown_table(["method", "threshold (chosen on photos/)", "precision", "recall", "F1", "best F1 on oasis/ itself"], rows)
+    return body, chosen_similarity
+
+
+def average_precision(ranked_relevant: list[bool], relevant: int, k: int = 10) -> float:
+    hits, total = 0, 0.0
+    for position, is_relevant in enumerate(ranked_relevant[:k], start=1):
+        if is_relevant:
+            hits += 1
+            total += hits / position
+    return total / min(relevant, k)
+
+
+def bench_retrieval(ckpt: str, work: str) -> str:
+    folder = os.path.join(SHARED, "oasis", "images")
+    result = scored(ckpt, folder, os.path.join(work, "oasis-scored"))
+    images = result["images"]
+    themes = np.array([re.sub(r"_\d+$", "", os.path.splitext(image)[0]) for image in images])
+    queries = [i for i in range(len(images)) if (themes == themes[i]).sum() > 1]
+
+    def exact_ranking(vectors):
+        index = ExactIndex(vectors)
+        unit = centred(vectors, index.mean)
+        _, rows = index.search(unit[queries], 11)
+        return [[r for r in row if r != q][:10] for q, row in zip(queries, rows)]
+
+    pixels = np.stack([np.asarray(Image.open(os.path.join(folder, i)).convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.float32).reshape(-1)
+                       for i in images])
+    bits = hashes(folder, images, "phash")
+    hamming = (bits[queries][:, None, :] != bits[None, :, :]).sum(-1).astype(float)
+    hamming[np.arange(len(queries)), queries] = np.inf
+    rankings = {
+        "beholder similar (embeddings, exact)": exact_ranking(result["vectors"]),
+        "raw pixels (32x32 RGB, cosine)": exact_ranking(pixels),
+        "phash (Hamming)": [list(np.argsort(row, kind="stable")[:10]) for row in hamming],
+        "random": [list(np.random.default_rng(q).permutation([i for i in range(len(images)) if i != q])[:10]) for q in queries],
+    }
+    rows = []
+    for method, ranking in rankings.items():
+        aps = [average_precision([themes[r] == themes[q] for r in ranked], int((themes == themes[q]).sum()) - 1)
+               for q, ranked in zip(queries, ranking)]
+        rows.append([method, f"{np.mean(aps):.3f}"])
+    return (f"{len(queries)} OASIS photos whose theme has other photos (same name stem: Acorns_1, Acorns_2, ...) query the "
+            f"other {len(images) - 1}; relevant = the same theme.\n\n" + markdown_table(["ranking", "mAP@10"], rows))
+
+
+def clustered_vectors(count: int, seed: int = 0, chunk: int = 50_000) -> np.ndarray:
+    """Unit float16 vectors around count/50 random centres (cosine ~0.5 to their centre)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(count // 50, 1), DIMENSION)).astype(np.float32)
+    out = np.empty((count, DIMENSION), dtype=np.float16)
+    for start in range(0, count, chunk):
+        rows = centres[rng.integers(0, len(centres), min(chunk, count - start))]
+        rows += rng.standard_normal(rows.shape, dtype=np.float32)
+        out[start:start + len(rows)] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
+def latencies(index, queries: np.ndarray) -> tuple[float, float]:
+    seconds = []
+    for query in queries:
+        started = time.perf_counter()
+        index.search(query[None], 10)
+        seconds.append(time.perf_counter() - started)
+    return float(np.percentile(seconds, 50)) * 1000, float(np.percentile(seconds, 99)) * 1000
+
+
+def bench_scale(sizes: list[int]) -> str:
+    rows, group_rows = [], []
+    for count in sizes:
+        vectors = clustered_vectors(count)
+        started = time.perf_counter()
+        exact = ExactIndex(vectors)
+        exact_build = time.perf_counter() - started
+        queries = centred(vectors[np.random.default_rng(1).choice(count, 100, replace=False)], exact.mean)
+        _, truth = exact.search(queries, 10)
+        timed = queries[:10] if count >= 1_000_000 else queries
+        p50, p99 = latencies(exact, timed)
+        rows.append([f"{count:,}", "exact", f"{exact_build:.1f}", f"{DIMENSION * 2 + 4:,}", f"{p50:.1f}", f"{p99:.1f}", "1.000"])
+        started = time.perf_counter()
+        approximate = FaissIndex.build(vectors, "bench")
+        faiss_build = time.perf_counter() - started
+        _, found = approximate.search(queries, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist())])
+        p50, p99 = latencies(approximate, queries)
+        size = len(approximate.to_bytes()) / count
+        rows.append([f"{count:,}", "FAISS IVF-SQ8", f"{faiss_build:.1f}", f"{size:,.0f}", f"{p50:.1f}", f"{p99:.1f}", f"{recall:.3f}"])
+        del approximate, exact
+        if count <= 100_000:
+            tracemalloc.start()
+            started = time.perf_counter()
+            groups, _, _ = burst_groups(vectors, 0.9)
+            seconds = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            group_rows.append([f"{count:,}", f"{seconds:.1f}", f"{peak / 2**20:,.0f}", f"{peak / count / 1024:.1f}", len(set(groups.tolist()))])
+        del vectors
+        gc.collect()
+        print(markdown_table(["vectors", "index", "build s", "bytes per image", "query p50 ms", "query p99 ms", "recall@10"], rows), flush=True)
+    body = (f"Synthetic unit vectors of dimension {DIMENSION} (float16, as embeddings.parquet holds them) around count/50 random centres; "
+            "100 queries (latency: single queries; 10 at 10^6 for exact). Exact keeps the float16 vectors and compares them all; "
+            "FAISS: inverted lists over sqrt(n) k-means cells, 8-bit scalar quantisation, 32 cells searched.\n\n")
+    body += markdown_table(["vectors", "index", "build s", "bytes per image", "query p50 ms", "query p99 ms", "recall@10"], rows)
+    body += ("\n\nGrouping (bursts.burst_groups, similarity 0.9, no time window; exact all pairs up to 4,096 images, "
+             "SimHash-sorted neighbours beyond), peak memory of its arrays (tracemalloc):\n\n")
+    body += markdown_table(["images", "seconds", "peak MiB", "KiB per image", "groups"], group_rows)
+    return body
+
+
+def bench_culling(ckpt: str, work: str, similarity: float) -> str:
+    rows = []
+    gallery = os.path.join(work, "bursts-oasis")
+    for per_group in (None, 1):
+        extra = [] if per_group is None else ["keep_per_group=1"]
+        result = scored(ckpt, gallery, os.path.join(work, f"cull-oasis-{per_group}"), f"group_similarity={similarity}", *extra)
+        rows.append(["oasis burst set, model trained on OASIS", "keep_per_group=1" if per_group else "-", result["scored"],
+                     result["kept"], result["review"], f"{result['gallery_reduction']:.3f}"])
+    demo = os.path.join(work, "demo")
+    if not os.path.exists(os.path.join(demo, "gallery", "labels.csv")):
+        subprocess.run([sys.executable, "-m", "beholder.demo", os.path.join(demo, "gallery"), "--count", "400"], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+    demo_ckpt = os.path.join(demo, "run", "checkpoints", "best.ckpt")
+    if not os.path.exists(demo_ckpt):
+        from beholder.train import train
+
+        train(compose("train", ["experiment=demo", f"data.root={demo}/gallery", f"data.labels={demo}/gallery/labels.csv",
+                                f"feature_cache={work}/cache", f"output_dir={demo}/run", "trainer.enable_progress_bar=false"]))
+    for extra in ([], ["keep_per_group=1"], ["keep_per_group=1", "group_window=1800"]):
+        result = scored(demo_ckpt, os.path.join(demo, "gallery"), os.path.join(demo, "scored-" + "-".join(extra)),
+                        f"group_similarity={similarity}", *extra)
+        rows.append(["demo webcam panoramas (make demo's model)", " ".join(extra) or "-", result["scored"], result["kept"],
+                     result["review"], f"{result['gallery_reduction']:.3f}"])
+    return (f"predict.py's default thresholds, group_similarity={similarity}.\n\n"
+            + markdown_table(["gallery", "culling", "images", "kept", "to review", "gallery reduction"], rows))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="a folder for galleries, models and outputs (default: a new temporary one); reuse it to skip work")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--only", nargs="+", default=["bursts", "retrieval", "scale", "culling"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args()
+    quiet_libraries()
+    work = args.work or tempfile.mkdtemp(prefix="beholder-similar-")
+    os.makedirs(work, exist_ok=True)
+    sections = []
+    similarity = 0.9
+    if {"bursts", "retrieval", "culling"} & set(args.only):
+        ckpt = trained_checkpoint(work)
+    if "bursts" in args.only:
+        body, similarity = bench_bursts(ckpt, work, args.seed)
+        sections.append(("Near-copy groups (bursts)", body))
+        print(body, flush=True)
+    if "retrieval" in args.only:
+        sections.append(("More like this: retrieval on OASIS themes", bench_retrieval(ckpt, work)))
+        print(sections[-1][1], flush=True)
+    if "culling" in args.only:
+        sections.append(("Culling effect of keep_per_group", bench_culling(ckpt, work, similarity)))
+        print(sections[-1][1], flush=True)
+    if "scale" in args.only:
+        sections.append(("Scale: exact search, FAISS and grouping", bench_scale(args.sizes)))
+    body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
+    publish("similar", "Find by example (bench/similar.py)", body, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()

@@ -271,7 +271,7 @@ def bench_scale(sizes: list[int]) -> str:
         if count <= 100_000:
             tracemalloc.start()
             started = time.perf_counter()
-            groups, _, _ = burst_groups(vectors, 0.9)
+            groups, _, _ = burst_groups(vectors, 0.8)
             seconds = time.perf_counter() - started
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
@@ -283,7 +283,7 @@ def bench_scale(sizes: list[int]) -> str:
             "100 queries (latency: single queries; 10 at 10^6 for exact). Exact keeps the float16 vectors and compares them all; "
             "FAISS: inverted lists over sqrt(n) k-means cells, 8-bit scalar quantisation, 32 cells searched.\n\n")
     body += markdown_table(["vectors", "index", "build s", "bytes per image", "query p50 ms", "query p99 ms", "recall@10"], rows)
-    body += ("\n\nGrouping (bursts.burst_groups, similarity 0.9, no time window; exact all pairs up to 4,096 images, "
+    body += ("\n\nGrouping (bursts.burst_groups, similarity 0.8, no time window; exact all pairs up to 4,096 images, "
              "SimHash-sorted neighbours beyond), peak memory of its arrays (tracemalloc):\n\n")
     body += markdown_table(["images", "seconds", "peak MiB", "KiB per image", "groups"], group_rows)
     return body
@@ -328,7 +328,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="beholder-similar-")
     os.makedirs(work, exist_ok=True)
     sections = []
-    similarity = 0.9
+    similarity = compose("predict", ["ckpt_path=-", "gallery=-", "output=-"]).group_similarity  # unless bursts measures it anew
     if {"bursts", "retrieval", "culling"} & set(args.only):
         ckpt = trained_checkpoint(work)
     if "bursts" in args.only:

@@ -15,10 +15,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from beholder.errors import UserError
-from beholder.label import create_app, main
-from beholder.label_export import export, ordinal_alpha
+from beholder.label.app import create_app
+from beholder.label.cli import main
+from beholder.label.export import export, ordinal_alpha
 from beholder.storage import Store
-from beholder.tournament import Tournament
+from beholder.label.tournament import Tournament
 
 
 @pytest.fixture
@@ -353,7 +354,7 @@ def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_p
 
 @pytest.mark.parametrize("targets, tiers", [("0.5,0.25", {0, 1, 2}), ("0.5,0.5,0.5,0.5", {0, 1, 2, 3})])
 def test_any_number_of_rounds_exports_every_image_in_trainable_tiers(many, tmp_path, capsys, targets, tiers):
-    from beholder.label import parse_targets
+    from beholder.label.cli import parse_targets
     from beholder.labels import parse_labels
 
     db = tmp_path / "labels.sqlite"
@@ -441,7 +442,7 @@ def test_export_only_reads_the_database(panoramas, tmp_path):
 
 
 def test_thumbnails_decode_each_image_once_and_few_at_a_time():
-    from beholder.label import DECODES_AT_ONCE, Thumbnails
+    from beholder.label.app import DECODES_AT_ONCE, Thumbnails
 
     active, most, reads = [0], [0], Counter()
     lock = threading.Lock()

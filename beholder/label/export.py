@@ -8,7 +8,7 @@ from collections import Counter
 from itertools import permutations
 
 from beholder.labels import NUM_TIERS
-from beholder.tournament import Tournament
+from beholder.label.tournament import Tournament
 
 
 def tier_of(rounds_advanced: int) -> int:

@@ -1,0 +1,3 @@
+from beholder.label.cli import main
+
+main()

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench-quality bench-throughput bench-faults
+.PHONY: install demo test clean bench-quality bench-throughput bench-faults bench-similar bench-personal
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ bench-throughput: $(STAMP)
 
 bench-faults: $(STAMP)
 	$(PY) bench/faults.py
+
+bench-similar: $(STAMP)
+	$(PY) bench/similar.py
+
+bench-personal: $(STAMP)
+	$(PY) bench/personal.py
 
 clean:
 	rm -rf $(VENV) outputs demo .pytest_cache

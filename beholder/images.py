@@ -9,10 +9,21 @@ import time
 import warnings
 
 import numpy as np
+import pillow_heif
+import rawpy
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
+RAW_SUFFIXES = (".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".dng")
+HEIF_SUFFIXES = (".heic", ".heif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") + RAW_SUFFIXES + HEIF_SUFFIXES
 DEFAULT_MAX_PIXELS = 100_000_000
+# A RAW file's embedded JPEG preview is used when its longer side has at least this many pixels (or
+# the size asked for); else the sensor data is demosaiced at half size.
+RAW_PREVIEW_MIN = 1024
+# The start of RAW containers: TIFF-based (CR2, NEF, ARW, DNG; plain TIFFs too), Olympus, Panasonic, Fuji, Canon CR3
+RAW_MAGIC = (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00", b"FUJIFILMCCD-RAW")
+LIBRAW_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+pillow_heif.register_heif_opener()
 # 2016/06/03/2016_0603_125000.jpg, the webcam archive's names
 WEBCAM_TIME = re.compile(r"(?<!\d)(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?!\d)")
 EXIF_IFD, DATE_TIME_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
@@ -31,6 +42,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tu
     """
     if not data:
         raise UnreadableImage("empty file")
+    if data.startswith(RAW_MAGIC) or data[4:11] == b"ftypcrx":
+        picture = raw_picture(data, max_pixels, min_size)
+        if picture is not None:
+            return to_rgb(picture)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -53,6 +68,35 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tu
     except Exception as error:  # PIL raises many types for broken files; all mean "unreadable"
         raise UnreadableImage(f"{type(error).__name__}: {error}") from None
     return to_rgb(image)
+
+
+def raw_picture(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) -> Image.Image | None:
+    """A camera RAW file through LibRaw: its embedded JPEG preview when that is large enough, else a
+    half-size demosaic (camera white balance), upright. None for a plain TIFF (LibRaw does not take it)."""
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            width, height = raw.sizes.raw_width, raw.sizes.raw_height
+            if width * height > max_pixels:
+                raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
+            needed = max(min_size) if min_size else RAW_PREVIEW_MIN
+            try:
+                thumb = raw.extract_thumb()
+            except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+                thumb = None
+            if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
+                preview = Image.open(io.BytesIO(thumb.data))
+                if max(preview.size) >= needed:
+                    preview.load()
+                    if preview.getexif().get(0x0112, 1) == 1 and raw.sizes.flip in LIBRAW_FLIP:
+                        preview = preview.transpose(LIBRAW_FLIP[raw.sizes.flip])
+                    return preview
+            return Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
+    except rawpy.LibRawFileUnsupportedError:
+        if data.startswith((b"II*\x00", b"MM\x00*")):
+            return None  # a plain TIFF: Pillow reads it
+        raise UnreadableImage("a RAW format LibRaw does not read") from None
+    except rawpy.LibRawError as error:
+        raise UnreadableImage(f"RAW: {type(error).__name__}: {error}") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

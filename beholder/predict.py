@@ -23,8 +23,8 @@ from beholder.errors import UserError
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
 from beholder.policy import BANDS, Policy, cull_bursts
-from beholder.report import (UnreadableSidecar, highlights_html, score_histogram_svg, scores_csv, sidecar_names, skipped_csv, star_rating,
-                             xmp_sidecar)
+from beholder.ratings.xmp import sidecar_names, write_sidecars
+from beholder.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
 from beholder.shards import ShardWriter, bind_run, read_shards
 from beholder.storage import Store, check_uri, file_digest, is_s3, join
 
@@ -226,7 +226,7 @@ def probability_names(module: BeholderModule) -> list[str]:
 def write_results(cfg, module, store, gallery, output, ranked, skipped, summary) -> None:
     store.write(join(output, "skipped.csv"), skipped_csv(skipped))
     if cfg.xmp:
-        write_sidecars(cfg, store, gallery, output, ranked, list(skipped), summary)
+        write_xmp(cfg, store, gallery, output, ranked, list(skipped), summary)
     count = cfg.highlights
     culled = Counter(row["group"] for row in ranked if row["reason"] == "burst")
     for row in ranked:
@@ -257,21 +257,13 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
     store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
 
 
-def write_sidecars(cfg, store, gallery, output, ranked, skipped, summary) -> None:
+def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
     """One XMP sidecar per scored image, merged into the one already there (never replacing the
     photographer's own fields); one that is not XMP is left as it is and counted."""
     names = sidecar_names([row["image"] for row in ranked] + skipped)
     beside = cfg.xmp_beside_images and not is_s3(gallery)
-    summary["sidecars_left_alone"] = []
-    for row in ranked:
-        target = join(gallery, names[row["image"]]) if beside else join(output, "xmp/" + names[row["image"]])
-        existing = store.read(target) if store.exists(target) else None
-        try:
-            packet = xmp_sidecar(star_rating(row["rank"], summary["kept"], row["band"]), row["band"], row["score"], existing)
-        except UnreadableSidecar as error:
-            summary["sidecars_left_alone"].append(f"{target}: {error}")
-            continue
-        store.write(target, packet)
+    targets = {row["image"]: join(gallery, names[row["image"]]) if beside else join(output, "xmp/" + names[row["image"]]) for row in ranked}
+    summary["sidecars_left_alone"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings))
 
 
 def group_lines(summary: dict) -> list[str]:

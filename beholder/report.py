@@ -1,4 +1,4 @@
-"""What prediction hands to people and photo tools: scores.csv, skipped.csv, a contact sheet, XMP."""
+"""What prediction hands to people: scores.csv, skipped.csv, a contact sheet (XMP sidecars: ratings/xmp.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import base64
 import csv
 import html
 import io
-import os
-import re
-import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
 from beholder.images import UnreadableImage, decode_image
@@ -38,76 +35,6 @@ def skipped_csv(skipped: dict[str, str]) -> bytes:
     writer.writerow(["image", "reason"])
     writer.writerows(sorted(skipped.items()))
     return buffer.getvalue().encode()
-
-
-def star_rating(rank: int, kept: int, band: str) -> int:
-    """Kept images get 5 stars (their best 10 %), 4 (next 20 %) or 3; those to review 2; rejected 1."""
-    if band != "keep":
-        return 2 if band == "review" else 1
-    share = (rank - 1) / max(kept, 1)
-    return 5 if share < 0.1 else 4 if share < 0.3 else 3
-
-
-XMP_NAMESPACES = {
-    "x": "adobe:ns:meta/",
-    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
-    "xmp": "http://ns.adobe.com/xap/1.0/",
-    "digiKam": "http://www.digikam.org/ns/1.0/",
-    "beholder": "https://github.com/beholder/ns/1.0/",
-}
-EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
-
-
-class UnreadableSidecar(ValueError):
-    """An existing sidecar that is not XMP we can merge into: it is left as it is."""
-
-
-def sidecar_names(images: list[str]) -> dict[str, str]:
-    """Each image's sidecar path: ``<path without extension>.xmp`` (what Lightroom reads), or
-    ``<path>.xmp`` (darktable's and digiKam's form) for images that share a stem, such as
-    ``dup.jpg`` and ``dup.png``, so that no two images write one sidecar (case-insensitively)."""
-    stems: dict[str, int] = {}
-    for image in images:
-        stem = os.path.splitext(image)[0].lower()
-        stems[stem] = stems.get(stem, 0) + 1
-    return {image: (os.path.splitext(image)[0] if stems[os.path.splitext(image)[0].lower()] == 1 else image) + ".xmp" for image in images}
-
-
-BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
-
-
-def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None) -> bytes:
-    """An XMP packet with the star rating (``xmp:Rating``), a colour label (Green = keep, Yellow =
-    review, Red = reject; ``xmp:Label``) and digiKam's pick label (3 accepted, 0 none, 1 rejected).
-    Lightroom, darktable and digiKam read these. ``existing``: a sidecar already there, whose other
-    properties (keywords, edits, the photographer's own fields) are kept; only these fields change."""
-    label, pick = BAND_LABELS[band]
-    values = {("xmp", "Rating"): str(rating), ("xmp", "Label"): label, ("digiKam", "PickLabel"): str(pick),
-              ("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
-    data = existing or EMPTY_XMP
-    try:
-        for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
-            if prefix and not re.fullmatch(r"ns\d+", prefix):
-                ET.register_namespace(prefix, uri)  # write the file's own prefixes back
-        root = ET.fromstring(data)
-    except ET.ParseError as error:
-        raise UnreadableSidecar(f"not XML ({error})") from None
-    for prefix, uri in XMP_NAMESPACES.items():
-        ET.register_namespace(prefix, uri)
-    rdf = XMP_NAMESPACES["rdf"]
-    holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
-    if holder is None:
-        raise UnreadableSidecar("no rdf:RDF element")
-    description = holder.find(f"{{{rdf}}}Description")
-    if description is None:
-        description = ET.SubElement(holder, f"{{{rdf}}}Description", {f"{{{rdf}}}about": ""})
-    for (prefix, name), value in values.items():
-        tag = f"{{{XMP_NAMESPACES[prefix]}}}{name}"
-        for element in description.findall(tag):  # the same property written as an element
-            description.remove(element)
-        description.set(tag, value)
-    body = ET.tostring(root, encoding="unicode")
-    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>\n'.encode()
 
 
 def thumbnail(data: bytes, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:

@@ -24,6 +24,7 @@ from beholder.labels import regression_stats
 from beholder.memory import keep_freed_memory
 from beholder.model import BackboneSpec, build_head, require_timm_model
 from beholder.module import BeholderModule, build_optimizer
+from beholder.personal import train_personal
 from beholder.probe import fit_probe, init_head_from_probe, set_feature_scale
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ def metric_mode(metric: str, mode: str) -> str:
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
     quiet_libraries()
+    if cfg.get("base_ckpt"):
+        return train_personal(cfg)
     check_options(cfg)
     mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
     ckpt_path = resolve_checkpoint(cfg)

@@ -308,7 +308,7 @@ def bench_culling(ckpt: str, work: str, similarity: float) -> str:
         train(compose("train", ["experiment=demo", f"data.root={demo}/gallery", f"data.labels={demo}/gallery/labels.csv",
                                 f"feature_cache={work}/cache", f"output_dir={demo}/run", "trainer.enable_progress_bar=false"]))
     for extra in ([], ["keep_per_group=1"], ["keep_per_group=1", "group_window=1800"]):
-        result = scored(demo_ckpt, os.path.join(demo, "gallery"), os.path.join(demo, "scored-" + "-".join(extra)),
+        result = scored(demo_ckpt, os.path.join(demo, "gallery"), os.path.join(demo, "scored-" + str(len(extra))),
                         f"group_similarity={similarity}", *extra)
         rows.append(["demo webcam panoramas (make demo's model)", " ".join(extra) or "-", result["scored"], result["kept"],
                      result["review"], f"{result['gallery_reduction']:.3f}"])
@@ -327,24 +327,19 @@ def main():
     quiet_libraries()
     work = args.work or tempfile.mkdtemp(prefix="beholder-similar-")
     os.makedirs(work, exist_ok=True)
-    sections = []
     similarity = compose("predict", ["ckpt_path=-", "gallery=-", "output=-"]).group_similarity  # unless bursts measures it anew
     if {"bursts", "retrieval", "culling"} & set(args.only):
         ckpt = trained_checkpoint(work)
+    write = not args.no_write
     if "bursts" in args.only:
         body, similarity = bench_bursts(ckpt, work, args.seed)
-        sections.append(("Near-copy groups (bursts)", body))
-        print(body, flush=True)
+        publish("similar-bursts", "Find by example: near-copy groups (bench/similar.py)", body, write)
     if "retrieval" in args.only:
-        sections.append(("More like this: retrieval on OASIS themes", bench_retrieval(ckpt, work)))
-        print(sections[-1][1], flush=True)
+        publish("similar-retrieval", "Find by example: more like this on OASIS themes (bench/similar.py)", bench_retrieval(ckpt, work), write)
     if "culling" in args.only:
-        sections.append(("Culling effect of keep_per_group", bench_culling(ckpt, work, similarity)))
-        print(sections[-1][1], flush=True)
+        publish("similar-culling", "Find by example: culling effect of keep_per_group (bench/similar.py)", bench_culling(ckpt, work, similarity), write)
     if "scale" in args.only:
-        sections.append(("Scale: exact search, FAISS and grouping", bench_scale(args.sizes)))
-    body = "\n\n".join(f"### {title}\n\n{text}" for title, text in sections)
-    publish("similar", "Find by example (bench/similar.py)", body, write=not args.no_write)
+        publish("similar-scale", "Find by example: exact search, FAISS and grouping at scale (bench/similar.py)", bench_scale(args.sizes), write)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from beholder.embeddings import read_parquet
 from beholder.errors import UserError
 from beholder.module import CHECKPOINT_FORMAT, load_checkpoint
 from beholder.predict import Incomplete, predict
-from beholder.report import star_rating
+from beholder.ratings.xmp import star_rating
 from beholder.storage import Store
 
 from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, upload_folder
@@ -101,6 +101,33 @@ def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path
     images = [row["image"] for row in read_scores(tmp_path / "out" / "scores.csv")]
     assert len(images) == len(set(images)) == 60
     assert read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0] == images  # each image once, as ranked
+
+
+def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp_path, monkeypatch):
+    """Killed between embeddings.parquet and scores.csv: the rerun scores nothing again, rewrites the
+    index from the kept shards, and until then beholder.similar refuses the unfinished output."""
+    from beholder.similar import main as similar
+
+    ckpt, gallery = trained
+    args = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
+    write = Store.write
+
+    def dies_at_scores(self, uri, data):
+        if uri.endswith("scores.csv"):
+            raise OSError("killed")
+        write(self, uri, data)
+
+    monkeypatch.setattr(Store, "write", dies_at_scores)
+    with pytest.raises(UserError, match="the scores are kept in"):
+        predict(compose_predict(args))
+    monkeypatch.setattr(Store, "write", write)
+    (tmp_path / "out" / "embeddings.parquet").write_bytes((tmp_path / "out" / "embeddings.parquet").read_bytes()[:1000])
+    with pytest.raises(SystemExit):
+        similar(["--index", str(tmp_path / "out"), "--query", "sub0/img_000.jpg"])
+    summary = predict(compose_predict(args))
+    assert summary["newly_scored"] == 0 and summary["scored"] == 60
+    images = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0]
+    assert images == [row["image"] for row in read_scores(tmp_path / "out" / "scores.csv")]
 
 
 def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
@@ -258,6 +285,11 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
     third = sorted(p for p in photos.rglob("*.jpg"))[2]
     third.with_suffix(".xmp").write_text(lightroom.read_text())
     predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
+    merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
+    assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
+    assert merged.find("xmp:Rating", ns).text == "2" and merged.get("{https://github.com/beholder/ns/1.0/}Band")  # the hand rating stays
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out3", "xmp=true", "xmp_beside_images=true",
+                             "xmp_overwrite_ratings=true"]))
     merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
     assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
     assert merged.find("xmp:Rating", ns) is None and merged.get(f"{{{ns['xmp']}}}Rating") in {"1", "2", "3", "4", "5"}

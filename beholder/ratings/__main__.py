@@ -1,0 +1,141 @@
+"""python -m beholder.ratings: a photographer's ratings in as labels, beholder's decisions out as XMP.
+
+    python -m beholder.ratings import ~/Pictures --root ~/Pictures --out my_labels.csv          # XMP sidecars (and XMP inside images)
+    python -m beholder.ratings import ~/Lightroom/Catalog.lrcat --root ~/Pictures --out my_labels.csv
+    python -m beholder.ratings import ~/.config/darktable/library.db --root ~/Pictures --out my_labels.csv
+    python -m beholder.ratings write --scores OUTPUT/scores.csv --root ~/Pictures                # sidecars beside the images
+
+The labels CSV is what train.py reads (data.labels=..., data.root=ROOT): image (relative to ROOT),
+tier (by --tiers), rating (-1 rejected, 1-5 stars: data.score_column=rating) and label (colour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+
+from beholder.errors import UserError, exit_on_user_error
+from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
+from beholder.ratings.xmp import sidecar_names, write_sidecars
+from beholder.storage import Store
+
+DEFAULT_TIERS = "reject:0,1:0,2:1,3:1,4:2,5:3"
+
+
+def parse_tiers(text: str) -> dict[int, int]:
+    """``reject:0,1:0,2:1,...`` -> {rating: tier}; ``reject`` is rating -1."""
+    tiers = {}
+    for part in text.split(","):
+        key, _, value = part.partition(":")
+        try:
+            rating = -1 if key.strip() == "reject" else int(key)
+            tier = int(value)
+        except ValueError:
+            raise UserError(f"--tiers {text!r}: give rating:tier pairs like {DEFAULT_TIERS}") from None
+        if not -1 <= rating <= 5 or rating == 0 or not 0 <= tier <= 3:
+            raise UserError(f"--tiers {text!r}: ratings are reject or 1-5, tiers 0-3")
+        tiers[rating] = tier
+    return tiers
+
+
+def read_source(source: str, root: str, problems: list[str]) -> list:
+    if os.path.isdir(source):
+        return from_sidecars(source, root, problems)
+    if source.lower().endswith(".lrcat"):
+        return from_lightroom(source)
+    if source.lower().endswith(".db"):
+        return from_darktable(source)
+    raise UserError(f"{source}: give a folder of XMP sidecars, a Lightroom catalogue (.lrcat) or darktable's library.db")
+
+
+def run_import(args) -> None:
+    tiers = parse_tiers(args.tiers)
+    root = os.path.abspath(os.path.expanduser(args.root))
+    if not os.path.isdir(root):
+        raise UserError(f"--root {args.root}: no such folder")
+    if os.path.exists(args.out) and not args.force:
+        raise UserError(f"--out {args.out}: already there; give --force to replace it, or another name")
+    problems: list[str] = []
+    rows, unrated, missing, outside, unmapped = {}, [], [], [], []
+    for rated in read_source(os.path.expanduser(args.source), root, problems):
+        path = os.path.abspath(rated["path"])
+        relative = os.path.relpath(path, root)
+        if relative.startswith(".."):
+            outside.append(path)
+        elif not os.path.isfile(path):
+            missing.append(path)
+        elif rated["rating"] == 0:
+            unrated.append(relative)
+        elif rated["rating"] not in tiers:
+            unmapped.append(relative)
+        else:
+            image = relative.replace(os.sep, "/")
+            rows[image] = {"image": image, "tier": tiers[rated["rating"]], "rating": rated["rating"], "label": rated["label"]}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["image", "tier", "rating", "label"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[image] for image in sorted(rows))
+    Store().write(args.out, buffer.getvalue().encode())
+    if args.unrated:
+        Store().write(args.unrated, "".join(f"{image}\n" for image in sorted(unrated)).encode())
+    counts = {tier: sum(row["tier"] == tier for row in rows.values()) for tier in range(4)}
+    lines = [f"beholder: {len(rows)} rated images -> {args.out} (tiers 0-3: {', '.join(str(counts[t]) for t in range(4))})",
+             f"  unrated         {len(unrated)}" + (f"  (listed in {args.unrated})" if args.unrated else "  (left out; --unrated FILE lists them)")]
+    for name, paths in (("no longer there", missing), ("outside --root", outside), ("rating not in --tiers", unmapped)):
+        if paths:
+            lines.append(f"  {name:<15} {len(paths)}  e.g. " + "; ".join(paths[:3]))
+    lines += [f"  skipped         {problem}" for problem in problems]
+    print("\n".join(lines))
+
+
+def run_write(args) -> None:
+    store = Store(args.endpoint_url)
+    try:
+        text = store.read(args.scores).decode()
+    except FileNotFoundError:
+        raise UserError(f"--scores {args.scores}: no such file") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
+        raise UserError(f"--scores {args.scores}: not a scores.csv of predict.py (image, score, band, rank)")
+    for row in rows:
+        row["score"], row["rank"] = float(row["score"]), int(row["rank"])
+    root = os.path.expanduser(args.root)
+    names = sidecar_names([row["image"] for row in rows])
+    present = [row for row in rows if os.path.isfile(os.path.join(root, row["image"]))]
+    targets = {row["image"]: os.path.join(root, names[row["image"]]) for row in present}
+    kept = sum(row["band"] == "keep" for row in rows)
+    left_alone = write_sidecars(store, present, targets, kept, args.overwrite_ratings)
+    print(f"beholder: {len(present) - len(left_alone)} sidecars written beside the images in {root} "
+          f"(ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
+    if len(present) < len(rows):
+        print(f"  no longer there {len(rows) - len(present)}  e.g. " + "; ".join(r["image"] for r in rows if r not in present)[:300])
+    for problem in left_alone:
+        print(f"  left as it was, not XMP: {problem}")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m beholder.ratings", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    reading = commands.add_parser("import", help="ratings -> a labels CSV for train.py")
+    reading.add_argument("source", help="a folder of XMP sidecars, a Lightroom .lrcat, or darktable's library.db")
+    reading.add_argument("--root", required=True, help="the folder the images live in (data.root); label paths are relative to it")
+    reading.add_argument("--out", required=True, help="the labels CSV to write")
+    reading.add_argument("--tiers", default=DEFAULT_TIERS, help=f"rating:tier pairs (default {DEFAULT_TIERS})")
+    reading.add_argument("--unrated", help="list the unrated images in this file")
+    reading.add_argument("--force", action="store_true", help="replace --out if it exists")
+    writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")
+    writing.add_argument("--scores", required=True, help="predict.py's scores.csv (any model's)")
+    writing.add_argument("--root", required=True, help="the folder the scored images live in")
+    writing.add_argument("--overwrite-ratings", action="store_true", help="also replace ratings, labels and picks the photographer set")
+    writing.add_argument("--endpoint-url", help="an S3-compatible store for an s3:// --scores")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        run_import(args) if args.command == "import" else run_write(args)
+
+
+if __name__ == "__main__":
+    main()

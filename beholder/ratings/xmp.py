@@ -1,0 +1,145 @@
+"""XMP: the star ratings, colour labels and picks that photo tools keep in sidecars (or inside the
+image), read as labels and written as beholder's decisions, merged into what is there."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import xml.etree.ElementTree as ET
+
+NAMESPACES = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "xmpDM": "http://ns.adobe.com/xmp/1.0/DynamicMedia/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
+    "beholder": "https://github.com/beholder/ns/1.0/",
+}
+EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
+# The photographer's fields that beholder sets only where none is set (or where it set them itself).
+RATING_FIELDS = (("xmp", "Rating"), ("xmp", "Label"), ("digiKam", "PickLabel"))
+PACKET = re.compile(rb"<x:xmpmeta[\s>].*?</x:xmpmeta>", re.S)
+
+
+class UnreadableSidecar(ValueError):
+    """A sidecar that is not XMP we can read or merge into: it is left as it is."""
+
+
+def sidecar_names(images: list[str]) -> dict[str, str]:
+    """Each image's sidecar path: ``<path without extension>.xmp`` (what Lightroom reads), or
+    ``<path>.xmp`` (darktable's and digiKam's form) for images that share a stem, such as
+    ``dup.jpg`` and ``dup.png``, so that no two images write one sidecar (case-insensitively)."""
+    stems: dict[str, int] = {}
+    for image in images:
+        stem = os.path.splitext(image)[0].lower()
+        stems[stem] = stems.get(stem, 0) + 1
+    return {image: (os.path.splitext(image)[0] if stems[os.path.splitext(image)[0].lower()] == 1 else image) + ".xmp" for image in images}
+
+
+def parse(data: bytes) -> tuple[ET.Element, ET.Element]:
+    """The packet's root and rdf:RDF elements (the file's own prefixes registered for writing back)."""
+    try:
+        for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
+            if prefix and not re.fullmatch(r"ns\d+", prefix):
+                ET.register_namespace(prefix, uri)  # write the file's own prefixes back
+        root = ET.fromstring(data)
+    except ET.ParseError as error:
+        raise UnreadableSidecar(f"not XML ({error})") from None
+    rdf = NAMESPACES["rdf"]
+    holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
+    if holder is None:
+        raise UnreadableSidecar("no rdf:RDF element")
+    return root, holder
+
+
+def tag(prefix: str, name: str) -> str:
+    return f"{{{NAMESPACES[prefix]}}}{name}"
+
+
+def property_of(holder: ET.Element, prefix: str, name: str) -> str | None:
+    """A property of any rdf:Description, written as an attribute or as an element."""
+    for description in holder.findall(tag("rdf", "Description")):
+        if tag(prefix, name) in description.attrib:
+            return description.attrib[tag(prefix, name)].strip()
+        element = description.find(tag(prefix, name))
+        if element is not None and element.text is not None:
+            return element.text.strip()
+    return None
+
+
+def read_rating(data: bytes) -> dict:
+    """``rating`` (-1 rejected, 0 unrated, 1-5 stars, or None), ``label`` (colour) and ``pick``
+    (digiKam: 1 rejected, 3 accepted) of an XMP packet."""
+    _, holder = parse(data)
+    rating, pick = property_of(holder, "xmp", "Rating"), property_of(holder, "digiKam", "PickLabel")
+    try:
+        stars = round(float(rating)) if rating not in (None, "") else None
+    except ValueError:
+        stars = None
+    return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "",
+            "pick": int(pick) if pick and pick.isdigit() else None}
+
+
+def embedded_packet(data: bytes) -> bytes | None:
+    """The XMP packet inside an image file (JPEG APP1, TIFF/DNG tag 700, ...), found by its markers."""
+    match = PACKET.search(data)
+    return match.group(0) if match else None
+
+
+def star_rating(rank: int, kept: int, band: str) -> int:
+    """Kept images get 5 stars (their best 10 %), 4 (next 20 %) or 3; those to review 2; rejected 1."""
+    if band != "keep":
+        return 2 if band == "review" else 1
+    share = (rank - 1) / max(kept, 1)
+    return 5 if share < 0.1 else 4 if share < 0.3 else 3
+
+
+def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None, overwrite_ratings: bool = False) -> bytes:
+    """An XMP packet with beholder's decision: the star rating (``xmp:Rating``), a colour label
+    (Green = keep, Yellow = review, Red = reject; ``xmp:Label``), digiKam's pick label (3 accepted,
+    0 none, 1 rejected) and beholder's own fields (score, band). Lightroom, darktable and digiKam read
+    these. ``existing``: a sidecar already there. Everything in it stays; the rating, label and pick
+    are set only where the photographer has set none (beholder remembers what it set, so a later run
+    updates its own), unless ``overwrite_ratings``."""
+    label, pick = BAND_LABELS[band]
+    ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
+    root, holder = parse(existing or EMPTY_XMP)
+    for prefix, uri in NAMESPACES.items():
+        ET.register_namespace(prefix, uri)
+    description = holder.find(tag("rdf", "Description"))
+    if description is None:
+        description = ET.SubElement(holder, tag("rdf", "Description"), {tag("rdf", "about"): ""})
+    values = {("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
+    for prefix, name in RATING_FIELDS:
+        present, set_before = property_of(holder, prefix, name), property_of(holder, "beholder", f"Set{name}")
+        if overwrite_ratings or present in (None, "") or present == set_before:
+            values[(prefix, name)] = values[("beholder", f"Set{name}")] = ours[(prefix, name)]
+        elif set_before is not None:  # the photographer changed what beholder had set: theirs from now on
+            for element in holder.iter(tag("rdf", "Description")):
+                element.attrib.pop(tag("beholder", f"Set{name}"), None)
+    for (prefix, name), value in values.items():
+        for element in holder.iter(tag("rdf", "Description")):  # the same property in another form or Description
+            element.attrib.pop(tag(prefix, name), None)
+            for child in element.findall(tag(prefix, name)):
+                element.remove(child)
+        description.set(tag(prefix, name), value)
+    body = ET.tostring(root, encoding="unicode")
+    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>\n'.encode()
+
+
+def write_sidecars(store, rows: list[dict], targets: dict[str, str], kept: int, overwrite_ratings: bool = False) -> list[str]:
+    """Each row's (image, rank, band, score) decision merged into the sidecar at ``targets[image]``
+    (written whole or not at all). Returns the sidecars left alone because they are not XMP."""
+    left_alone = []
+    for row in rows:
+        target = targets[row["image"]]
+        existing = store.read(target) if store.exists(target) else None
+        try:
+            packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], existing, overwrite_ratings)
+        except UnreadableSidecar as error:
+            left_alone.append(f"{target}: {error}")
+            continue
+        store.write(target, packet)
+    return left_alone

@@ -1,0 +1,70 @@
+"""experiment=personal: one person's ratings as a deviation from a crowd checkpoint."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from beholder.personal import personal_fit, spearman
+from beholder.predict import predict
+from beholder.train import train
+
+from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
+
+
+def test_the_deviation_stays_at_the_rescaled_base_unless_the_ratings_differ():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 40))
+    base = x[:, 0] + 0.3 * rng.standard_normal(120)
+    agreeing = 3 + 2 * base + 0.1 * rng.standard_normal(120)
+    fit, _ = personal_fit(x, base, agreeing)
+    assert fit.scale == pytest.approx(2, abs=0.1) and np.std(x @ fit.weight) < 0.05  # the crowd, rescaled
+    differing = 3 + 2 * base + 2 * x[:, 5]  # the person also cares about something the crowd does not
+    fit, out_of_fold = personal_fit(x, base, differing)
+    assert np.std(x @ fit.weight) > 1 and spearman(out_of_fold, differing) > spearman(base, differing) + 0.2
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory):
+    """A crowd model on frozen features (head=regression), and its gallery."""
+    root = tmp_path_factory.mktemp("crowd")
+    gallery = make_gallery(root / "gallery", count=60)
+    train(compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", "head=regression",
+                                "backbone.trainable_blocks=0", f"feature_cache={root}/cache", f"output_dir={root}/run"]))
+    return root / "run" / "checkpoints" / "best.ckpt", gallery, root / "cache"
+
+
+def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
+    ckpt, gallery, cache = crowd
+    with open(gallery / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "mine.csv", "w", newline="") as f:  # stars against the crowd's brightness
+        writer = csv.writer(f)
+        writer.writerow(["image", "tier", "rating"])
+        for row in rows:
+            stars = 5 - int(row["tier"]) - (float(row["beauty_mean"]) > 2.5)
+            writer.writerow([row["image"], {5: 3, 4: 2}.get(stars, 1 if stars >= 2 else 0), stars])
+    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"data.root={gallery}", f"data.labels={tmp_path}/mine.csv",
+                                "data.score_column=rating", f"feature_cache={cache}", f"output_dir={tmp_path}/me"])
+    train(cfg)
+    metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
+    assert metrics["ratings"] == 60 and metrics["cv/spearman_base"] < 0 < 0.5 < metrics["cv/spearman_personal"]
+    personal = tmp_path / "me" / "checkpoints" / "best.ckpt"
+    saved = torch.load(personal, map_location="cpu", weights_only=True)
+    assert saved["personal"]["base_ckpt"] == str(ckpt) and len(saved["personal"]["base_sha256"]) == 64
+
+    predict(compose_predict([f"ckpt_path={personal}", f"gallery={gallery}", f"output={tmp_path}/scored"]))
+    scored = {row["image"]: float(row["score"]) for row in read_scores(tmp_path / "scored" / "scores.csv")}
+    brightness = {row["image"]: float(row["beauty_mean"]) for row in rows}
+    images = sorted(scored)
+    assert spearman(np.array([scored[i] for i in images]), np.array([brightness[i] for i in images])) < -0.5
+
+
+def test_a_base_that_is_not_a_frozen_regression_model_is_refused(trained, crowd, tmp_path):
+    ckpt, gallery = trained  # fine-tuned, softmax
+    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+                                f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"])
+    with pytest.raises(Exception, match="fine-tuned|head=regression"):
+        train(cfg)

@@ -1,0 +1,181 @@
+"""python -m beholder.ratings: ratings in from sidecars and catalogues, decisions out as merged XMP."""
+
+import csv
+import hashlib
+import shutil
+import sqlite3
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beholder.predict import predict
+from beholder.ratings.__main__ import main
+from beholder.ratings.xmp import NAMESPACES, read_rating, star_rating, xmp_sidecar
+
+from conftest import compose_predict, read_scores
+
+XMP_RATED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"'
+             ' xmlns:digiKam="http://www.digikam.org/ns/1.0/" {attributes}>{elements}'
+             '</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def sidecar(attributes="", elements=""):
+    return XMP_RATED.format(attributes=attributes, elements=elements).encode()
+
+
+def photo(path, seed=0, xmp=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **({"xmp": xmp} if xmp else {}))
+
+
+def labels(path):
+    with open(path) as f:
+        return {row["image"]: row for row in csv.DictReader(f)}
+
+
+def test_beholder_sets_a_rating_only_where_the_photographer_set_none():
+    fields = lambda packet: read_rating(packet)  # noqa: E731
+    fresh = xmp_sidecar(5, "keep", 0.9)
+    assert fields(fresh) == {"rating": 5, "label": "Green", "pick": 3}
+    updated = xmp_sidecar(1, "reject", 0.1, fresh)  # its own earlier rating: updated
+    assert fields(updated) == {"rating": 1, "label": "Red", "pick": 1}
+    hand = sidecar('xmp:Rating="4" crs:Exposure2012="+0.35"', "<xmp:Label>Blue</xmp:Label>")
+    merged = xmp_sidecar(1, "reject", 0.1, hand)
+    assert fields(merged) == {"rating": 4, "label": "Blue", "pick": 1}  # the unset pick is beholder's
+    assert b'crs:Exposure2012="+0.35"' in merged and b"beholder:Band=\"reject\"" in merged
+    touched = merged.replace(b'digiKam:PickLabel="1"', b'digiKam:PickLabel="3"')  # the photographer accepts it
+    assert fields(xmp_sidecar(1, "reject", 0.1, touched))["pick"] == 3  # ... and it stays theirs
+    assert fields(xmp_sidecar(2, "review", 0.4, hand, overwrite_ratings=True)) == {"rating": 2, "label": "Yellow", "pick": 0}
+
+
+def test_import_sidecars_and_embedded_xmp(tmp_path, capsys):
+    root = tmp_path / "Pictures"
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "trip/f.jpg", "trip/g.jpg"]):
+        photo(root / name, i)
+    (root / "a.xmp").write_bytes(sidecar('xmp:Rating="5"'))
+    (root / "b.xmp").write_bytes(sidecar(elements="<xmp:Rating>4</xmp:Rating>"))
+    (root / "c.xmp").write_bytes(sidecar('xmp:Rating="2" digiKam:PickLabel="1"'))  # rejected by its pick
+    (root / "d.xmp").write_bytes(sidecar('xmp:Rating="0"'))  # unrated
+    (root / "e.xmp").write_text("my notes, not XMP")
+    (root / "trip" / "f.jpg.xmp").write_bytes(sidecar('xmp:Rating="-1"'))
+    (root / "gone.xmp").write_bytes(sidecar('xmp:Rating="3"'))  # its photo was deleted
+    photo(root / "trip" / "g.jpg", 9, xmp=sidecar('xmp:Rating="3"'))  # XMP inside the JPEG
+    before = {p: p.read_bytes() for p in root.rglob("*")  if p.is_file()}
+    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "labels.csv"), "--unrated", str(tmp_path / "unrated.txt")])
+    rows = labels(tmp_path / "labels.csv")
+    assert {image: (int(r["tier"]), int(r["rating"])) for image, r in rows.items()} == {
+        "a.jpg": (3, 5), "b.jpg": (2, 4), "c.jpg": (0, -1), "trip/f.jpg": (0, -1), "trip/g.jpg": (1, 3)}
+    assert (tmp_path / "unrated.txt").read_text() == "d.jpg\n"
+    printed = capsys.readouterr().out
+    assert "no longer there 1" in printed and "gone" in printed and "e.xmp: not XML" in printed
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing written there
+    with pytest.raises(SystemExit):
+        main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "labels.csv")])  # never replaced silently
+    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "strict.csv"), "--tiers", "reject:0,5:3,4:3,3:1"])
+    assert {image: int(r["tier"]) for image, r in labels(tmp_path / "strict.csv").items()} == {
+        "a.jpg": 3, "b.jpg": 3, "c.jpg": 0, "trip/f.jpg": 0, "trip/g.jpg": 1}
+
+
+def lightroom_catalogue(path, root):
+    """The tables and columns of a Lightroom Classic catalogue that ratings are read from."""
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE AgLibraryRootFolder (id_local INTEGER PRIMARY KEY, absolutePath TEXT, name TEXT);
+        CREATE TABLE AgLibraryFolder (id_local INTEGER PRIMARY KEY, pathFromRoot TEXT, rootFolder INTEGER);
+        CREATE TABLE AgLibraryFile (id_local INTEGER PRIMARY KEY, baseName TEXT, extension TEXT, folder INTEGER, idx_filename TEXT);
+        CREATE TABLE Adobe_images (id_local INTEGER PRIMARY KEY, rootFile INTEGER, rating REAL, pick REAL, colorLabels TEXT);
+    """)
+    db.execute("INSERT INTO AgLibraryRootFolder VALUES (1, ?, 'Pictures')", (str(root) + "/",))
+    db.execute("INSERT INTO AgLibraryRootFolder VALUES (2, '/elsewhere/', 'Old drive')")
+    db.execute("INSERT INTO AgLibraryFolder VALUES (1, '', 1), (2, 'trip/', 1), (3, '', 2)")
+    files = [(1, "a", "jpg", 1), (2, "b", "jpg", 1), (3, "c", "jpg", 1), (4, "f", "jpg", 2), (5, "gone", "jpg", 1), (6, "x", "jpg", 3)]
+    db.executemany("INSERT INTO AgLibraryFile VALUES (?, ?, ?, ?, ? || '.' || ?)", [(i, b, e, f, b, e) for i, b, e, f in files])
+    db.executemany("INSERT INTO Adobe_images VALUES (?, ?, ?, ?, ?)", [
+        (10, 1, 5, 1, "Red"), (11, 2, None, 0, ""), (12, 3, 3, -1, ""), (13, 4, 2, 0, "Green"), (14, 5, 4, 0, ""), (15, 6, 5, 0, "")])
+    db.commit()
+    db.close()
+
+
+def test_import_a_lightroom_catalogue_read_only_even_while_it_is_locked(tmp_path, capsys):
+    root = tmp_path / "Pictures"
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "trip/f.jpg"]):
+        photo(root / name, i)
+    catalogue = tmp_path / "Catalog.lrcat"
+    lightroom_catalogue(catalogue, root)
+    digest = hashlib.sha256(catalogue.read_bytes()).hexdigest()
+    lightroom = sqlite3.connect(catalogue, isolation_level=None)
+    lightroom.execute("BEGIN EXCLUSIVE")  # Lightroom has it open
+    main(["import", str(catalogue), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    lightroom.execute("ROLLBACK")
+    lightroom.close()
+    rows = labels(tmp_path / "labels.csv")
+    assert {image: (int(r["tier"]), int(r["rating"]), r["label"]) for image, r in rows.items()} == {
+        "a.jpg": (3, 5, "Red"), "c.jpg": (0, -1, ""), "trip/f.jpg": (1, 2, "Green")}  # b.jpg: unrated
+    printed = capsys.readouterr().out
+    assert "no longer there 1" in printed and "outside --root  1" in printed and "unrated         1" in printed
+    assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == digest
+
+
+def test_import_a_darktable_library(tmp_path):
+    root = tmp_path / "Pictures"
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "d.jpg"]):
+        photo(root / name, i)
+    db = sqlite3.connect(tmp_path / "library.db")
+    db.executescript("""
+        CREATE TABLE film_rolls (id INTEGER PRIMARY KEY, folder TEXT);
+        CREATE TABLE images (id INTEGER PRIMARY KEY, film_id INTEGER, filename TEXT, flags INTEGER);
+        CREATE TABLE color_labels (imgid INTEGER, color INTEGER);
+    """)
+    db.execute("INSERT INTO film_rolls VALUES (1, ?)", (str(root),))
+    db.executemany("INSERT INTO images VALUES (?, 1, ?, ?)", [(1, "a.jpg", 4 | 32), (2, "b.jpg", 1 | 8), (3, "c.jpg", 6), (4, "d.jpg", 0)])
+    db.execute("INSERT INTO color_labels VALUES (1, 2)")
+    db.commit()
+    db.close()
+    main(["import", str(tmp_path / "library.db"), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    rows = labels(tmp_path / "labels.csv")
+    assert {image: (int(r["tier"]), int(r["rating"]), r["label"]) for image, r in rows.items()} == {
+        "a.jpg": (2, 4, "Green"), "b.jpg": (0, -1, ""), "c.jpg": (0, -1, "")}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("not a database"), "not a Lightroom catalogue"),
+    (lambda p: sqlite3.connect(p).execute("CREATE TABLE other (x)"), "tables Adobe_images, AgLibraryFile"),
+])
+def test_a_catalogue_that_is_not_one_gives_one_line(tmp_path, capsys, make, message):
+    make(tmp_path / "broken.lrcat")
+    (tmp_path / "Pictures").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        main(["import", str(tmp_path / "broken.lrcat"), "--root", str(tmp_path / "Pictures"), "--out", str(tmp_path / "l.csv")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and message in error and "broken.lrcat" in error and error.count("\n") == 1
+    assert not (tmp_path / "l.csv").exists()
+
+
+def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = tmp_path / "photos"
+    shutil.copytree(gallery, photos)
+    (photos / "labels.csv").unlink()
+    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true"]))
+    main(["import", str(tmp_path / "out" / "xmp"), "--root", str(photos), "--out", str(tmp_path / "back.csv")])
+    back = labels(tmp_path / "back.csv")
+    scores = read_scores(tmp_path / "out" / "scores.csv")
+    assert len(back) == len(scores) == 60
+    tiers = {-1: 0, 1: 0, 2: 1, 3: 1, 4: 2, 5: 3}
+    for row in scores:  # a reject carries digiKam's "rejected" pick: it reads back as a reject
+        stars = -1 if row["band"] == "reject" else star_rating(int(row["rank"]), summary["kept"], row["band"])
+        assert (int(back[row["image"]]["rating"]), int(back[row["image"]]["tier"])) == (stars, tiers[stars])
+
+    # write: beside the images, a photographer's own rating and develop settings stay
+    mine = photos / "sub0" / "img_000.xmp"
+    mine.write_bytes(sidecar('xmp:Rating="4" crs:Exposure2012="+0.35"', "<dc:subject xmlns:dc='http://purl.org/dc/elements/1.1/'>"
+                                                                        "<rdf:Bag><rdf:li>needle</rdf:li></rdf:Bag></dc:subject>"))
+    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--root", str(photos)])
+    assert len(list(photos.rglob("*.xmp"))) == 60
+    description = ET.parse(mine).getroot().find(".//{%s}Description" % NAMESPACES["rdf"])
+    assert description.get("{%s}Rating" % NAMESPACES["xmp"]) == "4" and "+0.35" in mine.read_text() and "needle" in mine.read_text()
+    assert description.get("{%s}Band" % NAMESPACES["beholder"]) in ("keep", "review", "reject")

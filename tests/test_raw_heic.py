@@ -1,0 +1,82 @@
+"""Camera RAW (through LibRaw) and HEIC read wherever images are read; real files, written here."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from beholder.data import list_gallery
+from beholder.images import UnreadableImage, decode_image
+from beholder.storage import Store
+
+
+def two_halves(width=256, height=128) -> np.ndarray:
+    """Red on the left, blue on the right (linear RGB, 0-1)."""
+    rgb = np.zeros((height, width, 3))
+    rgb[:, : width // 2, 0] = 0.8
+    rgb[:, width // 2:, 2] = 0.8
+    return rgb
+
+
+def dng_bytes(tmp_path, rgb: np.ndarray) -> bytes:
+    """A real DNG (PiDNG) of an RGGB Bayer mosaic of ``rgb``: LibRaw demosaics it."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
+
+    height, width, _ = rgb.shape
+    mosaic = np.zeros((height, width), dtype=np.uint16)
+    mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0] * 4095  # R
+    mosaic[0::2, 1::2] = rgb[0::2, 1::2, 1] * 4095  # G
+    mosaic[1::2, 0::2] = rgb[1::2, 0::2, 1] * 4095  # G
+    mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2] * 4095  # B
+    tags = DNGTags()
+    for tag, value in [(Tag.ImageWidth, width), (Tag.ImageLength, height), (Tag.TileWidth, width), (Tag.TileLength, height),
+                       (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array), (Tag.SamplesPerPixel, 1),
+                       (Tag.BitsPerSample, 12), (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB),
+                       (Tag.BlackLevel, 0), (Tag.WhiteLevel, 4095),
+                       (Tag.ColorMatrix1, [[10000, 10000], [0, 10000], [0, 10000], [0, 10000], [10000, 10000], [0, 10000],
+                                           [0, 10000], [0, 10000], [10000, 10000]]),
+                       (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
+                       (Tag.Make, "beholder"), (Tag.Model, "test"), (Tag.DNGVersion, DNGVersion.V1_4),
+                       (Tag.DNGBackwardVersion, DNGVersion.V1_2)]:
+        tags.set(tag, value)
+    writer = RAW2DNG()
+    writer.options(tags, path=str(tmp_path) + "/", compress=False)
+    writer.convert(mosaic, filename="mosaic")
+    return (tmp_path / "mosaic.dng").read_bytes()
+
+
+def test_a_dng_is_demosaiced_upright_with_its_colours(tmp_path):
+    picture = decode_image(dng_bytes(tmp_path, two_halves()))
+    assert picture.mode == "RGB" and picture.size == (128, 64)  # no preview in it: a half-size demosaic
+    pixels = np.asarray(picture, dtype=float)
+    left, right = pixels[:, 10:50].mean((0, 1)), pixels[:, 80:120].mean((0, 1))
+    assert left[0] > left[2] + 40 and right[2] > right[0] + 40  # red left, blue right
+
+
+def test_a_corrupt_raw_is_unreadable_with_its_reason(tmp_path):
+    good = dng_bytes(tmp_path, two_halves())
+    with pytest.raises(UnreadableImage, match="RAW|LibRaw|TIFF|image"):
+        decode_image(good[:400])
+    with pytest.raises(UnreadableImage):
+        decode_image(b"FUJIFILMCCD-RAW 0201FF129502" + bytes(200))
+
+
+def test_heic_is_read_and_raw_and_heic_are_found_in_a_gallery(tmp_path):
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    rgb = (two_halves(96, 64) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="HEIF", quality=90)
+    picture = decode_image(buffer.getvalue())
+    pixels = np.asarray(picture, dtype=float)
+    assert picture.size == (96, 64) and pixels[:, :40, 0].mean() > pixels[:, :40, 2].mean() + 80
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "IMG_1.HEIC").write_bytes(buffer.getvalue())
+    (tmp_path / "g" / "IMG_2.dng").write_bytes(dng_bytes(tmp_path, two_halves()))
+    (tmp_path / "g" / "IMG_3.NEF").write_bytes(b"II*\x00 not really a NEF")
+    assert sorted(list_gallery(Store(), str(tmp_path / "g"))) == ["IMG_1.HEIC", "IMG_2.dng", "IMG_3.NEF"]
+    with pytest.raises(UnreadableImage):
+        decode_image((tmp_path / "g" / "IMG_3.NEF").read_bytes())

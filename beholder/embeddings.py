@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILE = "embeddings.parquet"
+ROWS_PER_GROUP = 65536  # parquet row groups: a large index is read a group at a time
 CHECKPOINT = "model.ckpt"  # beside it: the checkpoint that made it, to embed new photos
 
 
@@ -37,7 +38,7 @@ def parquet_bytes(rows: list[dict], checkpoint: str, gallery: str) -> bytes:
         {"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension), "beholder.gallery": gallery}
     )
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, row_group_size=ROWS_PER_GROUP)
     return buffer.getvalue()
 
 
@@ -55,10 +56,35 @@ def gallery_mean(vectors: np.ndarray, chunk: int = 16384) -> np.ndarray:
     return sum(vectors[s:s + chunk].astype(np.float64).sum(0) for s in range(0, len(vectors), chunk)).astype(np.float32) / len(vectors)
 
 
-def read_parquet(data: bytes) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """(images, vectors N x D float16, metadata) of an ``embeddings.parquet``."""
-    table = pq.read_table(io.BytesIO(data))
-    metadata = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items() if k.startswith(b"beholder.")}
-    column = table.column("vector").combine_chunks()
-    vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(table), -1)
-    return table.column("image").to_pylist(), vectors, metadata
+def read_parquet(source) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """(images, vectors N x D float16, metadata) of an ``embeddings.parquet`` (bytes or a local path)."""
+    images, metadata = read_images(source)
+    vectors = None
+    for start, batch in vector_batches(source):
+        if vectors is None:
+            vectors = np.empty((len(images), batch.shape[1]), dtype=np.float16)
+        vectors[start:start + len(batch)] = batch
+    return images, (np.zeros((0, 0), dtype=np.float16) if vectors is None else vectors), metadata
+
+
+def parquet_file(source) -> pq.ParquetFile:
+    return pq.ParquetFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def read_images(source) -> tuple[list[str], dict[str, str]]:
+    """The images and the metadata of an ``embeddings.parquet``, without its vectors (the metadata
+    gains ``vector_size``, the vectors' size as stored)."""
+    file = parquet_file(source)
+    metadata = {k.decode(): v.decode() for k, v in (file.schema_arrow.metadata or {}).items() if k.startswith(b"beholder.")}
+    metadata["vector_size"] = str(file.schema_arrow.field("vector").type.list_size)
+    return file.read(columns=["image"]).column("image").to_pylist(), metadata
+
+
+def vector_batches(source):
+    """(first row, float16 rows) of an ``embeddings.parquet``, a row group at a time."""
+    start = 0
+    for batch in parquet_file(source).iter_batches(columns=["vector"], batch_size=ROWS_PER_GROUP):
+        column = batch.column(0)
+        rows = column.values.to_numpy(zero_copy_only=False).reshape(len(batch), -1)
+        yield start, rows
+        start += len(rows)

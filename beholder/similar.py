@@ -20,27 +20,28 @@ import torch
 import torch.nn.functional as F
 
 from beholder.data import build_transform
-from beholder.embeddings import CHECKPOINT, FILE, centred, read_parquet
+from beholder.embeddings import CHECKPOINT, FILE, centred, read_images, read_parquet, vector_batches
 from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from beholder.report import highlights_html
-from beholder.storage import Store, join
+from beholder.storage import Store, file_digest, is_s3, join
 from beholder.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
 
 
 def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str], ExactIndex | FaissIndex, dict[str, str]]:
     """The index's images, a search over their embeddings (exact or FAISS, see vector_index) and the
-    parquet metadata; a FAISS index is built on first use and saved beside the embeddings."""
+    parquet metadata. A FAISS index is built on first use from the parquet's row groups (the vectors
+    are never all in memory) and saved beside the embeddings."""
     path = join(index, FILE)
     try:
-        data = store.read(path)
-        images, vectors, metadata = read_parquet(data)
+        source = store.read(path) if is_s3(path) else os.path.expanduser(path)
+        images, metadata = read_images(source)
     except FileNotFoundError:
         raise MissingInput(f"--index {index}: no {FILE} there (predict.py writes it unless embeddings=false)") from None
     except Exception as error:
         raise UserError(f"--index {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun predict.py to write it again") from None
-    if str(vectors.shape[1]) != metadata.get("beholder.dimension"):
-        raise UserError(f"--index {index}: {FILE} holds {vectors.shape[1]}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
+    if metadata["vector_size"] != metadata.get("beholder.dimension"):
+        raise UserError(f"--index {index}: {FILE} holds {metadata['vector_size']}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
     scored = bands(store, index)
     if scored and set(scored) != set(images):
         raise UserError(f"--index {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
@@ -50,13 +51,14 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
     if method == "exact" or (method == "auto" and (len(images) <= EXACT_UP_TO or not faiss_installed())):
         if len(images) > EXACT_UP_TO and method == "auto":
             print(f"beholder: {len(images)} vectors searched exactly; pip install -e '.[index]' for a faster approximate index", file=sys.stderr)
-        return images, ExactIndex(vectors), metadata
-    saved, digest = join(index, FAISS_FILE), hashlib.sha256(data).hexdigest()
+        return images, ExactIndex(read_parquet(source)[1]), metadata
+    saved = join(index, FAISS_FILE)
+    digest = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_digest(source)
     if store.exists(saved):
         found = FaissIndex.from_bytes(store.read(saved))
         if found.digest == digest and len(found) == len(images):
             return images, found, metadata
-    built = FaissIndex.build(vectors, digest)
+    built = FaissIndex.build(lambda: vector_batches(source), len(images), digest)
     store.write(saved, built.to_bytes())
     return images, built, metadata
 

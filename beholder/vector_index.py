@@ -62,17 +62,26 @@ class FaissIndex:
         faiss.extract_index_ivf(index).nprobe = CELLS_SEARCHED
 
     @classmethod
-    def build(cls, vectors: np.ndarray, digest: str, seed: int = 0, chunk: int = 50_000) -> FaissIndex:
+    def build(cls, batches, count: int, digest: str, seed: int = 0) -> FaissIndex:
+        """From ``batches()``: a fresh iterator of (first row, float16 rows) for each of the two
+        passes (mean and training sample, then the vectors added), so the vectors are never all in memory."""
         import faiss
 
-        mean = gallery_mean(vectors)
-        cells = max(1, min(math.ceil(math.sqrt(len(vectors))), len(vectors) // 39))  # FAISS wants >= 39 training points a cell
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], cells,
+        total, sample = None, []
+        keep = TRAINING_SAMPLE / count
+        rng = np.random.default_rng(seed)
+        for _, rows in batches():
+            total = rows.astype(np.float64).sum(0) + (0 if total is None else total)
+            sample.append(rows[rng.random(len(rows)) < keep])
+        mean = (total / count).astype(np.float32)
+        dimension = len(mean)
+        cells = max(1, min(math.ceil(math.sqrt(count)), count // 39))  # FAISS wants >= 39 training points a cell
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dimension), dimension, cells,
                                               faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(len(vectors), min(len(vectors), TRAINING_SAMPLE), replace=False)
-        index.train(centred(vectors[np.sort(sample)], mean))
-        for start in range(0, len(vectors), chunk):
-            index.add(centred(vectors[start:start + chunk], mean))
+        index.train(centred(np.concatenate(sample), mean))
+        del sample
+        for _, rows in batches():
+            index.add(centred(rows, mean))
         index.make_direct_map()
         return cls(index, mean, digest)
 

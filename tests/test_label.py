@@ -504,3 +504,50 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
         page.keyboard.press("Escape")
         assert page.locator("#similar").is_hidden() and page.locator(".card.picked").count() == 0
         browser.close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_path, capsys):
+    """label review: kept best first, then the review band, then the rejected; K / R / Backspace; export gives labels."""
+    from playwright.sync_api import sync_playwright
+
+    from beholder.label.review import Review, read_decisions
+    from beholder.predict import predict
+    from conftest import compose_predict
+
+    ckpt, _ = trained
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored", "keep_top=0.25"]))
+    decisions = read_decisions((tmp_path / "scored" / "scores.csv").read_text(), "scores.csv")
+    assert [d["band"] for d in decisions] == ["keep"] * 4 + ["reject"] * 12 and [d["rank"] for d in decisions] == list(range(1, 17))
+    db = tmp_path / "review.sqlite"
+    review = Review(str(db))
+    review.load(decisions)
+    api = TestClient(create_app(review, str(panoramas), Store(), "dora"), base_url="http://127.0.0.1:8000")
+    state = api.get("/api/review/state").json()
+    ids = {key: i for i, key in review.keys().items()}
+    assert state["item"]["id"] == ids[decisions[0]["image"]] and state["progress"] == {"total": 16, "decided": 0, "agreed": 0}
+    assert api.post("/api/review/decide", json={"image_id": 10**6, "keep": True}).status_code == 409
+
+    with running(create_app(review, str(panoramas), Store(), "dora")) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base}/?rater=dora")
+        page.wait_for_function("document.getElementById('image').dataset.id")
+        for key, decided in [("k", 1), ("r", 2), ("k", 3), ("Backspace", 2), ("r", 3)]:
+            page.keyboard.press(key)
+            page.wait_for_function(f"document.getElementById('decided').textContent === '{decided}'")
+        assert page.locator("#agreed").inner_text() == "33 %" and "rank 4" in page.locator("#model").inner_text()
+        browser.close()
+    rows = sqlite3.connect(db).execute("SELECT image_id, keep, undone FROM reviews WHERE rater = 'dora' ORDER BY id").fetchall()
+    first = [ids[d["image"]] for d in decisions[:3]]
+    assert rows == [(first[0], 1, 0), (first[1], 0, 0), (first[2], 1, 1), (first[2], 0, 0)]
+
+    again = Review(str(db))  # a restart: the decisions stay, the queue goes on where it was
+    again.load(decisions)
+    assert again.next_item("dora")["id"] == ids[decisions[3]["image"]]
+    main(["export", "--db", str(db), "--out", str(tmp_path / "mine.csv")])
+    with open(tmp_path / "mine.csv") as f:
+        exported = {row["image"]: row for row in csv.DictReader(f)}
+    assert {image: (row["tier"], row["rating"], row["agreed"]) for image, row in exported.items()} == {
+        decisions[0]["image"]: ("2", "1", "true"), decisions[1]["image"]: ("0", "0", "false"), decisions[2]["image"]: ("0", "0", "false")}
+    assert "wrote 3 reviewed images" in capsys.readouterr().out

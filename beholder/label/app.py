@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from beholder.images import UnreadableImage, decode_image
+from beholder.label.review import Review
 from beholder.label.tournament import SubmissionError, Tournament
 from beholder.similar import Neighbours
 from beholder.storage import Store, join
@@ -22,9 +23,17 @@ MAX_IMAGE_ID = 2**63 - 1
 DECODES_AT_ONCE = 2  # full-size decodes in flight: each can take hundreds of MB for a huge PNG
 
 
+STATIC = {"labeller.css": "text/css", "common.js": "text/javascript"}
+
+
 class Submission(BaseModel):
     set_id: int
     advanced: list[int]
+
+
+class Decision(BaseModel):
+    image_id: int
+    keep: bool
 
 
 def host_name(host_header: str) -> str:
@@ -97,9 +106,11 @@ class Thumbnails:
 
 def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
                host: str = "127.0.0.1", neighbours: Neighbours | None = None) -> FastAPI:
-    """``neighbours``: the gallery's embeddings (python -m beholder.similar's search), for "more like this"."""
+    """``neighbours``: the gallery's embeddings (python -m beholder.similar's search), for "more like this".
+    A :class:`Review` as ``tournament`` serves the review of a model's decisions at / instead."""
     app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
-    page = resources.files("beholder.label").joinpath("static/label.html").read_text()
+    static = resources.files("beholder.label").joinpath("static")
+    page = static.joinpath("review.html" if isinstance(tournament, Review) else "label.html").read_text()
     allowed_hosts = None if token else set(LOCAL_HOSTS) | {host}
     thumbnails = Thumbnails(lambda key: store.read(join(gallery, key)))
 
@@ -129,6 +140,37 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
     @app.get("/", response_class=HTMLResponse)
     def index():
         return page
+
+    @app.get("/static/{name}")
+    def asset(name: str):
+        if name not in STATIC:
+            raise HTTPException(404, "no such file")
+        return Response(static.joinpath(name).read_text(), media_type=STATIC[name])
+
+    def review_state(rater: str) -> dict:
+        item = tournament.next_item(rater)
+        return {"rater": rater, "progress": tournament.review_progress(rater),
+                "item": {**item, "url": f"/image/{item['id']}"} if item else None}
+
+    if isinstance(tournament, Review):
+        @app.get("/api/review/state", dependencies=[Depends(authorised)])
+        def get_review(rater: str | None = None):
+            return review_state(rater_of(rater))
+
+        @app.post("/api/review/decide", dependencies=[Depends(authorised)])
+        def decide(decision: Decision, rater: str | None = None):
+            name = rater_of(rater)
+            try:
+                tournament.decide(name, decision.image_id, decision.keep)
+            except SubmissionError as error:
+                raise HTTPException(409, str(error)) from None
+            return review_state(name)
+
+        @app.post("/api/review/undo", dependencies=[Depends(authorised)])
+        def undo_review(rater: str | None = None):
+            name = rater_of(rater)
+            tournament.undo_decision(name)
+            return review_state(name)
 
     @app.get("/api/state", dependencies=[Depends(authorised)])
     def get_state(rater: str | None = None):

@@ -4,6 +4,8 @@
     python -m beholder.label --gallery s3://my-bucket/panocam --db labels.sqlite --rater alice
     python -m beholder.label --gallery ~/panocam --db labels.sqlite --index OUTPUT   # key M: more like this
     python -m beholder.label export --db labels.sqlite --out labels.csv          # -> data.labels
+    python -m beholder.label review --scores OUTPUT/scores.csv --gallery ~/panocam --db review.sqlite
+    python -m beholder.label export --db review.sqlite --out my_labels.csv       # -> experiment=personal
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from beholder.data import list_gallery
 from beholder.errors import UserError, exit_on_user_error
 from beholder.label.app import LOCAL_HOSTS, create_app
 from beholder.label.export import export
+from beholder.label.review import Review, read_decisions, review_labels
 from beholder.label.tournament import Tournament
 from beholder.module import load_checkpoint, score_images
 from beholder.policy import Policy
@@ -46,6 +49,19 @@ def parse_targets(text: str) -> list[float]:
     return targets
 
 
+def listen(args, tournament: Tournament, gallery: str, store: Store, what: str, neighbours: Neighbours | None = None) -> None:
+    """Serve the labeller's app on --host:--port; beyond localhost with a token (generated if none is given)."""
+    token = args.token
+    if args.host not in LOCAL_HOSTS and not token:
+        token = secrets.token_urlsafe(16)
+    app = create_app(tournament, gallery, store, args.rater, token, args.host, neighbours)
+    address = f"http://{args.host}:{args.port}/?rater={args.rater}" + (f"&token={token}" if token else "")
+    print(f"{what}; open {address}", flush=True)
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def serve(args) -> None:
     gallery = check_uri(args.gallery, "--gallery")
     store = Store(args.endpoint_url)
@@ -53,19 +69,29 @@ def serve(args) -> None:
     tournament = Tournament(args.db, parse_targets(args.targets) if args.targets is not None else None)
     priorities = model_priorities(args.model, gallery, store, keys) if args.model else None
     tournament.sync_images(keys, priorities)
-    token = args.token
-    if args.host not in LOCAL_HOSTS and not token:
-        token = secrets.token_urlsafe(16)
     neighbours = Neighbours(*load_index(store, args.index)[:2]) if args.index else None
-    app = create_app(tournament, gallery, store, args.rater, token, args.host, neighbours)
-    address = f"http://{args.host}:{args.port}/?rater={args.rater}" + (f"&token={token}" if token else "")
-    print(f"beholder labeller: {len(keys)} images in {gallery}; open {address}", flush=True)
-    import uvicorn
+    listen(args, tournament, gallery, store, f"beholder labeller: {len(keys)} images in {gallery}", neighbours)
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+def serve_review(args) -> None:
+    gallery = check_uri(args.gallery, "--gallery")
+    store = Store(args.endpoint_url)
+    try:
+        decisions = read_decisions(store.read(args.scores).decode(), args.scores)
+    except FileNotFoundError:
+        raise UserError(f"--scores {args.scores}: no such file") from None
+    review = Review(args.db)
+    review.load(decisions)
+    listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {args.scores} to confirm or overturn")
 
 
 def run_export(args) -> None:
+    reviewed = Review(args.db, read_only=True)
+    if reviewed.has_reviews():
+        text, count = review_labels(reviewed)
+        Store().write(args.out, text.encode())
+        print(f"wrote {count} reviewed images to {args.out} (tier 2 kept, 0 rejected; rating 1 / 0: data.score_column=rating)")
+        return
     text, summary = export(Tournament(args.db, read_only=True))
     Store().write(args.out, text.encode())
     alpha = "n/a (no image seen by two raters)" if summary["alpha"] is None else f"{summary['alpha']:.3f}"
@@ -82,6 +108,19 @@ def main(argv=None) -> None:
         parser.add_argument("--out", required=True, help="CSV path (or s3:// URI)")
         with exit_on_user_error():
             run_export(parser.parse_args(argv[1:]))
+        return
+    if argv[:1] == ["review"]:
+        parser = argparse.ArgumentParser(prog="python -m beholder.label review", description="Confirm or overturn a model's decisions.")
+        parser.add_argument("--scores", required=True, help="predict.py's scores.csv (or s3:// URI)")
+        parser.add_argument("--gallery", required=True, help="the scored gallery: folder or s3://bucket/prefix")
+        parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")
+        parser.add_argument("--rater", default="me")
+        parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--token", default=None)
+        parser.add_argument("--endpoint-url", default=None)
+        with exit_on_user_error():
+            serve_review(parser.parse_args(argv[1:]))
         return
     parser = argparse.ArgumentParser(prog="python -m beholder.label", description=__doc__.splitlines()[0])
     parser.add_argument("--gallery", required=True, help="folder or s3://bucket/prefix")

@@ -1,0 +1,106 @@
+"""Review the model's decisions: the kept images best first, then the review band, then the
+highest-scoring rejected, each confirmed or overturned by a key. Stored in a labeller database
+(the tournament's tables, and these), each decision one transaction like the tournament's
+submissions, so that a killed server loses nothing and a decision sent twice counts once. Exported,
+the decisions are labels for a personal model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+from beholder.errors import UserError
+from beholder.label.tournament import SubmissionError, Tournament
+
+REVIEW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_items (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id), position INTEGER NOT NULL, band TEXT NOT NULL,
+    score REAL NOT NULL, rank INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), rater TEXT NOT NULL,
+    keep INTEGER NOT NULL, at REAL NOT NULL, undone INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS reviews_by_rater ON reviews (rater, undone, image_id);
+"""
+BAND_ORDER = {"keep": 0, "review": 1, "reject": 2}
+REVIEW_TIERS = {True: 2, False: 0}  # a kept image counts as top tier, a rejected one as junk
+
+
+def read_decisions(text: str, source: str) -> list[dict]:
+    """scores.csv rows in review order: kept (best first), the review band, then rejected."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
+        raise UserError(f"--scores {source}: not a scores.csv of predict.py (image, score, band, rank)")
+    try:
+        rows = [{"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"])} for r in rows]
+    except ValueError as error:
+        raise UserError(f"--scores {source}: {error}") from None
+    unknown = {r["band"] for r in rows} - set(BAND_ORDER)
+    if unknown:
+        raise UserError(f"--scores {source}: unknown band {sorted(unknown)[0]!r}")
+    return sorted(rows, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
+
+
+class Review(Tournament):
+    def _connect(self, read_only: bool):
+        db = super()._connect(read_only)
+        if not read_only:
+            db.executescript(REVIEW_SCHEMA)
+        return db
+
+    def load(self, decisions: list[dict]) -> None:
+        """The model's decisions to review (from read_decisions), replacing any earlier queue; the
+        person's decisions so far are kept."""
+        self.sync_images([d["image"] for d in decisions])
+        ids = {key: i for i, key in self.keys().items()}
+        with self._write():
+            self.db.execute("DELETE FROM review_items")
+            self.db.executemany("INSERT INTO review_items VALUES (?, ?, ?, ?, ?)",
+                                [(ids[d["image"]], position, d["band"], d["score"], d["rank"]) for position, d in enumerate(decisions)])
+
+    def next_item(self, rater: str) -> dict | None:
+        row = self.db.execute(
+            "SELECT i.image_id, i.band, i.score, i.rank FROM review_items i JOIN images g ON g.id = i.image_id "
+            "WHERE g.active = 1 AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.image_id = i.image_id AND r.rater = ? AND r.undone = 0) "
+            "ORDER BY i.position LIMIT 1", (rater,)).fetchone()
+        return dict(zip(("id", "band", "score", "rank"), row)) if row else None
+
+    def decide(self, rater: str, image_id: int, keep: bool) -> None:
+        with self._write():
+            if not self.db.execute("SELECT 1 FROM review_items WHERE image_id = ?", (image_id,)).fetchone():
+                raise SubmissionError(f"image {image_id} is not under review")
+            if self.db.execute("SELECT 1 FROM reviews WHERE image_id = ? AND rater = ? AND undone = 0", (image_id, rater)).fetchone():
+                return  # sent twice: counted once
+            self.db.execute("INSERT INTO reviews (image_id, rater, keep, at) VALUES (?, ?, ?, ?)", (image_id, rater, int(keep), time.time()))
+
+    def undo_decision(self, rater: str) -> None:
+        with self._write():
+            self.db.execute("UPDATE reviews SET undone = 1 WHERE id = (SELECT MAX(id) FROM reviews WHERE rater = ? AND undone = 0)", (rater,))
+
+    def has_reviews(self) -> bool:
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return "reviews" in tables and self.db.execute("SELECT 1 FROM reviews WHERE undone = 0 LIMIT 1").fetchone() is not None
+
+    def review_progress(self, rater: str) -> dict:
+        total = self.db.execute("SELECT COUNT(*) FROM review_items").fetchone()[0]
+        done, agreed = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(r.keep = (i.band != 'reject')), 0) FROM reviews r JOIN review_items i ON i.image_id = r.image_id "
+            "WHERE r.rater = ? AND r.undone = 0", (rater,)).fetchone()
+        return {"total": total, "decided": done, "agreed": agreed}
+
+
+def review_labels(db: Review) -> tuple[str, int]:
+    """The labels CSV of every live review decision (the latest rater's when several decided):
+    image, tier (kept 2, rejected 0), rating (1 / 0), the model's band and whether the person agreed."""
+    rows = db.db.execute(
+        "SELECT g.key, r.keep, i.band FROM reviews r JOIN images g ON g.id = r.image_id JOIN review_items i ON i.image_id = r.image_id "
+        "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
+    latest = {key: (keep, band) for key, keep, band in rows}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "tier", "rating", "model_band", "agreed"])
+    for key in sorted(latest):
+        keep, band = latest[key]
+        writer.writerow([key, REVIEW_TIERS[bool(keep)], keep, band, str(bool(keep) == (band != "reject")).lower()])
+    return buffer.getvalue(), len(latest)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILE = "embeddings.parquet"
-ROWS_PER_GROUP = 65536  # parquet row groups: a large index is read a group at a time
+ROWS_PER_GROUP = 8192  # parquet row groups: a large index is read a group at a time (~0.1 GB of lists each)
 CHECKPOINT = "model.ckpt"  # beside it: the checkpoint that made it, to embed new photos
 
 

@@ -328,8 +328,33 @@ def bench_culling(ckpt: str, work: str, similarity: float) -> str:
                         f"group_similarity={similarity}", *extra)
         rows.append(["demo webcam panoramas (make demo's model)", " ".join(extra) or "-", result["scored"], result["kept"],
                      result["review"], f"{result['gallery_reduction']:.3f}"])
-    return (f"predict.py's default thresholds, group_similarity={similarity}.\n\n"
+    sequence = webcam_sequence(os.path.join(work, "needle-sequence"))
+    for extra in ([], ["keep_per_group=1", "group_window=1800"]):
+        result = scored(ckpt, sequence, os.path.join(work, "needle-sequence-scored-" + str(len(extra))), f"group_similarity={similarity}", *extra)
+        rows.append(["webcam-like sequences of the 10 real needle thumbnails (6 frames 10 min apart each)", " ".join(extra) or "-",
+                     result["scored"], result["kept"], result["review"], f"{result['gallery_reduction']:.3f}"])
+    return (f"predict.py's default thresholds, group_similarity={similarity}. The demo's panoramas are drawn independently, "
+            "so they hold no near-copies; the needle sequences are 6 frames a panorama, each a little shifted, exposed and "
+            "compressed differently, named as the webcam names them.\n\n"
             + markdown_table(["gallery", "culling", "images", "kept", "to review", "gallery reduction"], rows))
+
+
+def webcam_sequence(folder: str, frames: int = 6, seed: int = 0) -> str:
+    """Each real Space Needle thumbnail as ``frames`` webcam frames 10 minutes apart (drifting a
+    little: shift, exposure, JPEG quality), on its own day, named YYYY/MM/DD/YYYY_MMDD_HHMMSS.jpg."""
+    if os.path.exists(folder):
+        return folder
+    rng = np.random.default_rng(seed)
+    source = os.path.join(SHARED, "needle", "panoramas")
+    for day, name in enumerate(sorted(os.listdir(source)), start=1):
+        original = Image.open(os.path.join(source, name)).convert("RGB")
+        for frame in range(frames):
+            minute = 17 * 60 + 10 * frame
+            path = os.path.join(folder, f"2016/07/{day:02d}/2016_07{day:02d}_{minute // 60:02d}{minute % 60:02d}00.jpg")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(near_copy(original, rng))
+    return folder
 
 
 def main():

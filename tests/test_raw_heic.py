@@ -19,7 +19,7 @@ def two_halves(width=256, height=128) -> np.ndarray:
     return rgb
 
 
-def dng_bytes(tmp_path, rgb: np.ndarray) -> bytes:
+def dng_bytes(tmp_path, rgb: np.ndarray, orientation: int = 1) -> bytes:
     """A real DNG (PiDNG) of an RGGB Bayer mosaic of ``rgb``: LibRaw demosaics it."""
     from pidng.core import RAW2DNG, DNGTags, Tag
     from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
@@ -39,7 +39,7 @@ def dng_bytes(tmp_path, rgb: np.ndarray) -> bytes:
                                            [0, 10000], [0, 10000], [10000, 10000]]),
                        (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
                        (Tag.Make, "beholder"), (Tag.Model, "test"), (Tag.DNGVersion, DNGVersion.V1_4),
-                       (Tag.DNGBackwardVersion, DNGVersion.V1_2)]:
+                       (Tag.DNGBackwardVersion, DNGVersion.V1_2), (Tag.Orientation, orientation)]:
         tags.set(tag, value)
     writer = RAW2DNG()
     writer.options(tags, path=str(tmp_path) + "/", compress=False)
@@ -53,6 +53,14 @@ def test_a_dng_is_demosaiced_upright_with_its_colours(tmp_path):
     pixels = np.asarray(picture, dtype=float)
     left, right = pixels[:, 10:50].mean((0, 1)), pixels[:, 80:120].mean((0, 1))
     assert left[0] > left[2] + 40 and right[2] > right[0] + 40  # red left, blue right
+
+
+def test_a_raw_files_orientation_is_honoured(tmp_path):
+    picture = decode_image(dng_bytes(tmp_path, two_halves(), orientation=6))  # the camera was turned 90 degrees clockwise
+    pixels = np.asarray(picture, dtype=float)
+    assert picture.size == (64, 128)
+    top, bottom = pixels[10:50].mean((0, 1)), pixels[80:120].mean((0, 1))
+    assert top[0] > top[2] + 40 and bottom[2] > bottom[0] + 40  # the left (red) half is now on top
 
 
 def test_a_corrupt_raw_is_unreadable_with_its_reason(tmp_path):

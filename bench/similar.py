@@ -23,6 +23,7 @@ import argparse
 import csv
 import gc
 import io
+import multiprocessing
 import os
 import re
 import shutil
@@ -255,6 +256,16 @@ def latencies(index, queries: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(seconds, 50)) * 1000, float(np.percentile(seconds, 99)) * 1000
 
 
+def faiss_measurements(path: str, count: int, queries: np.ndarray, sender) -> None:
+    """In a child process (an out-of-memory kill leaves the bench running): build seconds, bytes
+    per image, latency p50/p99 and the top 10 of each query."""
+    started = time.perf_counter()
+    approximate = FaissIndex.build(lambda: vector_batches(path), count, "bench")
+    build = time.perf_counter() - started
+    _, found = approximate.search(queries, 10)
+    sender.send((build, len(approximate.to_bytes()) / count, latencies(approximate, queries), found))
+
+
 def bench_scale(sizes: list[int], work: str) -> str:
     """Each size from its own embeddings.parquet on disk, as python -m beholder.similar reads one:
     exact search over the vectors read whole (freed before the next step), then FAISS built from
@@ -283,16 +294,23 @@ def bench_scale(sizes: list[int], work: str) -> str:
             group_rows.append([f"{count:,}", f"{seconds:.1f}", f"{peak / 2**20:,.0f}", f"{peak / count / 1024:.1f}", len(set(groups.tolist()))])
         del vectors
         gc.collect()
-        started = time.perf_counter()
-        approximate = FaissIndex.build(lambda: vector_batches(path), count, "bench")
-        faiss_build = time.perf_counter() - started
-        _, found = approximate.search(queries, 10)
-        faiss_latency = latencies(approximate, queries)
-        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist())])
-        rows.append([f"{count:,}", "FAISS IVF-SQ8", f"{faiss_build:.1f}", f"{len(approximate.to_bytes()) / count:,.0f}",
-                     f"{faiss_latency[0]:.1f}", f"{faiss_latency[1]:.1f}", f"{recall:.3f}"])
-        del approximate
-        gc.collect()
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=faiss_measurements, args=(path, count, queries, sender))
+        child.start()
+        sender.close()
+        try:
+            faiss_build, size, faiss_latency, found = receiver.recv()
+        except EOFError:  # the child died: the OOM killer, on this machine
+            child.join()
+            rows.append([f"{count:,}", "FAISS IVF-SQ8", f"not built: the build process was killed (exit {child.exitcode}; "
+                         f"out of memory on this {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB machine)",
+                         "-", "-", "-", "-"])
+        else:
+            child.join()
+            recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.tolist(), truth.tolist())])
+            rows.append([f"{count:,}", "FAISS IVF-SQ8", f"{faiss_build:.1f}", f"{size:,.0f}", f"{faiss_latency[0]:.1f}",
+                         f"{faiss_latency[1]:.1f}", f"{recall:.3f}"])
         print(markdown_table(["vectors", "index", "build s", "bytes per image", "query p50 ms", "query p99 ms", "recall@10"], rows), flush=True)
     body = (f"Synthetic unit vectors of dimension {DIMENSION} (float16, as embeddings.parquet holds them) around count/50 random centres, "
             "each size an embeddings.parquet on disk read as beholder.similar reads it; 100 queries drawn from the index (latency: single "
@@ -331,7 +349,8 @@ def bench_culling(ckpt: str, work: str, similarity: float) -> str:
     sequence = webcam_sequence(os.path.join(work, "needle-sequence"))
     for extra in ([], ["keep_per_group=1", "group_window=1800"]):
         result = scored(ckpt, sequence, os.path.join(work, "needle-sequence-scored-" + str(len(extra))), f"group_similarity={similarity}", *extra)
-        rows.append(["webcam-like sequences of the 10 real needle thumbnails (6 frames 10 min apart each)", " ".join(extra) or "-",
+        rows.append([f"webcam-like sequences of the {len(os.listdir(os.path.join(SHARED, 'needle', 'panoramas')))} real needle panoramas "
+                     "(6 frames 10 min apart each)", " ".join(extra) or "-",
                      result["scored"], result["kept"], result["review"], f"{result['gallery_reduction']:.3f}"])
     return (f"predict.py's default thresholds, group_similarity={similarity}. The demo's panoramas are drawn independently, "
             "so they hold no near-copies; the needle sequences are 6 frames a panorama, each a little shifted, exposed and "
@@ -340,7 +359,7 @@ def bench_culling(ckpt: str, work: str, similarity: float) -> str:
 
 
 def webcam_sequence(folder: str, frames: int = 6, seed: int = 0) -> str:
-    """Each real Space Needle thumbnail as ``frames`` webcam frames 10 minutes apart (drifting a
+    """Each real Space Needle panorama as ``frames`` webcam frames 10 minutes apart (drifting a
     little: shift, exposure, JPEG quality), on its own day, named YYYY/MM/DD/YYYY_MMDD_HHMMSS.jpg."""
     if os.path.exists(folder):
         return folder

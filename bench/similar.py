@@ -294,7 +294,7 @@ def bench_scale(sizes: list[int], work: str) -> str:
             group_rows.append([f"{count:,}", f"{seconds:.1f}", f"{peak / 2**20:,.0f}", f"{peak / count / 1024:.1f}", len(set(groups.tolist()))])
         del vectors
         gc.collect()
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context("spawn")  # a forked child inherits torch's OpenMP state and hangs in FAISS
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(target=faiss_measurements, args=(path, count, queries, sender))
         child.start()

@@ -74,12 +74,12 @@ class GalleryMetrics(Metric):
         result = {
             "f2": binary_fbeta_score(predicted.long(), positives.long(), beta=2.0),
             "accuracy": (predicted == positives).float().mean(),
-            "spearman_tier": _spearman(scores, tiers),
+            "spearman_tier": spearman(scores, tiers),
             "gallery_reduction": torch.tensor(gallery_reduction(scores, positives, 1.0)),
             "gallery_reduction_95": torch.tensor(gallery_reduction(scores, positives, 0.95)),
         }
         if len(self.values):  # a list before a DDP sync, a tensor after it
-            result["spearman_value"] = _spearman(scores, self._cat(self.values))
+            result["spearman_value"] = spearman(scores, self._cat(self.values))
         return result
 
     def positive_scores(self) -> torch.Tensor:
@@ -92,7 +92,8 @@ class GalleryMetrics(Metric):
         return multiclass_confusion_matrix(self._cat(self.pred_tiers), self._cat(self.tiers), NUM_TIERS)
 
 
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation (ties share their mean rank); NaN when either side is constant."""
     if len(a) < 2 or a.std() == 0 or b.float().std() == 0:
         return torch.tensor(math.nan)
     return spearman_corrcoef(a.float(), b.float())

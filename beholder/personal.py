@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from beholder.errors import UserError
 from beholder.features import cached_features
 from beholder.labels import regression_stats, target_of
+from beholder.metrics import spearman as rank_correlation
 from beholder.module import CHECKPOINT_FORMAT, load_checkpoint
 from beholder.probe import ridge_fits
 from beholder.storage import file_digest
@@ -76,10 +77,8 @@ def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, seed: int = 0, 
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ranks = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)  # noqa: E731
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+    """metrics.spearman on arrays (ratings tie a lot: ties share their mean rank)."""
+    return float(rank_correlation(torch.as_tensor(np.asarray(a, dtype=np.float64)), torch.as_tensor(np.asarray(b, dtype=np.float64))))
 
 
 def base_head_linear(module) -> tuple[np.ndarray, float]:

@@ -85,16 +85,18 @@ def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.nd
     """The embedding of a photo outside the index, by the checkpoint that made the index."""
     from beholder.module import load_checkpoint
 
-    try:
-        data = store.read(os.path.expanduser(ckpt))
-    except FileNotFoundError:
-        raise MissingInput(f"--query {path}: not in the index, and no checkpoint at {ckpt} to embed it (give --ckpt)") from None
-    if hashlib.sha256(data).hexdigest() != metadata.get("beholder.checkpoint_sha256"):
-        raise UserError(f"--ckpt {ckpt}: not the checkpoint that made this index; its embeddings would not compare")
     with tempfile.NamedTemporaryFile(suffix=".ckpt") as copy:
-        copy.write(data)
-        copy.flush()
-        module = load_checkpoint(copy.name)
+        local = copy.name if is_s3(ckpt) else os.path.expanduser(ckpt)
+        try:
+            if is_s3(ckpt):
+                copy.write(store.read(ckpt))
+                copy.flush()
+            digest = file_digest(local)
+        except FileNotFoundError:
+            raise MissingInput(f"--query {path}: not in the index, and no checkpoint at {ckpt} to embed it (give --ckpt)") from None
+        if digest != metadata.get("beholder.checkpoint_sha256"):
+            raise UserError(f"--ckpt {ckpt}: not the checkpoint that made this index; its embeddings would not compare")
+        module = load_checkpoint(local)
     try:
         picture = decode_image(store.read(os.path.expanduser(path)), DEFAULT_MAX_PIXELS)
     except FileNotFoundError:

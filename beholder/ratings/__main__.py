@@ -110,8 +110,9 @@ def run_write(args) -> None:
     left_alone = write_sidecars(store, present, targets, kept, args.overwrite_ratings)
     print(f"beholder: {len(present) - len(left_alone)} sidecars written beside the images in {root} "
           f"(ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
-    if len(present) < len(rows):
-        print(f"  no longer there {len(rows) - len(present)}  e.g. " + "; ".join(r["image"] for r in rows if r not in present)[:300])
+    gone = [row["image"] for row in rows if row["image"] not in targets]
+    if gone:
+        print(f"  no longer there {len(gone)}  e.g. " + "; ".join(gone[:3]))
     for problem in left_alone:
         print(f"  left as it was, not XMP: {problem}")
 

@@ -29,8 +29,8 @@ def decode(text: str) -> np.ndarray:
 
 
 def parquet_bytes(rows: list[dict], checkpoint: str, gallery: str) -> bytes:
-    """``rows``: dicts with ``image`` and ``embedding`` (encoded), in the order to keep."""
-    vectors = np.stack([decode(row["embedding"]) for row in rows])
+    """``rows``: dicts with ``image`` and ``vector`` (decoded), in the order to keep."""
+    vectors = np.stack([row["vector"] for row in rows])
     dimension = vectors.shape[1]
     values = pa.array(vectors.reshape(-1), type=pa.float16())
     table = pa.table({"image": [row["image"] for row in rows], "vector": pa.FixedSizeListArray.from_arrays(values, dimension)})

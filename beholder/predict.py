@@ -152,6 +152,9 @@ def predict(cfg: DictConfig) -> dict | None:
         row["band"] = policy.band(row["score"], row["rank"])
         row["reason"] = "score" if row["band"] == "reject" else ""
     before_bursts = sum(row["band"] == "reject" for row in ranked) / len(ranked)
+    if cfg.embeddings:
+        for row in ranked:
+            row["vector"] = decode(row["embedding"])
     culled = group_bursts(cfg, ranked) if cfg.embeddings else 0
     bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
     # keep_top cuts by rank: both thresholds are the score of the last one kept
@@ -190,7 +193,7 @@ def predict(cfg: DictConfig) -> dict | None:
 def group_bursts(cfg: DictConfig, ranked: list[dict]) -> int:
     """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size``; with ``keep_per_group``,
     the surplus of each group rejected. Returns how many were."""
-    vectors = np.stack([decode(row["embedding"]) for row in ranked])
+    vectors = np.stack([row["vector"] for row in ranked])
     times = np.array([row["taken"] for row in ranked], dtype=np.float64)
     window = None if cfg.group_window is None else float(cfg.group_window)
     groups, ranks, sizes = burst_groups(vectors, float(cfg.group_similarity), times, window)

@@ -14,6 +14,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
+from beholder.launch import check_shared_folder
+
 log = logging.getLogger(__name__)
 
 
@@ -24,6 +26,17 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict):
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+
+class SharedRunFolder(pl.Callback):
+    """On several processes, the first writes the checkpoints and every one reads the best back
+    for the test: the run folder must be one they all see."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def setup(self, trainer, pl_module, stage):
+        check_shared_folder(trainer, self.folder, "hydra.run.dir")
 
 
 class SkippedImages(pl.Callback):

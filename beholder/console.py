@@ -1,7 +1,7 @@
 """What a person reads in the terminal: beholder's own lines, not the libraries' chatter.
 
-Lightning announces the devices, the seed, each restore, and advertises cloud products; a
-deprecation inside Lightning's own code warns on every run. None of it helps a photographer, and
+Lightning announces the devices, the seed, each restore, and advertises cloud products; botocore
+says where it found the credentials; a deprecation inside Lightning's own code warns on every run. None of it helps a photographer, and
 beholder prints its own summary. Lightning's warnings still show; its model summary too, when
 ``trainer.enable_model_summary`` asks for it.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-CHATTY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+CHATTY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "botocore", "boto3")
 KEPT_LOGGERS = ("pytorch_lightning.callbacks.model_summary", "lightning.pytorch.callbacks.model_summary")
 
 
@@ -24,3 +24,5 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # beholder keeps frozen normalisation layers (and frozen extractors) in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # A rerun of predict.py that finds every image scored already predicts on an empty list, by design.
+    warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")

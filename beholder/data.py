@@ -14,6 +14,7 @@ from torchvision.transforms import v2 as T
 
 from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnreadableImage, capture_time, decode_image
+from beholder.launch import pin_memory
 from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
 from beholder.storage import Store, check_uri, join
 
@@ -179,6 +180,7 @@ class GalleryDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
+            pin_memory=pin_memory(self.trainer),
             **kwargs,
         )
 

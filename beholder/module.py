@@ -55,6 +55,12 @@ class BeholderModule(pl.LightningModule):
         self.net = ScoreNet(backbone, head, image_size)
         self.metrics = nn.ModuleDict({stage: GalleryMetrics(self.net.head.positive_tier) for stage in ("val", "test")})
         self.val_positive_scores = torch.empty(0)
+        self.channels_last = False
+
+    def use_channels_last(self) -> None:
+        """NHWC weights and batches: tensor-core GPUs convolve those fastest."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
     def forward(self, images):
         return self.net(images)
@@ -67,7 +73,10 @@ class BeholderModule(pl.LightningModule):
         (:mod:`beholder.features`); None when every image of the batch was unreadable."""
         if "features" in batch:
             return self.net.standardise(batch["features"])
-        return self.net.standardise(self.net.features(batch["image"])) if "image" in batch else None
+        if "image" not in batch:
+            return None
+        images = batch["image"].contiguous(memory_format=torch.channels_last) if self.channels_last else batch["image"]
+        return self.net.standardise(self.net.features(images))
 
     def outputs(self, batch):
         inputs = self.head_inputs(batch)
@@ -117,11 +126,14 @@ class BeholderModule(pl.LightningModule):
         result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"], "taken": batch.get("taken")}
         inputs = self.head_inputs(batch)
         if inputs is not None:
-            head, outputs = self.net.head, self.net.head(inputs)
-            result["embeddings"] = F.normalize(inputs.float(), dim=-1)
-            result.update(scores=head.score(outputs), tiers=head.tier(outputs))
-            if hasattr(head, "probabilities"):
-                result["probabilities"] = head.probabilities(outputs)
+            # The head in full precision under bf16-mixed: 8-bit mantissas would tie many scores.
+            with torch.autocast(self.device.type, enabled=False):
+                inputs = inputs.float()
+                head, outputs = self.net.head, self.net.head(inputs)
+                result["embeddings"] = F.normalize(inputs, dim=-1)
+                result.update(scores=head.score(outputs), tiers=head.tier(outputs))
+                if hasattr(head, "probabilities"):
+                    result["probabilities"] = head.probabilities(outputs)
         return result
 
     def configure_optimizers(self):

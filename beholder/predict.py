@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import shutil
 import time
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
+import pytorch_lightning as pl
+import torch
 from botocore.exceptions import ClientError
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -20,6 +22,7 @@ from beholder.data import GalleryDataset, build_transform, collate, list_gallery
 from beholder.bursts import burst_groups
 from beholder.embeddings import CHECKPOINT, FILE as EMBEDDINGS, decode, parquet_bytes
 from beholder.errors import UserError
+from beholder.launch import check_launch, check_shared_folder, loader_workers, pin_memory
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
 from beholder.policy import BANDS, Policy, cull_bursts
@@ -78,35 +81,84 @@ def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Poli
                              tiers=f"tier >= {module.net.head.positive_tier}")
 
 
-def partial_folder(output: str) -> str:
-    """Where results accumulate before the final files are written: beside them for a local
-    output, in the user's cache for an S3 one."""
-    if not is_s3(output):
-        return os.path.join(output, ".beholder-partial")
-    digest = hashlib.sha1(output.encode()).hexdigest()[:16]
-    return os.path.join(os.path.expanduser("~/.cache/beholder/partial"), digest)
+PARTIAL = ".beholder-partial"
 
 
-def check_writable(store: Store, output: str, partial: str) -> None:
-    probe = join(output, ".beholder-write-check")
+@dataclass
+class Plan:
+    """What a run starts from: the gallery's files with their versions, those still to score, and
+    why earlier results were dropped."""
+    versions: dict[str, str]
+    todo: list[str]
+    restarted: str | None
+    outdated: set[str]
+    checkpoint: str
+
+
+def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, ckpt_path: str) -> Plan:
+    versions = list_gallery(store, gallery)
+    check_writable(store, output)
+    # Results so far count only for this checkpoint, this gallery and each file as it is now.
+    checkpoint = file_digest(ckpt_path)
+    partial = join(output, PARTIAL)
+    restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
+    done, _, outdated = read_shards(store, partial, versions)
+    return Plan(versions, [image for image in versions if image not in done], restarted, outdated, checkpoint)
+
+
+class PendingImages(pl.LightningDataModule):
+    """The images still to score, decided once by the first process and sent to the others: every
+    process divides the same list, so each image is read by one process only, even when the
+    gallery changes while the processes start."""
+
+    def __init__(self, output: str, plan, dataset, batch_size: int, num_workers: int):
+        super().__init__()
+        self.output, self.make_plan, self.dataset = output, plan, dataset
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.plan, self.planned_at = None, None
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.plan.versions
+
+    def setup(self, stage: str) -> None:
+        state, failure = None, None
+        if self.trainer.is_global_zero:
+            try:
+                state = ("plan", self.make_plan())
+            except Exception as error:
+                failure = error
+                state = ("error", str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+        kind, value = self.trainer.strategy.broadcast(state, src=0)
+        if failure is not None:
+            raise failure
+        if kind == "error":
+            raise UserError(value)
+        self.plan, self.planned_at = value, time.perf_counter()
+        if not is_s3(self.output):
+            check_shared_folder(self.trainer, self.output, "output")
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset(self.plan.todo), batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=collate, pin_memory=pin_memory(self.trainer))
+
+
+def check_writable(store: Store, output: str) -> None:
+    probe = join(output, f".beholder-write-check-{uuid.uuid4().hex[:12]}")
     try:
-        os.makedirs(partial, exist_ok=True)
         store.write(probe, b"ok")
         store.delete(probe)
     except Exception as error:
         raise UserError(f"output={output}: cannot write there ({type(error).__name__}: {error})") from None
 
 
-def score_gallery(cfg: DictConfig, module: BeholderModule, store: Store, gallery: str, images: list[str],
-                  versions: dict[str, str], partial: str) -> int | None:
-    """Score ``images`` into shards under ``partial``. Returns the number of processes on the one
-    that should finish up, None on the others."""
-    dataset = GalleryDataset(gallery, images, store, build_transform(module.net.data_config, train=False))
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
-    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(partial, versions, bool(cfg.embeddings))], logger=False)
-    trainer.predict(module, loader, return_predictions=False)
-    trainer.strategy.barrier()
-    return trainer.world_size if trainer.is_global_zero else None
+def speed_up(cfg: DictConfig, module: BeholderModule) -> None:
+    """channels_last: NHWC weights and batches (tensor cores convolve those fastest); compile:
+    torch.compile the feature extractor (minutes of compiling, paid back on large galleries)."""
+    if cfg.channels_last:
+        module.use_channels_last()
+    if cfg.compile:
+        module.net.features = torch.compile(module.net.features)
 
 
 def predict(cfg: DictConfig) -> dict | None:
@@ -114,31 +166,30 @@ def predict(cfg: DictConfig) -> dict | None:
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     check_threshold_options(cfg)
     check_group_options(cfg)
+    check_launch(cfg.trainer)
+    workers = loader_workers(cfg.num_workers, cfg.trainer)
     quiet_libraries()
     keep_freed_memory()
     ckpt_path = os.path.expanduser(str(cfg.ckpt_path))
     module = load_checkpoint(ckpt_path)
+    speed_up(cfg, module)
     store = Store(cfg.endpoint_url)
-    versions = list_gallery(store, gallery)
-    partial = partial_folder(output)
-    check_writable(store, output, partial)
-
-    # Results so far count only for this checkpoint, this gallery and each file as it is now.
-    checkpoint = file_digest(ckpt_path)
-    restarted = bind_run(partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
-    done, _, outdated = read_shards(partial, versions)
-    todo = [image for image in versions if image not in done]
-    started, processes = time.perf_counter(), 1
+    partial = join(output, PARTIAL)
+    transform = build_transform(module.net.data_config, train=False)
+    pending = PendingImages(output, lambda: plan_run(cfg, store, gallery, output, ckpt_path),
+                            lambda images: GalleryDataset(gallery, images, store, transform), cfg.batch_size, workers)
+    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings))], logger=False)
     try:
-        if todo:
-            processes = score_gallery(cfg, module, store, gallery, todo, versions, partial)
-            if processes is None:
-                return None
+        trainer.predict(module, datamodule=pending, return_predictions=False)
+        trainer.strategy.barrier()
     except OSError as error:
         raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
-    seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return None
+    plan, seconds, todo = pending.plan, time.perf_counter() - pending.planned_at, pending.plan.todo
+    versions = plan.versions
 
-    scored, skipped, _ = read_shards(partial, versions)
+    scored, skipped, _ = read_shards(store, partial, versions)
     if len(scored) + len(skipped) < len(versions):
         missing = len(versions) - len(scored) - len(skipped)
         raise Incomplete(f"{missing} of {len(versions)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
@@ -175,17 +226,17 @@ def predict(cfg: DictConfig) -> dict | None:
         "threshold_source": policy.summary,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),
-        "processes": processes,
-        "rescored": {reason: count for reason, count in ((restarted, len(todo)), ("changed since scored", len(outdated))) if reason and count},
+        "processes": trainer.world_size,
+        "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated))) if reason and count},
         "output": output,
-        "checkpoint": checkpoint,
+        "checkpoint": plan.checkpoint,
         "embeddings": bool(cfg.embeddings),
     }
     try:
         write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
     except (OSError, ClientError) as error:
         raise UserError(f"output={output}: writing the results failed ({error}); the scores are kept in {partial}; rerun to finish") from None
-    shutil.rmtree(partial, ignore_errors=True)
+    store.remove_tree(partial)
     print_summary(summary, ranked, skipped)
     return summary
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -151,6 +152,23 @@ class Store:
             self.s3.delete_object(Bucket=bucket, Key=key)
         elif os.path.exists(uri):
             os.remove(uri)
+
+    def delete_many(self, uris: list[str]) -> None:
+        """Like :meth:`delete` for each (S3 objects of one bucket, a thousand to a request)."""
+        objects = [split_s3(uri) for uri in uris if is_s3(uri)]
+        for start in range(0, len(objects), 1000):
+            chunk = objects[start:start + 1000]
+            self.s3.delete_objects(Bucket=chunk[0][0], Delete={"Objects": [{"Key": key} for _, key in chunk], "Quiet": True})
+        for uri in uris:
+            if not is_s3(uri):
+                self.delete(uri)
+
+    def remove_tree(self, root: str) -> None:
+        """Everything under ``root`` (a folder or an S3 prefix)."""
+        if is_s3(root):
+            self.delete_many([join(root, name) for name in self.list(root)])
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
     def write(self, uri: str, data: bytes) -> None:
         """Whole-or-nothing: a reader never sees a half-written file."""

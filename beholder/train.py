@@ -15,12 +15,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.callbacks import ResumableCheckpoint, SkippedImages, ValidationImages
+from beholder.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages
 from beholder.console import quiet_libraries
 from beholder.crossval import train_folds
 from beholder.errors import MissingInput, UserError
 from beholder.features import CachedFeatureDataModule
 from beholder.labels import regression_stats
+from beholder.launch import check_launch
 from beholder.memory import keep_freed_memory
 from beholder.model import BackboneSpec, build_head, require_timm_model
 from beholder.module import BeholderModule, build_optimizer
@@ -124,6 +125,7 @@ def train(cfg: DictConfig) -> float:
     if cfg.get("base_ckpt"):
         return train_personal(cfg)
     check_options(cfg)
+    check_launch(cfg.trainer)
     mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
     ckpt_path = resolve_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
@@ -154,7 +156,7 @@ def train(cfg: DictConfig) -> float:
     # A second callback for last.ckpt: Lightning's save_last=True skips epochs that set no new best.
     last = ResumableCheckpoint(checkpoints, "last", enable_version_counter=False)
     skipped = SkippedImages()
-    trainer = instantiate(cfg.trainer, callbacks=[checkpoint, last, skipped, ValidationImages()], logger=logger, default_root_dir=output_dir)
+    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), checkpoint, last, skipped, ValidationImages()], logger=logger, default_root_dir=output_dir)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench-quality bench-throughput bench-faults bench-similar bench-personal
+.PHONY: install demo test clean bench-quality bench-throughput bench-faults bench-similar bench-personal bench-scale bench-gpu
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ bench-similar: $(STAMP)
 
 bench-personal: $(STAMP)
 	$(PY) bench/personal.py
+
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py
+
+bench-gpu: $(STAMP)
+	bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) outputs demo .pytest_cache

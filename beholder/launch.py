@@ -54,11 +54,13 @@ def launch_problem(trainer: DictConfig) -> str | None:
     precision = trainer.get("precision", "32-true")
     if precision not in PRECISIONS:
         return f"trainer.precision={precision!r}: give 32-true, bf16-mixed (GPUs since Ampere, and CPUs), 16-mixed, bf16-true or 16-true"
-    shape = launch_shape()
+    shape, num_nodes = launch_shape(), trainer.get("num_nodes", 1)
     if shape is None:
+        if num_nodes != 1 and "NODE_RANK" not in os.environ:  # Lightning's own way: NODE_RANK, MASTER_ADDR on each machine
+            return (f"trainer.num_nodes={num_nodes}: start the command on each machine with torchrun or srun (README \"Scale out\"); "
+                    "started plainly it would wait for machines that nobody starts")
         return None
     launcher, nodes, per_node = shape
-    num_nodes = trainer.get("num_nodes", 1)
     if num_nodes != nodes:
         return (f"trainer.num_nodes={num_nodes}, but {launcher} started {nodes} node{'s' if nodes != 1 else ''} "
                 f"({per_node} process{'es' if per_node != 1 else ''} each): give trainer.num_nodes={nodes} on every node")

@@ -10,6 +10,7 @@ import torch
 from beholder.data import GalleryDataModule, GalleryDataset, build_transform
 from beholder.embeddings import read_parquet
 from beholder.errors import UserError
+from beholder.metrics import spearman
 from beholder.module import CHECKPOINT_FORMAT, load_checkpoint
 from beholder.predict import Incomplete, predict
 from beholder.ratings.xmp import star_rating
@@ -197,6 +198,9 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
         "unknown URI scheme 'gs'": [f"ckpt_path={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
         "cannot write there": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],
         "promise_recall=1.5: give a share in (0, 1)": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o6", "promise_recall=1.5"],
+        "trainer.precision='fp8': give 32-true, bf16-mixed": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o7", "trainer.precision=fp8"],
+        "num_workers=-1: give a whole number of loader processes": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o8", "num_workers=-1"],
+        "trainer.num_nodes=2: start the command on each machine with torchrun or srun": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o9", "trainer.num_nodes=2"],
     }
     for message, args in cases.items():
         result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)
@@ -204,6 +208,20 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("beholder: error: ") and message in last, (message, last)
     assert not list(tmp_path.glob("o*/scores.csv"))
+
+
+def test_gpu_options_are_accepted_on_a_cpu_and_keep_the_ranking(trained, tmp_path):
+    """bf16-mixed + channels_last + torch.compile: the features in bfloat16, the head in fp32."""
+    ckpt, gallery = trained
+    plain = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/plain"]))
+    fast = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/fast",
+                                    "trainer.precision=bf16-mixed", "channels_last=true", "compile=true"]))
+    assert plain["scored"] == fast["scored"] == 60
+    a = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "plain" / "scores.csv")}
+    b = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "fast" / "scores.csv")}
+    assert max(abs(a[k] - b[k]) for k in a) < 0.05 and a != b  # bfloat16 features: close, not the same numbers
+    assert len(set(b.values())) == 60  # scored in fp32: no ties from 8-bit mantissas
+    assert spearman(torch.tensor([a[k] for k in a]), torch.tensor([b[k] for k in a])) > 0.95
 
 
 def other_checkpoint(trained, tmp_path):

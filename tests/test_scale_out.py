@@ -4,6 +4,7 @@ the run folder a cluster would put on a shared filesystem."""
 
 import csv
 import io
+import os
 import re
 import shutil
 import socket
@@ -63,7 +64,7 @@ def rows_of(client, bucket, key):
     return list(csv.DictReader(io.StringIO(client.get_object(Bucket=bucket, Key=key)["Body"].read().decode())))
 
 
-def test_predict_on_two_nodes_from_and_to_s3_and_resume(nodes, trained, tmp_path, s3_bucket):
+def test_predict_on_two_nodes_from_and_to_s3_and_resume(nodes, trained, tmp_path, s3_bucket, s3_endpoint):
     ckpt, gallery = trained
     client, bucket = s3_bucket
     photos = make_gallery(tmp_path / "photos", count=120, seed=3)
@@ -90,6 +91,15 @@ def test_predict_on_two_nodes_from_and_to_s3_and_resume(nodes, trained, tmp_path
     scores = rows_of(client, bucket, "scored/scores.csv")
     assert len(scores) == 120 == len({row["image"] for row in scores})
     assert objects(client, bucket, "scored/.beholder-partial/") == []
+
+    # Two nodes cut short, then one plain process finishes what they left.
+    other = [a.replace("/scored", "/other") for a in args]
+    nodes("predict.py", other + ["+trainer.limit_predict_batches=1"])
+    alone = subprocess.run([PYTHON, "predict.py", *other, "trainer.num_nodes=1"], cwd=tmp_path / "node1", capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "node1"), "HOME": str(tmp_path / "home1"), "AWS_ENDPOINT_URL": s3_endpoint}, timeout=LAUNCH_TIMEOUT)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "scored          120  (104 in this run" in alone.stdout and "1 process)" in alone.stdout
+    assert len({row["image"] for row in rows_of(client, bucket, "other/scores.csv")}) == 120
 
 
 def test_train_on_two_nodes_from_s3(nodes, tmp_path, s3_bucket):

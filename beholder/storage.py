@@ -25,7 +25,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _BODY_RETRIES = 5
 _CUT_SHORT = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError, ProtocolError)
-_S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+_S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60, max_pool_connections=32)
 
 
 def is_s3(uri: str) -> bool:

@@ -139,7 +139,7 @@ class Monitor(threading.Thread):
         self.launcher, self.s3, self.kill_at = launcher, s3, kill_at
         self.samples, self.counted, self.done, self.before, self.killed_at = [], {}, 0, 0, None
         self.count_new_shards()
-        self.before = self.done  # left by an earlier run: not this run's work
+        self.before, self.done = self.done, 0  # left by an earlier run: not this run's work
         self.started = time.perf_counter()
 
     def count_new_shards(self) -> None:
@@ -167,6 +167,7 @@ class Monitor(threading.Thread):
                 os.kill(ranks[1], signal.SIGKILL)
                 self.killed_at = self.done
             time.sleep(SAMPLE_SECONDS)
+        self.ended = time.perf_counter() - self.started
 
 
 def score(work: str, ckpt: str, endpoint: str, name: str, s3, kill_at: int | None) -> tuple[subprocess.CompletedProcess, Monitor, float]:
@@ -287,7 +288,7 @@ def main() -> None:
         scored = [row["image"] for row in csv.DictReader(io.StringIO(body))]
         newly = int(summary_value(second.stdout, "scored").split("(")[1].split()[0])
         last_shard = min(t for t, d, _ in second_monitor.samples if d >= second_monitor.done)
-        merge_s = second_s - last_shard
+        merge_s = second_monitor.ended - last_shard
         merge_mib = max(m.get(0, 0) for t, _, m in second_monitor.samples if t >= last_shard)
     finally:
         server.terminate()

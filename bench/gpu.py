@@ -8,7 +8,8 @@ backbone, regression head; random weights, as nothing can be downloaded) at the 
 2. Fed by beholder's own loader (GalleryDataset over JPEGs on local disk, decoded and resized in
    num_workers=auto processes, pinned memory): images/s and the share of the time the GPU waits
    for the next batch.
-Prints a markdown table; --json writes the figures for bench/scale.py's projection."""
+Prints a markdown table and makes it the "gpu" section of bench/RESULTS.md; --json writes the
+figures for bench/scale.py's projection."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import markdown_table, publish  # noqa: E402
 from beholder.data import GalleryDataset, build_transform, collate  # noqa: E402
 from beholder.launch import MOST_LOADER_WORKERS  # noqa: E402
 from beholder.module import BeholderModule  # noqa: E402
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1024, help="JPEGs per size for the loader measurement")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone (a CPU dry run)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/gpu.py: no CUDA device visible (give --device cpu for a dry run)")
@@ -139,14 +142,13 @@ def main() -> None:
             rate, waiting = loader_rate(module, folder, names, args.device, args.batch, workers, args.seconds)
         results["loader"][size_name] = {"images_per_second": rate, "waiting_share": waiting, "workers": workers}
         print(f"{size_name:9} {'JPEG loader, bf16 + channels_last':32} {rate:9.1f} images/s, GPU waiting {waiting:.0%} ({workers} workers)", flush=True)
-    print(f"\n{results['device']}, batch {args.batch}, {workers} loader workers\n")
-    print("| input | " + " | ".join(name for name, *_ in variants) + " | fed by the JPEG loader (bf16 + channels_last) | time waiting for data |")
-    print("|---" * (len(variants) + 3) + "|")
-    for size_name in SIZES:
-        rates = results["network"][size_name]
-        loader = results["loader"][size_name]
-        print(f"| {size_name} | " + " | ".join(f"{rates[name]:.0f}" for name, *_ in variants)
-              + f" | {loader['images_per_second']:.0f} | {loader['waiting_share']:.0%} |")
+    rows = [[size_name, *(f"{results['network'][size_name][name]:.0f}" for name, *_ in variants),
+             f"{results['loader'][size_name]['images_per_second']:.0f}", f"{results['loader'][size_name]['waiting_share']:.0%}"]
+            for size_name in SIZES]
+    table = markdown_table(["input", *(f"{name} images/s" for name, *_ in variants), "fed by the JPEG loader (bf16 + channels_last)",
+                            "time the GPU waits for data"], rows)
+    publish("gpu", "Scoring on a GPU (bench/gpu.sh)", f"{results['device']}, batch {args.batch}, {workers} loader workers; "
+            f"legacy_xception + regression head, random weights.\n\n{table}", write=not args.no_write)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

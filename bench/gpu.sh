@@ -2,7 +2,8 @@
 # One prepared GPU run, under 10 minutes: images/s of the scoring network for fp32, bf16,
 # bf16 + channels_last and bf16 + channels_last + torch.compile at 299x299 and 237x1820, and the
 # share of time the GPU waits for beholder's JPEG loader (bench/gpu.py). On the GPU machine:
-#   bash bench/gpu.sh [--json gpu.json]     (figures for bench/scale.py --gpu-json)
+#   bash bench/gpu.sh --json gpu.json     (the table goes into bench/RESULTS.md; gpu.json feeds
+#                                          bench/scale.py --gpu-json ... --project-only)
 # Needs the project's packages (pip install -e .); nothing is downloaded (random weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."

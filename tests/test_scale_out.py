@@ -131,3 +131,21 @@ def test_a_launch_that_disagrees_with_the_options_stops_every_node_in_one_line(n
     results = nodes("predict.py", base + [f"output={tmp_path}/o2"], per_node_args=[["trainer.num_nodes=2"], []])
     assert "process 1 stopped: trainer.num_nodes=1, but torchrun started 2 nodes" in results[0].stderr, results[0].stderr[-3000:]
     assert "beholder: error: trainer.num_nodes=1, but torchrun" in results[1].stderr
+
+
+def test_a_slurm_launch_is_checked_against_the_options(monkeypatch):
+    """srun's environment for 2 nodes of 4 tasks (no SLURM here: the variables srun sets)."""
+    from omegaconf import OmegaConf
+
+    from beholder.errors import UserError
+    from beholder.launch import check_launch
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # Lightning looks for srun only to warn
+    for name, value in {"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_JOB_NAME": "score",
+                        "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1"}.items():
+        monkeypatch.setenv(name, value)
+    check_launch(OmegaConf.create({"num_nodes": 2, "devices": 4, "accelerator": "cpu", "precision": "bf16-mixed"}))
+    with pytest.raises(UserError, match=r"trainer.num_nodes=1, but SLURM started 2 nodes \(4 processes each\): give trainer.num_nodes=2"):
+        check_launch(OmegaConf.create({"num_nodes": 1, "devices": 4, "accelerator": "cpu"}))
+    with pytest.raises(UserError, match=r"trainer.devices=1 makes 1 process a node, but SLURM started 4: give trainer.devices=4"):
+        check_launch(OmegaConf.create({"num_nodes": 2, "devices": 1, "accelerator": "cpu"}))

@@ -10,10 +10,10 @@ import uuid
 from datetime import timedelta
 
 import torch
-from torch.distributed import PrefixStore, TCPStore
 from lightning_fabric.connector import _PRECISION_INPUT_STR
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
+from torch.distributed import PrefixStore, TCPStore
 
 from beholder.errors import UserError
 

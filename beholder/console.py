@@ -1,9 +1,9 @@
 """What a person reads in the terminal: beholder's own lines, not the libraries' chatter.
 
 Lightning announces the devices, the seed, each restore, and advertises cloud products; botocore
-says where it found the credentials; a deprecation inside Lightning's own code warns on every run. None of it helps a photographer, and
-beholder prints its own summary. Lightning's warnings still show; its model summary too, when
-``trainer.enable_model_summary`` asks for it.
+says where it found the credentials; a deprecation inside Lightning's own code warns on every run.
+None of it helps a photographer, and beholder prints its own summary. Lightning's warnings still
+show; its model summary too, when ``trainer.enable_model_summary`` asks for it.
 """
 
 from __future__ import annotations

@@ -95,12 +95,11 @@ class Plan:
     checkpoint: str
 
 
-def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, ckpt_path: str) -> Plan:
+def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: str, ckpt_path: str) -> Plan:
     versions = list_gallery(store, gallery)
     check_writable(store, output)
     # Results so far count only for this checkpoint, this gallery and each file as it is now.
     checkpoint = file_digest(ckpt_path)
-    partial = join(output, PARTIAL)
     restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
     done, _, outdated = read_shards(store, partial, versions)
     return Plan(versions, [image for image in versions if image not in done], restarted, outdated, checkpoint)
@@ -176,7 +175,7 @@ def predict(cfg: DictConfig) -> dict | None:
     store = Store(cfg.endpoint_url)
     partial = join(output, PARTIAL)
     transform = build_transform(module.net.data_config, train=False)
-    pending = PendingImages(output, lambda: plan_run(cfg, store, gallery, output, ckpt_path),
+    pending = PendingImages(output, lambda: plan_run(cfg, store, gallery, output, partial, ckpt_path),
                             lambda images: GalleryDataset(gallery, images, store, transform), cfg.batch_size, workers)
     trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings))], logger=False)
     try:
@@ -186,8 +185,8 @@ def predict(cfg: DictConfig) -> dict | None:
         raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
     if not trainer.is_global_zero:
         return None
-    plan, seconds, todo = pending.plan, time.perf_counter() - pending.planned_at, pending.plan.todo
-    versions = plan.versions
+    plan, seconds = pending.plan, time.perf_counter() - pending.planned_at
+    versions, todo = plan.versions, plan.todo
 
     scored, skipped, _ = read_shards(store, partial, versions)
     if len(scored) + len(skipped) < len(versions):

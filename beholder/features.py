@@ -44,19 +44,29 @@ def network_key(net, augment: dict) -> str:
 
 
 class FeatureCache:
-    """``<folder>/<network key>/<content sha256[:2]>/<sha256>.v<view>.npy``: one float32 vector each."""
+    """``<folder>/<network key>/<content sha256[:2]>/<sha256>.v<view>.npy``: one float32 vector each,
+    of the networks' ``dimension``."""
 
-    def __init__(self, folder: str, key: str):
+    def __init__(self, folder: str, key: str, dimension: int):
         self.folder = os.path.join(os.path.expanduser(folder), key)
+        self.dimension = dimension
 
     def path(self, content: str, view: int) -> str:
         return os.path.join(self.folder, content[:2], f"{content}.v{view}.npy")
 
-    def get(self, content: str, view: int) -> np.ndarray | None:
+    def get(self, content: str, view: int) -> np.ndarray | None | bool:
+        """The cached vector; None when there is none; False when the entry is not what its key
+        promises (cut short, another length or type, not finite, a header claiming more than the
+        file holds): it is computed again and replaced."""
         try:
-            return np.load(self.path(content, view))
-        except (OSError, ValueError):  # absent, or cut short by a crash: computed again
+            vector = np.load(self.path(content, view), mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError, EOFError):
+            return False
+        if vector.dtype != np.float32 or vector.shape != (self.dimension,) or not np.isfinite(vector).all():
+            return False
+        return np.array(vector)
 
     def put(self, content: str, view: int, vector: np.ndarray) -> None:
         write_local_with(self.path(content, view), lambda f: np.save(f, vector.astype(np.float32)))
@@ -91,14 +101,15 @@ class ViewImages(Dataset):
             data = self.store.read(join(self.root, self.images[index]))
             content = hashlib.sha256(data).hexdigest()
             cached = {v: self.cache.get(content, v) for v in range(self.views)}
-            missing = [v for v, vector in cached.items() if vector is None]
+            missing = [v for v, vector in cached.items() if vector is None or vector is False]
+            damaged = sum(vector is False for vector in cached.values())
             pictures = []
             if missing:
                 picture = decode_image(data, self.max_pixels, self.min_size)
                 pictures = [self.view(picture, content, v) for v in missing]
         except (UnreadableImage, OSError) as error:
             return {**sample, "error": str(error) or type(error).__name__}
-        return {**sample, "content": content, "cached": cached, "missing": missing, "pictures": pictures}
+        return {**sample, "content": content, "cached": cached, "missing": missing, "pictures": pictures, "damaged": damaged}
 
 
 @torch.no_grad()
@@ -108,13 +119,14 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
     the unreadable ones. Only what the cache lacks is computed, and it is cached at once."""
     if not net.frozen:
         raise UserError("feature_cache needs a wholly frozen backbone: set backbone.trainable_blocks=0 (or feature_cache=null)")
-    cache = FeatureCache(cache_dir, network_key(net, augment))
+    cache = FeatureCache(cache_dir, network_key(net, augment), net.feature_mean.numel())
     dataset = ViewImages(root, images, store, net.data_config, augment, views, cache, max_pixels)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
-    features, skipped, computed = {}, {}, 0
+    features, skipped, computed, damaged = {}, {}, 0, 0
     with evaluation_mode(net):
         for samples in loader:
             good = [s for s in samples if "error" not in s]
+            damaged += sum(s["damaged"] for s in good)
             skipped.update((s["image_path"], s["error"]) for s in samples if "error" in s)
             pictures = [p for s in good for p in s["pictures"]]
             if pictures:
@@ -129,6 +141,9 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
             for s in good:
                 features[s["image_path"]] = torch.from_numpy(np.stack([s["cached"][v] for v in range(views)]))
     log.info("features of %d images x %d views: %d computed, the rest from %s", len(features), views, computed, cache.folder)
+    if damaged:
+        print(f"beholder: {damaged} damaged entries of the feature cache {cache.folder} (cut short, wrong length or not finite) "
+              "were computed again and replaced", flush=True)
     return features, skipped
 
 

@@ -185,4 +185,21 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise IncompatibleCheckpoint(f"ckpt_path={path}: does not fit this version of beholder ({error})") from None
     module.on_load_checkpoint(checkpoint)
+    check_finite(module, path)
     return module.eval()
+
+
+def check_finite(module: BeholderModule, path: str) -> None:
+    """A checkpoint whose numbers are not all finite (a diverged run, a damaged file) would score
+    every photo NaN, or train on NaN: it is refused, naming the first such tensor."""
+    named = [*module.state_dict().items(), ("val_positive_scores", module.val_positive_scores)]
+    head = module.net.head
+    named += [(f"head.{name}", torch.tensor(float(getattr(head, name)))) for name in ("target_mean", "target_std") if hasattr(head, name)]
+    for name, tensor in named:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {name} holds numbers that are not finite "
+                                         f"({count} NaN or infinite)")
+    if (module.net.feature_std <= 0).any():
+        raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: feature_std holds {int((module.net.feature_std <= 0).sum())} "
+                                     "values that are not positive (features cannot be standardised by them)")

@@ -278,8 +278,6 @@ def probability_names(module: BeholderModule) -> list[str]:
 
 def write_results(cfg, module, store, gallery, output, ranked, skipped, summary) -> None:
     store.write(join(output, "skipped.csv"), skipped_csv(skipped))
-    if cfg.xmp:
-        write_xmp(cfg, store, gallery, output, ranked, list(skipped), summary)
     count = cfg.highlights
     culled = Counter(row["group"] for row in ranked if row["reason"] == "burst")
     for row in ranked:
@@ -306,13 +304,16 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
         store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
     store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
-    # scores.csv last: its presence says the run is complete
+    # scores.csv last of the results: its presence says the run is complete; the sidecars follow,
+    # so that no sidecar, however broken, costs the results
     store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
+    if cfg.xmp:
+        write_xmp(cfg, store, gallery, output, ranked, list(skipped), summary)
 
 
 def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
     """One XMP sidecar per scored image, merged into the one already there (never replacing the
-    photographer's own fields); one that is not XMP is left as it is and counted."""
+    photographer's own fields); one that is not XMP, read-only or not a file is left as it is and named."""
     names = sidecar_names([row["image"] for row in ranked] + skipped)
     beside = cfg.xmp_beside_images and not is_s3(gallery)
     targets = {row["image"]: join(gallery, names[row["image"]]) if beside else join(output, "xmp/" + names[row["image"]]) for row in ranked}
@@ -346,7 +347,8 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         f"  rejected        {summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})",
         *group_lines(summary),
         f"  thresholds      {summary['threshold_source']}",
-        *[f"  sidecar left as it was, not XMP: {problem}" for problem in summary.get("sidecars_left_alone", [])],
+        *[f"  sidecar left as it was: {problem}" for problem in summary.get("sidecars_left_alone", [])[:10]],
+        *([f"  ... and {len(summary['sidecars_left_alone']) - 10} more sidecars left as they were"] if len(summary.get("sidecars_left_alone", [])) > 10 else []),
         f"  results         {join(summary['output'], 'scores.csv')}",
         f"  contact sheet   {join(summary['output'], 'highlights.html')}",
         *([f"  embeddings      {join(summary['output'], EMBEDDINGS)}"] if summary.get("embeddings") else []),

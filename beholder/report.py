@@ -37,8 +37,11 @@ def skipped_csv(skipped: dict[str, str]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def thumbnail(data: bytes, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:
-    """A JPEG data URI of the image scaled to fit, with its width and height; None if unreadable."""
+def thumbnail(data: bytes | None, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:
+    """A JPEG data URI of the image scaled to fit, with its width and height; None if unreadable
+    (or ``data`` is None)."""
+    if data is None:
+        return None
     try:
         image = decode_image(data, min_size=(max_width // 4, max_height // 4))
     except UnreadableImage:
@@ -82,7 +85,8 @@ def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float
 
 def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "", title: str = "beholder highlights") -> bytes:
     """A self-contained contact sheet: the score histogram, then each section a title and rows
-    (image, score, rank, band, and ``hidden``: near-copies culled); ``read(image)`` gives an image's bytes. Wide images (panoramas) take a whole row."""
+    (image, score, rank, band, and ``hidden``: near-copies culled); ``read(image)`` gives an image's bytes
+    (None: not shown). Wide images (panoramas) take a whole row."""
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
         "body{font-family:sans-serif;background:#222;color:#eee;margin:1em}",
@@ -96,7 +100,10 @@ def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, 
     for title, rows in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><div class='sheet'>")
         for row in rows:
-            picture = thumbnail(read(row["image"]))
+            try:
+                picture = thumbnail(read(row["image"]))
+            except OSError:  # deleted since it was scored
+                picture = None
             if picture is None:
                 continue
             uri, width, height = picture

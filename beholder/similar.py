@@ -24,24 +24,35 @@ from beholder.embeddings import CHECKPOINT, FILE, centred, read_images, read_par
 from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from beholder.report import highlights_html
-from beholder.storage import Store, file_digest, is_s3, join
+from beholder.storage import Store, file_digest, inside, is_s3, join
 from beholder.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
 
 
-def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str], ExactIndex | FaissIndex, dict[str, str]]:
-    """The index's images, a search over their embeddings (exact or FAISS, see vector_index) and the
-    parquet metadata. A FAISS index is built on first use from the parquet's row groups (the vectors
-    are never all in memory) and saved beside the embeddings."""
+def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str], ExactIndex | FaissIndex, dict[str, str], np.ndarray]:
+    """The index's images, a search over their embeddings (exact or FAISS, see vector_index), the
+    parquet metadata and which images' vectors are usable (finite: one NaN would make every
+    similarity NaN, so such rows are left out of every answer and named). A FAISS index is built on
+    first use from the parquet's row groups (the vectors are never all in memory) and saved beside
+    the embeddings; one that does not match them, or is damaged, is built again."""
     path = join(index, FILE)
     try:
         source = store.read(path) if is_s3(path) else os.path.expanduser(path)
         images, metadata = read_images(source)
+        usable = np.concatenate([np.isfinite(rows).all(1) for _, rows in vector_batches(source)] or [np.zeros(0, bool)])
     except FileNotFoundError:
         raise MissingInput(f"--index {index}: no {FILE} there (predict.py writes it unless embeddings=false)") from None
     except Exception as error:
         raise UserError(f"--index {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun predict.py to write it again") from None
     if metadata["vector_size"] != metadata.get("beholder.dimension"):
         raise UserError(f"--index {index}: {FILE} holds {metadata['vector_size']}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
+    if not images:
+        raise UserError(f"--index {index}: {FILE} holds no images; rerun predict.py to write it again")
+    if not usable.any():
+        raise UserError(f"--index {index}: {FILE} holds no image with a usable (finite) vector; rerun predict.py to write it again")
+    if not usable.all():
+        bad = [image for image, ok in zip(images, usable.tolist()) if not ok]
+        print(f"beholder: {len(bad)} images of {FILE} have vectors that are not finite and are left out of the search: e.g. "
+              + "; ".join(bad[:3]), file=sys.stderr)
     scored = bands(store, index)
     if scored and set(scored) != set(images):
         raise UserError(f"--index {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
@@ -51,24 +62,29 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
     if method == "exact" or (method == "auto" and (len(images) <= EXACT_UP_TO or not faiss_installed())):
         if len(images) > EXACT_UP_TO and method == "auto":
             print(f"beholder: {len(images)} vectors searched exactly; pip install -e '.[index]' for a faster approximate index", file=sys.stderr)
-        return images, ExactIndex(read_parquet(source)[1]), metadata
+        return images, ExactIndex(read_parquet(source)[1], usable), metadata, usable
     saved = join(index, FAISS_FILE)
     digest = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_digest(source)
-    if store.exists(saved):
-        found = FaissIndex.from_bytes(store.read(saved))
-        if found.digest == digest and len(found) == len(images):
-            return images, found, metadata
+    found = FaissIndex.from_bytes(store.read(saved), digest, len(images)) if store.exists(saved) else None
+    if found is not None:
+        return images, found, metadata, usable
     built = FaissIndex.build(lambda: vector_batches(source), len(images), digest)
     store.write(saved, built.to_bytes())
-    return images, built, metadata
+    return images, built, metadata, usable
 
 
 class Neighbours:
-    """An index's images by key: the ones most like a given one (the labeller's "more like this")."""
+    """An index's images by key: the ones most like a given one (the labeller's "more like this");
+    images without a usable vector are neither asked about nor answered."""
 
-    def __init__(self, images: list[str], index: ExactIndex | FaissIndex):
-        self.images, self.index = images, index
-        self.rows = {image: row for row, image in enumerate(images)}
+    def __init__(self, images: list[str], index: ExactIndex | FaissIndex, usable: np.ndarray):
+        self.images, self.index, self.usable = images, index, usable
+        self.rows = {image: row for row, image in enumerate(images) if usable[row]}
+
+    @classmethod
+    def load(cls, store: Store, index: str) -> Neighbours:
+        images, search, _, usable = load_index(store, index)
+        return cls(images, search, usable)
 
     def knows(self, image: str) -> bool:
         return image in self.rows
@@ -77,8 +93,13 @@ class Neighbours:
         row = self.rows.get(image)
         if row is None:
             return []
-        similarity, rows = self.index.search(self.index.vector(row)[None], k + 1)
-        return [(self.images[r], float(s)) for r, s in zip(rows[0], similarity[0]) if r != row and r >= 0][:k]
+        return self.search(self.index.vector(row), k, leave_out=row)
+
+    def search(self, query: np.ndarray, k: int, leave_out: int = -1) -> list[tuple[str, float]]:
+        """The ``k`` images most like ``query`` (centred and unit), best first."""
+        similarity, rows = self.index.search(query[None], k + 1 + int((~self.usable).sum()))
+        return [(self.images[r], float(s)) for r, s in zip(rows[0], similarity[0])
+                if r >= 0 and r != leave_out and self.usable[r]][:k]
 
 
 def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.ndarray:
@@ -131,14 +152,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         store = Store(args.endpoint_url)
-        images, index, metadata = load_index(store, args.index, args.method)
-        position = images.index(args.query) if args.query in images else None
-        if position is not None:
-            found = Neighbours(images, index).of(args.query, args.k)
+        images, index, metadata, usable = load_index(store, args.index, args.method)
+        neighbours = Neighbours(images, index, usable)
+        if args.query in images and not neighbours.knows(args.query):
+            raise UserError(f"--query {args.query}: its vector in {FILE} is not finite; rerun predict.py to write it again")
+        if neighbours.knows(args.query):
+            found = neighbours.of(args.query, args.k)
         else:
             query = centred(embed(args.query, args.ckpt or join(args.index, CHECKPOINT), metadata, store)[None], index.mean)[0]
-            similarity, rows = index.search(query[None], args.k)
-            found = [(images[r], float(s)) for r, s in zip(rows[0], similarity[0]) if r >= 0]
+            found = neighbours.search(query, args.k)
     except UserError as error:
         print(f"beholder: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -154,10 +176,26 @@ def main(argv=None) -> None:
         writer.writerows({"rank": r["rank"], "image": r["image"], "similarity": f"{r['score']:.4f}", "band": r["band"]} for r in rows)
         store.write(join(args.out, "similar.csv"), buffer.getvalue().encode())
         gallery = metadata.get("beholder.gallery", "")
-        page = highlights_html([(f"Most like {args.query}", rows)], lambda image: store.read(join(gallery, image)),
+        missing: list[str] = []
+        page = highlights_html([(f"Most like {args.query}", rows)], lambda image: gallery_image(store, gallery, image, missing),
                                f"cosine similarity of the embeddings in {join(args.index, FILE)}", title="beholder: more like this")
         store.write(join(args.out, "similar.html"), page)
         print(f"  results         {join(args.out, 'similar.csv')}\n  contact sheet   {join(args.out, 'similar.html')}")
+        if missing:
+            print(f"  not shown       {len(missing)} (no longer in {gallery}, or not in it): e.g. " + "; ".join(missing[:3]))
+
+
+def gallery_image(store: Store, gallery: str, image: str, missing: list[str]) -> bytes | None:
+    """An image of the gallery the index was made of; None (and named in ``missing``) for one that
+    is gone or that the index names outside the gallery: a contact sheet shows nothing else."""
+    path = inside(gallery, image) if gallery else None
+    try:
+        if path is not None:
+            return store.read(path)
+    except OSError:
+        pass
+    missing.append(image)
+    return None
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
+import socket
+import stat
 import time
-from pathlib import Path
 
 import boto3
 from botocore.config import Config
@@ -21,8 +22,9 @@ from urllib3.exceptions import ProtocolError
 from beholder.errors import UserError
 
 S3_PREFIX = "s3://"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+READ_LIMIT = 1 << 30  # a local file larger than this is no photo, sidecar or table beholder reads
+TEMPORARY = ".beholder-tmp-"  # what an atomic write leaves behind only when the process is killed
+STALE_AFTER_S = 24 * 3600
 _BODY_RETRIES = 5
 _CUT_SHORT = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError, ProtocolError)
 _S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60, max_pool_connections=32)
@@ -55,6 +57,38 @@ def join(root: str, relative: str) -> str:
     return os.path.join(root, relative)
 
 
+def inside(root: str, relative: str) -> str | None:
+    """``relative`` joined onto ``root``, or None when it would leave ``root`` (an absolute path, a
+    drive, or ``..`` climbing out): paths read from a file never name a place outside the folder given."""
+    parts = str(relative).replace("\\", "/").split("/")
+    if not relative or os.path.isabs(relative) or os.path.splitdrive(relative)[0] or ".." in parts:
+        return None
+    return join(root, relative)
+
+
+class UnreadableFile(OSError):
+    """A local path that is not a regular file (a FIFO, a device, a folder) or is larger than asked for."""
+
+
+def read_local_file(path: str, limit: int = READ_LIMIT) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them: a FIFO or a device is refused before it is
+    read (opening without blocking), so a named pipe cannot hang a run nor /dev/zero fill memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise UnreadableFile(f"{path}: {info.st_size} bytes, more than the {limit} read here")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise UnreadableFile(f"{path}: more than the {limit} bytes read here")
+    return data
+
+
 class Store:
     """Reads, lists and writes local paths and S3 URIs.
 
@@ -81,11 +115,11 @@ class Store:
 
     def read(self, uri: str) -> bytes:
         if not is_s3(uri):
-            return Path(uri).read_bytes()
+            return read_local_file(uri)
         bucket, key = split_s3(uri)
         cached = os.path.join(self.cache_dir, bucket, key) if self.cache_dir else None
         if cached and os.path.exists(cached):
-            return Path(cached).read_bytes()
+            return read_local_file(cached)
         data = self._download(bucket, key, uri)
         if cached:
             write_local_atomically(cached, data)
@@ -199,20 +233,67 @@ def write_local_atomically(path: str, data: bytes) -> None:
 
 def write_local_with(path: str, fill):
     """``fill(file)`` writes a temporary file beside ``path``, which then replaces ``path`` whole
-    (a reader never sees half a file; on failure nothing is left). Returns what ``fill`` returns."""
+    (a reader never sees half a file; on failure nothing is left). A file replaced keeps its
+    permissions (and owner, where allowed); a new one gets the umask's. Returns what ``fill`` returns."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        before = os.stat(path)
+    except FileNotFoundError:
+        before = None
+    name = f"{TEMPORARY}{_host()}-{os.getpid()}-{secrets.token_hex(4)}-{os.path.basename(path)}"
+    tmp = os.path.join(folder, name[:255])  # the longest name a file system takes
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "w+b") as f:
             result = fill(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        if before is not None:
+            os.chmod(tmp, stat.S_IMODE(before.st_mode))
+            try:
+                os.chown(tmp, before.st_uid, before.st_gid)
+            except OSError:  # only root may give a file away: it stays the writer's
+                pass
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return result
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Remove what killed writes (``kill -9``, a power cut) left in ``folder``: beholder's temporary
+    files of a process of this machine that is gone, or older than a day. Returns how many."""
+    removed = 0
+    try:
+        entries = [entry for entry in os.scandir(folder) if entry.name.startswith(TEMPORARY)]
+    except OSError:
+        return 0
+    for entry in entries:
+        host, _, rest = entry.name[len(TEMPORARY):].partition("-")
+        pid = rest.partition("-")[0]
+        try:
+            old = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+            if old or (host == _host() and pid.isdigit() and not _running(int(pid))):
+                os.remove(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def file_digest(path: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+import zipfile
 
 import numpy as np
 
@@ -22,11 +23,14 @@ CELLS_SEARCHED = 32
 
 class ExactIndex:
     """Every vector compared, in chunks, with the vectors kept as they came (float16): no centred
-    copy, so memory stays at the embeddings' own size."""
+    copy, so memory stays at the embeddings' own size. Rows that are not ``usable`` (not finite)
+    are set to the mean of the others: like nothing, they never count in a search's order."""
 
     kind = "exact"
 
-    def __init__(self, vectors: np.ndarray, chunk: int = 16384):
+    def __init__(self, vectors: np.ndarray, usable: np.ndarray | None = None, chunk: int = 16384):
+        if usable is not None and not usable.all():
+            vectors[~usable] = gallery_mean(vectors[usable])
         self.vectors, self.chunk, self.mean = vectors, chunk, gallery_mean(vectors)
         self.norms = np.concatenate([np.linalg.norm(vectors[s:s + chunk].astype(np.float32) - self.mean, axis=1)
                                      for s in range(0, len(vectors), chunk)])
@@ -64,16 +68,19 @@ class FaissIndex:
     @classmethod
     def build(cls, batches, count: int, digest: str, seed: int = 0) -> FaissIndex:
         """From ``batches()``: a fresh iterator of (first row, float16 rows) for each of the two
-        passes (mean and training sample, then the vectors added), so the vectors are never all in memory."""
+        passes (mean and training sample, then the vectors added), so the vectors are never all in
+        memory. Rows that are not finite are added as the mean: a zero vector once centred."""
         import faiss
 
-        total, sample = None, []
+        total, sample, finite = None, [], 0
         keep = TRAINING_SAMPLE / count
         rng = np.random.default_rng(seed)
         for _, rows in batches():
+            rows = rows[np.isfinite(rows).all(1)]
+            finite += len(rows)
             total = rows.astype(np.float64).sum(0) + (0 if total is None else total)
             sample.append(rows[rng.random(len(rows)) < keep])
-        mean = (total / count).astype(np.float32)
+        mean = (total / max(finite, 1)).astype(np.float32)
         dimension = len(mean)
         cells = max(1, min(math.ceil(math.sqrt(count)), count // 39))  # FAISS wants >= 39 training points a cell
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dimension), dimension, cells,
@@ -81,6 +88,8 @@ class FaissIndex:
         index.train(centred(np.concatenate(sample), mean))
         del sample
         for _, rows in batches():
+            rows = rows.astype(np.float32)
+            rows[~np.isfinite(rows).all(1)] = mean
             index.add(centred(rows, mean))
         index.make_direct_map()
         return cls(index, mean, digest)
@@ -93,11 +102,19 @@ class FaissIndex:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> FaissIndex:
+    def from_bytes(cls, data: bytes, digest: str, count: int) -> FaissIndex | None:
+        """A saved index, if it is one of ``count`` vectors made from the embeddings of ``digest``;
+        None when it is not, or is cut or corrupt (the digest is read before FAISS parses anything)."""
         import faiss
 
-        saved = np.load(io.BytesIO(data))
-        return cls(faiss.deserialize_index(saved["index"]), saved["mean"], str(saved["digest"]))
+        try:
+            saved = np.load(io.BytesIO(data), allow_pickle=False)
+            if str(saved["digest"]) != digest:
+                return None
+            found = cls(faiss.deserialize_index(saved["index"]), saved["mean"], digest)
+        except (ValueError, KeyError, EOFError, OSError, RuntimeError, zipfile.BadZipFile):  # damaged: built again
+            return None
+        return found if len(found) == count else None
 
     def __len__(self):
         return self.index.ntotal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -122,6 +123,16 @@ def trained(tmp_path_factory):
     cfg = compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={root}/run"])
     train(cfg)
     return root / "run" / "checkpoints" / "best.ckpt", gallery
+
+
+@pytest.fixture
+def photos(trained, tmp_path):
+    """A copy of the trained model's gallery, without its labels: a photographer's folder."""
+    _, gallery = trained
+    folder = tmp_path / "photos"
+    shutil.copytree(gallery, folder)
+    (folder / "labels.csv").unlink()
+    return folder
 
 
 def compose_predict(overrides):

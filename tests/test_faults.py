@@ -256,7 +256,7 @@ def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkey
     with pytest.raises(UserError, match=r"output=.*/out: writing the results failed .*No space left on device.*rerun to finish"):
         predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     assert not (tmp_path / "out" / "scores.csv").exists()  # nothing poses as complete
-    assert not list((tmp_path / "out").glob(".tmp-*"))
+    assert not list((tmp_path / "out").glob(".beholder-tmp-*"))
     monkeypatch.setattr(storage, "write_local_atomically", real)
     summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     assert summary["newly_scored"] == 0 and summary["scored"] == 60  # the rerun only writes

@@ -472,7 +472,7 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
     from playwright.sync_api import sync_playwright
 
     from beholder.predict import predict
-    from beholder.similar import Neighbours, load_index
+    from beholder.similar import Neighbours
     from conftest import compose_predict
 
     ckpt, _ = trained
@@ -480,7 +480,7 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
     predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored"]))
     client, tournament = client_for(panoramas, tmp_path / "labels.sqlite")
     assert client.get("/api/similar/1").status_code == 404 and "--index" in client.get("/api/similar/1").json()["detail"]
-    neighbours = Neighbours(*load_index(Store(), str(tmp_path / "scored"))[:2])
+    neighbours = Neighbours.load(Store(), str(tmp_path / "scored"))
     ids = {key: i for i, key in tournament.keys().items()}
     app = create_app(tournament, str(panoramas), Store(), "carol", neighbours=neighbours)
     api = TestClient(app, base_url="http://127.0.0.1:8000")

@@ -12,11 +12,8 @@ from conftest import compose_predict
 
 
 @pytest.fixture
-def scored(trained, tmp_path):
-    ckpt, gallery = trained
-    photos = tmp_path / "photos"
-    shutil.copytree(gallery, photos)
-    (photos / "labels.csv").unlink()
+def scored(trained, photos, tmp_path):
+    ckpt, _ = trained
     shutil.copy(photos / "sub0" / "img_000.jpg", photos / "twin.jpg")  # the same picture twice
     predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
     return ckpt, photos, tmp_path / "out"

@@ -7,10 +7,11 @@ import secrets
 import threading
 from collections import OrderedDict
 from importlib import resources
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from beholder.images import UnreadableImage, decode_image
 from beholder.label.review import Review
@@ -19,20 +20,24 @@ from beholder.similar import Neighbours
 from beholder.storage import Store, join
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-MAX_IMAGE_ID = 2**63 - 1
+MAX_IMAGE_ID = 2**63 - 1  # SQLite's largest integer
+MAX_BODY = 64 * 1024  # a request body: a set's ids or one decision are a few hundred bytes
 DECODES_AT_ONCE = 2  # full-size decodes in flight: each can take hundreds of MB for a huge PNG
 
 
 STATIC = {"labeller.css": "text/css", "common.js": "text/javascript"}
 
 
+RowId = Annotated[int, Field(ge=0, le=MAX_IMAGE_ID)]  # larger ones are no row, and would overflow SQLite
+
+
 class Submission(BaseModel):
-    set_id: int
-    advanced: list[int]
+    set_id: RowId
+    advanced: Annotated[list[RowId], Field(max_length=1000)]
 
 
 class Decision(BaseModel):
-    image_id: int
+    image_id: RowId
     keep: bool
 
 
@@ -43,21 +48,27 @@ def host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
-def request_refusal(request: Request, allowed_hosts: set[str] | None) -> str | None:
-    """Why a request must be refused, or None. Without a token the server answers only to its own
-    address (a page on another site can rebind a DNS name to 127.0.0.1, but not the Host header);
-    a request that changes state must be same-origin JSON (a cross-site form or beacon cannot be)."""
+def request_refusal(request: Request, allowed_hosts: set[str] | None) -> tuple[int, str] | None:
+    """Why a request must be refused (HTTP status, reason), or None. Without a token the server
+    answers only to its own address (a page on another site can rebind a DNS name to 127.0.0.1, but
+    not the Host header); a request that changes state must be same-origin JSON (a cross-site form or
+    beacon cannot be) of a declared, small length (read before any of it is)."""
     if allowed_hosts is not None and host_name(request.headers.get("host", "")) not in allowed_hosts:
-        return f"host {request.headers.get('host', '')!r} is not this labeller's address"
+        return 403, f"host {request.headers.get('host', '')!r} is not this labeller's address"
     if request.method in ("GET", "HEAD"):
         return None
+    length = request.headers.get("content-length", "")
+    if not length.isdigit():
+        return 411, "send the body with its Content-Length"
+    if int(length) > MAX_BODY:
+        return 413, f"a body of {length} bytes; at most {MAX_BODY}"
     origin = request.headers.get("origin")
     if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
-        return f"cross-origin request from {origin} refused"
+        return 403, f"cross-origin request from {origin} refused"
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        return "cross-site request refused"
+        return 403, "cross-site request refused"
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        return "send JSON (Content-Type: application/json)"
+        return 403, "send JSON (Content-Type: application/json)"
     return None
 
 
@@ -116,9 +127,9 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
 
     @app.middleware("http")
     async def refuse_foreign_requests(request: Request, call_next):
-        reason = request_refusal(request, allowed_hosts)
-        if reason:
-            return JSONResponse({"detail": reason}, status_code=403)
+        refusal = request_refusal(request, allowed_hosts)
+        if refusal:
+            return JSONResponse({"detail": refusal[1]}, status_code=refusal[0])
         return await call_next(request)
 
     def authorised(request: Request, t: str | None = Query(None, alias="token")):

@@ -22,7 +22,7 @@ from beholder.label.review import Review, read_decisions, review_labels
 from beholder.label.tournament import Tournament
 from beholder.module import load_checkpoint, score_images
 from beholder.policy import Policy
-from beholder.similar import Neighbours, load_index
+from beholder.similar import Neighbours
 from beholder.storage import Store, check_uri
 
 
@@ -69,7 +69,7 @@ def serve(args) -> None:
     tournament = Tournament(args.db, parse_targets(args.targets) if args.targets is not None else None)
     priorities = model_priorities(args.model, gallery, store, keys) if args.model else None
     tournament.sync_images(keys, priorities)
-    neighbours = Neighbours(*load_index(store, args.index)[:2]) if args.index else None
+    neighbours = Neighbours.load(store, args.index) if args.index else None
     listen(args, tournament, gallery, store, f"beholder labeller: {len(keys)} images in {gallery}", neighbours)
 
 
@@ -80,6 +80,12 @@ def serve_review(args) -> None:
         decisions = read_decisions(store.read(args.scores).decode(), args.scores)
     except FileNotFoundError:
         raise UserError(f"--scores {args.scores}: no such file") from None
+    in_gallery = list_gallery(store, gallery, "--gallery")
+    outside = [d["image"] for d in decisions if d["image"] not in in_gallery]
+    decisions = [d for d in decisions if d["image"] in in_gallery]
+    if outside:  # only gallery images are ever served: a row naming anything else is left out
+        print(f"beholder: {len(outside)} rows of {args.scores} name no image of {gallery}, left out: e.g. "
+              + "; ".join(outside[:3]), flush=True)
     review = Review(args.db)
     review.load(decisions)
     listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {args.scores} to confirm or overturn")

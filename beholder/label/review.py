@@ -32,14 +32,19 @@ def read_decisions(text: str, source: str) -> list[dict]:
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
         raise UserError(f"--scores {source}: not a scores.csv of predict.py (image, score, band, rank)")
-    try:
-        rows = [{"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"])} for r in rows]
-    except ValueError as error:
-        raise UserError(f"--scores {source}: {error}") from None
-    unknown = {r["band"] for r in rows} - set(BAND_ORDER)
-    if unknown:
-        raise UserError(f"--scores {source}: unknown band {sorted(unknown)[0]!r}")
-    return sorted(rows, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
+    decisions, seen = [], {}
+    for line, r in enumerate(rows, start=2):
+        try:
+            decision = {"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"])}
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--scores {source}: line {line}: {error}") from None
+        if decision["band"] not in BAND_ORDER:
+            raise UserError(f"--scores {source}: line {line}: unknown band {decision['band']!r}")
+        if decision["image"] in seen:
+            raise UserError(f"--scores {source}: line {line}: {decision['image']} again (first on line {seen[decision['image']]})")
+        seen[decision["image"]] = line
+        decisions.append(decision)
+    return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
 
 
 class Review(Tournament):

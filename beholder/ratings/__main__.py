@@ -20,7 +20,7 @@ import sys
 from beholder.errors import UserError, exit_on_user_error
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import sidecar_names, write_sidecars
-from beholder.storage import Store
+from beholder.storage import Store, inside
 
 DEFAULT_TIERS = "reject:0,1:0,2:1,3:1,4:2,5:3"
 
@@ -41,13 +41,13 @@ def parse_tiers(text: str) -> dict[int, int]:
     return tiers
 
 
-def read_source(source: str, root: str, problems: list[str]) -> list:
+def read_source(source: str, root: str, problems: list[str], notes: list[str]) -> list:
     if os.path.isdir(source):
         return from_sidecars(source, root, problems)
     if source.lower().endswith(".lrcat"):
-        return from_lightroom(source)
+        return from_lightroom(source, problems, notes)
     if source.lower().endswith(".db"):
-        return from_darktable(source)
+        return from_darktable(source, problems, notes)
     raise UserError(f"{source}: give a folder of XMP sidecars, a Lightroom catalogue (.lrcat) or darktable's library.db")
 
 
@@ -59,8 +59,9 @@ def run_import(args) -> None:
     if os.path.exists(args.out) and not args.force:
         raise UserError(f"--out {args.out}: already there; give --force to replace it, or another name")
     problems: list[str] = []
+    notes: list[str] = []
     rows, unrated, missing, outside, unmapped = {}, [], [], [], []
-    for rated in read_source(os.path.expanduser(args.source), root, problems):
+    for rated in read_source(os.path.expanduser(args.source), root, problems, notes):
         path = os.path.abspath(rated["path"])
         relative = os.path.relpath(path, root)
         if relative.startswith(".."):
@@ -87,8 +88,15 @@ def run_import(args) -> None:
     for name, paths in (("no longer there", missing), ("outside --root", outside), ("rating not in --tiers", unmapped)):
         if paths:
             lines.append(f"  {name:<15} {len(paths)}  e.g. " + "; ".join(paths[:3]))
-    lines += [f"  skipped         {problem}" for problem in problems]
+    lines += [f"  {note}" for note in notes]
+    lines += listed("skipped", problems)
     print("\n".join(lines))
+
+
+def listed(what: str, problems: list[str], shown: int = 10) -> list[str]:
+    """One line per problem, the first ``shown`` of them, then how many more."""
+    lines = [f"  {what:<15} {problem}" for problem in problems[:shown]]
+    return lines + ([f"  {'':<15} ... and {len(problems) - shown} more"] if len(problems) > shown else [])
 
 
 def run_write(args) -> None:
@@ -100,21 +108,33 @@ def run_write(args) -> None:
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
         raise UserError(f"--scores {args.scores}: not a scores.csv of predict.py (image, score, band, rank)")
-    for row in rows:
-        row["score"], row["rank"] = float(row["score"]), int(row["rank"])
+    for line, row in enumerate(rows, start=2):
+        try:
+            row["score"], row["rank"] = float(row["score"]), int(row["rank"])
+        except (TypeError, ValueError):
+            raise UserError(f"--scores {args.scores}: line {line}: score {row['score']!r} / rank {row['rank']!r} are not numbers") from None
+        if row["band"] not in ("keep", "review", "reject"):
+            raise UserError(f"--scores {args.scores}: line {line}: band {row['band']!r} is not keep, review or reject")
     root = os.path.expanduser(args.root)
     names = sidecar_names([row["image"] for row in rows])
-    present = [row for row in rows if os.path.isfile(os.path.join(root, row["image"]))]
-    targets = {row["image"]: os.path.join(root, names[row["image"]]) for row in present}
+    targets, outside, gone = {}, [], []
+    for row in rows:
+        image, sidecar = inside(root, row["image"]), inside(root, names[row["image"]])
+        if image is None or sidecar is None:
+            outside.append(row["image"])
+        elif os.path.isfile(image):
+            targets[row["image"]] = sidecar
+        else:
+            gone.append(row["image"])
+    present = [row for row in rows if row["image"] in targets]
     kept = sum(row["band"] == "keep" for row in rows)
     left_alone = write_sidecars(store, present, targets, kept, args.overwrite_ratings)
     print(f"beholder: {len(present) - len(left_alone)} sidecars written beside the images in {root} "
           f"(ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
-    gone = [row["image"] for row in rows if row["image"] not in targets]
-    if gone:
-        print(f"  no longer there {len(gone)}  e.g. " + "; ".join(gone[:3]))
-    for problem in left_alone:
-        print(f"  left as it was, not XMP: {problem}")
+    for name, images in (("no longer there", gone), ("outside --root", outside)):
+        if images:
+            print(f"  {name:<15} {len(images)}  e.g. " + "; ".join(images[:3]) + ("  (left out: nothing is written outside --root)" if name == "outside --root" else ""))
+    print("\n".join(listed("left as it was", left_alone)))
 
 
 def main(argv=None) -> None:

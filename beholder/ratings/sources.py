@@ -1,16 +1,25 @@
 """Where photographers keep their ratings: XMP sidecars (and XMP inside images), a Lightroom Classic
 catalogue (.lrcat) and a darktable library.db. Each source gives (absolute image path, rating,
-label) with rating -1 (rejected), 0 (unrated) or 1-5 stars. Catalogues are opened read-only and
-immutable: never written, and readable while the application holds its lock."""
+label) with rating -1 (rejected), 0 (unrated) or 1-5 stars; what cannot be read is named in
+``problems`` and skipped. Catalogues are never written: opened read-only and immutable (readable
+while the application holds its lock), or, when the application has changes in a write-ahead log
+that it has not yet written into the file, as a copy of the file and its log in a temporary folder.
+"""
 
 from __future__ import annotations
 
+import mmap
 import os
+import shutil
 import sqlite3
+import stat
+import tempfile
+from contextlib import contextmanager
 
 from beholder.errors import UserError
 from beholder.images import IMAGE_SUFFIXES
-from beholder.ratings.xmp import UnreadableSidecar, embedded_packet, read_rating
+from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, embedded_packet, read_rating
+from beholder.storage import read_local_file
 
 DARKTABLE_COLOURS = {0: "Red", 1: "Yellow", 2: "Green", 3: "Blue", 4: "Purple"}
 DARKTABLE_REJECTED = 8  # flags bit since darktable 3.0 (before: stars == 6)
@@ -38,10 +47,9 @@ def from_sidecars(folder: str, images_root: str, problems: list[str]) -> list[Ra
             stem = os.path.join(images_root, os.path.relpath(sidecar, folder))[:-4]
             targets = [stem] if stem.lower().endswith(IMAGE_SUFFIXES) else images_with_stem(stem)
             try:
-                with open(sidecar, "rb") as f:
-                    values = read_rating(f.read())
-            except UnreadableSidecar as error:
-                problems.append(f"{sidecar}: {error}; skipped")
+                values = read_rating(read_local_file(sidecar, MAX_BYTES))
+            except (UnreadableSidecar, OSError) as error:
+                problems.append(f"{sidecar}: {reason(error)}; skipped")
                 continue
             if not targets:
                 targets = [stem]  # an image no longer there: counted as missing
@@ -52,16 +60,35 @@ def from_sidecars(folder: str, images_root: str, problems: list[str]) -> list[Ra
         for name in sorted(files):
             path = os.path.join(directory, name)
             if name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".dng")) and os.path.normcase(path) not in covered:
-                with open(path, "rb") as f:
-                    packet = embedded_packet(f.read())
-                if packet:
-                    try:
-                        values = read_rating(packet)
-                    except UnreadableSidecar as error:
-                        problems.append(f"{path}: embedded XMP {error}; skipped")
-                        continue
+                try:
+                    packet = packet_in_file(path)
+                    values = read_rating(packet) if packet else None
+                except (UnreadableSidecar, OSError) as error:
+                    problems.append(f"{path}: embedded XMP {reason(error)}; skipped")
+                    continue
+                if values:
                     rated.append(Rated(path=path, rating=rating_from_xmp(values), label=values["label"]))
     return rated
+
+
+def reason(error: Exception) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def packet_in_file(path: str) -> bytes | None:
+    """The XMP packet inside an image file, searched in place (mapped, not read into memory); only
+    regular files are opened (a FIFO named like a photo would block, /dev/zero never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size == 0:
+            return None
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+            return embedded_packet(mapped)
+    finally:
+        os.close(fd)
 
 
 def images_with_stem(stem: str) -> list[str]:
@@ -73,55 +100,92 @@ def images_with_stem(stem: str) -> list[str]:
     return sorted(os.path.join(directory, n) for n in names if os.path.splitext(n)[0] == base and n.lower().endswith(IMAGE_SUFFIXES))
 
 
-def open_catalogue(path: str, tables: set[str], kind: str) -> sqlite3.Connection:
+@contextmanager
+def open_catalogue(path: str, tables: set[str], kind: str, notes: list[str]):
+    """A read-only connection to the catalogue. With a write-ahead log beside it (the application
+    has it open and has changes not yet written into the file), the file and its log are copied into
+    a temporary folder and that copy is read, so the changes count and the originals stay untouched;
+    ``notes`` says which state was read."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such {kind} file")
-    try:
-        connection = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro&immutable=1", uri=True)
-        found = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as error:
-        raise UserError(f"{path}: not a {kind} ({error})") from None
-    if not tables <= found:
-        raise UserError(f"{path}: not a {kind} (tables {', '.join(sorted(tables - found))} missing)")
-    return connection
+    wal = path + "-wal"
+    with tempfile.TemporaryDirectory(prefix="beholder-catalogue-") as copy:
+        if os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            source = os.path.join(copy, os.path.basename(path))
+            shutil.copyfile(path, source)
+            shutil.copyfile(wal, source + "-wal")
+            uri = f"file:{source}"
+            notes.append(f"read {path} with its write-ahead log {wal} (changes the application has not yet written into the catalogue included)")
+        else:
+            uri = f"file:{os.path.abspath(path)}?mode=ro&immutable=1"
+            notes.append(f"read {path} (no write-ahead log beside it)")
+        try:
+            connection = sqlite3.connect(uri, uri=True)
+            found = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as error:
+            raise UserError(f"{path}: not a {kind} ({error})") from None
+        try:
+            if not tables <= found:
+                raise UserError(f"{path}: not a {kind} (tables {', '.join(sorted(tables - found))} missing)")
+            yield connection
+        except sqlite3.DatabaseError as error:
+            raise UserError(f"{path}: not a {kind} this beholder reads ({error})") from None
+        finally:
+            connection.close()
 
 
-def from_lightroom(path: str) -> list[Rated]:
+def whole_number(value, low: int, high: int) -> int | None:
+    """A rating or flag as stored (an integer, a whole REAL, NULL); None for anything else."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and low <= value <= high else None
+
+
+def from_lightroom(path: str, problems: list[str], notes: list[str]) -> list[Rated]:
     """Lightroom Classic: Adobe_images (rating, pick: 1 flagged, -1 rejected, colorLabels) joined
-    to the file, its folder and its root folder."""
-    connection = open_catalogue(path, {"Adobe_images", "AgLibraryFile", "AgLibraryFolder", "AgLibraryRootFolder"},
-                                "Lightroom catalogue")
-    try:
-        rows = connection.execute(
-            "SELECT root.absolutePath || folder.pathFromRoot || file.idx_filename, image.rating, image.pick, image.colorLabels "
+    to the file, its folder and its root folder. A row with a missing path or a rating that is not
+    one is named and skipped."""
+    with open_catalogue(path, {"Adobe_images", "AgLibraryFile", "AgLibraryFolder", "AgLibraryRootFolder"}, "Lightroom catalogue", notes) as db:
+        rows = db.execute(
+            "SELECT image.id_local, root.absolutePath, folder.pathFromRoot, file.idx_filename, image.rating, image.pick, image.colorLabels "
             "FROM Adobe_images image JOIN AgLibraryFile file ON image.rootFile = file.id_local "
             "JOIN AgLibraryFolder folder ON file.folder = folder.id_local "
             "JOIN AgLibraryRootFolder root ON folder.rootFolder = root.id_local").fetchall()
-    except sqlite3.DatabaseError as error:
-        raise UserError(f"{path}: not a Lightroom catalogue this beholder reads ({error})") from None
-    finally:
-        connection.close()
-    return [Rated(path=file, rating=-1 if (pick or 0) < 0 else int(rating or 0), label=label or "") for file, rating, pick, label in rows]
+    rated = []
+    for image, root, folder, filename, rating, pick, label in rows:
+        where = f"{path}: Adobe_images row {image}"
+        stars, flag = whole_number(rating, 0, 5), whole_number(pick, -1, 1)
+        if not all(isinstance(part, str) for part in (root, folder, filename)) or not filename:
+            problems.append(f"{where}: no file path (root folder, folder or file name missing); skipped")
+        elif stars is None or flag is None:
+            problems.append(f"{where}: rating {rating!r} / pick {pick!r} is not a Lightroom rating; skipped")
+        else:
+            rated.append(Rated(path=root + folder + filename, rating=-1 if flag < 0 else stars, label=label if isinstance(label, str) else ""))
+    return rated
 
 
-def from_darktable(path: str) -> list[Rated]:
+def from_darktable(path: str, problems: list[str], notes: list[str]) -> list[Rated]:
     """darktable's library.db: stars in the low 3 bits of images.flags, the rejected bit, the film
-    roll's folder, colour labels."""
-    connection = open_catalogue(path, {"images", "film_rolls"}, "darktable library")
-    try:
-        rows = connection.execute(
+    roll's folder, colour labels. A row with a missing path or flags is named and skipped."""
+    with open_catalogue(path, {"images", "film_rolls"}, "darktable library", notes) as db:
+        rows = db.execute(
             "SELECT images.id, film_rolls.folder, images.filename, images.flags FROM images "
             "JOIN film_rolls ON images.film_id = film_rolls.id").fetchall()
         colours = {}
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'color_labels'").fetchone():
-            for image, colour in connection.execute("SELECT imgid, color FROM color_labels ORDER BY color"):
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'color_labels'").fetchone():
+            for image, colour in db.execute("SELECT imgid, color FROM color_labels ORDER BY color"):
                 colours.setdefault(image, DARKTABLE_COLOURS.get(colour, ""))
-    except sqlite3.DatabaseError as error:
-        raise UserError(f"{path}: not a darktable library this beholder reads ({error})") from None
-    finally:
-        connection.close()
     rated = []
     for image, folder, filename, flags in rows:
+        where = f"{path}: images row {image}"
+        if not isinstance(folder, str) or not isinstance(filename, str) or not filename:
+            problems.append(f"{where}: no file path (film roll folder or file name missing); skipped")
+            continue
+        if not isinstance(flags, int):
+            problems.append(f"{where}: flags {flags!r} are not darktable's; skipped")
+            continue
         stars = flags & 7
         rejected = bool(flags & DARKTABLE_REJECTED) or stars == 6
         rated.append(Rated(path=os.path.join(folder, filename), rating=-1 if rejected else min(stars, 5), label=colours.get(image, "")))

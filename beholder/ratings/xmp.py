@@ -7,6 +7,9 @@ import io
 import os
 import re
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
+
+from beholder.storage import is_s3, read_local_file, remove_stale_temporaries
 
 NAMESPACES = {
     "x": "adobe:ns:meta/",
@@ -20,7 +23,10 @@ EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www
 BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
 # The photographer's fields that beholder sets only where none is set (or where it set them itself).
 RATING_FIELDS = (("xmp", "Rating"), ("xmp", "Label"), ("digiKam", "PickLabel"))
-PACKET = re.compile(rb"<x:xmpmeta[\s>].*?</x:xmpmeta>", re.S)
+PACKET_START, PACKET_END = b"<x:xmpmeta", b"</x:xmpmeta>"
+MAX_BYTES = 16 << 20  # real sidecars are kilobytes; darktable's edit history, a few hundred
+MAX_DEPTH = 100  # real XMP nests about 10 deep; far deeper only exhausts the writer's recursion
+WRAPPER = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n', '\n<?xpacket end="w"?>\n')
 
 
 class UnreadableSidecar(ValueError):
@@ -39,12 +45,16 @@ def sidecar_names(images: list[str]) -> dict[str, str]:
 
 
 def parse(data: bytes) -> tuple[ET.Element, ET.Element]:
-    """The packet's root and rdf:RDF elements (the file's own prefixes registered for writing back)."""
+    """The packet's root and rdf:RDF elements, comments and processing instructions kept (the
+    file's own prefixes registered for writing back)."""
+    outline(data)
     try:
         for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
             if prefix and not re.fullmatch(r"ns\d+", prefix):
                 ET.register_namespace(prefix, uri)  # write the file's own prefixes back
-        root = ET.fromstring(data)
+        parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
+        parser.feed(data)
+        root = parser.close()
     except ET.ParseError as error:
         raise UnreadableSidecar(f"not XML ({error})") from None
     rdf = NAMESPACES["rdf"]
@@ -52,6 +62,35 @@ def parse(data: bytes) -> tuple[ET.Element, ET.Element]:
     if holder is None:
         raise UnreadableSidecar("no rdf:RDF element")
     return root, holder
+
+
+def outline(data: bytes) -> tuple[int, int]:
+    """Where the root element starts and ends in ``data`` (so that what surrounds it, the xpacket
+    wrapper and comments, is written back as it was); refuses XML nested deeper than ``MAX_DEPTH``."""
+    parser = expat.ParserCreate()
+    depth, span = 0, [None, None]
+
+    def start(name, attributes):
+        nonlocal depth
+        if depth == 0:
+            span[0] = parser.CurrentByteIndex
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise UnreadableSidecar(f"elements nested more than {MAX_DEPTH} deep")
+
+    def end(name):
+        nonlocal depth
+        depth -= 1
+        if depth == 0:
+            at = parser.CurrentByteIndex
+            span[1] = data.index(b">", at) + 1 if data[at:at + 2] == b"</" else None
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as error:
+        raise UnreadableSidecar(f"not XML ({error})") from None
+    return span[0], span[1]
 
 
 def tag(prefix: str, name: str) -> str:
@@ -71,21 +110,35 @@ def property_of(holder: ET.Element, prefix: str, name: str) -> str | None:
 
 def read_rating(data: bytes) -> dict:
     """``rating`` (-1 rejected, 0 unrated, 1-5 stars, or None), ``label`` (colour) and ``pick``
-    (digiKam: 1 rejected, 3 accepted) of an XMP packet."""
+    (digiKam: 1 rejected, 3 accepted) of an XMP packet; a value that is none of these is refused."""
     _, holder = parse(data)
     rating, pick = property_of(holder, "xmp", "Rating"), property_of(holder, "digiKam", "PickLabel")
-    try:
-        stars = round(float(rating)) if rating not in (None, "") else None
-    except ValueError:
-        stars = None
-    return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "",
-            "pick": int(pick) if pick and pick.isdigit() else None}
+    stars = None
+    if rating not in (None, ""):
+        if not re.fullmatch(r"-?[0-9]{1,3}(\.[0-9]{1,6})?", rating) or not -1 <= float(rating) <= 5:
+            raise UnreadableSidecar(f"xmp:Rating {rating[:40]!r} is not a rating from -1 to 5")
+        stars = round(float(rating))
+    if pick not in (None, "") and not re.fullmatch(r"[0-9]", pick):
+        raise UnreadableSidecar(f"digiKam:PickLabel {pick[:40]!r} is not a pick label (0-9)")
+    return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "", "pick": int(pick) if pick else None}
 
 
-def embedded_packet(data: bytes) -> bytes | None:
-    """The XMP packet inside an image file (JPEG APP1, TIFF/DNG tag 700, ...), found by its markers."""
-    match = PACKET.search(data)
-    return match.group(0) if match else None
+def embedded_packet(data) -> bytes | None:
+    """The XMP packet inside an image file (JPEG APP1, TIFF/DNG tag 700, ...), found by its markers
+    (``data``: bytes or an mmap). One pass: each marker is looked for once from where the last was."""
+    start = data.find(PACKET_START)
+    while start >= 0:
+        after = data[start + len(PACKET_START):start + len(PACKET_START) + 1]
+        if after == b">" or after.isspace():
+            end = data.find(PACKET_END, start)
+            if end < 0:
+                return None
+            end += len(PACKET_END)
+            if end - start > MAX_BYTES:
+                raise UnreadableSidecar(f"an XMP packet of {end - start} bytes, more than {MAX_BYTES}")
+            return bytes(data[start:end])
+        start = data.find(PACKET_START, start + 1)
+    return None
 
 
 def star_rating(rank: int, kept: int, band: str) -> int:
@@ -125,21 +178,44 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
             for child in element.findall(tag(prefix, name)):
                 element.remove(child)
         description.set(tag(prefix, name), value)
-    body = ET.tostring(root, encoding="unicode")
-    return f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>\n'.encode()
+    body = ET.tostring(root, encoding="unicode").encode()
+    if not existing:
+        return WRAPPER[0].encode() + body + WRAPPER[1].encode()
+    start, end = outline(existing)
+    before, after = existing[:start], existing[end:] if end is not None else b""
+    return ((before if b"<?xpacket" in before else before + WRAPPER[0].encode()) + body
+            + (after if b"<?xpacket" in after else WRAPPER[1].encode() + after))
 
 
 def write_sidecars(store, rows: list[dict], targets: dict[str, str], kept: int, overwrite_ratings: bool = False) -> list[str]:
     """Each row's (image, rank, band, score) decision merged into the sidecar at ``targets[image]``
-    (written whole or not at all). Returns the sidecars left alone because they are not XMP."""
-    left_alone = []
+    (written whole or not at all, keeping the file's permissions). Returns why each sidecar left as
+    it was was left: not XMP, read-only, not a regular file, or not writable. Temporary files that
+    an earlier, killed run left in these folders are removed first."""
+    left_alone, cleaned = [], set()
     for row in rows:
         target = targets[row["image"]]
-        existing = store.read(target) if store.exists(target) else None
         try:
+            if not is_s3(target) and os.path.dirname(target) not in cleaned:
+                cleaned.add(os.path.dirname(target))
+                remove_stale_temporaries(os.path.dirname(target) or ".")
+            existing = read_existing(store, target)
             packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], existing, overwrite_ratings)
-        except UnreadableSidecar as error:
-            left_alone.append(f"{target}: {error}")
-            continue
-        store.write(target, packet)
+            store.write(target, packet)
+        except (UnreadableSidecar, OSError, RecursionError) as error:
+            left_alone.append(f"{target}: {error.strerror if isinstance(error, OSError) and error.strerror else error}")
     return left_alone
+
+
+def read_existing(store, target: str) -> bytes | None:
+    """The sidecar at ``target``, None if there is none; a read-only one is refused (the
+    photographer locked it), as is anything but a regular file of at most ``MAX_BYTES``."""
+    if is_s3(target):
+        return store.read(target) if store.exists(target) else None
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return None
+    if info.st_mode & 0o222 == 0:
+        raise UnreadableSidecar("read-only")
+    return read_local_file(target, MAX_BYTES)

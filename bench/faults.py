@@ -11,19 +11,25 @@
   archive   ingest of a hostile archive (encoded ../ and / links, a redirect to another site, a
             dribbling download, an endless listing) and of one 268 MB file: what was refused, written
             outside, fetched elsewhere, and the ingester's peak memory
-Results replace the "faults" section of bench/RESULTS.md.
+  surfaces  hostile and careless input on ratings, sidecars, review, search, the feature cache and
+            checkpoints, each through its command: files written outside, images served outside,
+            runs stopped by one bad file, NaN results
+Results replace the "faults" section of bench/RESULTS.md ("faults-surfaces" for the last).
 
-    python bench/faults.py          # about 5 minutes on 2 CPU cores
+    python bench/faults.py                   # about 6 minutes on 2 CPU cores
+    python bench/faults.py --only surfaces   # about a minute
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -296,15 +302,319 @@ def archive_experiment(work):
     return hostile, big
 
 
+SECRET_COLOUR = (255, 0, 255)  # the private photo outside the gallery: a colour no photo of the gallery has
+
+
+def beholder_cli(args, **kwargs):
+    """``python -m ...`` or a script of the repo, as a user runs it: (exit code, output)."""
+    command = [PYTHON, "-m", *args] if not args[0].endswith(".py") else [PYTHON, os.path.join(REPO, args[0]), *args[1:]]
+    run = subprocess.run(command, env=env(), capture_output=True, text=True, cwd=kwargs.pop("cwd", REPO), **kwargs)
+    return run.returncode, run.stdout + run.stderr
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its content (what 'written outside' is counted against)."""
+    found = {}
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    found[path] = f.read()
+    return found
+
+
+def changed(before, after):
+    return sum(after.get(path) != data for path, data in before.items()) + len(set(after) - set(before))
+
+
+def last_line(output):
+    lines = [line for line in output.strip().splitlines() if line.startswith("beholder")]
+    return (lines[-1] if lines else output.strip().splitlines()[-1] if output.strip() else "").replace("|", "/")[:110]
+
+
+def surfaces_experiment(work, ckpt, photos):
+    """Each hostile input through its command, on a photographer's folder of real photos with a
+    private folder beside it; the rows count what the README promises never happens."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from beholder.embeddings import parquet_bytes, read_parquet
+
+    home = os.path.join(work, "surfaces")
+    gallery, private, out = os.path.join(home, "Pictures"), os.path.join(home, "private"), os.path.join(home, "out")
+    os.makedirs(private)
+    for i, name in enumerate(sorted(os.listdir(photos))[:40]):
+        os.makedirs(os.path.join(gallery, f"2026/0{i % 3 + 1}"), exist_ok=True)
+        shutil.copy(os.path.join(photos, name), os.path.join(gallery, f"2026/0{i % 3 + 1}", name))
+    Image.new("RGB", (64, 48), SECRET_COLOUR).save(os.path.join(private, "secret.jpg"))
+    with open(os.path.join(private, "secret.xmp"), "w") as f:
+        f.write("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    images = sorted(os.path.relpath(os.path.join(d, n), gallery) for d, _, fs in os.walk(gallery) for n in fs)
+    deep = (b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+            + b"<a>" * 5000 + b"</a>" * 5000 + b"</rdf:RDF></x:xmpmeta>")
+    rated = ("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+             "<rdf:Description rdf:about='' xmlns:xmp='http://ns.adobe.com/xap/1.0/' xmlns:digiKam='http://www.digikam.org/ns/1.0/' {}/>"
+             "</rdf:RDF></x:xmpmeta>")
+    stem = lambda image: os.path.join(gallery, os.path.splitext(image)[0])  # noqa: E731
+    with open(stem(images[0]) + ".xmp", "wb") as f:
+        f.write(deep)
+    for image, value in zip(images[1:4], ('xmp:Rating="1e400"', 'digiKam:PickLabel="²"', 'xmp:Rating="4"')):
+        with open(stem(image) + ".xmp", "w") as f:
+            f.write(rated.format(value))
+    os.mkfifo(stem(images[4]) + ".xmp")
+    os.symlink("/dev/zero", os.path.join(gallery, "zero.jpg"))
+    with open(os.path.join(gallery, "openings.jpg"), "wb") as f:
+        f.write(b"\xff\xd8" + b"<x:xmpmeta " * 100_000)
+    outside_before = snapshot(private)
+    rows = []
+
+    def row(surface, hostile, code, output, seconds, written=0, served=0, nan=0, stopped=None):
+        stopped = int(code != 0) if stopped is None else stopped
+        rows.append([surface, hostile, f"{code}: {last_line(output)}", written, served, stopped, nan, f"{seconds:.1f}"])
+
+    started = time.perf_counter()  # the photographer's ratings, before beholder writes any
+    code, output = beholder_cli(["beholder.ratings", "import", gallery, "--root", gallery, "--out", os.path.join(home, "labels.csv")], timeout=300)
+    row("ratings import (sidecars)", "Rating 1e400, PickLabel ², 5,000 deep, a FIFO, /dev/zero, 1 MB of packet openings",
+        code, output, time.perf_counter() - started, stopped=int(code != 0 or not os.path.exists(os.path.join(home, "labels.csv"))))
+
+    started = time.perf_counter()  # predict with sidecars beside the images, one of them 5,000 deep
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={out}", "xmp=true",
+                                 "xmp_beside_images=true", f"hydra.run.dir={work}/h-surfaces"], timeout=600)
+    scored = os.path.exists(os.path.join(out, "scores.csv"))
+    row("predict.py xmp_beside_images=true", "a sidecar nested 5,000 deep, a FIFO named .xmp, /dev/zero named .jpg",
+        code, output, time.perf_counter() - started, changed(outside_before, snapshot(private)), stopped=int(code != 0 or not scored))
+
+    catalogue = os.path.join(home, "library.db")
+    darktable = sqlite3.connect(catalogue, isolation_level=None)
+    darktable.execute("PRAGMA journal_mode=WAL")
+    darktable.execute("PRAGMA wal_autocheckpoint=0")
+    darktable.executescript("CREATE TABLE film_rolls (id INTEGER PRIMARY KEY, folder TEXT);"
+                            "CREATE TABLE images (id INTEGER PRIMARY KEY, film_id INTEGER, filename TEXT, flags INTEGER);")
+    darktable.execute("INSERT INTO film_rolls VALUES (1, ?), (2, NULL)", (os.path.join(gallery, "2026/01"),))
+    names = sorted(os.listdir(os.path.join(gallery, "2026/01")))
+    darktable.executemany("INSERT INTO images VALUES (?, ?, ?, ?)", [(1, 1, names[0], 1), (2, 1, None, 3), (3, 1, names[1], None), (4, 2, names[2], 2)])
+    darktable.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    darktable.execute("UPDATE images SET flags = 5 WHERE id = 1")  # committed, only in the write-ahead log
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder.ratings", "import", catalogue, "--root", gallery, "--out", os.path.join(home, "dt.csv")], timeout=300)
+    darktable.close()
+    with open(os.path.join(home, "dt.csv")) if code == 0 else open(os.devnull) as f:
+        stars = {row["image"]: row["rating"] for row in csv.DictReader(f)}
+    row("ratings import (darktable, open)", f"NULL path and flags rows; 5 stars only in the WAL (read: {stars.get('2026/01/' + names[0], 'none')})",
+        code, output, time.perf_counter() - started, stopped=int(code != 0))
+
+    scores = os.path.join(home, "hostile-scores.csv")
+    with open(os.path.join(out, "scores.csv")) as f:
+        good = list(csv.DictReader(f))
+    with open(scores, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "score", "band", "rank"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(good[:10])
+        for rank, image in enumerate(["../private/secret.jpg", os.path.join(private, "secret.jpg")], start=11):
+            writer.writerow({"image": image, "score": 0.99, "band": "keep", "rank": rank})
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder.ratings", "write", "--scores", scores, "--root", gallery], timeout=300)
+    row("ratings write", "rows ../private/secret.jpg and an absolute path; the 5,000-deep sidecar", code, output,
+        time.perf_counter() - started, changed(outside_before, snapshot(private)))
+
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-m", "beholder.label", "review", "--scores", scores, "--gallery", gallery, "--db",
+                               os.path.join(home, "review.sqlite"), "--port", str(port)], env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    started = time.perf_counter()
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: port_open(port) or server.poll() is not None, timeout=120)
+    served, answers = 0, []
+    for image_id in range(1, len(good) + 20):
+        status, body = http_get(f"{base}/image/{image_id}")
+        answers.append(status)
+        if status == 200 and magenta(body):
+            served += 1
+    huge_id = http_post(f"{base}/api/review/decide", b'{"image_id": %d, "keep": true}' % 2**70)
+    huge_body = http_post(f"{base}/api/review/decide", b"{" + b" " * (1 << 20), declared=200 << 20)
+    server.terminate()
+    output = server.communicate()[0]
+    row("label review", f"the same rows; image_id 2^70 (HTTP {huge_id}); a 200 MB body (HTTP {huge_body})",
+        0 if answers.count(200) == 10 else 1, output or "served", time.perf_counter() - started, served=served)
+
+    started = time.perf_counter()
+    parquet = os.path.join(out, "embeddings.parquet")
+    names_, vectors, metadata = read_parquet(parquet)
+    vectors = vectors.copy()
+    vectors[1] = np.nan
+    renamed = ["../private/secret.jpg" if i == 2 else image for i, image in enumerate(names_)]
+    with open(parquet, "wb") as f:
+        f.write(parquet_bytes([{"image": n, "vector": v} for n, v in zip(renamed, vectors)], metadata["beholder.checkpoint_sha256"],
+                              metadata["beholder.gallery"]))
+    os.rename(os.path.join(out, "scores.csv"), os.path.join(out, "scores.csv.kept"))
+    os.remove(os.path.join(gallery, names_[3]))  # deleted since it was scored
+    code, output = beholder_cli(["beholder.similar", "--index", out, "--query", names_[0], "--k", "30", "--out", os.path.join(home, "like")])
+    nan = 0
+    if code == 0:
+        with open(os.path.join(home, "like", "similar.csv")) as f:
+            nan = sum(not math.isfinite(float(r["similarity"])) for r in csv.DictReader(f))
+        with open(os.path.join(home, "like", "similar.html"), "rb") as f:
+            page = f.read()
+    embedded_secret = int(code == 0 and contains_magenta(page))
+    row("similar --out", "a NaN vector, a row naming ../private/secret.jpg, a deleted gallery image", code, output,
+        time.perf_counter() - started, served=embedded_secret, nan=nan)
+    with open(os.path.join(out, "embeddings.faiss.npz"), "wb") as f:
+        f.write(b"PK\x03\x04 damaged")
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder.similar", "--index", out, "--query", names_[0], "--method", "faiss"])
+    row("similar --method faiss", "a damaged embeddings.faiss.npz (rebuilt)", code, output, time.perf_counter() - started)
+    empty = pa.table({"image": pa.array([], pa.string()), "vector": pa.FixedSizeListArray.from_arrays(pa.array([], pa.float16()), 4)})
+    pq.write_table(empty.replace_schema_metadata({"beholder.dimension": "4"}), parquet)
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder.similar", "--index", out, "--query", names_[0]])
+    row("similar", "an empty embeddings.parquet (one line, exit 2)", code, output, time.perf_counter() - started, stopped=0)
+
+    labelled = os.path.join(home, "panoramas")
+    make_gallery(labelled, count=40)
+    cache = os.path.join(home, "cache")
+    tiny = ["backbone.name=test_efficientnet", "backbone.pretrained=false", "backbone.trainable_blocks=0", "head=regression",
+            "data.image_size=[32,64]", "data.num_workers=0", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+            f"data.root={labelled}", f"data.labels={labelled}/labels.csv", f"feature_cache={cache}"]
+    beholder_cli(["train.py", *tiny, f"output_dir={home}/run1"], timeout=600)
+    entries = sorted(os.path.join(d, n) for d, _, fs in os.walk(cache) for n in fs if n.endswith(".npy"))
+    np.save(entries[0], np.full(np.load(entries[1]).shape, np.nan, dtype=np.float32))
+    np.save(entries[1], np.zeros(3, dtype=np.float32))
+    with open(entries[2], "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)})
+    started = time.perf_counter()
+    code, output = beholder_cli(["train.py", *tiny, f"output_dir={home}/run2"], timeout=600)
+    nan = non_finite_weights(os.path.join(home, "run2", "checkpoints", "best.ckpt"))
+    damaged = next((line.split()[1] for line in output.splitlines() if "damaged entries" in line), "0")
+    row("train.py feature_cache=", f"cache entries: NaN, 3 floats, a header of 2^40 floats ({damaged} recomputed)", code, output,
+        time.perf_counter() - started, nan=nan)
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    weight = next(k for k in checkpoint["state_dict"] if k.startswith("net.head") and k.endswith("weight"))
+    checkpoint["state_dict"][weight].view(-1)[0] = float("nan")
+    broken = os.path.join(home, "nan.ckpt")
+    torch.save(checkpoint, broken)
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt_path={broken}", f"gallery={gallery}", f"output={home}/nan-out",
+                                 f"hydra.run.dir={work}/h-nan"], timeout=600)
+    row("predict.py", "a checkpoint with one NaN head weight (one line, exit 2)", code, output, time.perf_counter() - started,
+        nan=nan_scores(os.path.join(home, "nan-out", "scores.csv")), stopped=0)
+    started = time.perf_counter()
+    code, output = beholder_cli(["train.py", "experiment=personal", f"base_ckpt={broken}", *tiny[4:], "data.score_column=beauty_mean",
+                                 f"output_dir={home}/personal"], timeout=600)
+    written = os.path.join(home, "personal", "checkpoints", "best.ckpt")
+    row("train.py experiment=personal", "a base checkpoint with one NaN head weight (one line, exit 2)", code, output,
+        time.perf_counter() - started, nan=int(os.path.exists(written)), stopped=0)
+    return rows
+
+
+def non_finite_weights(path):
+    """Numbers in a trained checkpoint's weights that are not finite (0 when none was written)."""
+    if not os.path.exists(path):
+        return 0
+    weights = torch.load(path, map_location="cpu", weights_only=True)["state_dict"].values()
+    return sum(int((~torch.isfinite(t)).sum()) for t in weights if t.is_floating_point())
+
+
+def nan_scores(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(not math.isfinite(float(r["score"])) for r in csv.DictReader(f))
+
+
+def magenta(jpeg: bytes) -> bool:
+    """A served or embedded picture that is the private photo (all of it one colour)."""
+    import io
+
+    from PIL import Image
+
+    import numpy as np
+
+    try:
+        pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB").resize((8, 8)), dtype=int).reshape(-1, 3)
+    except OSError:
+        return False
+    return bool((np.abs(pixels - np.array(SECRET_COLOUR)) < 40).all())
+
+
+def contains_magenta(page: bytes) -> bool:
+    import base64
+    import re
+
+    return any(magenta(base64.b64decode(data)) for data in re.findall(rb"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page))
+
+
+def port_open(port):
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def http_post(url, body: bytes, declared: int | None = None) -> int:
+    """POST ``body`` as JSON, announcing ``declared`` bytes (default its length); the status."""
+    import http.client
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    connection.putrequest("POST", where.path)
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(declared if declared is not None else len(body)))
+    connection.endheaders()
+    try:
+        connection.send(body)
+    except OSError:
+        pass
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+SURFACE_HEADER = ["surface", "hostile input", "exit: last line", "files written outside", "images served outside",
+                  "runs stopped by one bad file", "NaN results", "seconds"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--only", choices=["surfaces"], help="run only this experiment (and publish only its section)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="beholder-faults-")
     photos = os.path.join(SHARED, "photos")
     ckpt = os.path.join(work, "lite0.ckpt")
     save_checkpoint(make_module("efficientnet_lite0", [224, 224]), ckpt)
 
+    surfaces = surfaces_experiment(work, ckpt, photos)
+    publish("faults-surfaces", "Hostile input on ratings, sidecars, review, search, caches (bench/faults.py)",
+            "Each hostile input through its command on a folder of 40 real photos (shared/data/photos) with a private "
+            "folder beside it; a one-line refusal with exit 2 is the right answer where a row says so:\n\n"
+            + markdown_table(SURFACE_HEADER, surfaces), write=not args.no_write)
+    if args.only:
+        shutil.rmtree(work, ignore_errors=True)
+        return
     s3_rows = s3_experiment(work, ckpt, photos)
     print(s3_rows, flush=True)
     kill_rows = kill_experiment(work, ckpt, photos)

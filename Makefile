@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench-quality bench-throughput bench-faults bench-similar bench-personal bench-scale bench-gpu
+.PHONY: install demo test clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-scale bench-gpu
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: $(STAMP) demo/gallery/labels.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+default-model: $(STAMP)
+	$(PY) -m beholder.default_model --oasis ../shared/data/oasis
 
 bench-quality: $(STAMP)
 	$(PY) bench/quality.py

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.callbacks import BestHead
+from beholder.callbacks import BestHead, progress
 from beholder.errors import UserError
 from beholder.features import CachedFeatureDataModule
 from beholder.labels import fold_labels
@@ -45,7 +45,8 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
             fit_probe(fold_module.net, *fold_data.probe_inputs("train"), cfg.seed)
         best = BestHead(cfg.optimized_metric, mode)
         logger = TensorBoardLogger(cfg.output_dir, name="tensorboard", version=f"fold{k}", default_hp_metric=False)
-        trainer = instantiate(cfg.trainer, callbacks=[best], logger=logger, default_root_dir=cfg.output_dir, enable_checkpointing=False)
+        trainer = instantiate(cfg.trainer, callbacks=[best], logger=logger, default_root_dir=cfg.output_dir, enable_checkpointing=False,
+                              **progress(cfg.trainer)[0])  # fold heads train in seconds: a bar on a terminal, else no lines
         trainer.fit(fold_module, datamodule=fold_data)
         fold_module.net.head.load_state_dict(best.state)
         heads.append(best.state)
@@ -64,7 +65,8 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
     if cfg.optimized_metric not in results:
         raise UserError(f"optimized_metric={cfg.optimized_metric}: cv={cfg.cv} reports {', '.join(results)}")
 
-    trainer = instantiate(cfg.trainer, callbacks=[], logger=logger, default_root_dir=cfg.output_dir, enable_checkpointing=False)
+    trainer = instantiate(cfg.trainer, callbacks=[], logger=logger, default_root_dir=cfg.output_dir, enable_checkpointing=False,
+                          **progress(cfg.trainer)[0])
     test = trainer.test(module, datamodule=data, verbose=False)[0]
     path = os.path.join(cfg.output_dir, "checkpoints", "best.ckpt")
     trainer.save_checkpoint(path)

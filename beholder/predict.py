@@ -17,18 +17,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from beholder import default_model
+from beholder.callbacks import progress
 from beholder.console import quiet_libraries
-from beholder.data import GalleryDataset, build_transform, collate, list_gallery
+from beholder.data import GalleryDataset, build_transform, collate, list_gallery, raw_safe_workers
 from beholder.bursts import burst_groups
 from beholder.embeddings import CHECKPOINT, FILE as EMBEDDINGS, decode, parquet_bytes
 from beholder.errors import UserError
+from beholder.features import FeatureCache, network_key
 from beholder.launch import check_launch, check_shared_folder, loader_workers, pin_memory
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
 from beholder.policy import BANDS, Policy, cull_bursts
-from beholder.ratings.xmp import sidecar_names, write_sidecars
+from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
 from beholder.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
-from beholder.shards import ShardWriter, bind_run, read_shards
+from beholder.shards import ShardWriter, bind_run, compact_shards, read_shards
 from beholder.storage import Store, check_uri, file_digest, is_s3, join
 
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
@@ -61,11 +64,13 @@ def check_group_options(cfg: DictConfig) -> None:
         raise UserError(f"group_window={window!r}: give seconds, more than 0")
     if not isinstance(similarity, (int, float)) or not -1 <= similarity <= 1:
         raise UserError(f"group_similarity={similarity!r}: give a cosine similarity in [-1, 1]")
+    if cfg.xmp_naming not in NAMING:
+        raise UserError(f"xmp_naming={cfg.xmp_naming!r}: give one of {', '.join(NAMING)}")
     if not cfg.embeddings and (per_group is not None or window is not None):
         raise UserError("keep_per_group and group_window group images by their embeddings; leave embeddings=true")
 
 
-def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Policy:
+def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: str) -> Policy:
     """Keep / review / reject for this run: by default calibrated on the checkpoint's top-tier
     validation scores; ``keep_top`` or ``threshold`` fix a plain cut (no review band)."""
     if cfg.get("keep_top") is not None:
@@ -75,7 +80,7 @@ def decision_policy(cfg: DictConfig, module: BeholderModule, count: int) -> Poli
         return Policy.fixed(float(cfg.threshold), f"threshold={cfg.threshold}")
     scores = module.val_positive_scores.tolist()
     if not scores:
-        raise UserError(f"ckpt_path={cfg.ckpt_path} holds no validation scores; give threshold= or keep_top=")
+        raise UserError(f"ckpt_path={model} holds no validation scores; give threshold= or keep_top=")
     keep_recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
     return Policy.calibrated(scores, keep_recall, float(cfg.promise_recall), float(cfg.promise_confidence),
                              tiers=f"tier >= {module.net.head.positive_tier}")
@@ -93,6 +98,8 @@ class Plan:
     restarted: str | None
     outdated: set[str]
     checkpoint: str
+    gone: int  # images earlier results of this run name that are no longer in the gallery
+    known: int  # images earlier results name at all (0: the first run into this output)
 
 
 def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: str, ckpt_path: str) -> Plan:
@@ -101,8 +108,10 @@ def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: 
     # Results so far count only for this checkpoint, this gallery and each file as it is now.
     checkpoint = file_digest(ckpt_path)
     restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
-    done, _, outdated = read_shards(store, partial, versions)
-    return Plan(versions, [image for image in versions if image not in done], restarted, outdated, checkpoint)
+    seen: set[str] = set()
+    done, skipped, outdated = read_shards(store, partial, versions, seen)
+    return Plan(versions, [image for image in versions if image not in done and image not in skipped], restarted, outdated, checkpoint,
+                len(seen - set(versions)), len(seen))
 
 
 class PendingImages(pl.LightningDataModule):
@@ -139,7 +148,7 @@ class PendingImages(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset(self.plan.todo), batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=collate, pin_memory=pin_memory(self.trainer))
+                          collate_fn=collate, pin_memory=pin_memory(self.trainer), **raw_safe_workers(self.plan.todo, self.num_workers))
 
 
 def check_writable(store: Store, output: str) -> None:
@@ -169,15 +178,19 @@ def predict(cfg: DictConfig) -> dict | None:
     workers = loader_workers(cfg.num_workers, cfg.trainer)
     quiet_libraries()
     keep_freed_memory()
-    ckpt_path = os.path.expanduser(str(cfg.ckpt_path))
+    ckpt_path = os.path.expanduser(str(cfg.ckpt_path)) if cfg.ckpt_path else default_model.checkpoint_path()
     module = load_checkpoint(ckpt_path)
     speed_up(cfg, module)
     store = Store(cfg.endpoint_url)
     partial = join(output, PARTIAL)
     transform = build_transform(module.net.data_config, train=False)
+    if cfg.feature_cache and module.net.frozen:  # the features a personal model trained on, or an earlier model's run
+        module.feature_cache = FeatureCache(str(cfg.feature_cache), network_key(module.net, {}), module.net.feature_mean.numel())
     pending = PendingImages(output, lambda: plan_run(cfg, store, gallery, output, partial, ckpt_path),
-                            lambda images: GalleryDataset(gallery, images, store, transform), cfg.batch_size, workers)
-    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings))], logger=False)
+                            lambda images: GalleryDataset(gallery, images, store, transform, cache=module.feature_cache),
+                            cfg.batch_size, workers)
+    bar, lines = progress(cfg.trainer)
+    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings)), *lines], logger=False, **bar)
     try:
         trainer.predict(module, datamodule=pending, return_predictions=False)
         trainer.strategy.barrier()
@@ -197,7 +210,7 @@ def predict(cfg: DictConfig) -> dict | None:
         raise UserError(f"gallery={gallery}: none of the {len(versions)} files could be read (see the warnings)")
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
-    policy = decision_policy(cfg, module, len(ranked))
+    policy = decision_policy(cfg, module, len(ranked), ckpt_path)
     for row in ranked:
         row["band"] = policy.band(row["score"], row["rank"])
         row["reason"] = "score" if row["band"] == "reject" else ""
@@ -227,15 +240,17 @@ def predict(cfg: DictConfig) -> dict | None:
         "newly_scored": len(todo),
         "processes": trainer.world_size,
         "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated))) if reason and count},
+        "since_last_run": {"new": len(todo) - len(plan.outdated), "changed": len(plan.outdated), "gone": plan.gone} if plan.known and not plan.restarted else None,
         "output": output,
         "checkpoint": plan.checkpoint,
+        "model": ckpt_path if cfg.ckpt_path else default_model.NAME,
         "embeddings": bool(cfg.embeddings),
     }
     try:
-        write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
+        write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path)
     except (OSError, ClientError) as error:
         raise UserError(f"output={output}: writing the results failed ({error}); the scores are kept in {partial}; rerun to finish") from None
-    store.remove_tree(partial)
+    compact_shards(store, partial, {row["image"]: row for row in ranked}, skipped, versions)
     print_summary(summary, ranked, skipped)
     return summary
 
@@ -276,7 +291,7 @@ def probability_names(module: BeholderModule) -> list[str]:
     return [f"p_tier_below{head.positive_tier}", f"p_tier{head.positive_tier}_up"]
 
 
-def write_results(cfg, module, store, gallery, output, ranked, skipped, summary) -> None:
+def write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path: str) -> None:
     store.write(join(output, "skipped.csv"), skipped_csv(skipped))
     count = cfg.highlights
     culled = Counter(row["group"] for row in ranked if row["reason"] == "burst")
@@ -299,7 +314,7 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
         + f"). {summary['threshold_source']}"
     )
     if cfg.embeddings:
-        with open(os.path.expanduser(str(cfg.ckpt_path)), "rb") as f:
+        with open(ckpt_path, "rb") as f:
             store.write(join(output, CHECKPOINT), f.read())
         store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
@@ -312,12 +327,18 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary)
 
 
 def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
-    """One XMP sidecar per scored image, merged into the one already there (never replacing the
-    photographer's own fields); one that is not XMP, read-only or not a file is left as it is and named."""
-    names = sidecar_names([row["image"] for row in ranked] + skipped)
-    beside = cfg.xmp_beside_images and not is_s3(gallery)
-    targets = {row["image"]: join(gallery, names[row["image"]]) if beside else join(output, "xmp/" + names[row["image"]]) for row in ranked}
-    summary["sidecars_left_alone"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings))
+    """One XMP sidecar per scored image (beside it, or under OUTPUT/xmp), merged into each one
+    already there that the image owns (never replacing the photographer's own fields, never making a
+    second beside it); one that is not XMP, read-only or not a file is left as it is and named."""
+    root = gallery if cfg.xmp_beside_images and not is_s3(gallery) else join(output, "xmp")
+    try:
+        existing = store.list(root, (".xmp",))
+    except FileNotFoundError:
+        existing = []
+    names = sidecar_targets([row["image"] for row in ranked] + skipped, existing, cfg.xmp_naming)
+    targets = {row["image"]: [join(root, name) for name in names[row["image"]]] for row in ranked}
+    summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings))
+    summary["sidecars"]["folder"] = root
 
 
 def group_lines(summary: dict) -> list[str]:
@@ -334,21 +355,33 @@ def group_lines(summary: dict) -> list[str]:
     return lines
 
 
+def sidecar_lines(sidecars: dict | None, shown: int = 10) -> list[str]:
+    if sidecars is None:
+        return []
+    left = sidecars["left_alone"]
+    lines = [f"  sidecars        {sidecars['created']} created, {sidecars['merged']} merged into, {len(left)} left as they were ({sidecars['folder']})"]
+    lines += [f"    left as it was: {problem}" for problem in left[:shown]]
+    return lines + ([f"    ... and {len(left) - shown} more"] if len(left) > shown else [])
+
+
 def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) -> None:
     lines = [
         "",
         "beholder: gallery scored",
+        f"  model           {summary['model']}",
         f"  images found    {summary['found']}",
         f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {summary['processes']} process{'es' if summary['processes'] != 1 else ''})",
         *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
+        *([f"  since last run  {summary['since_last_run']['new']} new, {summary['since_last_run']['changed']} changed, "
+           f"{summary['since_last_run']['gone']} gone (the rest's scores kept)"] if summary["since_last_run"] else []),
         f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
         f"  kept            {summary['kept']}  (score >= {summary['threshold']:.4f})",
-        f"  to review       {summary['review']}  (score >= {summary['reject_below']:.4f})",
+        f"  to review       {summary['review']}  " + (f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"]
+                                                        else "(no review band: one threshold)"),
         f"  rejected        {summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})",
         *group_lines(summary),
         f"  thresholds      {summary['threshold_source']}",
-        *[f"  sidecar left as it was: {problem}" for problem in summary.get("sidecars_left_alone", [])[:10]],
-        *([f"  ... and {len(summary['sidecars_left_alone']) - 10} more sidecars left as they were"] if len(summary.get("sidecars_left_alone", [])) > 10 else []),
+        *sidecar_lines(summary.get("sidecars")),
         f"  results         {join(summary['output'], 'scores.csv')}",
         f"  contact sheet   {join(summary['output'], 'highlights.html')}",
         *([f"  embeddings      {join(summary['output'], EMBEDDINGS)}"] if summary.get("embeddings") else []),

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from beholder.data import collate
+from beholder.data import collate, raw_safe_workers
 from beholder.model import evaluation_mode
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ def extract_features(net: torch.nn.Module, dataset, batch_size: int = 32, num_wo
     extractors) for every readable image: (features N x F, batches' other fields concatenated)."""
     features, tiers, targets, paths = [], [], [], []
     with evaluation_mode(net):
-        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate):
+        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                                **raw_safe_workers(dataset.images, num_workers)):
             if "image" not in batch:
                 continue
             features.append(net.features(batch["image"]).float())

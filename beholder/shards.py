@@ -8,7 +8,9 @@ flushed to disk as it ends. S3 cannot append, so each process writes a new small
 
 Shards belong to one run: ``run.json`` names the checkpoint (by content) and the gallery, and each
 row the version of its file (size and mtime, or ETag). A rerun with another checkpoint or gallery
-starts over; a file changed since it was scored is scored again."""
+starts over; a file changed since it was scored is scored again. A complete run compacts its shards
+into one of each kind holding the gallery as it was scored, so that the next run into the same
+output (a new shoot added to the library, the webcam's next day) scores only what was added or changed."""
 
 from __future__ import annotations
 
@@ -136,11 +138,14 @@ class ShardWriter(BasePredictionWriter):
         self.flush(trainer.global_rank)
 
 
-def _read(text: str, fields: list[str], versions: dict[str, str], rows: dict[str, dict], outdated: set[str]) -> None:
+def _read(text: str, fields: list[str], versions: dict[str, str], rows: dict[str, dict], outdated: set[str], seen: set[str]) -> None:
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # drop a line cut short by a crash
     for row in csv.DictReader(io.StringIO(text)):
-        if list(row) != fields or None in row.values() or row["image"] not in versions:
+        if list(row) != fields or None in row.values():
+            continue
+        seen.add(row["image"])
+        if row["image"] not in versions:
             continue
         if row["version"] == versions[row["image"]]:
             rows.setdefault(row["image"], row)
@@ -148,17 +153,19 @@ def _read(text: str, fields: list[str], versions: dict[str, str], rows: dict[str
             outdated.add(row["image"])
 
 
-def read_shards(store: Store, folder: str, versions: dict[str, str]) -> tuple[dict[str, dict], dict[str, str], set[str]]:
+def read_shards(store: Store, folder: str, versions: dict[str, str], seen: set[str] | None = None) -> tuple[dict[str, dict], dict[str, str], set[str]]:
     """What the shards hold for the files in ``versions`` as they are now: scored rows by image,
     skipped images with their reasons, and the images scored or skipped in an older version (to
-    score again). Each image once, whichever shard, process or run it came from."""
+    score again). Each image once, whichever shard, process or run it came from. ``seen`` gathers
+    every image the shards name, the gallery's or not (those no longer in it are gone)."""
     names = shard_names(store, folder)
+    seen = set() if seen is None else seen
     with ThreadPoolExecutor(16 if is_s3(folder) else 1) as pool:
         texts = pool.map(lambda name: store.read(join(folder, name)).decode(), names)
         found = {kind: ({}, set()) for kind in FIELDS}
         for name, text in zip(names, texts):
             kind = name.split("-", 1)[0]
-            _read(text, FIELDS[kind], versions, *found[kind])
+            _read(text, FIELDS[kind], versions, *found[kind], seen)
     (scored, outdated), (skipped_rows, outdated_skips) = found["scores"], found["skipped"]
     outdated -= set(scored)
     outdated_skips -= set(skipped_rows)
@@ -169,3 +176,21 @@ def read_shards(store: Store, folder: str, versions: dict[str, str]) -> tuple[di
         row["taken"] = float(row["taken"]) if row["taken"] else math.nan
     skipped = {image: row["reason"] for image, row in skipped_rows.items() if image not in scored}
     return scored, skipped, (outdated | outdated_skips) - set(scored) - set(skipped)
+
+
+def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: dict[str, str], versions: dict[str, str]) -> None:
+    """After a complete run: the shards replaced by one of each kind holding exactly the gallery
+    as it is now (the new ones written before the old ones go, so a crash between leaves both,
+    which read as one)."""
+    old = shard_names(store, folder)
+    launch = uuid.uuid4().hex[:12]
+    rows = {
+        "scores": [{"image": image, "version": versions[image], "score": f"{row['score']:.6f}", "tier": row["tier"],
+                    "probabilities": " ".join(f"{v:.6f}" for v in row["probabilities"]),
+                    "taken": "" if math.isnan(row["taken"]) else f"{row['taken']:.0f}", "embedding": row["embedding"]}
+                   for image, row in sorted(scored.items())],
+        "skipped": [{"image": image, "version": versions[image], "reason": reason} for image, reason in sorted(skipped.items())],
+    }
+    for kind, kind_rows in rows.items():
+        store.write(join(folder, f"{kind}-rank0-{launch}-0.csv"), csv_text(FIELDS[kind], kind_rows, header=True).encode())
+    store.delete_many([join(folder, name) for name in old])

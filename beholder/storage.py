@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import socket
 import stat
 import time
@@ -196,13 +195,6 @@ class Store:
         for uri in uris:
             if not is_s3(uri):
                 self.delete(uri)
-
-    def remove_tree(self, root: str) -> None:
-        """Everything under ``root`` (a folder or an S3 prefix)."""
-        if is_s3(root):
-            self.delete_many([join(root, name) for name in self.list(root)])
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
     def write(self, uri: str, data: bytes) -> None:
         """Whole-or-nothing: a reader never sees a half-written file."""

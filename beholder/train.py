@@ -15,7 +15,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages
+from beholder.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
 from beholder.console import quiet_libraries
 from beholder.crossval import train_folds
 from beholder.errors import MissingInput, UserError
@@ -122,7 +122,7 @@ def metric_mode(metric: str, mode: str) -> str:
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
     quiet_libraries()
-    if cfg.get("base_ckpt"):
+    if cfg.get("personal") or cfg.get("base_ckpt"):
         return train_personal(cfg)
     check_options(cfg)
     check_launch(cfg.trainer)
@@ -156,7 +156,9 @@ def train(cfg: DictConfig) -> float:
     # A second callback for last.ckpt: Lightning's save_last=True skips epochs that set no new best.
     last = ResumableCheckpoint(checkpoints, "last", enable_version_counter=False)
     skipped = SkippedImages()
-    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), checkpoint, last, skipped, ValidationImages()], logger=logger, default_root_dir=output_dir)
+    bar, lines = progress(cfg.trainer)
+    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), checkpoint, last, skipped, ValidationImages(), *lines],
+                          logger=logger, default_root_dir=output_dir, **bar)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path

@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
 from beholder.memory import keep_freed_memory  # noqa: E402
-from beholder.module import CHECKPOINT_FORMAT, BeholderModule  # noqa: E402
+from beholder import checkpoint  # noqa: E402
+from beholder.module import BeholderModule  # noqa: E402
 from beholder.storage import Store  # noqa: E402
 
 SIZES = {"299x299": [299, 299], "237x1820": [237, 1820]}
@@ -47,7 +48,7 @@ def make_module(backbone, size):
 def save_checkpoint(module, path):
     """What load_checkpoint needs: weights, hyperparameters, the format (no validation scores:
     predict then needs threshold=)."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "beholder_format": CHECKPOINT_FORMAT}, path)
+    checkpoint.write(path, module)
 
 
 def loader_rate(root, images, store, data_config, batch, batches, workers=2):

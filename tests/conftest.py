@@ -112,7 +112,8 @@ def upload_folder(client, bucket: str, folder: Path, prefix: str) -> None:
 PYTHON = sys.executable
 
 
-PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6"]
+PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6",
+                "feature_cache=null"]
 
 
 @pytest.fixture(scope="session")

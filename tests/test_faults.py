@@ -21,7 +21,8 @@ from PIL import Image
 from bench.fault_proxy import FaultProxy
 from beholder.errors import UserError
 from beholder.ingest import main as ingest
-from beholder.module import IncompatibleCheckpoint, load_checkpoint
+from beholder.checkpoint import IncompatibleCheckpoint
+from beholder.module import load_checkpoint
 from beholder.predict import predict
 from beholder.train import train
 

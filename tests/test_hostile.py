@@ -20,7 +20,8 @@ from beholder.errors import UserError, exit_on_user_error
 from beholder.features import cached_features
 from beholder.label import cli as label_cli
 from beholder.label.app import create_app
-from beholder.module import IncompatibleCheckpoint, load_checkpoint
+from beholder.checkpoint import IncompatibleCheckpoint
+from beholder.module import load_checkpoint
 from beholder.predict import predict
 from beholder.ratings.__main__ import main as ratings
 from beholder.similar import main as similar
@@ -134,7 +135,7 @@ def test_a_sidecar_nested_5000_deep_is_named_and_everything_else_is_written(trai
     summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
                                        "xmp_beside_images=true"]))
     assert len(read_scores(tmp_path / "out" / "scores.csv")) == 60 and (tmp_path / "out" / EMBEDDINGS).exists()
-    assert [str(deep) in p and "nested" in p for p in summary["sidecars_left_alone"]] == [True]
+    assert [str(deep) in p and "nested" in p for p in summary["sidecars"]["left_alone"]] == [True]
     assert deep.read_bytes() == DEEP and len(list(photos.rglob("*.xmp"))) == 60
     ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--root", str(photos)])
     assert "59 sidecars written" in capsys.readouterr().out and deep.read_bytes() == DEEP

@@ -11,7 +11,8 @@ from beholder.data import GalleryDataModule, GalleryDataset, build_transform
 from beholder.embeddings import read_parquet
 from beholder.errors import UserError
 from beholder.metrics import spearman
-from beholder.module import CHECKPOINT_FORMAT, load_checkpoint
+from beholder.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from beholder.module import load_checkpoint
 from beholder.predict import Incomplete, predict
 from beholder.ratings.xmp import star_rating
 from beholder.storage import Store
@@ -50,7 +51,8 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     for row in rows[:6]:
         assert f"data-image='{row['image']}'" in page or f'data-image="{row["image"]}"' in page
     assert "Highest-scoring rejected" in page and "Lowest-scoring kept" in page
-    assert not (tmp_path / "out" / ".beholder-partial").exists()
+    kept_shards = sorted(p.name.split("-")[0] for p in (tmp_path / "out" / ".beholder-partial").iterdir())
+    assert kept_shards == ["run.json", "scores", "skipped"]  # compacted, for the next run into this output
 
     # embeddings.parquet: each scored image once, the head's input L2-normalised, float16
     images, vectors, metadata = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())
@@ -161,7 +163,9 @@ def test_predict_from_and_to_s3(trained, tmp_path, s3_bucket, s3_endpoint, monke
     body = client.get_object(Bucket=bucket, Key="scores/2019/scores.csv")["Body"].read().decode()
     assert len(body.strip().splitlines()) == 61
     keys = {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="scores/")["Contents"]}
-    assert keys == {f"scores/2019/{name}" for name in ("scores.csv", "skipped.csv", "highlights.html", "embeddings.parquet", "model.ckpt")}
+    kept = {key for key in keys if key.startswith("scores/2019/.beholder-partial/")}  # compacted, for the next run
+    assert sorted(key.rsplit("/", 1)[1].split("-")[0] for key in kept) == ["run.json", "scores", "skipped"]
+    assert keys - kept == {f"scores/2019/{name}" for name in ("scores.csv", "skipped.csv", "highlights.html", "embeddings.parquet", "model.ckpt")}
     parquet = client.get_object(Bucket=bucket, Key="scores/2019/embeddings.parquet")["Body"].read()
     assert len(read_parquet(parquet)[0]) == 60
 
@@ -297,7 +301,7 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
         row = rows[relative]
         assert int(description.get(f"{{{ns['xmp']}}}Rating")) == star_rating(int(row["rank"]), summary["kept"], row["band"])
     assert lightroom.read_text().count("needle") == 1 and "Rating>2" in lightroom.read_text()  # not this image's sidecar now
-    assert broken.read_text() == "my own notes, not XMP" and any(str(broken) in p for p in summary["sidecars_left_alone"])
+    assert broken.read_text() == "my own notes, not XMP" and any(str(broken) in p for p in summary["sidecars"]["left_alone"])
 
     # an existing sidecar of the usual name is merged into: the photographer's keywords stay
     third = sorted(p for p in photos.rglob("*.jpg"))[2]
@@ -335,3 +339,28 @@ def test_review_band_between_the_promised_and_the_plain_threshold(trained, tmp_p
     assert 'xmp:Label="Yellow"' in packet and 'xmp:Rating="2"' in packet
     page = (tmp_path / "out" / "highlights.html").read_text()
     assert page.index("<svg") < page.index("<h2>") and f"To review: {summary['review']} between the thresholds" in page
+
+
+def test_a_growing_library_scores_only_what_was_added_or_changed(trained, tmp_path, capsys):
+    ckpt, gallery = trained
+    photos = copy_gallery(gallery, tmp_path / "photos")
+    args = [f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]
+    first = predict(compose_predict(args))
+    before = {row["image"]: row["score"] for row in read_scores(tmp_path / "out" / "scores.csv")}
+    for i in range(3):  # a new shoot
+        shutil.copy(photos / "sub0" / f"img_{3 * i:03d}.jpg", photos / f"new_{i}.jpg")
+    (photos / "sub1" / "img_001.jpg").write_bytes((photos / "sub2" / "img_002.jpg").read_bytes())  # edited
+    (photos / "sub2" / "img_005.jpg").unlink()  # deleted
+    capsys.readouterr()
+    second = predict(compose_predict(args))
+    assert first["newly_scored"] == 60 and second["newly_scored"] == 4
+    assert second["since_last_run"] == {"new": 3, "changed": 1, "gone": 1}
+    assert "since last run  3 new, 1 changed, 1 gone" in capsys.readouterr().out
+    after = {row["image"]: row["score"] for row in read_scores(tmp_path / "out" / "scores.csv")}
+    assert set(after) == set(before) - {"sub2/img_005.jpg"} | {"new_0.jpg", "new_1.jpg", "new_2.jpg"}
+    assert after["new_1.jpg"] == before["sub0/img_003.jpg"] and after["sub1/img_001.jpg"] == before["sub2/img_002.jpg"]
+    unchanged = set(before) & set(after) - {"sub1/img_001.jpg"}
+    assert all(after[image] == before[image] for image in unchanged)
+    images = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0]
+    assert sorted(images) == sorted(after)  # the embeddings of the whole gallery, each once
+    assert predict(compose_predict(args))["newly_scored"] == 0

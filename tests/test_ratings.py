@@ -12,7 +12,7 @@ from PIL import Image
 
 from beholder.predict import predict
 from beholder.ratings.__main__ import main
-from beholder.ratings.xmp import NAMESPACES, read_rating, star_rating, xmp_sidecar
+from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, star_rating, xmp_sidecar
 
 from conftest import compose_predict, read_scores
 
@@ -38,7 +38,7 @@ def labels(path):
 
 
 def test_beholder_sets_a_rating_only_where_the_photographer_set_none():
-    fields = lambda packet: read_rating(packet)  # noqa: E731
+    fields = lambda packet: {k: v for k, v in read_rating(packet).items() if k != "set_by_beholder"}  # noqa: E731
     fresh = xmp_sidecar(5, "keep", 0.9)
     assert fields(fresh) == {"rating": 5, "label": "Green", "pick": 3}
     updated = xmp_sidecar(1, "reject", 0.1, fresh)  # its own earlier rating: updated
@@ -161,8 +161,11 @@ def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained
     shutil.copytree(gallery, photos)
     (photos / "labels.csv").unlink()
     summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true"]))
-    main(["import", str(tmp_path / "out" / "xmp"), "--root", str(photos), "--out", str(tmp_path / "back.csv")])
-    back = labels(tmp_path / "back.csv")
+    main(["import", str(tmp_path / "out" / "xmp"), "--root", str(photos), "--out", str(tmp_path / "mine.csv")])
+    assert labels(tmp_path / "mine.csv") == {}  # beholder's own guesses are not the photographer's ratings ...
+    main(["import", str(tmp_path / "out" / "xmp"), "--root", str(photos), "--out", str(tmp_path / "back.csv"), "--with-beholder"])
+    back = labels(tmp_path / "back.csv")  # ... unless asked for, and then marked as beholder's
+    assert {row["source"] for row in back.values()} == {"beholder"}
     scores = read_scores(tmp_path / "out" / "scores.csv")
     assert len(back) == len(scores) == 60
     tiers = {-1: 0, 1: 0, 2: 1, 3: 1, 4: 2, 5: 3}
@@ -179,3 +182,42 @@ def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained
     description = ET.parse(mine).getroot().find(".//{%s}Description" % NAMESPACES["rdf"])
     assert description.get("{%s}Rating" % NAMESPACES["xmp"]) == "4" and "+0.35" in mine.read_text() and "needle" in mine.read_text()
     assert description.get("{%s}Band" % NAMESPACES["beholder"]) in ("keep", "review", "reject")
+
+
+def test_each_image_gets_the_sidecar_its_tools_read_and_never_a_second():
+    images = ["dt/IMG_1.jpg", "dt/IMG_2.jpg", "lr/IMG_3.jpg", "lr/IMG_4.jpg", "pair/IMG_5.CR2", "pair/IMG_5.jpg", "new/IMG_6.heic"]
+    existing = ["dt/IMG_1.jpg.xmp", "lr/IMG_3.xmp", "pair/IMG_5.xmp"]
+    assert sidecar_targets(images, existing) == {
+        "dt/IMG_1.jpg": ["dt/IMG_1.jpg.xmp"],  # darktable's, merged into
+        "dt/IMG_2.jpg": ["dt/IMG_2.jpg.xmp"],  # a new one as the folder's others
+        "lr/IMG_3.jpg": ["lr/IMG_3.xmp"],
+        "lr/IMG_4.jpg": ["lr/IMG_4.xmp"],
+        "pair/IMG_5.CR2": ["pair/IMG_5.xmp"],  # Lightroom's sidecar of a RAW + JPEG pair is the RAW's
+        "pair/IMG_5.jpg": ["pair/IMG_5.jpg.xmp"],
+        "new/IMG_6.heic": ["new/IMG_6.xmp"],  # a folder without sidecars: Lightroom's form
+    }
+    assert sidecar_targets(["new/IMG_6.heic"], [], "darktable") == {"new/IMG_6.heic": ["new/IMG_6.heic.xmp"]}
+    assert sidecar_targets(["a/x.jpg"], ["a/x.xmp", "a/x.jpg.xmp"]) == {"a/x.jpg": ["a/x.jpg.xmp", "a/x.xmp"]}  # both kept current
+
+
+def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(trained, photos, tmp_path):
+    ckpt, _ = trained
+    darktable, lightroom = photos / "sub0" / "img_000.jpg.xmp", photos / "sub1" / "img_001.xmp"
+    darktable.write_bytes(sidecar('xmp:Rating="1"'))
+    lightroom.write_bytes(sidecar('xmp:Rating="5"'))
+    (photos / "sub2" / "img_002.jpg.xmp").write_bytes(sidecar('xmp:Rating="0"'))  # darktable's "no stars"
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_beside_images=true",
+                             "threshold=0.0"]))  # every photo kept: 3+ stars, Green, accepted, where the photographer set none
+    assert not (photos / "sub0" / "img_000.xmp").exists() and not (photos / "sub1" / "img_001.jpg.xmp").exists()
+    assert len(list(photos.rglob("*.xmp"))) == 60
+    assert read_rating(darktable.read_bytes())["rating"] == 1 and read_rating(lightroom.read_bytes())["rating"] == 5
+    unset = read_rating((photos / "sub2" / "img_002.jpg.xmp").read_bytes())
+    assert unset["rating"] >= 3 and unset["set_by_beholder"] >= {"Rating"}  # rating 0 was no rating
+    sub2 = {p.name for p in (photos / "sub2").glob("*.xmp")}
+    assert all(name.endswith(".jpg.xmp") for name in sub2)  # new ones follow the folder's darktable form
+
+    darktable.write_bytes(darktable.read_bytes().replace(b'xmp:Rating="1"', b'xmp:Rating="2"'))  # a later hand edit
+    main(["import", str(photos), "--root", str(photos), "--out", str(tmp_path / "mine.csv")])
+    mine = labels(tmp_path / "mine.csv")
+    assert {image: (row["rating"], row["source"]) for image, row in mine.items()} == {
+        "sub0/img_000.jpg": ("2", "photographer"), "sub1/img_001.jpg": ("5", "photographer")}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beholder.data import list_gallery
+from beholder.data import build_transform, list_gallery
 from beholder.images import UnreadableImage, decode_image
 from beholder.storage import Store
 
@@ -88,3 +88,22 @@ def test_heic_is_read_and_raw_and_heic_are_found_in_a_gallery(tmp_path):
     assert sorted(list_gallery(Store(), str(tmp_path / "g"))) == ["IMG_1.HEIC", "IMG_2.dng", "IMG_3.NEF"]
     with pytest.raises(UnreadableImage):
         decode_image((tmp_path / "g" / "IMG_3.NEF").read_bytes())
+
+
+def test_raw_files_are_decoded_by_workers_that_were_not_forked(tmp_path, capfd):
+    """LibRaw's OpenMP threads can deadlock in a forked worker (rawpy warns): with RAW files among
+    the images, loader workers come from a fork server."""
+    from torch.utils.data import DataLoader
+
+    from beholder.data import GalleryDataset, collate, raw_safe_workers
+
+    (tmp_path / "g").mkdir()
+    for i in range(2):
+        (tmp_path / "g" / f"IMG_{i}.dng").write_bytes(dng_bytes(tmp_path, two_halves()))
+    images = ["IMG_0.dng", "IMG_1.dng"]
+    assert raw_safe_workers(["a.jpg"], 2) == {} and raw_safe_workers(images, 0) == {}
+    config = {"input_size": (3, 32, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    dataset = GalleryDataset(str(tmp_path / "g"), images, Store(), build_transform(config, train=False))
+    batches = list(DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate, **raw_safe_workers(images, 2)))
+    assert batches[0]["image"].shape == (2, 3, 32, 64) and not batches[0]["skipped"]
+    assert "fork" not in capfd.readouterr().err

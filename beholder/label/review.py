@@ -97,15 +97,16 @@ class Review(Tournament):
 
 def review_labels(db: Review) -> tuple[str, int]:
     """The labels CSV of every live review decision (the latest rater's when several decided):
-    image, tier (kept 2, rejected 0), rating (1 / 0), the model's band and whether the person agreed."""
+    image, tier (kept 2, rejected 0), rating (1 / 0), the model's band, whether the person agreed, and
+    ``source`` review (the import's labels say ``photographer``)."""
     rows = db.db.execute(
         "SELECT g.key, r.keep, i.band FROM reviews r JOIN images g ON g.id = r.image_id JOIN review_items i ON i.image_id = r.image_id "
         "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
     latest = {key: (keep, band) for key, keep, band in rows}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "tier", "rating", "model_band", "agreed"])
+    writer.writerow(["image", "tier", "rating", "model_band", "agreed", "source"])
     for key in sorted(latest):
         keep, band = latest[key]
-        writer.writerow([key, REVIEW_TIERS[bool(keep)], keep, band, str(bool(keep) == (band != "reject")).lower()])
+        writer.writerow([key, REVIEW_TIERS[bool(keep)], keep, band, str(bool(keep) == (band != "reject")).lower(), "review"])
     return buffer.getvalue(), len(latest)

@@ -18,8 +18,9 @@ import os
 import sys
 
 from beholder.errors import UserError, exit_on_user_error
+from beholder.images import IMAGE_SUFFIXES
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
-from beholder.ratings.xmp import sidecar_names, write_sidecars
+from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
 from beholder.storage import Store, inside
 
 DEFAULT_TIERS = "reject:0,1:0,2:1,3:1,4:2,5:3"
@@ -41,9 +42,9 @@ def parse_tiers(text: str) -> dict[int, int]:
     return tiers
 
 
-def read_source(source: str, root: str, problems: list[str], notes: list[str]) -> list:
+def read_source(source: str, root: str, problems: list[str], notes: list[str], with_beholder: bool) -> list:
     if os.path.isdir(source):
-        return from_sidecars(source, root, problems)
+        return from_sidecars(source, root, problems, with_beholder)
     if source.lower().endswith(".lrcat"):
         return from_lightroom(source, problems, notes)
     if source.lower().endswith(".db"):
@@ -60,11 +61,14 @@ def run_import(args) -> None:
         raise UserError(f"--out {args.out}: already there; give --force to replace it, or another name")
     problems: list[str] = []
     notes: list[str] = []
-    rows, unrated, missing, outside, unmapped = {}, [], [], [], []
-    for rated in read_source(os.path.expanduser(args.source), root, problems, notes):
+    rows, unrated, missing, outside, unmapped, unreadable = {}, [], [], [], [], []
+    source = os.path.expanduser(args.source)
+    for rated in read_source(source, root, problems, notes, args.with_beholder):
         path = os.path.abspath(rated["path"])
         relative = os.path.relpath(path, root)
-        if relative.startswith(".."):
+        if rated["rating"] is None:  # its sidecar could not be read: named among the problems
+            unreadable.append(relative)
+        elif relative.startswith(".."):
             outside.append(path)
         elif not os.path.isfile(path):
             missing.append(path)
@@ -74,9 +78,13 @@ def run_import(args) -> None:
             unmapped.append(relative)
         else:
             image = relative.replace(os.sep, "/")
-            rows[image] = {"image": image, "tier": tiers[rated["rating"]], "rating": rated["rating"], "label": rated["label"]}
+            rows[image] = {"image": image, "tier": tiers[rated["rating"]], "rating": rated["rating"], "label": rated["label"],
+                           "source": rated["source"]}
+    if os.path.isdir(source):  # every image of the folder that carries no rating is unrated too
+        known = set(rows) | {path.replace(os.sep, "/") for path in unrated + unmapped + unreadable}
+        unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image.replace(os.sep, "/") not in known]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "tier", "rating", "label"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["image", "tier", "rating", "label", "source"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows[image] for image in sorted(rows))
     Store().write(args.out, buffer.getvalue().encode())
@@ -116,21 +124,24 @@ def run_write(args) -> None:
         if row["band"] not in ("keep", "review", "reject"):
             raise UserError(f"--scores {args.scores}: line {line}: band {row['band']!r} is not keep, review or reject")
     root = os.path.expanduser(args.root)
-    names = sidecar_names([row["image"] for row in rows])
+    if not os.path.isdir(root):
+        raise UserError(f"--root {args.root}: no such folder")
+    names = sidecar_targets([row["image"] for row in rows], store.list(root, (".xmp",)), args.naming)
     targets, outside, gone = {}, [], []
     for row in rows:
-        image, sidecar = inside(root, row["image"]), inside(root, names[row["image"]])
-        if image is None or sidecar is None:
+        image, sidecars = inside(root, row["image"]), [inside(root, name) for name in names[row["image"]]]
+        if image is None or None in sidecars:
             outside.append(row["image"])
         elif os.path.isfile(image):
-            targets[row["image"]] = sidecar
+            targets[row["image"]] = sidecars
         else:
             gone.append(row["image"])
     present = [row for row in rows if row["image"] in targets]
     kept = sum(row["band"] == "keep" for row in rows)
-    left_alone = write_sidecars(store, present, targets, kept, args.overwrite_ratings)
-    print(f"beholder: {len(present) - len(left_alone)} sidecars written beside the images in {root} "
-          f"(ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
+    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings)
+    left_alone = written["left_alone"]
+    print(f"beholder: {written['created'] + written['merged']} sidecars written beside the images in {root}: {written['created']} created, "
+          f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
     for name, images in (("no longer there", gone), ("outside --root", outside)):
         if images:
             print(f"  {name:<15} {len(images)}  e.g. " + "; ".join(images[:3]) + ("  (left out: nothing is written outside --root)" if name == "outside --root" else ""))
@@ -148,10 +159,14 @@ def main(argv=None) -> None:
     reading.add_argument("--tiers", default=DEFAULT_TIERS, help=f"rating:tier pairs (default {DEFAULT_TIERS})")
     reading.add_argument("--unrated", help="list the unrated images in this file")
     reading.add_argument("--force", action="store_true", help="replace --out if it exists")
+    reading.add_argument("--with-beholder", action="store_true", help="also read the ratings beholder wrote itself (source=beholder); "
+                         "by default only the photographer's count")
     writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")
     writing.add_argument("--scores", required=True, help="predict.py's scores.csv (any model's)")
     writing.add_argument("--root", required=True, help="the folder the scored images live in")
     writing.add_argument("--overwrite-ratings", action="store_true", help="also replace ratings, labels and picks the photographer set")
+    writing.add_argument("--naming", choices=NAMING, default="auto", help="new sidecars: IMG_1.xmp (adobe), IMG_1.jpg.xmp (darktable), "
+                         "or auto: as the folder's other sidecars (default); existing ones are always merged into")
     writing.add_argument("--endpoint-url", help="an S3-compatible store for an s3:// --scores")
     args = parser.parse_args(argv)
     with exit_on_user_error():

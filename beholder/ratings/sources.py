@@ -26,40 +26,50 @@ DARKTABLE_REJECTED = 8  # flags bit since darktable 3.0 (before: stars == 6)
 
 
 class Rated(dict):
-    """One image's rating: ``path`` (absolute), ``rating`` (-1..5), ``label``."""
+    """One image's rating: ``path`` (absolute), ``rating`` (-1..5), ``label``, ``source``
+    (``photographer``, or ``beholder`` for what beholder set itself, read only when asked)."""
 
 
-def rating_from_xmp(values: dict) -> int:
-    if values["pick"] == 1:  # digiKam's "rejected" pick label
-        return -1
-    return max(-1, min(5, values["rating"] or 0))
+def rated_from_xmp(path: str, values: dict, with_beholder: bool) -> Rated:
+    """The photographer's rating in an XMP packet: the fields beholder set itself count as unset,
+    unless ``with_beholder`` (then the rating is marked as beholder's)."""
+    ours = values["set_by_beholder"] if not with_beholder else set()
+    stars = None if "Rating" in ours else values["rating"]
+    pick = None if "PickLabel" in ours else values["pick"]
+    rating = -1 if pick == 1 else max(-1, min(5, stars or 0))  # pick 1: digiKam's "rejected"
+    decided_by_beholder = {"PickLabel"} if pick == 1 else {"Rating"}
+    source = "beholder" if decided_by_beholder & values["set_by_beholder"] and rating != 0 else "photographer"
+    return Rated(path=path, rating=rating, label="" if "Label" in ours else values["label"], source=source)
 
 
-def from_sidecars(folder: str, images_root: str, problems: list[str]) -> list[Rated]:
+def from_sidecars(folder: str, images_root: str, problems: list[str], with_beholder: bool = False) -> list[Rated]:
     """Sidecars under ``folder`` (``x.xmp`` or ``x.jpg.xmp``) name images under ``images_root`` by
-    the same relative path; images there without a sidecar are read for an embedded packet."""
-    rated, covered = [], set()
+    the same relative path (where an image has both, ``x.jpg.xmp`` names it exactly and wins); images
+    there without a sidecar are read for an embedded packet."""
+    rated: dict[str, Rated] = {}
+    exact: set[str] = set()
     for directory, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if not name.lower().endswith(".xmp"):
                 continue
             sidecar = os.path.join(directory, name)
             stem = os.path.join(images_root, os.path.relpath(sidecar, folder))[:-4]
-            targets = [stem] if stem.lower().endswith(IMAGE_SUFFIXES) else images_with_stem(stem)
+            named = stem.lower().endswith(IMAGE_SUFFIXES)
+            targets = [stem] if named else images_with_stem(stem)
             try:
                 values = read_rating(read_local_file(sidecar, MAX_BYTES))
             except (UnreadableSidecar, OSError) as error:
                 problems.append(f"{sidecar}: {reason(error)}; skipped")
-                continue
-            if not targets:
-                targets = [stem]  # an image no longer there: counted as missing
-            for target in targets:
-                covered.add(os.path.normcase(target))
-                rated.append(Rated(path=target, rating=rating_from_xmp(values), label=values["label"]))
+                values = None
+            for target in targets or [stem]:  # no image: counted as missing
+                key = os.path.normcase(target)
+                if named or key not in exact:  # an unreadable sidecar's image is neither rated nor unrated
+                    rated[key] = rated_from_xmp(target, values, with_beholder) if values else Rated(path=target, rating=None)
+                    exact.update([key] if named else [])
     for directory, _, files in sorted(os.walk(images_root)):
         for name in sorted(files):
             path = os.path.join(directory, name)
-            if name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".dng")) and os.path.normcase(path) not in covered:
+            if name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".dng")) and os.path.normcase(path) not in rated:
                 try:
                     packet = packet_in_file(path)
                     values = read_rating(packet) if packet else None
@@ -67,8 +77,8 @@ def from_sidecars(folder: str, images_root: str, problems: list[str]) -> list[Ra
                     problems.append(f"{path}: embedded XMP {reason(error)}; skipped")
                     continue
                 if values:
-                    rated.append(Rated(path=path, rating=rating_from_xmp(values), label=values["label"]))
-    return rated
+                    rated[os.path.normcase(path)] = rated_from_xmp(path, values, with_beholder)
+    return list(rated.values())
 
 
 def reason(error: Exception) -> str:
@@ -162,7 +172,8 @@ def from_lightroom(path: str, problems: list[str], notes: list[str]) -> list[Rat
         elif stars is None or flag is None:
             problems.append(f"{where}: rating {rating!r} / pick {pick!r} is not a Lightroom rating; skipped")
         else:
-            rated.append(Rated(path=root + folder + filename, rating=-1 if flag < 0 else stars, label=label if isinstance(label, str) else ""))
+            rated.append(Rated(path=root + folder + filename, rating=-1 if flag < 0 else stars, label=label if isinstance(label, str) else "",
+                               source="photographer"))
     return rated
 
 
@@ -188,5 +199,6 @@ def from_darktable(path: str, problems: list[str], notes: list[str]) -> list[Rat
             continue
         stars = flags & 7
         rejected = bool(flags & DARKTABLE_REJECTED) or stars == 6
-        rated.append(Rated(path=os.path.join(folder, filename), rating=-1 if rejected else min(stars, 5), label=colours.get(image, "")))
+        rated.append(Rated(path=os.path.join(folder, filename), rating=-1 if rejected else min(stars, 5), label=colours.get(image, ""),
+                           source="photographer"))
     return rated

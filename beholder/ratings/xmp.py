@@ -9,6 +9,7 @@ import re
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
+from beholder.images import IMAGE_SUFFIXES, RAW_SUFFIXES
 from beholder.storage import is_s3, read_local_file, remove_stale_temporaries
 
 NAMESPACES = {
@@ -23,6 +24,7 @@ EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www
 BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
 # The photographer's fields that beholder sets only where none is set (or where it set them itself).
 RATING_FIELDS = (("xmp", "Rating"), ("xmp", "Label"), ("digiKam", "PickLabel"))
+UNSET = {"Rating": ("0",), "PickLabel": ("0",)}  # what the tools write for "no stars", "no pick"
 PACKET_START, PACKET_END = b"<x:xmpmeta", b"</x:xmpmeta>"
 MAX_BYTES = 16 << 20  # real sidecars are kilobytes; darktable's edit history, a few hundred
 MAX_DEPTH = 100  # real XMP nests about 10 deep; far deeper only exhausts the writer's recursion
@@ -33,15 +35,44 @@ class UnreadableSidecar(ValueError):
     """A sidecar that is not XMP we can read or merge into: it is left as it is."""
 
 
-def sidecar_names(images: list[str]) -> dict[str, str]:
-    """Each image's sidecar path: ``<path without extension>.xmp`` (what Lightroom reads), or
-    ``<path>.xmp`` (darktable's and digiKam's form) for images that share a stem, such as
-    ``dup.jpg`` and ``dup.png``, so that no two images write one sidecar (case-insensitively)."""
-    stems: dict[str, int] = {}
+NAMING = ("auto", "adobe", "darktable")
+
+
+def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto") -> dict[str, list[str]]:
+    """Each image's sidecars (paths relative to the same root): every one already there that the
+    image owns, so that no second one is ever made beside it; else the one to create.
+
+    ``<path>.xmp`` (darktable's and digiKam's form) always belongs to ``<path>``. ``<stem>.xmp``
+    (Lightroom's) belongs to the image of that stem when no other image shares the stem, or to the
+    RAW of a RAW + JPEG pair. A new sidecar follows ``naming``: ``adobe`` (``<stem>.xmp``, or
+    ``<path>.xmp`` where images share a stem), ``darktable`` (``<path>.xmp``), or ``auto``: the
+    convention most of the folder's sidecars already follow (``adobe`` in a folder without any)."""
+    if naming not in NAMING:
+        raise ValueError(f"xmp_naming={naming!r}: give one of {', '.join(NAMING)}")
+    present = {name.lower(): name for name in existing}
+    stems: dict[str, list[str]] = {}
     for image in images:
-        stem = os.path.splitext(image)[0].lower()
-        stems[stem] = stems.get(stem, 0) + 1
-    return {image: (os.path.splitext(image)[0] if stems[os.path.splitext(image)[0].lower()] == 1 else image) + ".xmp" for image in images}
+        stems.setdefault(os.path.splitext(image)[0].lower(), []).append(image)
+    styles: dict[str, list[int]] = {}  # folder -> [adobe, darktable] sidecars there
+    for name in existing:
+        inner = name[:-4]
+        styles.setdefault(os.path.dirname(name), [0, 0])[int(inner.lower().endswith(IMAGE_SUFFIXES))] += 1
+    targets = {}
+    for image in images:
+        stem = os.path.splitext(image)[0]
+        sharing = stems[stem.lower()]
+        raws = [other for other in sharing if other.lower().endswith(RAW_SUFFIXES)]
+        owns_stem = len(sharing) == 1 or raws == [image]
+        owned = [present[key] for key in ((image + ".xmp").lower(), (stem + ".xmp").lower() if owns_stem else None) if key in present]
+        if owned:
+            targets[image] = owned
+            continue
+        style = naming
+        if style == "auto":
+            adobe, darktable = styles.get(os.path.dirname(image), [0, 0])
+            style = "darktable" if darktable > adobe else "adobe"
+        targets[image] = [(stem if style == "adobe" and len(sharing) == 1 else image) + ".xmp"]
+    return targets
 
 
 def parse(data: bytes) -> tuple[ET.Element, ET.Element]:
@@ -110,7 +141,9 @@ def property_of(holder: ET.Element, prefix: str, name: str) -> str | None:
 
 def read_rating(data: bytes) -> dict:
     """``rating`` (-1 rejected, 0 unrated, 1-5 stars, or None), ``label`` (colour) and ``pick``
-    (digiKam: 1 rejected, 3 accepted) of an XMP packet; a value that is none of these is refused."""
+    (digiKam: 1 rejected, 3 accepted) of an XMP packet, and which of these beholder set itself
+    (``set_by_beholder``: Rating, Label, PickLabel; it records what it sets); a value that is none
+    of these is refused."""
     _, holder = parse(data)
     rating, pick = property_of(holder, "xmp", "Rating"), property_of(holder, "digiKam", "PickLabel")
     stars = None
@@ -120,7 +153,10 @@ def read_rating(data: bytes) -> dict:
         stars = round(float(rating))
     if pick not in (None, "") and not re.fullmatch(r"[0-9]", pick):
         raise UnreadableSidecar(f"digiKam:PickLabel {pick[:40]!r} is not a pick label (0-9)")
-    return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "", "pick": int(pick) if pick else None}
+    set_by_beholder = {name for prefix, name in RATING_FIELDS
+                       if property_of(holder, prefix, name) not in (None, "") and property_of(holder, prefix, name) == property_of(holder, "beholder", f"Set{name}")}
+    return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "", "pick": int(pick) if pick else None,
+            "set_by_beholder": set_by_beholder}
 
 
 def embedded_packet(data) -> bytes | None:
@@ -167,7 +203,7 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     values = {("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
     for prefix, name in RATING_FIELDS:
         present, set_before = property_of(holder, prefix, name), property_of(holder, "beholder", f"Set{name}")
-        if overwrite_ratings or present in (None, "") or present == set_before:
+        if overwrite_ratings or present in (None, "", *UNSET.get(name, ())) or present == set_before:
             values[(prefix, name)] = values[("beholder", f"Set{name}")] = ours[(prefix, name)]
         elif set_before is not None:  # the photographer changed what beholder had set: theirs from now on
             for element in holder.iter(tag("rdf", "Description")):
@@ -187,24 +223,26 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
             + (after if b"<?xpacket" in after else WRAPPER[1].encode() + after))
 
 
-def write_sidecars(store, rows: list[dict], targets: dict[str, str], kept: int, overwrite_ratings: bool = False) -> list[str]:
-    """Each row's (image, rank, band, score) decision merged into the sidecar at ``targets[image]``
-    (written whole or not at all, keeping the file's permissions). Returns why each sidecar left as
-    it was was left: not XMP, read-only, not a regular file, or not writable. Temporary files that
-    an earlier, killed run left in these folders are removed first."""
-    left_alone, cleaned = [], set()
+def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept: int, overwrite_ratings: bool = False) -> dict:
+    """Each row's (image, rank, band, score) decision merged into each of its sidecars at
+    ``targets[image]`` (written whole or not at all, keeping the file's permissions). Returns how
+    many were ``created`` and ``merged`` into, and why each one ``left_alone`` was: not XMP,
+    read-only, not a regular file, or not writable. Temporary files that an earlier, killed run
+    left in these folders are removed first."""
+    left_alone, cleaned, counts = [], set(), {"created": 0, "merged": 0}
     for row in rows:
-        target = targets[row["image"]]
-        try:
-            if not is_s3(target) and os.path.dirname(target) not in cleaned:
-                cleaned.add(os.path.dirname(target))
-                remove_stale_temporaries(os.path.dirname(target) or ".")
-            existing = read_existing(store, target)
-            packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], existing, overwrite_ratings)
-            store.write(target, packet)
-        except (UnreadableSidecar, OSError, RecursionError) as error:
-            left_alone.append(f"{target}: {error.strerror if isinstance(error, OSError) and error.strerror else error}")
-    return left_alone
+        for target in targets[row["image"]]:
+            try:
+                if not is_s3(target) and os.path.dirname(target) not in cleaned:
+                    cleaned.add(os.path.dirname(target))
+                    remove_stale_temporaries(os.path.dirname(target) or ".")
+                existing = read_existing(store, target)
+                packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], existing, overwrite_ratings)
+                store.write(target, packet)
+                counts["merged" if existing else "created"] += 1
+            except (UnreadableSidecar, OSError, RecursionError) as error:
+                left_alone.append(f"{target}: {error.strerror if isinstance(error, OSError) and error.strerror else error}")
+    return {**counts, "left_alone": left_alone}
 
 
 def read_existing(store, target: str) -> bytes | None:

@@ -1,0 +1,63 @@
+"""The default taste model shipped in the package: predict and personal models start from it."""
+
+import csv
+import json
+
+import pytest
+
+from beholder import data, default_model
+from beholder.predict import predict
+from beholder.train import train
+
+from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
+
+
+def test_the_shipped_model_is_small_documented_and_loads():
+    from pathlib import Path
+
+    from beholder.module import load_checkpoint
+
+    path = Path(default_model.checkpoint_path())
+    assert path.stat().st_size < 1_000_000
+    card = (path.parent / "MODEL_CARD.md").read_text()
+    assert all(words in card for words in ("OASIS", "Brielmann & Pelli", "research", "Intended use", "Limits", "spearman_value"))
+    module = load_checkpoint(str(path))
+    assert module.net.frozen and len(module.net.extractors) == 2 and len(module.val_positive_scores) > 10
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return make_gallery(tmp_path_factory.mktemp("library") / "photos", count=24, size=(96, 72))
+
+
+def test_predict_without_a_checkpoint_uses_the_default_model_and_says_so(library, tmp_path, capsys, monkeypatch):
+    summary = predict(compose_predict([f"gallery={library}", f"output={tmp_path}/out", f"feature_cache={tmp_path}/cache"]))
+    assert summary["scored"] == 24 and summary["model"] == default_model.NAME
+    assert "default crowd model" in capsys.readouterr().out and len(read_scores(tmp_path / "out" / "scores.csv")) == 24
+
+    monkeypatch.setattr(data, "decode_image", refuse_to_decode)  # a second pass: every feature from the cache
+    again = predict(compose_predict([f"gallery={library}", f"output={tmp_path}/again", f"feature_cache={tmp_path}/cache"]))
+    scores = {row["image"]: row["score"] for row in read_scores(tmp_path / "out" / "scores.csv")}
+    assert again["scored"] == 24 and {row["image"]: row["score"] for row in read_scores(tmp_path / "again" / "scores.csv")} == scores
+
+
+def refuse_to_decode(*args, **kwargs):
+    raise AssertionError("decoded although its features are cached")
+
+
+def test_a_personal_model_without_a_base_starts_from_the_default_model(library, tmp_path, capsys, monkeypatch):
+    with open(library / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "mine.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "tier", "rating"])
+        writer.writerows([row["image"], row["tier"], 1 + int(row["tier"])] for row in rows)
+    train(compose_train(TINY + ["experiment=personal", f"data.root={library}", f"data.labels={tmp_path}/mine.csv",
+                                "data.score_column=rating", f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"]))
+    metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
+    assert metrics["ratings"] == 24 and "default crowd model" in capsys.readouterr().out
+    assert (tmp_path / "me" / "checkpoints" / "best.ckpt").stat().st_size < 1_000_000
+    monkeypatch.setattr(data, "decode_image", refuse_to_decode)  # predict reads the features the personal model trained on
+    summary = predict(compose_predict([f"ckpt_path={tmp_path}/me/checkpoints/best.ckpt", f"gallery={library}", f"output={tmp_path}/out",
+                                       f"feature_cache={tmp_path}/cache"]))
+    assert summary["scored"] == 24

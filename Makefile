@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-scale bench-gpu
+.PHONY: install demo test clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-gpu
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ bench-similar: $(STAMP)
 
 bench-personal: $(STAMP)
 	$(PY) bench/personal.py
+
+bench-library: $(STAMP)
+	$(PY) bench/library.py
 
 bench-scale: $(STAMP)
 	$(PY) bench/scale.py

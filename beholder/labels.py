@@ -191,3 +191,19 @@ def regression_stats(train: list[Label]) -> dict:
 
 def target_of(label: Label, tier_values: list[float]) -> float:
     return label.value if label.value is not None else tier_values[label.tier]
+
+
+TOP_SHARE = 0.05  # the original project's top tiers were the best 5 % (and 2 %) of a gallery
+
+
+def top_rating(ratings, share: float = TOP_SHARE) -> float:
+    """The lowest rating of a person's top tier, by their own distribution: their highest rating
+    values, taken while together they hold at most ``share`` of their photos (the highest at least).
+    A generous rater's top tier is thus their 5 stars, not everything rated 4 or 5."""
+    values = sorted(set(float(r) for r in ratings), reverse=True)
+    chosen = values[0]
+    for value in values[1:]:
+        if sum(r >= value for r in ratings) / len(ratings) > share:
+            break
+        chosen = value
+    return chosen

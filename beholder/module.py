@@ -54,6 +54,7 @@ class BeholderModule(pl.LightningModule):
         self.val_positive_scores = torch.empty(0)
         self.channels_last = False
         self.feature_cache = None  # a FeatureCache of the frozen network's features (prediction)
+        self.calibrated_on = None  # which photos val_positive_scores are of, when not "tier >= positive_tier"
 
     def use_channels_last(self) -> None:
         """NHWC weights and batches: tensor-core GPUs convolve those fastest."""
@@ -152,6 +153,7 @@ class BeholderModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         checkpoint_format.unpack(checkpoint)
         self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
+        self.calibrated_on = checkpoint.get("calibrated_on")
 
 
 @torch.no_grad()

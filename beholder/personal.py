@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from beholder.errors import UserError
 from beholder.features import cached_features
-from beholder.labels import regression_stats, target_of
+from beholder.labels import regression_stats, target_of, top_rating
 from beholder.metrics import spearman as rank_correlation
 from beholder import checkpoint, default_model
 from beholder.module import load_checkpoint
@@ -37,8 +37,6 @@ from beholder.storage import file_digest
 
 log = logging.getLogger(__name__)
 ALPHAS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
-
-
 @dataclass
 class Deviation:
     """score = shift + scale * base + x . weight + bias"""
@@ -126,7 +124,9 @@ def train_personal(cfg: DictConfig) -> float:
     with torch.no_grad():
         head.fc.weight.copy_(torch.from_numpy(weight / head.target_std)[None].to(head.fc.weight.dtype))
         head.fc.bias.fill_((bias - head.target_mean) / head.target_std)
-    positive = [float(score) for score, label in zip(out_of_fold, labels) if label.tier >= head.positive_tier]
+    top = top_rating(y)
+    positive = [float(score) for score, rating in zip(out_of_fold, y) if rating >= top]
+    module.calibrated_on = f"top-rated (>= {top:g}: {len(positive)} of the person's {len(y)})"
     module.hparams["head"] = {**module.hparams["head"], "target_mean": head.target_mean, "target_std": head.target_std,
                               "tier_values": stats["tier_values"]}
     module.hparams["score_column"] = cfg.data.score_column
@@ -145,6 +145,8 @@ def train_personal(cfg: DictConfig) -> float:
         f"  spearman        {metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
         f"(out of fold, {min(5, len(labels))} folds)",
         f"  deviation       penalty {deviation.alpha:g}" + (" (none: the ratings agree with the base)" if math.isinf(deviation.alpha) else ""),
+        f"  top tier        rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
+        "is calibrated on their out-of-fold scores",
         f"  checkpoint      {best}",
     ]), flush=True)
     return metrics["cv/spearman_personal"]

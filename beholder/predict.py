@@ -25,6 +25,7 @@ from beholder.bursts import burst_groups
 from beholder.embeddings import CHECKPOINT, FILE as EMBEDDINGS, decode, parquet_bytes
 from beholder.errors import UserError
 from beholder.features import FeatureCache, network_key
+from beholder.labels import parse_labels
 from beholder.launch import check_launch, check_shared_folder, loader_workers, pin_memory
 from beholder.memory import keep_freed_memory
 from beholder.module import BeholderModule, load_checkpoint
@@ -70,6 +71,28 @@ def check_group_options(cfg: DictConfig) -> None:
         raise UserError("keep_per_group and group_window group images by their embeddings; leave embeddings=true")
 
 
+def read_verdicts(store: Store, path: str | None) -> dict[str, str]:
+    """The person's own verdicts from a labels CSV (``ratings import``, ``label export``): tier 0
+    (junk, rejected) is a reject, any other tier a keep."""
+    if not path:
+        return {}
+    try:
+        text = store.read(check_uri(path, "ratings")).decode()
+    except FileNotFoundError:
+        raise UserError(f"ratings={path}: no such file") from None
+    return {label.image: "reject" if label.tier == 0 else "keep" for label in parse_labels(text, f"ratings={path}")}
+
+
+def small_reduction_warning(cfg: DictConfig, summary: dict, policy: Policy, ranked: list[dict], calibration: str) -> str | None:
+    """Why little of the gallery was culled, when the calibrated threshold is what keeps it."""
+    if summary["gallery_reduction"] >= 0.25 or any(cfg.get(name) is not None for name in ("threshold", "keep_top")):
+        return None
+    reaching = sum(row["score"] >= policy.reject_below for row in ranked) / len(ranked)
+    return (f"only {summary['gallery_reduction']:.0%} of the gallery is culled: the model's calibration photos ({calibration}) "
+            f"score down to {policy.reject_below:.4f}, and {reaching:.0%} of this gallery scores that high; keep_recall=0.9 or "
+            "keep_top=0.3 cut harder, at the cost of some photos like those")
+
+
 def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: str) -> Policy:
     """Keep / review / reject for this run: by default calibrated on the checkpoint's top-tier
     validation scores; ``keep_top`` or ``threshold`` fix a plain cut (no review band)."""
@@ -83,7 +106,7 @@ def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: 
         raise UserError(f"ckpt_path={model} holds no validation scores; give threshold= or keep_top=")
     keep_recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
     return Policy.calibrated(scores, keep_recall, float(cfg.promise_recall), float(cfg.promise_confidence),
-                             tiers=f"tier >= {module.net.head.positive_tier}")
+                             tiers=module.calibrated_on or f"tier >= {module.net.head.positive_tier}")
 
 
 PARTIAL = ".beholder-partial"
@@ -175,6 +198,7 @@ def predict(cfg: DictConfig) -> dict | None:
     check_threshold_options(cfg)
     check_group_options(cfg)
     check_launch(cfg.trainer)
+    verdicts = read_verdicts(Store(cfg.endpoint_url), cfg.ratings)
     workers = loader_workers(cfg.num_workers, cfg.trainer)
     quiet_libraries()
     keep_freed_memory()
@@ -219,6 +243,9 @@ def predict(cfg: DictConfig) -> dict | None:
         for row in ranked:
             row["vector"] = decode(row["embedding"])
     culled = group_bursts(cfg, ranked) if cfg.embeddings else 0
+    for row in ranked:  # a photo the person rated keeps their verdict, whatever the model says
+        if row["image"] in verdicts:
+            row["band"], row["reason"] = verdicts[row["image"]], "rated"
     bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
     # keep_top cuts by rank: both thresholds are the score of the last one kept
     keep_at, reject_below = (ranked[bands["keep"] - 1]["score"],) * 2 if policy.keep_count else (policy.keep_at, policy.reject_below)
@@ -245,7 +272,9 @@ def predict(cfg: DictConfig) -> dict | None:
         "checkpoint": plan.checkpoint,
         "model": ckpt_path if cfg.ckpt_path else default_model.NAME,
         "embeddings": bool(cfg.embeddings),
+        "rated": {band: sum(row["reason"] == "rated" and row["band"] == band for row in ranked) for band in ("keep", "reject")},
     }
+    summary["warning"] = small_reduction_warning(cfg, summary, policy, ranked, module.calibrated_on or f"tier >= {module.net.head.positive_tier}")
     try:
         write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path)
     except (OSError, ClientError) as error:
@@ -337,7 +366,7 @@ def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
         existing = []
     names = sidecar_targets([row["image"] for row in ranked] + skipped, existing, cfg.xmp_naming)
     targets = {row["image"]: [join(root, name) for name in names[row["image"]]] for row in ranked}
-    summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings))
+    summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings), gallery)
     summary["sidecars"]["folder"] = root
 
 
@@ -379,6 +408,9 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         f"  to review       {summary['review']}  " + (f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"]
                                                         else "(no review band: one threshold)"),
         f"  rejected        {summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})",
+        *([f"  rated           {sum(summary['rated'].values())} keep the person's own verdict ({summary['rated']['keep']} keep, "
+           f"{summary['rated']['reject']} reject)"] if sum(summary["rated"].values()) else []),
+        *([f"  warning         {summary['warning']}"] if summary["warning"] else []),
         *group_lines(summary),
         f"  thresholds      {summary['threshold_source']}",
         *sidecar_lines(summary.get("sidecars")),

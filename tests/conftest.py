@@ -15,6 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from beholder.label import cli as label_cli
+from beholder.label.app import create_app
 from beholder.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +136,19 @@ def photos(trained, tmp_path):
     shutil.copytree(gallery, folder)
     (folder / "labels.csv").unlink()
     return folder
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Runs ``python -m beholder.label review ...`` up to the point of listening; yields the app it would serve."""
+    started = {}
+
+    def listen(args, tournament, gallery, store, what, neighbours=None, stars=None):
+        started["app"] = create_app(tournament, gallery, store, args.rater, stars=stars)
+        started["review"], started["what"] = tournament, what
+
+    monkeypatch.setattr(label_cli, "listen", listen)
+    return started
 
 
 def compose_predict(overrides):

@@ -19,7 +19,6 @@ from beholder.embeddings import FILE as EMBEDDINGS, parquet_bytes, read_parquet
 from beholder.errors import UserError, exit_on_user_error
 from beholder.features import cached_features
 from beholder.label import cli as label_cli
-from beholder.label.app import create_app
 from beholder.checkpoint import IncompatibleCheckpoint
 from beholder.module import load_checkpoint
 from beholder.predict import predict
@@ -60,19 +59,6 @@ def test_ratings_write_creates_and_merges_nothing_outside_root(tmp_path, capsys)
     assert {p: p.read_bytes() for p in elsewhere.iterdir()} == before  # nothing created, nothing merged
     assert files_under(root) == ["a.jpg", "a.xmp"]
     assert "outside --root  3" in capsys.readouterr().out
-
-
-@pytest.fixture
-def served(monkeypatch):
-    """Runs ``python -m beholder.label review ...`` up to the point of listening; yields the app it would serve."""
-    started = {}
-
-    def listen(args, tournament, gallery, store, what, neighbours=None):
-        started["app"] = create_app(tournament, gallery, store, args.rater)
-        started["review"] = tournament
-
-    monkeypatch.setattr(label_cli, "listen", listen)
-    return started
 
 
 def test_review_serves_only_gallery_images(photos, tmp_path, served, capsys):

@@ -517,7 +517,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
 
     ckpt, _ = trained
     predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored", "keep_top=0.25"]))
-    decisions = read_decisions((tmp_path / "scored" / "scores.csv").read_text(), "scores.csv")
+    decisions = read_decisions((tmp_path / "scored" / "scores.csv").read_text(), "scores.csv", "best")
     assert [d["band"] for d in decisions] == ["keep"] * 4 + ["reject"] * 12 and [d["rank"] for d in decisions] == list(range(1, 17))
     db = tmp_path / "review.sqlite"
     review = Review(str(db))
@@ -551,3 +551,46 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     assert {image: (row["tier"], row["rating"], row["agreed"]) for image, row in exported.items()} == {
         decisions[0]["image"]: ("2", "1", "true"), decisions[1]["image"]: ("0", "0", "false"), decisions[2]["image"]: ("0", "0", "false")}
     assert "wrote 3 reviewed images" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_shows_each_large(trained, photos, tmp_path, served, capsys):
+    from playwright.sync_api import sync_playwright
+
+    from beholder.predict import predict
+    from conftest import compose_predict
+    from test_ratings import sidecar
+
+    ckpt, _ = trained
+    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored", "keep_top=0.25"]))
+    scores = {row["image"]: row for row in csv.DictReader(open(tmp_path / "scored" / "scores.csv"))}
+    mine = sorted(scores)[:2]  # the photographer rated these two already
+    for image in mine:
+        (photos / (image + ".xmp")).write_bytes(sidecar('xmp:Rating="4"'))
+    main(["review", "--scores", str(tmp_path / "scored" / "scores.csv"), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
+    assert "2 photos you rated yourself are not asked about" in capsys.readouterr().out and "least certain" in served["what"]
+    review = served["review"]
+    assert set(review.keys().values()) == set(scores) - set(mine)
+    queue = [item["image"] for item in review.upcoming("me", 100)]
+    lowest_kept = max((r for r in scores.values() if r["band"] == "keep" and r["image"] not in mine), key=lambda r: int(r["rank"]))
+    highest_rejected = min((r for r in scores.values() if r["band"] == "reject" and r["image"] not in mine), key=lambda r: int(r["rank"]))
+    assert set(queue[:2]) == {lowest_kept["image"], highest_rejected["image"]}  # the two nearest the cut come first
+
+    with running(served["app"]) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{base}/?rater=me")
+        page.wait_for_function("document.getElementById('image').complete && document.getElementById('image').dataset.id")
+        box = page.locator("#image").bounding_box()
+        assert box["width"] > 1300 and box["height"] > 600  # the whole window's width, not a 460 px thumbnail
+        assert page.locator("#name").inner_text() == queue[0] and page.locator("#stars").inner_text() == "no stars"
+        assert page.locator("#strip img").count() == 8
+        page.keyboard.press("z")
+        page.wait_for_function("document.getElementById('full').complete && document.getElementById('full').naturalWidth > 0")
+        assert page.locator("#zoom").is_visible() and page.evaluate("document.getElementById('full').naturalWidth") == 64  # every pixel
+        page.keyboard.press("Escape")
+        assert page.locator("#zoom").is_hidden()
+        page.keyboard.press("k")
+        page.wait_for_function("document.getElementById('decided').textContent === '1'")
+        assert page.locator("#name").inner_text() == queue[1]
+        browser.close()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from beholder.labels import top_rating
 from beholder.personal import personal_fit, spearman
 from beholder.predict import predict
 from beholder.train import train
@@ -68,3 +69,11 @@ def test_a_base_that_is_not_a_frozen_regression_model_is_refused(trained, crowd,
                                 f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"])
     with pytest.raises(Exception, match="fine-tuned|head=regression"):
         train(cfg)
+
+
+def test_a_persons_top_tier_follows_their_own_ratings():
+    generous = np.array([5] * 30 + [4] * 27 + [3] * 30 + [2] * 13)  # 57 % at 4-5 stars
+    assert top_rating(generous) == 5  # their 5 stars, not "4 or 5"
+    sparing = np.array([5] * 2 + [4] * 2 + [3] * 96)
+    assert top_rating(sparing) == 4  # 4 % at 4-5 stars: both
+    assert top_rating(np.linspace(1, 7, 200)) >= np.quantile(np.linspace(1, 7, 200), 0.95)  # mean ratings: their top 5 %

@@ -364,3 +364,23 @@ def test_a_growing_library_scores_only_what_was_added_or_changed(trained, tmp_pa
     images = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0]
     assert sorted(images) == sorted(after)  # the embeddings of the whole gallery, each once
     assert predict(compose_predict(args))["newly_scored"] == 0
+
+
+def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photos, tmp_path, capsys):
+    ckpt, _ = trained
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint["val_positive_scores"] = [-1.0] * 30  # calibration photos that score below everything: nothing is culled
+    torch.save(checkpoint, tmp_path / "generous.ckpt")
+    (tmp_path / "mine.csv").write_text("image,tier,rating,source\nsub0/img_000.jpg,0,1,photographer\nsub1/img_001.jpg,3,5,photographer\n"
+                                      "elsewhere/gone.jpg,2,4,photographer\n")
+    summary = predict(compose_predict([f"ckpt_path={tmp_path}/generous.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
+                                       f"ratings={tmp_path}/mine.csv"]))
+    rows = {row["image"]: row for row in read_scores(tmp_path / "out" / "scores.csv")}
+    assert (rows["sub0/img_000.jpg"]["band"], rows["sub0/img_000.jpg"]["reason"]) == ("reject", "rated")
+    assert (rows["sub1/img_001.jpg"]["band"], rows["sub1/img_001.jpg"]["reason"]) == ("keep", "rated")
+    assert summary["rated"] == {"keep": 1, "reject": 1} and summary["rejected"] == 1
+    printed = capsys.readouterr().out
+    assert "rated           2 keep the person's own verdict (1 keep, 1 reject)" in printed
+    assert "warning         only 2% of the gallery is culled" in printed and "keep_recall=0.9" in printed
+    with pytest.raises(UserError, match="ratings=.*no such file"):
+        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"ratings={tmp_path}/none.csv"]))

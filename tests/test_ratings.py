@@ -221,3 +221,38 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
     mine = labels(tmp_path / "mine.csv")
     assert {image: (row["rating"], row["source"]) for image, row in mine.items()} == {
         "sub0/img_000.jpg": ("2", "photographer"), "sub1/img_001.jpg": ("5", "photographer")}
+
+
+def test_stars_and_review_decisions_make_one_labels_file(tmp_path):
+    from beholder.label.review import Review
+
+    root = tmp_path / "Pictures"
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "d.jpg"]):
+        photo(root / name, i)
+    (root / "a.xmp").write_bytes(sidecar('xmp:Rating="5"'))
+    (root / "b.xmp").write_bytes(sidecar('xmp:Rating="2"'))
+    review = Review(str(tmp_path / "review.sqlite"))
+    review.load([{"image": image, "score": 0.5, "band": "review", "rank": i} for i, image in enumerate(["a.jpg", "c.jpg", "d.jpg"], 1)])
+    ids = {key: i for i, key in review.keys().items()}
+    review.decide("me", ids["a.jpg"], False)  # stars win over a decision
+    review.decide("me", ids["c.jpg"], True)
+    review.decide("me", ids["d.jpg"], False)
+    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "all.csv"), "--review", str(tmp_path / "review.sqlite")])
+    rows = labels(tmp_path / "all.csv")
+    assert {image: (row["rating"], row["tier"], row["source"]) for image, row in rows.items()} == {
+        "a.jpg": ("5", "3", "photographer"), "b.jpg": ("2", "1", "photographer"),
+        "c.jpg": ("5", "3", "review"), "d.jpg": ("-1", "0", "review")}  # kept: the person's top rating
+
+
+def test_a_new_sidecar_keeps_the_rating_inside_the_image_and_reimport_is_unchanged(tmp_path):
+    root = tmp_path / "Pictures"
+    photo(root / "inside.jpg", 0, xmp=sidecar('xmp:Rating="4"', "<dc:subject xmlns:dc='http://purl.org/dc/elements/1.1/'>"
+                                                                "<rdf:Bag><rdf:li>kept inside</rdf:li></rdf:Bag></dc:subject>"))
+    photo(root / "plain.jpg", 1)
+    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "first.csv")])
+    (tmp_path / "scores.csv").write_text("image,score,band,rank\ninside.jpg,0.1,reject,2\nplain.jpg,0.9,keep,1\n")
+    main(["write", "--scores", str(tmp_path / "scores.csv"), "--root", str(root)])
+    created = (root / "inside.xmp").read_bytes()
+    assert read_rating(created)["rating"] == 4 and b"kept inside" in created and b'beholder:Band="reject"' in created
+    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "again.csv")])
+    assert (tmp_path / "first.csv").read_text() == (tmp_path / "again.csv").read_text()

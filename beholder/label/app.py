@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from importlib import resources
 from typing import Annotated
@@ -13,7 +14,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from beholder.images import UnreadableImage, decode_image
+from beholder.images import UnreadableImage, capture_time, decode_image
 from beholder.label.review import Review
 from beholder.label.tournament import SubmissionError, Tournament
 from beholder.similar import Neighbours
@@ -23,6 +24,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's largest integer
 MAX_BODY = 64 * 1024  # a request body: a set's ids or one decision are a few hundred bytes
 DECODES_AT_ONCE = 2  # full-size decodes in flight: each can take hundreds of MB for a huge PNG
+SIZES = {"screen": (900, 700), "large": (2560, 2560), "full": None}
 
 
 STATIC = {"labeller.css": "text/css", "common.js": "text/javascript"}
@@ -83,42 +85,48 @@ class Thumbnails:
         self.lock = threading.Lock()
         self.key_locks: dict[str, threading.Lock] = {}
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, size: str = "screen") -> bytes:
+        entry = (key, size)
         with self.lock:
-            if key in self.cache:
-                self.cache.move_to_end(key)
-                return self.cache[key]
-            key_lock = self.key_locks.setdefault(key, threading.Lock())
+            if entry in self.cache:
+                self.cache.move_to_end(entry)
+                return self.cache[entry]
+            key_lock = self.key_locks.setdefault(entry, threading.Lock())
         with key_lock:
             with self.lock:
-                if key in self.cache:
-                    return self.cache[key]
+                if entry in self.cache:
+                    return self.cache[entry]
             try:
                 with self.decoding:
-                    data = self.make(self.read(key))
+                    data = self.make(self.read(key), size)
                 with self.lock:
-                    self.cache[key] = data
+                    self.cache[entry] = data
                     if len(self.cache) > self.size:
                         self.cache.popitem(last=False)
             finally:
                 with self.lock:
-                    self.key_locks.pop(key, None)
+                    self.key_locks.pop(entry, None)
         return data
 
     @staticmethod
-    def make(data: bytes) -> bytes:
-        picture = decode_image(data, min_size=(900, 200))  # JPEGs decode at a reduced scale
+    def make(data: bytes, size: str = "screen") -> bytes:
+        """A JPEG of the picture at ``size``: ``screen`` (900 x 700, panoramas 1820 wide), ``large``
+        (2560 px: a full window on any screen) or ``full`` (every pixel, to check focus)."""
+        bound = SIZES[size]
+        picture = decode_image(data, min_size=(bound[0], 200) if bound else None)  # JPEGs decode at a reduced scale
         del data
-        picture.thumbnail((1820, 1820) if picture.width > 2.5 * picture.height else (900, 700))
+        if bound:
+            picture.thumbnail((1820, 1820) if size == "screen" and picture.width > 2.5 * picture.height else bound)
         buffer = io.BytesIO()
-        picture.save(buffer, "JPEG", quality=85)
+        picture.save(buffer, "JPEG", quality=85 if size == "screen" else 92)
         return buffer.getvalue()
 
 
 def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
-               host: str = "127.0.0.1", neighbours: Neighbours | None = None) -> FastAPI:
+               host: str = "127.0.0.1", neighbours: Neighbours | None = None, stars: dict[str, int] | None = None) -> FastAPI:
     """``neighbours``: the gallery's embeddings (python -m beholder.similar's search), for "more like this".
-    A :class:`Review` as ``tournament`` serves the review of a model's decisions at / instead."""
+    A :class:`Review` as ``tournament`` serves the review of a model's decisions at / instead;
+    ``stars``: the photographer's current rating of each image, shown beside it."""
     app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
     static = resources.files("beholder.label").joinpath("static")
     page = static.joinpath("review.html" if isinstance(tournament, Review) else "label.html").read_text()
@@ -159,9 +167,20 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
         return Response(static.joinpath(name).read_text(), media_type=STATIC[name])
 
     def review_state(rater: str) -> dict:
-        item = tournament.next_item(rater)
-        return {"rater": rater, "progress": tournament.review_progress(rater),
-                "item": {**item, "url": f"/image/{item['id']}"} if item else None}
+        upcoming = tournament.upcoming(rater, 9)
+        item = upcoming[0] if upcoming else None
+        if item:
+            item.update(url=f"/image/{item['id']}", large=f"/image/{item['id']}?size=large", full=f"/image/{item['id']}?size=full",
+                        taken=taken_on(item["image"]), stars=(stars or {}).get(item["image"], 0))
+        return {"rater": rater, "progress": tournament.review_progress(rater), "item": item,
+                "next": [{"id": i["id"], "url": f"/image/{i['id']}", "band": i["band"]} for i in upcoming[1:]]}
+
+    def taken_on(key: str) -> str:
+        try:
+            taken = capture_time(key, store.read(join(gallery, key)))
+        except OSError:
+            return ""
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(taken)) if taken is not None else ""
 
     if isinstance(tournament, Review):
         @app.get("/api/review/state", dependencies=[Depends(authorised)])
@@ -223,14 +242,14 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
         return {"images": [{"id": i, "url": f"/image/{i}", "similarity": round(s, 4)} for i, s in found[:k]]}
 
     @app.get("/image/{image_id}", dependencies=[Depends(authorised)])
-    def image(image_id: int):
+    def image(image_id: int, size: str = Query("screen", pattern="^(screen|large|full)$")):
         # Only ids of gallery images are served: no path or key ever comes from the request,
         # and no server path goes into an answer.
         key = tournament.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
         if key is None:
             raise HTTPException(404, "no such image")
         try:
-            data = thumbnails.get(key)
+            data = thumbnails.get(key, size)
         except FileNotFoundError:  # it leaves the pool at the next start (a GET writes nothing)
             raise HTTPException(404, "this image is no longer in the gallery") from None
         except UnreadableImage as error:

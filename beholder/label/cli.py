@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 
@@ -18,12 +19,13 @@ from beholder.data import list_gallery
 from beholder.errors import UserError, exit_on_user_error
 from beholder.label.app import LOCAL_HOSTS, create_app
 from beholder.label.export import export
-from beholder.label.review import Review, read_decisions, review_labels
+from beholder.label.review import ORDERS, Review, read_decisions, review_labels
 from beholder.label.tournament import Tournament
 from beholder.module import load_checkpoint, score_images
 from beholder.policy import Policy
 from beholder.similar import Neighbours
-from beholder.storage import Store, check_uri
+from beholder.ratings.sources import from_sidecars
+from beholder.storage import Store, check_uri, is_s3
 
 
 def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> dict[str, float]:
@@ -49,12 +51,13 @@ def parse_targets(text: str) -> list[float]:
     return targets
 
 
-def listen(args, tournament: Tournament, gallery: str, store: Store, what: str, neighbours: Neighbours | None = None) -> None:
+def listen(args, tournament: Tournament, gallery: str, store: Store, what: str, neighbours: Neighbours | None = None,
+           stars: dict[str, int] | None = None) -> None:
     """Serve the labeller's app on --host:--port; beyond localhost with a token (generated if none is given)."""
     token = args.token
     if args.host not in LOCAL_HOSTS and not token:
         token = secrets.token_urlsafe(16)
-    app = create_app(tournament, gallery, store, args.rater, token, args.host, neighbours)
+    app = create_app(tournament, gallery, store, args.rater, token, args.host, neighbours, stars)
     address = f"http://{args.host}:{args.port}/?rater={args.rater}" + (f"&token={token}" if token else "")
     print(f"{what}; open {address}", flush=True)
     import uvicorn
@@ -77,7 +80,7 @@ def serve_review(args) -> None:
     gallery = check_uri(args.gallery, "--gallery")
     store = Store(args.endpoint_url)
     try:
-        decisions = read_decisions(store.read(args.scores).decode(), args.scores)
+        decisions = read_decisions(store.read(args.scores).decode(), args.scores, args.order)
     except FileNotFoundError:
         raise UserError(f"--scores {args.scores}: no such file") from None
     in_gallery = list_gallery(store, gallery, "--gallery")
@@ -86,9 +89,23 @@ def serve_review(args) -> None:
     if outside:  # only gallery images are ever served: a row naming anything else is left out
         print(f"beholder: {len(outside)} rows of {args.scores} name no image of {gallery}, left out: e.g. "
               + "; ".join(outside[:3]), flush=True)
+    stars = photographers_stars(gallery)
+    rated = [d for d in decisions if stars.get(d["image"], 0)]
+    if rated:  # the person has judged these already: their stars are their decision
+        print(f"beholder: {len(rated)} photos you rated yourself are not asked about", flush=True)
+        decisions = [d for d in decisions if not stars.get(d["image"], 0)]
     review = Review(args.db)
     review.load(decisions)
-    listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {args.scores} to confirm or overturn")
+    listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {args.scores} to confirm or overturn, "
+           f"{'least certain' if args.order == 'uncertain' else 'best'} first", stars=stars)
+
+
+def photographers_stars(gallery: str) -> dict[str, int]:
+    """Each image's rating in its XMP (beholder's own fields left out), for a local gallery."""
+    if is_s3(gallery):
+        return {}
+    root = os.path.abspath(gallery)
+    return {os.path.relpath(r["path"], root).replace(os.sep, "/"): r["rating"] for r in from_sidecars(root, root, []) if r["rating"]}
 
 
 def run_export(args) -> None:
@@ -120,6 +137,8 @@ def main(argv=None) -> None:
         parser.add_argument("--scores", required=True, help="predict.py's scores.csv (or s3:// URI)")
         parser.add_argument("--gallery", required=True, help="the scored gallery: folder or s3://bucket/prefix")
         parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")
+        parser.add_argument("--order", choices=ORDERS, default="uncertain", help="uncertain: the review band and the decisions nearest "
+                            "the cut first (default); best: kept best first, then the review band, then rejected")
         parser.add_argument("--rater", default="me")
         parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
         parser.add_argument("--port", type=int, default=8000)

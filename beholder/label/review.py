@@ -1,5 +1,5 @@
-"""Review the model's decisions: the kept images best first, then the review band, then the
-highest-scoring rejected, each confirmed or overturned by a key. Stored in a labeller database
+"""Review the model's decisions: the least certain first (the review band, then the kept and the
+rejected nearest the cut), or best first; each confirmed or overturned by a key. Stored in a labeller database
 (the tournament's tables, and these), each decision one transaction like the tournament's
 submissions, so that a killed server loses nothing and a decision sent twice counts once. Exported,
 the decisions are labels for a personal model.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 
 from beholder.errors import UserError
@@ -27,8 +28,14 @@ BAND_ORDER = {"keep": 0, "review": 1, "reject": 2}
 REVIEW_TIERS = {True: 2, False: 0}  # a kept image counts as top tier, a rejected one as junk
 
 
-def read_decisions(text: str, source: str) -> list[dict]:
-    """scores.csv rows in review order: kept (best first), the review band, then rejected."""
+ORDERS = ("uncertain", "best")
+
+
+def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dict]:
+    """scores.csv rows in review order: ``uncertain``, the least certain first (the review band, then
+    by distance from the cut: the lowest kept and the highest rejected); or ``best``, kept best
+    first, the review band, then rejected. Rows with the reason ``rated`` (the person's own verdict)
+    are not asked about again."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
         raise UserError(f"--scores {source}: not a scores.csv of predict.py (image, score, band, rank)")
@@ -43,8 +50,14 @@ def read_decisions(text: str, source: str) -> list[dict]:
         if decision["image"] in seen:
             raise UserError(f"--scores {source}: line {line}: {decision['image']} again (first on line {seen[decision['image']]})")
         seen[decision["image"]] = line
-        decisions.append(decision)
-    return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
+        if r.get("reason") != "rated":
+            decisions.append(decision)
+    if order == "best":
+        return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
+    keep_at = min((d["score"] for d in decisions if d["band"] != "reject"), default=math.inf)
+    reject_top = max((d["score"] for d in decisions if d["band"] == "reject"), default=-math.inf)
+    distance = {"keep": lambda d: d["score"] - keep_at, "review": lambda d: 0.0, "reject": lambda d: reject_top - d["score"]}
+    return sorted(decisions, key=lambda d: (distance[d["band"]](d), d["rank"]))
 
 
 class Review(Tournament):
@@ -65,11 +78,16 @@ class Review(Tournament):
                                 [(ids[d["image"]], position, d["band"], d["score"], d["rank"]) for position, d in enumerate(decisions)])
 
     def next_item(self, rater: str) -> dict | None:
-        row = self.db.execute(
-            "SELECT i.image_id, i.band, i.score, i.rank FROM review_items i JOIN images g ON g.id = i.image_id "
+        upcoming = self.upcoming(rater, 1)
+        return upcoming[0] if upcoming else None
+
+    def upcoming(self, rater: str, count: int) -> list[dict]:
+        """The next ``count`` items ``rater`` has not decided, in queue order."""
+        rows = self.db.execute(
+            "SELECT i.image_id, i.band, i.score, i.rank, g.key FROM review_items i JOIN images g ON g.id = i.image_id "
             "WHERE g.active = 1 AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.image_id = i.image_id AND r.rater = ? AND r.undone = 0) "
-            "ORDER BY i.position LIMIT 1", (rater,)).fetchone()
-        return dict(zip(("id", "band", "score", "rank"), row)) if row else None
+            "ORDER BY i.position LIMIT ?", (rater, count)).fetchall()
+        return [dict(zip(("id", "band", "score", "rank", "image"), row)) for row in rows]
 
     def decide(self, rater: str, image_id: int, keep: bool) -> None:
         with self._write():
@@ -93,6 +111,14 @@ class Review(Tournament):
             "SELECT COUNT(*), COALESCE(SUM(r.keep = (i.band != 'reject')), 0) FROM reviews r JOIN review_items i ON i.image_id = r.image_id "
             "WHERE r.rater = ? AND r.undone = 0", (rater,)).fetchone()
         return {"total": total, "decided": done, "agreed": agreed}
+
+
+def review_decisions(db: Review) -> dict[str, bool]:
+    """Every live decision by image (the latest when several raters decided): kept or not."""
+    rows = db.db.execute(
+        "SELECT g.key, r.keep FROM reviews r JOIN images g ON g.id = r.image_id "
+        "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
+    return {key: bool(keep) for key, keep in rows}
 
 
 def review_labels(db: Review) -> tuple[str, int]:

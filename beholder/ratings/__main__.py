@@ -19,6 +19,8 @@ import sys
 
 from beholder.errors import UserError, exit_on_user_error
 from beholder.images import IMAGE_SUFFIXES
+from beholder.label.review import Review, review_decisions
+from beholder.labels import top_rating
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
 from beholder.storage import Store, inside
@@ -80,6 +82,8 @@ def run_import(args) -> None:
             image = relative.replace(os.sep, "/")
             rows[image] = {"image": image, "tier": tiers[rated["rating"]], "rating": rated["rating"], "label": rated["label"],
                            "source": rated["source"]}
+    if args.review:
+        merge_review(args.review, rows, tiers)
     if os.path.isdir(source):  # every image of the folder that carries no rating is unrated too
         known = set(rows) | {path.replace(os.sep, "/") for path in unrated + unmapped + unreadable}
         unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image.replace(os.sep, "/") not in known]
@@ -99,6 +103,21 @@ def run_import(args) -> None:
     lines += [f"  {note}" for note in notes]
     lines += listed("skipped", problems)
     print("\n".join(lines))
+
+
+def merge_review(db: str, rows: dict[str, dict], tiers: dict[int, int]) -> None:
+    """``label review`` decisions join the photographer's stars as labels of their own (``source``
+    review): a kept photo counts as one of the person's top-rated, a rejected one as rejected. Where a
+    photo has both, the stars win."""
+    if not os.path.isfile(db):
+        raise UserError(f"--review {db}: no such file")
+    decisions = review_decisions(Review(db, read_only=True))
+    stars = [row["rating"] for row in rows.values() if row["rating"] > 0]
+    top = int(top_rating(stars)) if len(stars) else 5
+    for image, keep in decisions.items():
+        if image not in rows:
+            rating = top if keep else -1
+            rows[image] = {"image": image, "tier": tiers[rating], "rating": rating, "label": "", "source": "review"}
 
 
 def listed(what: str, problems: list[str], shown: int = 10) -> list[str]:
@@ -138,7 +157,7 @@ def run_write(args) -> None:
             gone.append(row["image"])
     present = [row for row in rows if row["image"] in targets]
     kept = sum(row["band"] == "keep" for row in rows)
-    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings)
+    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings, root)
     left_alone = written["left_alone"]
     print(f"beholder: {written['created'] + written['merged']} sidecars written beside the images in {root}: {written['created']} created, "
           f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
@@ -159,6 +178,7 @@ def main(argv=None) -> None:
     reading.add_argument("--tiers", default=DEFAULT_TIERS, help=f"rating:tier pairs (default {DEFAULT_TIERS})")
     reading.add_argument("--unrated", help="list the unrated images in this file")
     reading.add_argument("--force", action="store_true", help="replace --out if it exists")
+    reading.add_argument("--review", help="a label review database: its keep / reject decisions join the ratings (source=review)")
     reading.add_argument("--with-beholder", action="store_true", help="also read the ratings beholder wrote itself (source=beholder); "
                          "by default only the photographer's count")
     writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")

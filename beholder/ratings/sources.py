@@ -8,17 +8,15 @@ that it has not yet written into the file, as a copy of the file and its log in 
 
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import sqlite3
-import stat
 import tempfile
 from contextlib import contextmanager
 
 from beholder.errors import UserError
 from beholder.images import IMAGE_SUFFIXES
-from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, embedded_packet, read_rating
+from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, packet_in_file, read_rating
 from beholder.storage import read_local_file
 
 DARKTABLE_COLOURS = {0: "Red", 1: "Yellow", 2: "Green", 3: "Blue", 4: "Purple"}
@@ -83,22 +81,6 @@ def from_sidecars(folder: str, images_root: str, problems: list[str], with_behol
 
 def reason(error: Exception) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-
-
-def packet_in_file(path: str) -> bytes | None:
-    """The XMP packet inside an image file, searched in place (mapped, not read into memory); only
-    regular files are opened (a FIFO named like a photo would block, /dev/zero never end)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(0, "not a regular file")
-        if info.st_size == 0:
-            return None
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-            return embedded_packet(mapped)
-    finally:
-        os.close(fd)
 
 
 def images_with_stem(stem: str) -> list[str]:

@@ -4,8 +4,10 @@ image), read as labels and written as beholder's decisions, merged into what is 
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
@@ -177,6 +179,22 @@ def embedded_packet(data) -> bytes | None:
     return None
 
 
+def packet_in_file(path: str) -> bytes | None:
+    """The XMP packet inside an image file, searched in place (mapped, not read into memory); only
+    regular files are opened (a FIFO named like a photo would block, /dev/zero never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file")
+        if info.st_size == 0:
+            return None
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+            return embedded_packet(mapped)
+    finally:
+        os.close(fd)
+
+
 def star_rating(rank: int, kept: int, band: str) -> int:
     """Kept images get 5 stars (their best 10 %), 4 (next 20 %) or 3; those to review 2; rejected 1."""
     if band != "keep":
@@ -223,12 +241,15 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
             + (after if b"<?xpacket" in after else WRAPPER[1].encode() + after))
 
 
-def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept: int, overwrite_ratings: bool = False) -> dict:
+def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept: int, overwrite_ratings: bool = False,
+                   gallery: str | None = None) -> dict:
     """Each row's (image, rank, band, score) decision merged into each of its sidecars at
-    ``targets[image]`` (written whole or not at all, keeping the file's permissions). Returns how
-    many were ``created`` and ``merged`` into, and why each one ``left_alone`` was: not XMP,
-    read-only, not a regular file, or not writable. Temporary files that an earlier, killed run
-    left in these folders are removed first."""
+    ``targets[image]`` (written whole or not at all, keeping the file's permissions). A new sidecar
+    of an image in a local ``gallery`` starts from the XMP inside the image, so the rating and
+    keywords the photographer put there are the sidecar's too (tools that read the sidecar would
+    otherwise see beholder's stars instead). Returns how many were ``created`` and ``merged`` into,
+    and why each one ``left_alone`` was: not XMP, read-only, not a regular file, or not writable.
+    Temporary files that an earlier, killed run left in these folders are removed first."""
     left_alone, cleaned, counts = [], set(), {"created": 0, "merged": 0}
     for row in rows:
         for target in targets[row["image"]]:
@@ -237,12 +258,24 @@ def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept:
                     cleaned.add(os.path.dirname(target))
                     remove_stale_temporaries(os.path.dirname(target) or ".")
                 existing = read_existing(store, target)
-                packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], existing, overwrite_ratings)
+                base = existing or (inside_packet(os.path.join(gallery, row["image"])) if gallery and not is_s3(gallery) else None)
+                packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings)
                 store.write(target, packet)
                 counts["merged" if existing else "created"] += 1
             except (UnreadableSidecar, OSError, RecursionError) as error:
                 left_alone.append(f"{target}: {error.strerror if isinstance(error, OSError) and error.strerror else error}")
     return {**counts, "left_alone": left_alone}
+
+
+def inside_packet(image: str) -> bytes | None:
+    """The XMP inside an image file, if it has one that can be read."""
+    try:
+        packet = packet_in_file(image)
+        if packet:
+            parse(packet)
+        return packet
+    except (UnreadableSidecar, OSError, ValueError):
+        return None
 
 
 def read_existing(store, target: str) -> bytes | None:

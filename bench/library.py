@@ -2,7 +2,7 @@
 
 For each of --raters OASIS raters (those with the most ratings of the library's photos), a library:
 the photos the crowd model never saw (a 60/40 split of OASIS, fixed seed) in dated folders, 10 of
-them as HEIC and 5 as DNG; 60 % of the rater's ratings of them (1-7, as 1-5 stars) in sidecars,
+them as HEIC and 5 as DNG; 60 % of the rater's ratings of them (1-7, as 1-5 stars, 6 and 7 apart) in sidecars,
 half Lightroom's form (IMG.xmp, with develop settings and keywords), half darktable's (IMG.jpg.xmp),
 the other 40 % held out ("their unrated photos"). Then, each step timed:
 
@@ -92,9 +92,12 @@ def base_library(oasis: str, photos: list[str], folder: Path) -> dict[str, str]:
     return paths
 
 
+STARS = {1: 1, 2: 1, 3: 2, 4: 3, 5: 3, 6: 4, 7: 5}  # the top levels kept apart: they are the ones culling must keep
+
+
 def stars_of(rating: float) -> int:
     """OASIS's 1-7 beauty as 1-5 stars."""
-    return int(round(1 + (rating - 1) * 4 / 6))
+    return STARS[int(rating)]
 
 
 def sidecar_path(folder: Path, image: str, lightroom: bool) -> Path:

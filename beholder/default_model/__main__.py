@@ -39,7 +39,10 @@ ratings are Brielmann & Pelli's (2019, "Intense beauty requires intense pleasure
 Psychology): 757 raters, about 114 ratings each. Use of this model inherits those terms: research
 and personal use; check the datasets' terms before any commercial use.
 
-## Quality (out of fold, {folds} folds, this training run)
+## Quality (this training run)
+`val/`: out of fold over the training and validation photos ({folds} folds); `test/`: the held-out
+20 % test split, scored by the shipped (averaged) head. `spearman_value` ranks against the mean beauty
+rating; `gallery_reduction` is the share culled when every top-tier photo is kept.
 {quality}
 
 ## Intended use

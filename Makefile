@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-gpu
+.PHONY: install demo test test-fast lint clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-gpu
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ demo: $(STAMP) demo/gallery/labels.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 default-model: $(STAMP)
 	$(PY) -m beholder.default_model --oasis ../shared/data/oasis

@@ -15,8 +15,8 @@ from torchvision.transforms import v2 as T
 
 from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, RAW_SUFFIXES, UnreadableImage, capture_time, decode_image
-from beholder.launch import pin_memory
 from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
+from beholder.launch import pin_memory
 from beholder.storage import Store, check_uri, join
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ import http.client
 import io
 import os
 import posixpath
-import tempfile
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.error

@@ -9,14 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from beholder.data import GalleryDataset, build_transform, collate, raw_safe_workers
 from beholder import checkpoint as checkpoint_format
 from beholder.checkpoint import IncompatibleCheckpoint
+from beholder.data import GalleryDataset, build_transform, collate, raw_safe_workers
 from beholder.errors import UserError
 from beholder.metrics import GalleryMetrics
 from beholder.model import BackboneSpec, ScoreNet
 from beholder.spec import registered, typed_arguments
-
 
 OPTIMIZERS = {
     f"torch.optim.{name}": cls

@@ -26,11 +26,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from beholder import checkpoint, default_model
 from beholder.errors import UserError
 from beholder.features import cached_features
 from beholder.labels import regression_stats, target_of, top_rating
 from beholder.metrics import spearman as rank_correlation
-from beholder import checkpoint, default_model
 from beholder.module import load_checkpoint
 from beholder.probe import ridge_fits
 from beholder.storage import file_digest

@@ -18,11 +18,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from beholder import default_model
+from beholder.bursts import burst_groups
 from beholder.callbacks import progress
 from beholder.console import quiet_libraries
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery, raw_safe_workers
-from beholder.bursts import burst_groups
-from beholder.embeddings import CHECKPOINT, FILE as EMBEDDINGS, decode, parquet_bytes
+from beholder.embeddings import CHECKPOINT, decode, parquet_bytes
+from beholder.embeddings import FILE as EMBEDDINGS
 from beholder.errors import UserError
 from beholder.features import FeatureCache, network_key
 from beholder.labels import parse_labels
@@ -267,7 +268,8 @@ def predict(cfg: DictConfig) -> dict | None:
         "newly_scored": len(todo),
         "processes": trainer.world_size,
         "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated))) if reason and count},
-        "since_last_run": {"new": len(todo) - len(plan.outdated), "changed": len(plan.outdated), "gone": plan.gone} if plan.known and not plan.restarted else None,
+        "since_last_run": ({"new": len(todo) - len(plan.outdated), "changed": len(plan.outdated), "gone": plan.gone}
+                           if plan.known and not plan.restarted else None),
         "output": output,
         "checkpoint": plan.checkpoint,
         "model": ckpt_path if cfg.ckpt_path else default_model.NAME,
@@ -399,7 +401,8 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) ->
         "beholder: gallery scored",
         f"  model           {summary['model']}",
         f"  images found    {summary['found']}",
-        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {summary['processes']} process{'es' if summary['processes'] != 1 else ''})",
+        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, "
+        f"{summary['processes']} process{'es' if summary['processes'] != 1 else ''})",
         *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
         *([f"  since last run  {summary['since_last_run']['new']} new, {summary['since_last_run']['changed']} changed, "
            f"{summary['since_last_run']['gone']} gone (the rest's scores kept)"] if summary["since_last_run"] else []),

@@ -10,7 +10,6 @@ from xml.sax.saxutils import quoteattr
 
 from beholder.images import UnreadableImage, decode_image
 
-
 GROUP_FIELDS = ["group", "group_rank", "group_size"]
 
 

@@ -62,7 +62,8 @@ def write_section(name: str, body: str) -> None:
         f"_Command: `{' '.join(['python'] + sys.argv)}`_\n\n"
     )
     block = f"<!-- {name}:start -->\n{stamp}{body.strip()}\n<!-- {name}:end -->"
-    text = open(RESULTS).read() if os.path.exists(RESULTS) else "# beholder benchmark results\n\nEvery figure below is written by the script named in its section; none is typed by hand.\n"
+    empty = "# beholder benchmark results\n\nEvery figure below is written by the script named in its section; none is typed by hand.\n"
+    text = open(RESULTS).read() if os.path.exists(RESULTS) else empty
     pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     with open(RESULTS, "w") as f:

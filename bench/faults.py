@@ -39,10 +39,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from beholder.demo import make_gallery  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from bench.fault_proxy import FaultProxy  # noqa: E402
 from bench.throughput import fill_gallery, make_module, save_checkpoint  # noqa: E402
-from beholder.demo import make_gallery  # noqa: E402
 
 PYTHON = sys.executable
 FAST = ["batch_size=8", "num_workers=2", "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4"]
@@ -529,9 +529,8 @@ def magenta(jpeg: bytes) -> bool:
     """A served or embedded picture that is the private photo (all of it one colour)."""
     import io
 
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     try:
         pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB").resize((8, 8)), dtype=int).reshape(-1, 3)

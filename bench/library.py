@@ -41,12 +41,12 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
-from bench.personal import crowd_checkpoint  # noqa: E402
 from beholder import default_model  # noqa: E402
 from beholder.labels import top_rating  # noqa: E402
 from beholder.personal import spearman  # noqa: E402
 from beholder.ratings.xmp import NAMESPACES  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
+from bench.personal import crowd_checkpoint  # noqa: E402
 
 PYTHON = sys.executable
 QUIET = ["trainer.enable_progress_bar=false"]

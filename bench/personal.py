@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from beholder.console import quiet_libraries  # noqa: E402
 from beholder.features import cached_features  # noqa: E402
 from beholder.module import load_checkpoint  # noqa: E402
 from beholder.personal import base_head_linear, personal_fit, spearman  # noqa: E402
 from beholder.probe import ridge_cv  # noqa: E402
 from beholder.storage import Store  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 
 def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -> str:
@@ -135,7 +135,8 @@ def main():
     body = (f"{len(chosen)} OASIS raters (of {len(eligible)} with >= 30 training and >= 20 held-out ratings; fixed seed), "
             f"{len(train_photos)} training photos / {len(photos) - len(train_photos)} held out; training ratings per rater "
             f"{min(counts)}-{max(counts)} (median {int(np.median(counts))}). Spearman with each rater's held-out ratings.\n\n")
-    body += markdown_table(["model", "median", "mean", "raters improved over the crowd", f"median, fewest-ratings third (<= {int(np.percentile(counts, 33.3))})"], rows)
+    few_header = f"median, fewest-ratings third (<= {int(np.percentile(counts, 33.3))})"
+    body += markdown_table(["model", "median", "mean", "raters improved over the crowd", few_header], rows)
     body += (f"\n\nPersonal minus crowd, per rater: median gain {np.median(gain):+.3f} (bootstrap 90 % interval {low:+.3f} to {high:+.3f}); "
              f"fewest-ratings third: {np.median(gain[few]):+.3f} ({low_few:+.3f} to {high_few:+.3f}); "
              f"worse by more than 0.05 for {np.mean(gain < -0.05):.0%} of raters.")

@@ -39,7 +39,6 @@ from scipy.stats import pearsonr, spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from beholder.features import cached_features  # noqa: E402
 from beholder.metrics import gallery_reduction  # noqa: E402
 from beholder.model import ScoreNet  # noqa: E402
@@ -48,6 +47,7 @@ from beholder.policy import Policy  # noqa: E402
 from beholder.probe import ridge_cv  # noqa: E402
 from beholder.storage import Store  # noqa: E402
 from beholder.train import train  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 POSITIVE_TIER = 2
 BEST = "experiment=best data.score_column=beauty_mean"
@@ -78,7 +78,8 @@ def stratified_folds(rows, k, seed):
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -237,7 +238,8 @@ def main():
         decisions = [by_image[r["image"]][1] for r in covered]
         point, interval = metrics(scores, decisions, covered), bootstrap(scores, decisions, covered)
         # pooled scores come from 5 different models; the per-fold mean shows ranking without calibration drift
-        point["spearman_fold_mean"] = float(np.mean([spearmanr([by_image[r["image"]][0] for r in part], [r["beauty"] for r in part]).statistic for part in parts]))
+        per_fold = [spearmanr([by_image[r["image"]][0] for r in part], [r["beauty"] for r in part]).statistic for part in parts]
+        point["spearman_fold_mean"] = float(np.mean(per_fold))
         shipped = ["-", "-"]
         if by_image[covered[0]["image"]][2] is not None:  # a beholder checkpoint: predict.py's bands
             kept = [np.mean([by_image[r["image"]][2] != "reject" for r in part if r["tier"] >= POSITIVE_TIER]) for part in parts]

@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from beholder.bursts import burst_groups, components  # noqa: E402
 from beholder.console import quiet_libraries  # noqa: E402
 from beholder.embeddings import ROWS_PER_GROUP, centred, read_parquet, vector_batches  # noqa: E402
 from beholder.vector_index import ExactIndex, FaissIndex  # noqa: E402
+from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 DIMENSION = 5424  # experiment=best: every pooled level of EfficientNet-Lite2 + Lite1 + Lite0
 THRESHOLDS = [round(t, 2) for t in np.arange(0.30, 0.99, 0.02)]
@@ -85,7 +85,8 @@ def burst_gallery(source: str, target: str, sources: int, seed: int) -> dict[str
 
 
 def compose(name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         return hydra_compose(config_name=name, overrides=overrides)

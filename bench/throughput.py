@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
+from beholder import checkpoint  # noqa: E402
 from beholder.data import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
 from beholder.memory import keep_freed_memory  # noqa: E402
-from beholder import checkpoint  # noqa: E402
 from beholder.module import BeholderModule  # noqa: E402
 from beholder.storage import Store  # noqa: E402
+from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 
 SIZES = {"299x299": [299, 299], "237x1820": [237, 1820]}
 HEAD = {"_target_": "beholder.model.SoftmaxHead"}

@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.fault_proxy import FaultProxy
+from beholder.checkpoint import IncompatibleCheckpoint
 from beholder.errors import UserError
 from beholder.ingest import main as ingest
-from beholder.checkpoint import IncompatibleCheckpoint
 from beholder.module import load_checkpoint
 from beholder.predict import predict
 from beholder.train import train
+from bench.fault_proxy import FaultProxy
 
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery, read_scores, upload_folder
 from test_data import encode, png_declaring
@@ -39,6 +39,7 @@ def faulty_s3(s3_endpoint):
     proxy.stop()
 
 
+@pytest.mark.slow
 def test_training_survives_throttling_dropped_downloads_and_an_outage(s3_bucket, faulty_s3, tmp_path):
     client, bucket = s3_bucket
     upload_folder(client, bucket, make_gallery(tmp_path / "g", count=40), "panocam")
@@ -54,6 +55,7 @@ def test_training_survives_throttling_dropped_downloads_and_an_outage(s3_bucket,
     assert faulty_s3.counts["throttled"] > 3 and faulty_s3.counts["dropped"] > 3 and faulty_s3.counts["refused"] > 0
 
 
+@pytest.mark.slow
 def test_predict_survives_s3_faults(trained, s3_bucket, faulty_s3, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     ckpt, gallery = trained
@@ -78,6 +80,7 @@ def serve_folder(folder):
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_ingest_into_faulty_s3(s3_bucket, faulty_s3, tmp_path, capsys):
     site = tmp_path / "site"
     for capture in CAPTURES:
@@ -102,6 +105,7 @@ def wait_for(condition, timeout=120):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_from_last(tmp_path):
     gallery = make_gallery(tmp_path / "g", count=60)
     args = [*TINY, f"data.root={gallery}", f"data.labels={gallery}/labels.csv", "trainer.max_epochs=30", f"runs_root={tmp_path}/runs"]
@@ -124,6 +128,7 @@ def test_kill_9_during_training_then_resume_from_last(tmp_path):
     assert final["global_step"] == saved["global_step"] + 2 * steps_per_epoch
 
 
+@pytest.mark.slow
 def test_kill_9_during_predict_then_rerun_gives_each_image_once(trained, tmp_path):
     ckpt, gallery = trained
     big = tmp_path / "big"
@@ -147,6 +152,7 @@ def test_kill_9_during_predict_then_rerun_gives_each_image_once(trained, tmp_pat
     assert f"({600 - done_before} in this run" in rerun.stdout or f"({600 - done_before + 1} in this run" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_labeller_keeps_every_submission(tmp_path):
     gallery = make_gallery(tmp_path / "g", count=24)
     port, db = free_port(), tmp_path / "labels.sqlite"
@@ -236,6 +242,7 @@ def _refuse_datamodule(instantiate):
     return guarded
 
 
+@pytest.mark.slow
 def test_unknown_head_is_refused_by_the_command_line(tmp_path):
     result = subprocess.run([PYTHON, str(ROOT / "train.py"), "head=nope", "data.root=x", "data.labels=y"], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
@@ -307,6 +314,7 @@ def test_checkpoints_cannot_run_code(tmp_path):
     ("optimizer", {"_target_": "shutil.copyfile", "_partial_": False, "src": "/dev/null", "dst": "VICTIM"}),
     ("backbone", {"mean": {"_target_": "shutil.copyfile", "_args_": ["/dev/null", "VICTIM"]}}),
 ])
+@pytest.mark.slow
 def test_checkpoint_hyperparameters_naming_code_are_refused(trained, tmp_path, part, payload):
     """Plain dicts pass weights_only=True; a nested ``_target_`` must still never be called."""
     victim = tmp_path / "victim.txt"
@@ -323,6 +331,7 @@ def test_checkpoint_hyperparameters_naming_code_are_refused(trained, tmp_path, p
     assert f"ckpt_path={tmp_path}/evil.ckpt: refused: {part}" in result.stderr
 
 
+@pytest.mark.slow
 def test_no_secrets_in_logs_configs_or_errors(gallery, tmp_path):
     secret, key_id = "FAKEsecretKEY1234567890abcdef", "AKIAFAKEKEYID0000000"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_SECRET_ACCESS_KEY": secret, "AWS_ACCESS_KEY_ID": key_id}

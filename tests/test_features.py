@@ -98,6 +98,7 @@ def test_a_head_on_cached_features_scores_as_the_checkpoint_does_on_images(galle
     assert rho == pytest.approx(metrics["test/spearman_value"], abs=1e-4)  # the same model, from images
 
 
+@pytest.mark.slow
 def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_photo(gallery, tmp_path):
     overrides = run_overrides(gallery, tmp_path, "cv=3")
     best = train(compose_train(overrides))

@@ -15,11 +15,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from beholder.embeddings import FILE as EMBEDDINGS, parquet_bytes, read_parquet
+from beholder.checkpoint import IncompatibleCheckpoint
+from beholder.embeddings import FILE as EMBEDDINGS
+from beholder.embeddings import parquet_bytes, read_parquet
 from beholder.errors import UserError, exit_on_user_error
 from beholder.features import cached_features
 from beholder.label import cli as label_cli
-from beholder.checkpoint import IncompatibleCheckpoint
 from beholder.module import load_checkpoint
 from beholder.predict import predict
 from beholder.ratings.__main__ import main as ratings

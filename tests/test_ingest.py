@@ -229,7 +229,8 @@ def test_a_hostile_archive_cannot_write_outside_or_fetch_elsewhere(tmp_path, cap
     assert dated_code == 0 and "Traceback" not in dated.err
     if dry_run:
         assert code == 0 and not (target / "ok").exists()
-        for key in ("inside.jpg", "with space.jpg", "ok/real.jpg", "manifest.csv", "2019/52/2019_1225_120000_thumb.jpg", "2019/0612/2019_0612_101000_thumb.jpg"):
+        for key in ("inside.jpg", "with space.jpg", "ok/real.jpg", "manifest.csv", "2019/52/2019_1225_120000_thumb.jpg",
+                    "2019/0612/2019_0612_101000_thumb.jpg"):
             assert f"would copy {key.removeprefix('2019/')}  (" in (dated.out if key.startswith("2019") else out.out)
         return
     assert code == 1 and "slow.jpg  (DeadlineExceeded: not finished within --deadline 1 s)" in out.out

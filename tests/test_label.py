@@ -18,8 +18,8 @@ from beholder.errors import UserError
 from beholder.label.app import create_app
 from beholder.label.cli import main
 from beholder.label.export import export, ordinal_alpha
-from beholder.storage import Store
 from beholder.label.tournament import Tournament
+from beholder.storage import Store
 
 
 @pytest.fixture
@@ -251,6 +251,7 @@ def test_a_submission_that_dies_halfway_leaves_nothing(panoramas, tmp_path, deni
     assert count(db, "SELECT COUNT(*) FROM decisions WHERE advanced = 1") == 1
 
 
+@pytest.mark.slow
 def test_ten_clients_at_once_count_each_submission_once(many, tmp_path):
     import httpx
 
@@ -473,6 +474,7 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
 
     from beholder.predict import predict
     from beholder.similar import Neighbours
+
     from conftest import compose_predict
 
     ckpt, _ = trained
@@ -513,6 +515,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
 
     from beholder.label.review import Review, read_decisions
     from beholder.predict import predict
+
     from conftest import compose_predict
 
     ckpt, _ = trained
@@ -558,6 +561,7 @@ def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_sho
     from playwright.sync_api import sync_playwright
 
     from beholder.predict import predict
+
     from conftest import compose_predict
     from test_ratings import sidecar
 

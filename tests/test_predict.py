@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from beholder.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from beholder.data import GalleryDataModule, GalleryDataset, build_transform
 from beholder.embeddings import read_parquet
 from beholder.errors import UserError
 from beholder.metrics import spearman
-from beholder.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from beholder.module import load_checkpoint
 from beholder.predict import Incomplete, predict
 from beholder.ratings.xmp import star_rating
 from beholder.storage import Store
 
 from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, upload_folder
+
 
 def copy_gallery(gallery, target):
     shutil.copytree(gallery, target)
@@ -175,6 +176,7 @@ def run_predict(args, cwd):
     return subprocess.run([PYTHON, str(ROOT / "predict.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_scores_as_one(trained, tmp_path):
     ckpt, gallery = trained
     base = PREDICT_FAST + [f"ckpt_path={ckpt}", f"gallery={gallery}"]
@@ -188,6 +190,7 @@ def test_two_processes_give_the_same_scores_as_one(trained, tmp_path):
     assert max(abs(a[k] - b[k]) for k in a) < 1e-4
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
     ckpt, gallery = trained
     (tmp_path / "empty").mkdir()
@@ -197,14 +200,16 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
     cases = {
         "ckpt_path: no such file": [f"ckpt_path={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
         "not a readable checkpoint": [f"ckpt_path={tmp_path}/not_a_checkpoint.ckpt", f"gallery={gallery}", f"output={tmp_path}/o2"],
-        f"checkpoint format None, this beholder reads format {CHECKPOINT_FORMAT}": [f"ckpt_path={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
+        f"checkpoint format None, this beholder reads format {CHECKPOINT_FORMAT}":
+            [f"ckpt_path={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
         "no images (jpg, jpeg, png, webp, tif) found": [f"ckpt_path={ckpt}", f"gallery={tmp_path}/empty", f"output={tmp_path}/o4"],
         "unknown URI scheme 'gs'": [f"ckpt_path={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
         "cannot write there": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],
         "promise_recall=1.5: give a share in (0, 1)": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o6", "promise_recall=1.5"],
         "trainer.precision='fp8': give 32-true, bf16-mixed": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o7", "trainer.precision=fp8"],
         "num_workers=-1: give a whole number of loader processes": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o8", "num_workers=-1"],
-        "trainer.num_nodes=2: start the command on each machine with torchrun or srun": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o9", "trainer.num_nodes=2"],
+        "trainer.num_nodes=2: start the command on each machine with torchrun or srun":
+            [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o9", "trainer.num_nodes=2"],
     }
     for message, args in cases.items():
         result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)
@@ -214,6 +219,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
     assert not list(tmp_path.glob("o*/scores.csv"))
 
 
+@pytest.mark.slow
 def test_gpu_options_are_accepted_on_a_cpu_and_keep_the_ranking(trained, tmp_path):
     """bf16-mixed + channels_last + torch.compile: the features in bfloat16, the head in fp32."""
     ckpt, gallery = trained

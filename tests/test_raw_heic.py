@@ -90,6 +90,7 @@ def test_heic_is_read_and_raw_and_heic_are_found_in_a_gallery(tmp_path):
         decode_image((tmp_path / "g" / "IMG_3.NEF").read_bytes())
 
 
+@pytest.mark.slow
 def test_raw_files_are_decoded_by_workers_that_were_not_forked(tmp_path, capfd):
     """LibRaw's OpenMP threads can deadlock in a forked worker (rawpy warns): with RAW files among
     the images, loader workers come from a fork server."""

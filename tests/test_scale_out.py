@@ -15,6 +15,7 @@ import pytest
 from conftest import PYTHON, ROOT, TINY, make_gallery, upload_folder
 
 LAUNCH_TIMEOUT = 240
+pytestmark = pytest.mark.slow  # every test here launches two torchrun nodes
 
 
 @pytest.fixture
@@ -111,7 +112,8 @@ def test_predict_on_two_nodes_from_and_to_s3_and_resume(nodes, trained, tmp_path
     other = [a.replace("/scored", "/other") for a in args]
     nodes("predict.py", other + ["+trainer.limit_predict_batches=1"])
     alone = subprocess.run([PYTHON, "predict.py", *other, "trainer.num_nodes=1"], cwd=tmp_path / "node1", capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "node1"), "HOME": str(tmp_path / "home1"), "AWS_ENDPOINT_URL": s3_endpoint}, timeout=LAUNCH_TIMEOUT)
+                           text=True, timeout=LAUNCH_TIMEOUT,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "node1"), "HOME": str(tmp_path / "home1"), "AWS_ENDPOINT_URL": s3_endpoint})
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "scored          120  (104 in this run" in alone.stdout and "1 process)" in alone.stdout
     assert len({row["image"] for row in rows_of(client, bucket, "other/scores.csv")}) == 120

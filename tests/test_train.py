@@ -174,6 +174,7 @@ def run_cli(args, cwd, timeout=600):
     return result
 
 
+@pytest.mark.slow
 def test_sweep_over_heads_writes_a_summary(gallery, tmp_path):
     run_cli(["-m", *TINY, "head=softmax,regression", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
         f"hydra.sweep.dir={tmp_path}/sweep", "trainer.max_epochs=1",
@@ -184,6 +185,7 @@ def test_sweep_over_heads_writes_a_summary(gallery, tmp_path):
     assert all(0 <= float(row["val/gallery_reduction"]) <= 1 for row in rows)
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path):
     """Frozen norms, 51 training images on 2 ranks at batch 32: the checkpoint must hold the
     top-tier scores of the whole validation split, and no frozen BatchNorm may move. (DDP refuses

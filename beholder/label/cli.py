@@ -23,8 +23,8 @@ from beholder.label.review import ORDERS, Review, read_decisions, review_labels
 from beholder.label.tournament import Tournament
 from beholder.module import load_checkpoint, score_images
 from beholder.policy import Policy
-from beholder.similar import Neighbours
 from beholder.ratings.sources import from_sidecars
+from beholder.similar import Neighbours
 from beholder.storage import Store, check_uri, is_s3
 
 

@@ -163,7 +163,8 @@ def run_write(args) -> None:
           f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
     for name, images in (("no longer there", gone), ("outside --root", outside)):
         if images:
-            print(f"  {name:<15} {len(images)}  e.g. " + "; ".join(images[:3]) + ("  (left out: nothing is written outside --root)" if name == "outside --root" else ""))
+            why = "  (left out: nothing is written outside --root)" if name == "outside --root" else ""
+            print(f"  {name:<15} {len(images)}  e.g. " + "; ".join(images[:3]) + why)
     print("\n".join(listed("left as it was", left_alone)))
 
 

@@ -155,8 +155,8 @@ def read_rating(data: bytes) -> dict:
         stars = round(float(rating))
     if pick not in (None, "") and not re.fullmatch(r"[0-9]", pick):
         raise UnreadableSidecar(f"digiKam:PickLabel {pick[:40]!r} is not a pick label (0-9)")
-    set_by_beholder = {name for prefix, name in RATING_FIELDS
-                       if property_of(holder, prefix, name) not in (None, "") and property_of(holder, prefix, name) == property_of(holder, "beholder", f"Set{name}")}
+    present = {name: property_of(holder, prefix, name) for prefix, name in RATING_FIELDS}
+    set_by_beholder = {name for name, value in present.items() if value not in (None, "") and value == property_of(holder, "beholder", f"Set{name}")}
     return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "", "pick": int(pick) if pick else None,
             "set_by_beholder": set_by_beholder}
 

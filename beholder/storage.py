@@ -12,6 +12,7 @@ import secrets
 import socket
 import stat
 import time
+from contextlib import contextmanager
 
 import boto3
 from botocore.config import Config
@@ -66,25 +67,38 @@ def inside(root: str, relative: str) -> str | None:
 
 
 class UnreadableFile(OSError):
-    """A local path that is not a regular file (a FIFO, a device, a folder) or is larger than asked for."""
+    """A local path that is not a regular file (a FIFO, a device, a folder) or is larger than asked
+    for: ``path: why``, with ``strerror`` the why alone."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"{path}: {why}")
+        self.strerror = why
 
 
-def read_local_file(path: str, limit: int = READ_LIMIT) -> bytes:
-    """A regular file's bytes, at most ``limit`` of them: a FIFO or a device is refused before it is
-    read (opening without blocking), so a named pipe cannot hang a run nor /dev/zero fill memory."""
+@contextmanager
+def regular_file(path: str):
+    """An open descriptor of ``path`` and its size, if it is a regular file: a FIFO or a device is
+    refused before it is read (it is opened without blocking), so a named pipe cannot hang a run
+    nor /dev/zero fill memory."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnreadableFile(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise UnreadableFile(f"{path}: {info.st_size} bytes, more than the {limit} read here")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            raise UnreadableFile(path, "not a regular file")
+        yield fd, info.st_size
     finally:
         os.close(fd)
+
+
+def read_local_file(path: str, limit: int = READ_LIMIT) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them (:func:`regular_file`)."""
+    with regular_file(path) as (fd, size):
+        if size > limit:
+            raise UnreadableFile(path, f"{size} bytes, more than the {limit} read here")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
     if len(data) > limit:
-        raise UnreadableFile(f"{path}: more than the {limit} bytes read here")
+        raise UnreadableFile(path, f"more than the {limit} bytes read here")
     return data
 
 

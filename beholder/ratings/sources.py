@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from beholder.errors import UserError
 from beholder.images import IMAGE_SUFFIXES
-from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, packet_in_file, read_rating
+from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, packet_in_file, read_rating, reason
 from beholder.storage import read_local_file
 
 DARKTABLE_COLOURS = {0: "Red", 1: "Yellow", 2: "Green", 3: "Blue", 4: "Purple"}
@@ -77,10 +77,6 @@ def from_sidecars(folder: str, images_root: str, problems: list[str], with_behol
                 if values:
                     rated[os.path.normcase(path)] = rated_from_xmp(path, values, with_beholder)
     return list(rated.values())
-
-
-def reason(error: Exception) -> str:
-    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def images_with_stem(stem: str) -> list[str]:

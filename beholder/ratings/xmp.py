@@ -7,12 +7,11 @@ import io
 import mmap
 import os
 import re
-import stat
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
 from beholder.images import IMAGE_SUFFIXES, RAW_SUFFIXES
-from beholder.storage import is_s3, read_local_file, remove_stale_temporaries
+from beholder.storage import is_s3, read_local_file, regular_file, remove_stale_temporaries
 
 NAMESPACES = {
     "x": "adobe:ns:meta/",
@@ -181,18 +180,17 @@ def embedded_packet(data) -> bytes | None:
 
 def packet_in_file(path: str) -> bytes | None:
     """The XMP packet inside an image file, searched in place (mapped, not read into memory); only
-    regular files are opened (a FIFO named like a photo would block, /dev/zero never end)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(0, "not a regular file")
-        if info.st_size == 0:
+    regular files are opened (:func:`beholder.storage.regular_file`)."""
+    with regular_file(path) as (fd, size):
+        if size == 0:
             return None
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
             return embedded_packet(mapped)
-    finally:
-        os.close(fd)
+
+
+def reason(error: Exception) -> str:
+    """Why a sidecar or image could not be used, in a few words (an OSError's text without its path)."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def star_rating(rank: int, kept: int, band: str) -> int:
@@ -263,7 +261,7 @@ def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept:
                 store.write(target, packet)
                 counts["merged" if existing else "created"] += 1
             except (UnreadableSidecar, OSError, RecursionError) as error:
-                left_alone.append(f"{target}: {error.strerror if isinstance(error, OSError) and error.strerror else error}")
+                left_alone.append(f"{target}: {reason(error)}")
     return {**counts, "left_alone": left_alone}
 
 

@@ -76,10 +76,11 @@ def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto"
     return targets
 
 
-def parse(data: bytes) -> tuple[ET.Element, ET.Element]:
+def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None]]:
     """The packet's root and rdf:RDF elements, comments and processing instructions kept (the
-    file's own prefixes registered for writing back)."""
-    outline(data)
+    file's own prefixes registered for writing back), and where the root starts and ends in
+    ``data`` (:func:`outline`)."""
+    span = outline(data)
     try:
         for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
             if prefix and not re.fullmatch(r"ns\d+", prefix):
@@ -93,7 +94,7 @@ def parse(data: bytes) -> tuple[ET.Element, ET.Element]:
     holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
     if holder is None:
         raise UnreadableSidecar("no rdf:RDF element")
-    return root, holder
+    return root, holder, span
 
 
 def outline(data: bytes) -> tuple[int, int]:
@@ -145,7 +146,7 @@ def read_rating(data: bytes) -> dict:
     (digiKam: 1 rejected, 3 accepted) of an XMP packet, and which of these beholder set itself
     (``set_by_beholder``: Rating, Label, PickLabel; it records what it sets); a value that is none
     of these is refused."""
-    _, holder = parse(data)
+    _, holder, _ = parse(data)
     rating, pick = property_of(holder, "xmp", "Rating"), property_of(holder, "digiKam", "PickLabel")
     stars = None
     if rating not in (None, ""):
@@ -210,7 +211,7 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     updates its own), unless ``overwrite_ratings``."""
     label, pick = BAND_LABELS[band]
     ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
-    root, holder = parse(existing or EMPTY_XMP)
+    root, holder, (start, end) = parse(existing or EMPTY_XMP)
     for prefix, uri in NAMESPACES.items():
         ET.register_namespace(prefix, uri)
     description = holder.find(tag("rdf", "Description"))
@@ -233,7 +234,6 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     body = ET.tostring(root, encoding="unicode").encode()
     if not existing:
         return WRAPPER[0].encode() + body + WRAPPER[1].encode()
-    start, end = outline(existing)
     before, after = existing[:start], existing[end:] if end is not None else b""
     return ((before if b"<?xpacket" in before else before + WRAPPER[0].encode()) + body
             + (after if b"<?xpacket" in after else WRAPPER[1].encode() + after))

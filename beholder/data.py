@@ -75,8 +75,8 @@ class GalleryDataset(Dataset):
             data = self.store.read(join(self.root, image))
             if self.cache is not None:
                 sample["content"] = hashlib.sha256(data).hexdigest()
-                cached = self.cache.get(sample["content"], 0)
-                if cached is not None and cached is not False:
+                cached, _ = self.cache.get(sample["content"], 0)
+                if cached is not None:
                     return {**sample, "features": torch.from_numpy(cached), "taken": capture_time(image, data)}
             picture = decode_image(data, self.max_pixels, self.min_size)
         except (UnreadableImage, OSError) as error:

@@ -54,19 +54,19 @@ class FeatureCache:
     def path(self, content: str, view: int) -> str:
         return os.path.join(self.folder, content[:2], f"{content}.v{view}.npy")
 
-    def get(self, content: str, view: int) -> np.ndarray | None | bool:
-        """The cached vector; None when there is none; False when the entry is not what its key
-        promises (cut short, another length or type, not finite, a header claiming more than the
-        file holds): it is computed again and replaced."""
+    def get(self, content: str, view: int) -> tuple[np.ndarray | None, bool]:
+        """(the cached vector or None, whether an entry was there but is not what its key promises:
+        cut short, another length or type, not finite, a header claiming more than the file holds).
+        A vector that is None is computed again, and a damaged entry replaced."""
         try:
             vector = np.load(self.path(content, view), mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
-            return None
+            return None, False
         except (OSError, ValueError, EOFError):
-            return False
+            return None, True
         if vector.dtype != np.float32 or vector.shape != (self.dimension,) or not np.isfinite(vector).all():
-            return False
-        return np.array(vector)
+            return None, True
+        return np.array(vector), False
 
     def put(self, content: str, view: int, vector: np.ndarray) -> None:
         write_local_with(self.path(content, view), lambda f: np.save(f, vector.astype(np.float32)))
@@ -100,9 +100,10 @@ class ViewImages(Dataset):
         try:
             data = self.store.read(join(self.root, self.images[index]))
             content = hashlib.sha256(data).hexdigest()
-            cached = {v: self.cache.get(content, v) for v in range(self.views)}
-            missing = [v for v, vector in cached.items() if vector is None or vector is False]
-            damaged = sum(vector is False for vector in cached.values())
+            found = {v: self.cache.get(content, v) for v in range(self.views)}
+            cached = {v: vector for v, (vector, _) in found.items()}
+            missing = [v for v, vector in cached.items() if vector is None]
+            damaged = sum(bad for _, bad in found.values())
             pictures = []
             if missing:
                 picture = decode_image(data, self.max_pixels, self.min_size)

@@ -55,6 +55,11 @@ class BeholderModule(pl.LightningModule):
         self.feature_cache = None  # a FeatureCache of the frozen network's features (prediction)
         self.calibrated_on = None  # which photos val_positive_scores are of, when not "tier >= positive_tier"
 
+    @property
+    def calibration_photos(self) -> str:
+        """Which photos ``val_positive_scores`` are the scores of, in words for a summary."""
+        return self.calibrated_on or f"tier >= {self.net.head.positive_tier}"
+
     def use_channels_last(self) -> None:
         """NHWC weights and batches: tensor-core GPUs convolve those fastest."""
         self.to(memory_format=torch.channels_last)

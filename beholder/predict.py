@@ -107,7 +107,7 @@ def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: 
         raise UserError(f"ckpt_path={model} holds no validation scores; give threshold= or keep_top=")
     keep_recall = 1.0 if cfg.get("keep_recall") is None else float(cfg.keep_recall)
     return Policy.calibrated(scores, keep_recall, float(cfg.promise_recall), float(cfg.promise_confidence),
-                             tiers=module.calibrated_on or f"tier >= {module.net.head.positive_tier}")
+                             tiers=module.calibration_photos)
 
 
 PARTIAL = ".beholder-partial"
@@ -276,7 +276,7 @@ def predict(cfg: DictConfig) -> dict | None:
         "embeddings": bool(cfg.embeddings),
         "rated": {band: sum(row["reason"] == "rated" and row["band"] == band for row in ranked) for band in ("keep", "reject")},
     }
-    summary["warning"] = small_reduction_warning(cfg, summary, policy, ranked, module.calibrated_on or f"tier >= {module.net.head.positive_tier}")
+    summary["warning"] = small_reduction_warning(cfg, summary, policy, ranked, module.calibration_photos)
     try:
         write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path)
     except (OSError, ClientError) as error:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from beholder.data import build_transform
-from beholder.embeddings import CHECKPOINT, FILE, centred, read_images, read_parquet, vector_batches
+from beholder.embeddings import CHECKPOINT, FILE, ROWS_PER_GROUP, centred, read_images, read_parquet, vector_batches
 from beholder.errors import MissingInput, UserError
 from beholder.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from beholder.report import highlights_html
@@ -38,7 +38,11 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
     try:
         source = store.read(path) if is_s3(path) else os.path.expanduser(path)
         images, metadata = read_images(source)
-        usable = np.concatenate([np.isfinite(rows).all(1) for _, rows in vector_batches(source)] or [np.zeros(0, bool)])
+        exact = method == "exact" or (method == "auto" and (len(images) <= EXACT_UP_TO or not faiss_installed()))
+        # exact: the vectors are read once, into memory; FAISS: a row group at a time, here and when built
+        batches = [(0, read_parquet(source)[1])] if exact else vector_batches(source)
+        usable = np.concatenate([np.isfinite(rows[s:s + ROWS_PER_GROUP]).all(1) for _, rows in batches
+                                 for s in range(0, len(rows), ROWS_PER_GROUP)] or [np.zeros(0, bool)])
     except FileNotFoundError:
         raise MissingInput(f"--index {index}: no {FILE} there (predict.py writes it unless embeddings=false)") from None
     except Exception as error:
@@ -59,10 +63,10 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
                         "rerun predict.py to write it again")
     if method == "faiss" and not faiss_installed():
         raise UserError("--method faiss: FAISS is not installed (pip install -e '.[index]')")
-    if method == "exact" or (method == "auto" and (len(images) <= EXACT_UP_TO or not faiss_installed())):
+    if exact:
         if len(images) > EXACT_UP_TO and method == "auto":
             print(f"beholder: {len(images)} vectors searched exactly; pip install -e '.[index]' for a faster approximate index", file=sys.stderr)
-        return images, ExactIndex(read_parquet(source)[1], usable), metadata, usable
+        return images, ExactIndex(batches[0][1], usable), metadata, usable
     saved = join(index, FAISS_FILE)
     digest = hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else file_digest(source)
     found = FaissIndex.from_bytes(store.read(saved), digest, len(images)) if store.exists(saved) else None

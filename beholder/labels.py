@@ -200,10 +200,11 @@ def top_rating(ratings, share: float = TOP_SHARE) -> float:
     """The lowest rating of a person's top tier, by their own distribution: their highest rating
     values, taken while together they hold at most ``share`` of their photos (the highest at least).
     A generous rater's top tier is thus their 5 stars, not everything rated 4 or 5."""
-    values = sorted(set(float(r) for r in ratings), reverse=True)
-    chosen = values[0]
-    for value in values[1:]:
-        if sum(r >= value for r in ratings) / len(ratings) > share:
+    counts = Counter(float(r) for r in ratings)
+    chosen, at_least = None, 0
+    for value in sorted(counts, reverse=True):
+        at_least += counts[value]  # ratings >= value
+        if chosen is not None and at_least / len(ratings) > share:
             break
         chosen = value
     return chosen

@@ -378,9 +378,9 @@ class ScoreNet(nn.Module):
     def weight_references(self) -> dict[str, dict]:
         """For each packaged network whose weights are still the package's (checked by digest):
         prefix -> {name, weights, sha256}."""
-        references = {}
+        references, state = {}, self.state_dict()
         for prefix, (name, source) in self.packaged_networks().items():
-            own = {k[len(prefix):]: v for k, v in self.state_dict().items() if k.startswith(prefix)}
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             digest = state_digest(own)
             if digest == package_state(name, source)[1]:
                 references[prefix] = {"name": name, "weights": source, "sha256": digest}

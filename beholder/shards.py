@@ -90,6 +90,13 @@ def append_rows(path: str, fields: list[str], rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def score_row(image: str, version: str, score: float, tier: int, probabilities: list[float], taken: float | None, embedding: str) -> dict:
+    """A scores shard's row, as written after each batch and as kept after a complete run."""
+    return {"image": image, "version": version, "score": f"{score:.6f}", "tier": tier,
+            "probabilities": " ".join(f"{v:.6f}" for v in probabilities),
+            "taken": "" if taken is None or math.isnan(taken) else f"{taken:.0f}", "embedding": embedding}
+
+
 class ShardWriter(BasePredictionWriter):
     """Writes each batch's scores and skipped files under ``folder``, each row with its file's
     version (from the datamodule's ``versions``) and, with ``embeddings``, the image's embedding."""
@@ -106,12 +113,10 @@ class ShardWriter(BasePredictionWriter):
             probabilities = prediction.get("probabilities")
             taken = prediction.get("taken") or [None] * len(prediction["image_path"])
             for i, image in enumerate(prediction["image_path"]):
-                p = " ".join(f"{v:.6f}" for v in probabilities[i].tolist()) if probabilities is not None else ""
-                embedding = encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""
-                self.pending["scores"].append({
-                    "image": image, "version": versions[image], "score": f"{float(prediction['scores'][i]):.6f}",
-                    "tier": int(prediction["tiers"][i]), "probabilities": p,
-                    "taken": "" if taken[i] is None else f"{taken[i]:.0f}", "embedding": embedding})
+                self.pending["scores"].append(score_row(
+                    image, versions[image], float(prediction["scores"][i]), int(prediction["tiers"][i]),
+                    probabilities[i].tolist() if probabilities is not None else [], taken[i],
+                    encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""))
         self.pending["skipped"] += [{"image": image, "version": versions[image], "reason": reason} for image, reason in prediction["skipped"]]
         held = sum(map(len, self.pending.values()))
         if not is_s3(self.folder) or held >= FLUSH_ROWS or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
@@ -185,9 +190,7 @@ def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: 
     old = shard_names(store, folder)
     launch = uuid.uuid4().hex[:12]
     rows = {
-        "scores": [{"image": image, "version": versions[image], "score": f"{row['score']:.6f}", "tier": row["tier"],
-                    "probabilities": " ".join(f"{v:.6f}" for v in row["probabilities"]),
-                    "taken": "" if math.isnan(row["taken"]) else f"{row['taken']:.0f}", "embedding": row["embedding"]}
+        "scores": [score_row(image, versions[image], row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"])
                    for image, row in sorted(scored.items())],
         "skipped": [{"image": image, "version": versions[image], "reason": reason} for image, reason in sorted(skipped.items())],
     }

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from beholder.errors import exit_on_user_error
-from beholder.train import train
+from beholder.core.errors import exit_on_user_error
+from beholder.train.run import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -41,9 +41,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from tqdm import tqdm
 
-from beholder import storage
-from beholder.errors import UserError, exit_on_user_error
-from beholder.storage import Store, check_uri, is_s3, join, split_s3
+from beholder.core import storage
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.core.storage import Store, check_uri, is_s3, join, split_s3
 
 CAPTURE = re.compile(r"(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})")
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")

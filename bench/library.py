@@ -42,9 +42,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder import default_model  # noqa: E402
-from beholder.labels import top_rating  # noqa: E402
-from beholder.personal import spearman  # noqa: E402
+from beholder.data.labels import top_rating  # noqa: E402
 from beholder.ratings.xmp import NAMESPACES  # noqa: E402
+from beholder.train.personal import spearman  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from bench.personal import crowd_checkpoint  # noqa: E402
 

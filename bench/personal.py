@@ -6,7 +6,7 @@ the mean ratings of the training photos. For each of --raters raters (fixed seed
 ratings of training photos:
   crowd          the crowd model's score (rescaling does not change a Spearman)
   person-only    ridge on the frozen features, the person's ratings alone (penalty by 5-fold CV)
-  personal       beholder.personal: the crowd rescaled to the person plus a ridge on the residual
+  personal       beholder.train.personal: the crowd rescaled to the person plus a ridge on the residual
                  (what `train.py experiment=personal` fits)
   other raters   the mean rating of every other rater of each held-out photo (an oracle)
 Reported: per-rater Spearman on the rater's held-out photos - median, mean, the share of raters the
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from beholder.console import quiet_libraries  # noqa: E402
-from beholder.features import cached_features  # noqa: E402
-from beholder.module import load_checkpoint  # noqa: E402
-from beholder.personal import base_head_linear, personal_fit, spearman  # noqa: E402
-from beholder.probe import ridge_cv  # noqa: E402
-from beholder.storage import Store  # noqa: E402
+from beholder.core.console import quiet_libraries  # noqa: E402
+from beholder.core.storage import Store  # noqa: E402
+from beholder.data.features import cached_features  # noqa: E402
+from beholder.models.module import load_checkpoint  # noqa: E402
+from beholder.train.personal import base_head_linear, personal_fit, spearman  # noqa: E402
+from beholder.train.probe import ridge_cv  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
         return ckpt
     from hydra import compose, initialize_config_dir
 
-    from beholder.train import train
+    from beholder.train.run import train
 
     rows = list(csv.DictReader(open(os.path.join(oasis, "labels.csv"))))
     labels = os.path.join(work, "crowd-labels.csv")

@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from beholder.images import IMAGE_SUFFIXES  # noqa: E402
-from beholder.storage import Store  # noqa: E402
+from beholder.core.storage import Store  # noqa: E402
+from beholder.data.images import IMAGE_SUFFIXES  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 PY = sys.executable

@@ -29,15 +29,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beholder import checkpoint  # noqa: E402
-from beholder.data import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
-from beholder.memory import keep_freed_memory  # noqa: E402
-from beholder.module import BeholderModule  # noqa: E402
-from beholder.storage import Store  # noqa: E402
+from beholder.core.memory import keep_freed_memory  # noqa: E402
+from beholder.core.storage import Store  # noqa: E402
+from beholder.data.gallery import GalleryDataset, build_transform, collate, list_gallery  # noqa: E402
+from beholder.models import checkpoint  # noqa: E402
+from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 
 SIZES = {"299x299": [299, 299], "237x1820": [237, 1820]}
-HEAD = {"_target_": "beholder.model.SoftmaxHead"}
+HEAD = {"_target_": "beholder.models.model.SoftmaxHead"}
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-4, "momentum": 0.9}
 
 
@@ -110,7 +110,7 @@ def fill_gallery(source_files, folder, count):
 PREDICT_RUNNER = """
 import json, resource, sys, time
 from hydra import compose, initialize_config_dir
-from beholder.predict import predict
+from beholder.predict.run import predict
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose(config_name="predict", overrides=sys.argv[2:])
 started = time.perf_counter()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from beholder.label import cli as label_cli
 from beholder.label.app import create_app
-from beholder.train import train
+from beholder.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beholder import bursts
-from beholder.images import capture_time
-from beholder.predict import predict
+from beholder.data.images import capture_time
+from beholder.predict import bursts
+from beholder.predict.run import predict
 
 from conftest import compose_predict, read_scores
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from beholder import model as model_module
-from beholder.checkpoint import FORMAT
-from beholder.errors import UserError
-from beholder.module import load_checkpoint, score_images
-from beholder.storage import Store
-from beholder.train import train
+from beholder.core.errors import UserError
+from beholder.core.storage import Store
+from beholder.models import model as model_module
+from beholder.models.checkpoint import FORMAT
+from beholder.models.module import load_checkpoint, score_images
+from beholder.train.run import train
 
 from conftest import TINY, compose_train
 

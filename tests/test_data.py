@@ -10,11 +10,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2 as T
 
-from beholder.data import GalleryDataModule, GalleryDataset, build_transform, collate, tier_weights
-from beholder.errors import UserError
-from beholder.images import UnreadableImage, decode_image
-from beholder.labels import LabelsError, parse_labels, regression_stats, split_labels, tier_midpoints
-from beholder.storage import Store, check_uri
+from beholder.core.errors import UserError
+from beholder.core.storage import Store, check_uri
+from beholder.data.gallery import GalleryDataModule, GalleryDataset, build_transform, collate, tier_weights
+from beholder.data.images import UnreadableImage, decode_image
+from beholder.data.labels import LabelsError, parse_labels, regression_stats, split_labels, tier_midpoints
 
 DATA_CONFIG = {"input_size": (3, 32, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
 
@@ -182,8 +182,8 @@ def test_missing_labels_file_is_named(tmp_path):
 
 
 def test_symlinked_folders_in_a_gallery_are_listed_and_cycles_end(tmp_path):
-    from beholder.data import list_gallery
-    from beholder.storage import Store
+    from beholder.core.storage import Store
+    from beholder.data.gallery import list_gallery
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from beholder import data, default_model
-from beholder.predict import predict
-from beholder.train import train
+from beholder import default_model
+from beholder.data import gallery as data
+from beholder.predict.run import predict
+from beholder.train.run import train
 
 from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
 
@@ -15,7 +16,7 @@ from conftest import TINY, compose_predict, compose_train, make_gallery, read_sc
 def test_the_shipped_model_is_small_documented_and_loads():
     from pathlib import Path
 
-    from beholder.module import load_checkpoint
+    from beholder.models.module import load_checkpoint
 
     path = Path(default_model.checkpoint_path())
     assert path.stat().st_size < 1_000_000

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from beholder.checkpoint import IncompatibleCheckpoint
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 from beholder.ingest import main as ingest
-from beholder.module import load_checkpoint
-from beholder.predict import predict
-from beholder.train import train
+from beholder.models.checkpoint import IncompatibleCheckpoint
+from beholder.models.module import load_checkpoint
+from beholder.predict.run import predict
+from beholder.train.run import train
 from bench.fault_proxy import FaultProxy
 
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery, read_scores, upload_folder
@@ -227,7 +227,7 @@ def test_bad_and_odd_files_in_a_gallery(trained, tmp_path):
     ("ckpt_path=last", "ckpt_path=last: no checkpoints/last.ckpt under"),
 ])
 def test_bad_options_fail_before_any_work(tiny_cfg, override, message, tmp_path, monkeypatch):
-    import beholder.train as training
+    import beholder.train.run as training
 
     monkeypatch.setattr(training, "instantiate", _refuse_datamodule(training.instantiate))
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -251,7 +251,7 @@ def test_unknown_head_is_refused_by_the_command_line(tmp_path):
 
 def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkeypatch):
     ckpt, gallery = trained
-    import beholder.storage as storage
+    import beholder.core.storage as storage
 
     real = storage.write_local_atomically
 
@@ -277,7 +277,7 @@ def test_read_only_output_is_refused_up_front(trained, tmp_path):
 
 
 def test_ingest_full_disk_is_reported(tmp_path, capsys, monkeypatch):
-    import beholder.storage as storage
+    import beholder.core.storage as storage
 
     site = tmp_path / "site" / "2016" / "01" / "01" / "2016_0101_090000"
     site.mkdir(parents=True)
@@ -349,7 +349,7 @@ def test_no_secrets_in_logs_configs_or_errors(gallery, tmp_path):
 
 
 def test_redact_hides_credentials(monkeypatch):
-    from beholder.redact import redact
+    from beholder.core.redact import redact
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envSECRETvalue123")
     text = "endpoint_url: http://AKIA123:topsecret@minio:9000\naws_secret_access_key: abc123\nlr: 0.001\nnote: envSECRETvalue123"

@@ -8,12 +8,12 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from beholder.errors import UserError
-from beholder.features import cached_features
-from beholder.model import ScoreNet
-from beholder.module import load_checkpoint, score_images
-from beholder.storage import Store
-from beholder.train import train
+from beholder.core.errors import UserError
+from beholder.core.storage import Store
+from beholder.data.features import cached_features
+from beholder.models.model import ScoreNet
+from beholder.models.module import load_checkpoint, score_images
+from beholder.train.run import train
 
 from conftest import PYTHON, ROOT, TINY, compose_train
 
@@ -23,7 +23,7 @@ FROZEN = ["backbone.trainable_blocks=0", "backbone.levels=true", 'backbone.extra
 
 def tiny_net(**backbone):
     return ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 0, **backbone},
-                    {"_target_": "beholder.model.RegressionHead"}, [32, 64])
+                    {"_target_": "beholder.models.model.RegressionHead"}, [32, 64])
 
 
 def test_levels_pool_every_feature_level_of_every_network():
@@ -49,7 +49,7 @@ def test_cached_features_are_the_networks_features_and_are_computed_once(gallery
     assert sum(calls) == 30 and not skipped and first[images[0]].shape == (3, net.head.fc.in_features)
 
     # view 0 is what prediction computes from the image; view 1 its mirror image
-    from beholder.data import GalleryDataset, build_transform
+    from beholder.data.gallery import GalleryDataset, build_transform
 
     picture = GalleryDataset(str(gallery), images[:1], Store(), build_transform(net.data_config, train=False))[0]["image"]
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_cached_features_are_the_networks_features_and_are_computed_once(gallery
 
 
 def test_a_trainable_backbone_is_refused_by_the_cache(gallery, tmp_path):
-    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.model.RegressionHead"}, [32, 64])
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.models.model.RegressionHead"}, [32, 64])
     with pytest.raises(UserError, match="trainable_blocks=0"):
         cached_features(net, str(gallery), ["sub0/img_000.jpg"], Store(), {}, 1, str(tmp_path), 10**8)
 
@@ -89,7 +89,7 @@ def test_a_head_on_cached_features_scores_as_the_checkpoint_does_on_images(galle
     assert module.net.feature_std.min() > 0 and not torch.equal(module.net.feature_mean, torch.zeros_like(module.net.feature_mean))
     with open(gallery / "labels.csv") as f:
         rows = list(csv.DictReader(f))
-    from beholder.labels import parse_labels, split_labels
+    from beholder.data.labels import parse_labels, split_labels
 
     test = split_labels(parse_labels((gallery / "labels.csv").read_text(), "labels.csv", "beauty_mean"), 0)["test"]
     scores = score_images(module, str(gallery), [lb.image for lb in test], Store(), num_workers=0)
@@ -105,7 +105,7 @@ def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val/gallery_reduction"] == best and "test/spearman_value" in metrics
-    from beholder.labels import parse_labels, split_labels
+    from beholder.data.labels import parse_labels, split_labels
 
     splits = split_labels(parse_labels((gallery / "labels.csv").read_text(), "labels.csv", "beauty_mean"), 0)
     top = [lb for lb in splits["train"] + splits["val"] if lb.tier >= 2]

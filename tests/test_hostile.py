@@ -15,19 +15,19 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from beholder.checkpoint import IncompatibleCheckpoint
-from beholder.embeddings import FILE as EMBEDDINGS
-from beholder.embeddings import parquet_bytes, read_parquet
-from beholder.errors import UserError, exit_on_user_error
-from beholder.features import cached_features
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.core.storage import Store
+from beholder.data.features import cached_features
 from beholder.label import cli as label_cli
-from beholder.module import load_checkpoint
-from beholder.predict import predict
+from beholder.models.checkpoint import IncompatibleCheckpoint
+from beholder.models.module import load_checkpoint
+from beholder.predict.run import predict
 from beholder.ratings.__main__ import main as ratings
-from beholder.similar import main as similar
-from beholder.storage import Store
-from beholder.train import train
-from beholder.vector_index import FAISS_FILE
+from beholder.search.embeddings import FILE as EMBEDDINGS
+from beholder.search.embeddings import parquet_bytes, read_parquet
+from beholder.search.similar import main as similar
+from beholder.search.vector_index import FAISS_FILE
+from beholder.train.run import train
 
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, read_scores
 from test_features import tiny_net
@@ -344,7 +344,7 @@ def test_sidecars_keep_their_mode_and_comments_and_killed_writes_leave_nothing(t
     commented = sidecar('xmp:Rating="4"', "<!-- shot for the Hendersons --><xmp:Label>Blue</xmp:Label>")
     noted.write_bytes(b"<!-- my catalogue, my rules -->\n" + commented)
     killed = subprocess.run([PYTHON, "-c", (
-        "import os, signal\nfrom beholder.storage import write_local_with\n"
+        "import os, signal\nfrom beholder.core.storage import write_local_with\n"
         "def fill(f):\n    f.write(b'half a sidecar')\n    f.flush()\n    os.kill(os.getpid(), signal.SIGKILL)\n"
         f"write_local_with({str(root / 'killed.xmp')!r}, fill)\n")], cwd=ROOT)
     assert killed.returncode == -signal.SIGKILL and [p for p in root.iterdir() if p.name.startswith(".")]

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
+from beholder.core.storage import Store
 from beholder.label.app import create_app
 from beholder.label.cli import main
 from beholder.label.export import export, ordinal_alpha
 from beholder.label.tournament import Tournament
-from beholder.storage import Store
 
 
 @pytest.fixture
@@ -355,8 +355,8 @@ def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_p
 
 @pytest.mark.parametrize("targets, tiers", [("0.5,0.25", {0, 1, 2}), ("0.5,0.5,0.5,0.5", {0, 1, 2, 3})])
 def test_any_number_of_rounds_exports_every_image_in_trainable_tiers(many, tmp_path, capsys, targets, tiers):
+    from beholder.data.labels import parse_labels
     from beholder.label.cli import parse_targets
-    from beholder.labels import parse_labels
 
     db = tmp_path / "labels.sqlite"
     tournament = Tournament(str(db), parse_targets(targets), seed=0)
@@ -472,8 +472,8 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
     """--index: GET /api/similar/ID answers the gallery's nearest images by embedding; key M shows them."""
     from playwright.sync_api import sync_playwright
 
-    from beholder.predict import predict
-    from beholder.similar import Neighbours
+    from beholder.predict.run import predict
+    from beholder.search.similar import Neighbours
 
     from conftest import compose_predict
 
@@ -514,7 +514,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     from playwright.sync_api import sync_playwright
 
     from beholder.label.review import Review, read_decisions
-    from beholder.predict import predict
+    from beholder.predict.run import predict
 
     from conftest import compose_predict
 
@@ -560,7 +560,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
 def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_shows_each_large(trained, photos, tmp_path, served, capsys):
     from playwright.sync_api import sync_playwright
 
-    from beholder.predict import predict
+    from beholder.predict.run import predict
 
     from conftest import compose_predict
     from test_ratings import sidecar

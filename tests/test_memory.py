@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from beholder.memory import keep_freed_memory
+from beholder.core.memory import keep_freed_memory
 
 
 class MallInfo2(ctypes.Structure):

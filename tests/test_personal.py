@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from beholder.labels import top_rating
-from beholder.personal import personal_fit, spearman
-from beholder.predict import predict
-from beholder.train import train
+from beholder.data.labels import top_rating
+from beholder.predict.run import predict
+from beholder.train.personal import personal_fit, spearman
+from beholder.train.run import train
 
 from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
 

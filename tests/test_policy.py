@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from beholder.policy import Policy, binomial_tail, photos_needed, promised_threshold
+from beholder.predict.policy import Policy, binomial_tail, photos_needed, promised_threshold
 
 
 def normal_cdf(x):

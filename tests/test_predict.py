@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from beholder.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from beholder.data import GalleryDataModule, GalleryDataset, build_transform
-from beholder.embeddings import read_parquet
-from beholder.errors import UserError
-from beholder.metrics import spearman
-from beholder.module import load_checkpoint
-from beholder.predict import Incomplete, predict
+from beholder.core.errors import UserError
+from beholder.core.storage import Store
+from beholder.data.gallery import GalleryDataModule, GalleryDataset, build_transform
+from beholder.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from beholder.models.metrics import spearman
+from beholder.models.module import load_checkpoint
+from beholder.predict.run import Incomplete, predict
 from beholder.ratings.xmp import star_rating
-from beholder.storage import Store
+from beholder.search.embeddings import read_parquet
 
 from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, upload_folder
 
@@ -109,8 +109,8 @@ def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path
 
 def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp_path, monkeypatch):
     """Killed between embeddings.parquet and scores.csv: the rerun scores nothing again, rewrites the
-    index from the kept shards, and until then beholder.similar refuses the unfinished output."""
-    from beholder.similar import main as similar
+    index from the kept shards, and until then beholder.search.similar refuses the unfinished output."""
+    from beholder.search.similar import main as similar
 
     ckpt, gallery = trained
     args = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]

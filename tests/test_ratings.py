@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beholder.predict import predict
+from beholder.predict.run import predict
 from beholder.ratings.__main__ import main
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, star_rating, xmp_sidecar
 

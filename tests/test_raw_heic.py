@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beholder.data import build_transform, list_gallery
-from beholder.images import UnreadableImage, decode_image
-from beholder.storage import Store
+from beholder.core.storage import Store
+from beholder.data.gallery import build_transform, list_gallery
+from beholder.data.images import UnreadableImage, decode_image
 
 
 def two_halves(width=256, height=128) -> np.ndarray:
@@ -96,7 +96,7 @@ def test_raw_files_are_decoded_by_workers_that_were_not_forked(tmp_path, capfd):
     the images, loader workers come from a fork server."""
     from torch.utils.data import DataLoader
 
-    from beholder.data import GalleryDataset, collate, raw_safe_workers
+    from beholder.data.gallery import GalleryDataset, collate, raw_safe_workers
 
     (tmp_path / "g").mkdir()
     for i in range(2):

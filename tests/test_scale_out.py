@@ -154,8 +154,8 @@ def test_a_slurm_launch_is_checked_against_the_options(monkeypatch):
     """srun's environment for 2 nodes of 4 tasks (no SLURM here: the variables srun sets)."""
     from omegaconf import OmegaConf
 
-    from beholder.errors import UserError
-    from beholder.launch import check_launch
+    from beholder.core.errors import UserError
+    from beholder.core.launch import check_launch
 
     monkeypatch.setenv("PATH", "/nonexistent")  # Lightning looks for srun only to warn
     for name, value in {"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_JOB_NAME": "score",

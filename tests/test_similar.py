@@ -1,12 +1,12 @@
-"""python -m beholder.similar on a scored gallery's embeddings.parquet."""
+"""python -m beholder.search.similar on a scored gallery's embeddings.parquet."""
 
 import csv
 import shutil
 
 import pytest
 
-from beholder.predict import predict
-from beholder.similar import main
+from beholder.predict.run import predict
+from beholder.search.similar import main
 
 from conftest import compose_predict
 

@@ -7,10 +7,10 @@ import subprocess
 import pytest
 import torch
 
-from beholder.module import load_checkpoint
-from beholder.policy import Policy
-from beholder.storage import Store
-from beholder.train import train
+from beholder.core.storage import Store
+from beholder.models.module import load_checkpoint
+from beholder.predict.policy import Policy
+from beholder.train.run import train
 
 from conftest import PYTHON, ROOT, TINY, make_gallery, upload_folder
 
@@ -118,8 +118,8 @@ def test_resume_keeps_the_best_score_seen_before(tiny_cfg, tmp_path):
 def test_ckpt_path_last_resumes_a_run_of_this_data_and_model(tiny_cfg, tmp_path):
     from omegaconf import OmegaConf
 
-    from beholder.errors import MissingInput
-    from beholder.train import resolve_checkpoint
+    from beholder.core.errors import MissingInput
+    from beholder.train.run import resolve_checkpoint
 
     cfg = tiny_cfg(f"runs_root={tmp_path}/outputs", "ckpt_path=last")
     other = tiny_cfg("data.labels=demo/gallery/labels.csv")
@@ -136,8 +136,8 @@ def test_ckpt_path_last_resumes_a_run_of_this_data_and_model(tiny_cfg, tmp_path)
 
 
 def test_losses_are_minimised():
-    from beholder.errors import UserError
-    from beholder.train import metric_mode
+    from beholder.core.errors import UserError
+    from beholder.train.run import metric_mode
 
     assert metric_mode("val/loss", "auto") == "min" and metric_mode("val/gallery_reduction", "auto") == "max"
     assert metric_mode("val/spearman_value", "min") == "min"
@@ -211,7 +211,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
 
 
 def test_training_with_extra_extractors_and_predicting_from_the_checkpoint(tiny_cfg, gallery, tmp_path):
-    from beholder.module import score_images
+    from beholder.models.module import score_images
 
     train(tiny_cfg('backbone.extra=["test_resnet"]', "trainer.max_epochs=1"))
     module = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.ckpt"))

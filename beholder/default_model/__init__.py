@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from beholder.errors import MissingInput
+from beholder.core.errors import MissingInput
 
 CHECKPOINT = "crowd.ckpt"
 NAME = "beholder's default crowd model (OASIS beauty ratings; beholder/default_model/MODEL_CARD.md)"

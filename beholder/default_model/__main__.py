@@ -15,8 +15,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from beholder.core.errors import UserError, exit_on_user_error
 from beholder.default_model import CHECKPOINT
-from beholder.errors import UserError, exit_on_user_error
 
 HERE = Path(__file__).resolve().parent
 CONF = HERE.parents[1] / "conf"
@@ -59,7 +59,7 @@ and the base that `experiment=personal` adapts to one person's ratings.
 
 
 def build(oasis: str, seed: int) -> Path:
-    from beholder.train import train  # heavy: only when building
+    from beholder.train.run import train  # heavy: only when building
 
     images, labels = os.path.join(oasis, "images"), os.path.join(oasis, "labels.csv")
     if not os.path.isfile(labels) or not os.path.isdir(images):

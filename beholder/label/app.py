@@ -14,11 +14,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from beholder.images import UnreadableImage, capture_time, decode_image
+from beholder.core.storage import Store, join
+from beholder.data.images import UnreadableImage, capture_time, decode_image
 from beholder.label.review import Review
 from beholder.label.tournament import SubmissionError, Tournament
-from beholder.similar import Neighbours
-from beholder.storage import Store, join
+from beholder.search.similar import Neighbours
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's largest integer
@@ -124,7 +124,7 @@ class Thumbnails:
 
 def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
                host: str = "127.0.0.1", neighbours: Neighbours | None = None, stars: dict[str, int] | None = None) -> FastAPI:
-    """``neighbours``: the gallery's embeddings (python -m beholder.similar's search), for "more like this".
+    """``neighbours``: the gallery's embeddings (python -m beholder.search.similar's search), for "more like this".
     A :class:`Review` as ``tournament`` serves the review of a model's decisions at / instead;
     ``stars``: the photographer's current rating of each image, shown beside it."""
     app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)

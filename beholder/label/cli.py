@@ -15,17 +15,17 @@ import os
 import secrets
 import sys
 
-from beholder.data import list_gallery
-from beholder.errors import UserError, exit_on_user_error
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.core.storage import Store, check_uri, is_s3
+from beholder.data.gallery import list_gallery
 from beholder.label.app import LOCAL_HOSTS, create_app
 from beholder.label.export import export
 from beholder.label.review import ORDERS, Review, read_decisions, review_labels
 from beholder.label.tournament import Tournament
-from beholder.module import load_checkpoint, score_images
-from beholder.policy import Policy
+from beholder.models.module import load_checkpoint, score_images
+from beholder.predict.policy import Policy
 from beholder.ratings.sources import from_sidecars
-from beholder.similar import Neighbours
-from beholder.storage import Store, check_uri, is_s3
+from beholder.search.similar import Neighbours
 
 
 def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> dict[str, float]:

@@ -7,8 +7,8 @@ import io
 from collections import Counter
 from itertools import permutations
 
+from beholder.data.labels import NUM_TIERS
 from beholder.label.tournament import Tournament
-from beholder.labels import NUM_TIERS
 
 
 def tier_of(rounds_advanced: int) -> int:

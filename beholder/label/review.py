@@ -12,7 +12,7 @@ import io
 import math
 import time
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 from beholder.label.tournament import SubmissionError, Tournament
 
 REVIEW_SCHEMA = """

@@ -21,7 +21,7 @@ import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (

@@ -17,13 +17,13 @@ import io
 import os
 import sys
 
-from beholder.errors import UserError, exit_on_user_error
-from beholder.images import IMAGE_SUFFIXES
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.core.storage import Store, inside
+from beholder.data.images import IMAGE_SUFFIXES
+from beholder.data.labels import top_rating
 from beholder.label.review import Review, review_decisions
-from beholder.labels import top_rating
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
-from beholder.storage import Store, inside
 
 DEFAULT_TIERS = "reject:0,1:0,2:1,3:1,4:2,5:3"
 

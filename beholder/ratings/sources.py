@@ -14,10 +14,10 @@ import sqlite3
 import tempfile
 from contextlib import contextmanager
 
-from beholder.errors import UserError
-from beholder.images import IMAGE_SUFFIXES
+from beholder.core.errors import UserError
+from beholder.core.storage import read_local_file
+from beholder.data.images import IMAGE_SUFFIXES
 from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, packet_in_file, read_rating, reason
-from beholder.storage import read_local_file
 
 DARKTABLE_COLOURS = {0: "Red", 1: "Yellow", 2: "Green", 3: "Blue", 4: "Purple"}
 DARKTABLE_REJECTED = 8  # flags bit since darktable 3.0 (before: stars == 6)

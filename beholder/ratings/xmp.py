@@ -10,8 +10,8 @@ import re
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
-from beholder.images import IMAGE_SUFFIXES, RAW_SUFFIXES
-from beholder.storage import is_s3, read_local_file, regular_file, remove_stale_temporaries
+from beholder.core.storage import is_s3, read_local_file, regular_file, remove_stale_temporaries
+from beholder.data.images import IMAGE_SUFFIXES, RAW_SUFFIXES
 
 NAMESPACES = {
     "x": "adobe:ns:meta/",
@@ -181,7 +181,7 @@ def embedded_packet(data) -> bytes | None:
 
 def packet_in_file(path: str) -> bytes | None:
     """The XMP packet inside an image file, searched in place (mapped, not read into memory); only
-    regular files are opened (:func:`beholder.storage.regular_file`)."""
+    regular files are opened (:func:`beholder.core.storage.regular_file`)."""
     with regular_file(path) as (fd, size):
         if size == 0:
             return None

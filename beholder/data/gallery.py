@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from beholder.errors import MissingInput, UserError
-from beholder.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, RAW_SUFFIXES, UnreadableImage, capture_time, decode_image
-from beholder.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
-from beholder.launch import pin_memory
-from beholder.storage import Store, check_uri, join
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.launch import pin_memory
+from beholder.core.storage import Store, check_uri, join
+from beholder.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, RAW_SUFFIXES, UnreadableImage, capture_time, decode_image
+from beholder.data.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class GalleryDataset(Dataset):
     """Images under ``root`` by relative path. An unreadable file yields its reason, not an error.
 
     ``targets`` (optional) gives each image's (tier, regression target). ``cache`` (optional, a
-    :class:`beholder.features.FeatureCache` of the network's frozen features): an image whose
+    :class:`beholder.data.features.FeatureCache` of the network's frozen features): an image whose
     features it holds yields them (``features``) instead of its picture, which is not even decoded.
     """
 

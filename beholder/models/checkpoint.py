@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from beholder.errors import MissingInput, UserError
-from beholder.model import WeightsUnavailable, head_name, package_state
-from beholder.storage import write_local_with
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.storage import write_local_with
+from beholder.models.model import WeightsUnavailable, head_name, package_state
 
 FORMAT = 3
 READABLE = (2, 3)

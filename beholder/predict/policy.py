@@ -26,7 +26,7 @@ from statistics import NormalDist, fmean, stdev
 
 import torch
 
-from beholder.metrics import keep_threshold
+from beholder.models.metrics import keep_threshold
 
 BANDS = ("keep", "review", "reject")
 # Scores are recomputed in other batch sizes than at calibration; count float noise as a tie.

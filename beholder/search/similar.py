@@ -1,8 +1,8 @@
-"""python -m beholder.similar: the images most like a query, by cosine similarity of the embeddings
+"""python -m beholder.search.similar: the images most like a query, by cosine similarity of the embeddings
 that predict.py wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for large galleries (vector_index.py).
 
-    python -m beholder.similar --index OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
-    python -m beholder.similar --index OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
+    python -m beholder.search.similar --index OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
+    python -m beholder.search.similar --index OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from beholder.data import build_transform
-from beholder.embeddings import CHECKPOINT, FILE, ROWS_PER_GROUP, centred, read_images, read_parquet, vector_batches
-from beholder.errors import MissingInput, UserError
-from beholder.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
-from beholder.report import highlights_html
-from beholder.storage import Store, file_digest, inside, is_s3, join
-from beholder.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.storage import Store, file_digest, inside, is_s3, join
+from beholder.data.gallery import build_transform
+from beholder.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
+from beholder.predict.report import highlights_html
+from beholder.search.embeddings import CHECKPOINT, FILE, ROWS_PER_GROUP, centred, read_images, read_parquet, vector_batches
+from beholder.search.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
 
 
 def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str], ExactIndex | FaissIndex, dict[str, str], np.ndarray]:
@@ -108,7 +108,7 @@ class Neighbours:
 
 def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.ndarray:
     """The embedding of a photo outside the index, by the checkpoint that made the index."""
-    from beholder.module import load_checkpoint
+    from beholder.models.module import load_checkpoint
 
     with tempfile.NamedTemporaryFile(suffix=".ckpt") as copy:
         local = copy.name if is_s3(ckpt) else os.path.expanduser(ckpt)
@@ -144,7 +144,7 @@ def bands(store: Store, index: str) -> dict[str, str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m beholder.similar", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m beholder.search.similar", description=__doc__.splitlines()[0])
     parser.add_argument("--index", required=True, help="predict.py's output folder (or s3:// prefix) holding embeddings.parquet")
     parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
     parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")

@@ -26,14 +26,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from beholder import checkpoint, default_model
-from beholder.errors import UserError
-from beholder.features import cached_features
-from beholder.labels import regression_stats, target_of, top_rating
-from beholder.metrics import spearman as rank_correlation
-from beholder.module import load_checkpoint
-from beholder.probe import ridge_fits
-from beholder.storage import file_digest
+from beholder import default_model
+from beholder.core.errors import UserError
+from beholder.core.storage import file_digest
+from beholder.data.features import cached_features
+from beholder.data.labels import regression_stats, target_of, top_rating
+from beholder.models import checkpoint
+from beholder.models.metrics import spearman as rank_correlation
+from beholder.models.module import load_checkpoint
+from beholder.train.probe import ridge_fits
 
 log = logging.getLogger(__name__)
 ALPHAS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)

@@ -8,7 +8,7 @@ import html
 import io
 from xml.sax.saxutils import quoteattr
 
-from beholder.images import UnreadableImage, decode_image
+from beholder.data.images import UnreadableImage, decode_image
 
 GROUP_FIELDS = ["group", "group_rank", "group_size"]
 

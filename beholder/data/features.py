@@ -19,12 +19,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from beholder.data import GalleryDataModule, build_transform, raw_safe_workers, tier_weights
-from beholder.errors import UserError
-from beholder.images import UnreadableImage, decode_image
-from beholder.labels import regression_stats, target_of
-from beholder.model import evaluation_mode
-from beholder.storage import join, write_local_with
+from beholder.core.errors import UserError
+from beholder.core.storage import join, write_local_with
+from beholder.data.gallery import GalleryDataModule, build_transform, raw_safe_workers, tier_weights
+from beholder.data.images import UnreadableImage, decode_image
+from beholder.data.labels import regression_stats, target_of
+from beholder.models.model import evaluation_mode
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1

@@ -11,7 +11,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 
 NUM_TIERS = 4
 SPLITS = ("train", "val", "test")

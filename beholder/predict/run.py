@@ -18,23 +18,23 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from beholder import default_model
-from beholder.bursts import burst_groups
-from beholder.callbacks import progress
-from beholder.console import quiet_libraries
-from beholder.data import GalleryDataset, build_transform, collate, list_gallery, raw_safe_workers
-from beholder.embeddings import CHECKPOINT, decode, parquet_bytes
-from beholder.embeddings import FILE as EMBEDDINGS
-from beholder.errors import UserError
-from beholder.features import FeatureCache, network_key
-from beholder.labels import parse_labels
-from beholder.launch import check_launch, check_shared_folder, loader_workers, pin_memory
-from beholder.memory import keep_freed_memory
-from beholder.module import BeholderModule, load_checkpoint
-from beholder.policy import BANDS, Policy, cull_bursts
+from beholder.core.console import quiet_libraries
+from beholder.core.errors import UserError
+from beholder.core.launch import check_launch, check_shared_folder, loader_workers, pin_memory
+from beholder.core.memory import keep_freed_memory
+from beholder.core.storage import Store, check_uri, file_digest, is_s3, join
+from beholder.data.features import FeatureCache, network_key
+from beholder.data.gallery import GalleryDataset, build_transform, collate, list_gallery, raw_safe_workers
+from beholder.data.labels import parse_labels
+from beholder.models.module import BeholderModule, load_checkpoint
+from beholder.predict.bursts import burst_groups
+from beholder.predict.policy import BANDS, Policy, cull_bursts
+from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
+from beholder.predict.shards import ShardWriter, bind_run, compact_shards, read_shards
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
-from beholder.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
-from beholder.shards import ShardWriter, bind_run, compact_shards, read_shards
-from beholder.storage import Store, check_uri, file_digest, is_s3, join
+from beholder.search.embeddings import CHECKPOINT, decode, parquet_bytes
+from beholder.search.embeddings import FILE as EMBEDDINGS
+from beholder.train.callbacks import progress
 
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
 

@@ -16,13 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.callbacks import BestHead, progress
-from beholder.errors import UserError
-from beholder.features import CachedFeatureDataModule
-from beholder.labels import fold_labels
-from beholder.metrics import GalleryMetrics
-from beholder.module import BeholderModule
-from beholder.probe import fit_probe, set_feature_scale
+from beholder.core.errors import UserError
+from beholder.data.features import CachedFeatureDataModule
+from beholder.data.labels import fold_labels
+from beholder.models.metrics import GalleryMetrics
+from beholder.models.module import BeholderModule
+from beholder.train.callbacks import BestHead, progress
+from beholder.train.probe import fit_probe, set_feature_scale
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beholder.embeddings import centred, gallery_mean
+from beholder.search.embeddings import centred, gallery_mean
 
 EXACT_LIMIT = 4096
 TABLES, BITS, NEIGHBOURS = 16, 64, 16

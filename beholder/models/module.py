@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from beholder import checkpoint as checkpoint_format
-from beholder.checkpoint import IncompatibleCheckpoint
-from beholder.data import GalleryDataset, build_transform, collate, raw_safe_workers
-from beholder.errors import UserError
-from beholder.metrics import GalleryMetrics
-from beholder.model import BackboneSpec, ScoreNet
-from beholder.spec import registered, typed_arguments
+from beholder.core.errors import UserError
+from beholder.core.spec import registered, typed_arguments
+from beholder.data.gallery import GalleryDataset, build_transform, collate, raw_safe_workers
+from beholder.models import checkpoint as checkpoint_format
+from beholder.models.checkpoint import IncompatibleCheckpoint
+from beholder.models.metrics import GalleryMetrics
+from beholder.models.model import BackboneSpec, ScoreNet
 
 OPTIMIZERS = {
     f"torch.optim.{name}": cls
@@ -73,7 +73,7 @@ class BeholderModule(pl.LightningModule):
 
     def head_inputs(self, batch):
         """The standardised features the head reads, from a batch of images or of cached features
-        (:mod:`beholder.features`: a training batch's ``features``, or a prediction batch's
+        (:mod:`beholder.data.features`: a training batch's ``features``, or a prediction batch's
         ``cached`` rows followed by its pictures); None when every image of the batch was unreadable.
         With ``feature_cache`` set (a frozen network), the features computed here are cached."""
         if "features" in batch:

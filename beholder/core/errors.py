@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-from beholder.redact import redact
+from beholder.core.redact import redact
 
 
 class UserError(Exception):

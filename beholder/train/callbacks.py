@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
-from beholder.launch import check_shared_folder
+from beholder.core.launch import check_shared_folder
 
 log = logging.getLogger(__name__)
 

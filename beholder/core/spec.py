@@ -16,7 +16,7 @@ import typing
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 
 
 def fits(value, hint) -> bool:

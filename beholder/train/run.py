@@ -15,18 +15,18 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
-from beholder.console import quiet_libraries
-from beholder.crossval import train_folds
-from beholder.errors import MissingInput, UserError
-from beholder.features import CachedFeatureDataModule
-from beholder.labels import regression_stats
-from beholder.launch import check_launch
-from beholder.memory import keep_freed_memory
-from beholder.model import BackboneSpec, build_head, require_timm_model
-from beholder.module import BeholderModule, build_optimizer
-from beholder.personal import train_personal
-from beholder.probe import fit_probe, init_head_from_probe, set_feature_scale
+from beholder.core.console import quiet_libraries
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.launch import check_launch
+from beholder.core.memory import keep_freed_memory
+from beholder.data.features import CachedFeatureDataModule
+from beholder.data.labels import regression_stats
+from beholder.models.model import BackboneSpec, build_head, require_timm_model
+from beholder.models.module import BeholderModule, build_optimizer
+from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
+from beholder.train.crossval import train_folds
+from beholder.train.personal import train_personal
+from beholder.train.probe import fit_probe, init_head_from_probe, set_feature_scale
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 
 S3_PREFIX = "s3://"
 READ_LIMIT = 1 << 30  # a local file larger than this is no photo, sidecar or table beholder reads

@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 
-from beholder.embeddings import centred, gallery_mean
+from beholder.search.embeddings import centred, gallery_mean
 
 EXACT_UP_TO = 100_000
 FAISS_FILE = "embeddings.faiss.npz"

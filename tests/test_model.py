@@ -10,18 +10,11 @@ from timm.data import ImageNetInfo
 
 from beholder.core.errors import UserError
 from beholder.data.gallery import build_transform
+from beholder.models.backbones import create_backbone
+from beholder.models.heads import OrdinalHead, RegressionHead, SoftmaxHead, build_head
 from beholder.models.metrics import GalleryMetrics, gallery_reduction, keep_threshold
-from beholder.models.model import (
-    PYPI_WEIGHTS,
-    OrdinalHead,
-    RegressionHead,
-    ScoreNet,
-    SoftmaxHead,
-    WeightsUnavailable,
-    build_head,
-    create_backbone,
-    pypi_weights,
-)
+from beholder.models.scorenet import ScoreNet
+from beholder.models.weights import PYPI_WEIGHTS, WeightsUnavailable, pypi_weights
 
 from conftest import compose_train
 
@@ -29,7 +22,7 @@ HERE = Path(__file__).parent
 
 
 def test_xception_trains_exactly_its_top_four_groups():
-    net = ScoreNet({"name": "legacy_xception", "pretrained": False, "trainable_blocks": 4}, {"_target_": "beholder.models.model.SoftmaxHead"})
+    net = ScoreNet({"name": "legacy_xception", "pretrained": False, "trainable_blocks": 4}, {"_target_": "beholder.models.heads.SoftmaxHead"})
     trainable = {name.split(".")[1] for name, p in net.named_parameters() if p.requires_grad and name.startswith("backbone.")}
     assert trainable == {"block10", "block11", "block12", "conv3", "bn3", "conv4", "bn4"}
     assert all(p.requires_grad for p in net.head.parameters())
@@ -43,7 +36,7 @@ def test_xception_trains_exactly_its_top_four_groups():
 def test_frozen_norms_stay_frozen_after_sync_batchnorm_conversion(train_norm):
     """trainer=ddp converts every BatchNorm to SyncBatchNorm, replacing the modules."""
     net = ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 1, "train_norm": train_norm},
-                   {"_target_": "beholder.models.model.SoftmaxHead"})
+                   {"_target_": "beholder.models.heads.SoftmaxHead"})
     net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.train()
     norms = {name: m for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)}
@@ -53,7 +46,7 @@ def test_frozen_norms_stay_frozen_after_sync_batchnorm_conversion(train_norm):
 
 
 def test_non_square_input_works_through_global_pooling():
-    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.models.model.RegressionHead"}, [48, 368])
+    net = ScoreNet({"name": "test_efficientnet", "pretrained": False}, {"_target_": "beholder.models.heads.RegressionHead"}, [48, 368])
     assert net.data_config["input_size"] == (3, 48, 368)
     assert net(torch.randn(2, 3, 48, 368)).shape == (2,)
 
@@ -177,20 +170,20 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
             trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
             assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
     data = instantiate(cfg.data)
-    assert data.batch_size == 32 and data.oversample is (cfg.head._target_ != "beholder.models.model.RegressionHead")
+    assert data.batch_size == 32 and data.oversample is (cfg.head._target_ != "beholder.models.heads.RegressionHead")
 
 
 def test_config_nodes_count_as_the_plain_values_they_hold():
     backbone = OmegaConf.create({"name": "test_efficientnet", "pretrained": False, "mean": [0.5] * 3, "std": [0.5] * 3})
-    net = ScoreNet(dict(backbone), OmegaConf.create({"_target_": "beholder.models.model.RegressionHead"}))
+    net = ScoreNet(dict(backbone), OmegaConf.create({"_target_": "beholder.models.heads.RegressionHead"}))
     assert net.data_config["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(UserError, match=r"backbone.mean=\['a'\]"):
-        ScoreNet({**dict(backbone), "mean": OmegaConf.create(["a"])}, {"_target_": "beholder.models.model.RegressionHead"})
+        ScoreNet({**dict(backbone), "mean": OmegaConf.create(["a"])}, {"_target_": "beholder.models.heads.RegressionHead"})
 
 
 def test_extra_frozen_extractors_are_concatenated_before_the_head():
     net = ScoreNet({"name": "test_efficientnet", "pretrained": False, "extra": ["test_resnet", "test_efficientnet"]},
-                   {"_target_": "beholder.models.model.RegressionHead"})
+                   {"_target_": "beholder.models.heads.RegressionHead"})
     widths = [net.backbone.num_features] + [e.num_features for e in net.extractors]
     assert net.head.fc.in_features == sum(widths) and net.features(torch.zeros(2, 3, 32, 64)).shape == (2, sum(widths))
     net.train()

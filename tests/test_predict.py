@@ -11,8 +11,8 @@ from beholder.core.errors import UserError
 from beholder.core.storage import Store
 from beholder.data.gallery import GalleryDataModule, GalleryDataset, build_transform
 from beholder.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman
-from beholder.models.module import load_checkpoint
 from beholder.predict.run import Incomplete, predict
 from beholder.ratings.xmp import star_rating
 from beholder.search.embeddings import read_parquet

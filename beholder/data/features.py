@@ -24,7 +24,7 @@ from beholder.core.storage import join, write_local_with
 from beholder.data.gallery import GalleryDataModule, build_transform, raw_safe_workers, tier_weights
 from beholder.data.images import UnreadableImage, decode_image
 from beholder.data.labels import regression_stats, target_of
-from beholder.models.model import evaluation_mode
+from beholder.models.backbones import evaluation_mode
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1

@@ -22,8 +22,9 @@ from beholder.label.app import LOCAL_HOSTS, create_app
 from beholder.label.export import export
 from beholder.label.review import ORDERS, Review, read_decisions, review_labels
 from beholder.label.tournament import Tournament
-from beholder.models.module import load_checkpoint, score_images
+from beholder.models.load import load_checkpoint
 from beholder.predict.policy import Policy
+from beholder.predict.score import score_images
 from beholder.ratings.sources import from_sidecars
 from beholder.search.similar import Neighbours
 

@@ -18,7 +18,9 @@ import torch
 
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.storage import write_local_with
-from beholder.models.model import WeightsUnavailable, head_name, package_state
+from beholder.models.backbones import package_state
+from beholder.models.heads import head_name
+from beholder.models.weights import WeightsUnavailable
 
 FORMAT = 3
 READABLE = (2, 3)

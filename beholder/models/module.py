@@ -7,27 +7,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from beholder.core.errors import UserError
-from beholder.core.spec import registered, typed_arguments
-from beholder.data.gallery import GalleryDataset, build_transform, collate, raw_safe_workers
 from beholder.models import checkpoint as checkpoint_format
-from beholder.models.checkpoint import IncompatibleCheckpoint
 from beholder.models.metrics import GalleryMetrics
-from beholder.models.model import BackboneSpec, ScoreNet
-
-OPTIMIZERS = {
-    f"torch.optim.{name}": cls
-    for name, cls in vars(torch.optim).items()
-    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
-}
-
-
-def build_optimizer(spec: dict, params) -> torch.optim.Optimizer:
-    """A torch optimiser from its config dict (``_target_: torch.optim.SGD``, plain arguments)."""
-    cls = registered("optimizer", OPTIMIZERS, spec)
-    return cls(params, **typed_arguments("optimizer", cls, spec, skip=("params",)))
+from beholder.models.optim import build_optimizer
+from beholder.models.scorenet import ScoreNet
 
 
 class BeholderModule(pl.LightningModule):
@@ -158,54 +142,3 @@ class BeholderModule(pl.LightningModule):
         checkpoint_format.unpack(checkpoint)
         self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
         self.calibrated_on = checkpoint.get("calibrated_on")
-
-
-@torch.no_grad()
-def score_images(module: BeholderModule, root: str, images: list[str], store, batch_size: int = 32, num_workers: int = 2) -> dict[str, tuple[float, int]]:
-    """In-process scoring of a few images: image -> (score, predicted tier); unreadable ones are left out.
-    (``predict.py`` is the resumable, multi-device way for whole galleries.)"""
-    dataset = GalleryDataset(root, images, store, build_transform(module.net.data_config, train=False))
-    results = {}
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, **raw_safe_workers(images, num_workers))
-    for i, batch in enumerate(loader):
-        out = module.predict_step(batch, i)
-        if "scores" in out:
-            results.update(zip(out["image_path"], zip(out["scores"].tolist(), out["tiers"].tolist())))
-    return results
-
-
-def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
-    """Rebuild the model from a checkpoint file alone (and the weight packages it refers to); never
-    runs code stored in the file."""
-    checkpoint = checkpoint_format.read(path, map_location)
-    try:
-        hparams = typed_arguments("hyper_parameters", BeholderModule, dict(checkpoint["hyper_parameters"]))
-        hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "weights": None}  # weights come from the file
-        build_optimizer(hparams["optimizer"], [nn.Parameter(torch.zeros(1))])  # checked now, built only when training
-        module = BeholderModule(**hparams)
-        module.hparams["backbone"] = trained_with = dict(checkpoint["hyper_parameters"]["backbone"])
-        module.net.spec = BackboneSpec.parse(trained_with)  # saved again, its packaged networks stay references
-        module.on_load_checkpoint(checkpoint)
-        module.load_state_dict(checkpoint["state_dict"])
-    except UserError as error:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {error}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: does not fit this version of beholder ({error})") from None
-    check_finite(module, path)
-    return module.eval()
-
-
-def check_finite(module: BeholderModule, path: str) -> None:
-    """A checkpoint whose numbers are not all finite (a diverged run, a damaged file) would score
-    every photo NaN, or train on NaN: it is refused, naming the first such tensor."""
-    named = [*module.state_dict().items(), ("val_positive_scores", module.val_positive_scores)]
-    head = module.net.head
-    named += [(f"head.{name}", torch.tensor(float(getattr(head, name)))) for name in ("target_mean", "target_std") if hasattr(head, name)]
-    for name, tensor in named:
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            count = int((~torch.isfinite(tensor)).sum())
-            raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {name} holds numbers that are not finite "
-                                         f"({count} NaN or infinite)")
-    if (module.net.feature_std <= 0).any():
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: feature_std holds {int((module.net.feature_std <= 0).sum())} "
-                                     "values that are not positive (features cannot be standardised by them)")

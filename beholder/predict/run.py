@@ -26,7 +26,8 @@ from beholder.core.storage import Store, check_uri, file_digest, is_s3, join
 from beholder.data.features import FeatureCache, network_key
 from beholder.data.gallery import GalleryDataset, build_transform, collate, list_gallery, raw_safe_workers
 from beholder.data.labels import parse_labels
-from beholder.models.module import BeholderModule, load_checkpoint
+from beholder.models.load import load_checkpoint
+from beholder.models.module import BeholderModule
 from beholder.predict.bursts import burst_groups
 from beholder.predict.policy import BANDS, Policy, cull_bursts
 from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv

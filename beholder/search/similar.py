@@ -108,7 +108,7 @@ class Neighbours:
 
 def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.ndarray:
     """The embedding of a photo outside the index, by the checkpoint that made the index."""
-    from beholder.models.module import load_checkpoint
+    from beholder.models.load import load_checkpoint
 
     with tempfile.NamedTemporaryFile(suffix=".ckpt") as copy:
         local = copy.name if is_s3(ckpt) else os.path.expanduser(ckpt)

@@ -32,8 +32,8 @@ from beholder.core.storage import file_digest
 from beholder.data.features import cached_features
 from beholder.data.labels import regression_stats, target_of, top_rating
 from beholder.models import checkpoint
+from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman as rank_correlation
-from beholder.models.module import load_checkpoint
 from beholder.train.probe import ridge_fits
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from beholder.data.gallery import collate, raw_safe_workers
-from beholder.models.model import evaluation_mode
+from beholder.models.backbones import evaluation_mode
 
 log = logging.getLogger(__name__)
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)

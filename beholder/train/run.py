@@ -21,8 +21,10 @@ from beholder.core.launch import check_launch
 from beholder.core.memory import keep_freed_memory
 from beholder.data.features import CachedFeatureDataModule
 from beholder.data.labels import regression_stats
-from beholder.models.model import BackboneSpec, build_head, require_timm_model
-from beholder.models.module import BeholderModule, build_optimizer
+from beholder.models.backbones import BackboneSpec, require_timm_model
+from beholder.models.heads import build_head
+from beholder.models.module import BeholderModule
+from beholder.models.optim import build_optimizer
 from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
 from beholder.train.crossval import train_folds
 from beholder.train.personal import train_personal

@@ -1,17 +1,6 @@
-"""Train beholder: python train.py [head=regression] [data.root=... data.labels=...]; see README."""
+"""python train.py [key=value ...]: the same as beholder train (beholder/train/cli.py), kept for scripts that call it."""
 
-import hydra
-from omegaconf import DictConfig
-
-from beholder.core.errors import exit_on_user_error
-from beholder.train.run import train
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    with exit_on_user_error():
-        return train(cfg)
-
+from beholder.train.cli import main
 
 if __name__ == "__main__":
     main()

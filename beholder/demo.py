@@ -10,11 +10,12 @@ top tiers; fog, night, glare, a tilted camera or a frozen (corrupted) frame make
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from beholder.core.tables import csv_text
 
 HEIGHT, WIDTH = 237, 1820
 JUNK = ("fog", "night", "glare", "tilted", "frozen")
@@ -103,16 +104,14 @@ def make_gallery(folder: str, count: int = 400, seed: int = 0, height: int = HEI
         beauties.append(beauty)
     tiers = tiers_from_beauty(np.array(beauties))
     labels = os.path.join(folder, "labels.csv")
-    with open(labels, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "tier", "beauty", "junk"])
-        writer.writeheader()
-        for row, tier, beauty in zip(rows, tiers, beauties):
-            writer.writerow({**row, "tier": int(tier), "beauty": round(float(beauty), 4)})
+    with open(labels, "w") as f:
+        f.write(csv_text(["image", "tier", "beauty", "junk"],
+                         ({**row, "tier": int(tier), "beauty": round(float(beauty), 4)} for row, tier, beauty in zip(rows, tiers, beauties))))
     return labels
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "beholder demo") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--count", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)

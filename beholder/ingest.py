@@ -44,6 +44,7 @@ from tqdm import tqdm
 from beholder.core import storage
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3, join, split_s3
+from beholder.core.tables import csv_bytes
 
 CAPTURE = re.compile(r"(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})")
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")
@@ -331,11 +332,7 @@ class Destination:
 
 
 def write_manifest(destination: Destination, rows: dict[str, dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(row for _, row in sorted(rows.items()))
-    destination.store.write(join(destination.uri, MANIFEST), buffer.getvalue().encode())
+    destination.store.write(join(destination.uri, MANIFEST), csv_bytes(MANIFEST_FIELDS, (row for _, row in sorted(rows.items()))))
 
 
 def ingest(args) -> int:
@@ -434,8 +431,8 @@ def parse_date(text: str | None, option: str) -> dt.date | None:
         raise UserError(f"{option} {text!r}: give a date as YYYY-MM-DD") from None
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m beholder.ingest", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "beholder ingest") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("source", help="URL of the top folder listing")
     parser.add_argument("destination", help="s3://bucket/prefix or a local folder")
     parser.add_argument("--include", action="append", default=[], help="glob on the path (or file name); repeatable")

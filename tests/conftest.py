@@ -76,7 +76,7 @@ def gallery(tmp_path) -> Path:
 def tiny_cfg(gallery, tmp_path):
     def build(*overrides):
         return compose_train(
-            TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={tmp_path}/run", *overrides]
+            TINY + [f"gallery={gallery}", f"labels={gallery}/labels.csv", f"output_dir={tmp_path}/run", *overrides]
         )
 
     return build
@@ -123,7 +123,7 @@ def trained(tmp_path_factory):
     """A tiny model trained once for the session: (checkpoint path, gallery folder)."""
     root = tmp_path_factory.mktemp("trained")
     gallery = make_gallery(root / "gallery", count=60)
-    cfg = compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={root}/run"])
+    cfg = compose_train(TINY + [f"gallery={gallery}", f"labels={gallery}/labels.csv", f"output_dir={root}/run"])
     train(cfg)
     return root / "run" / "checkpoints" / "best.ckpt", gallery
 

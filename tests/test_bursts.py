@@ -89,14 +89,14 @@ def test_keep_per_group_keeps_the_best_copy_and_says_how_much_more_was_dropped(t
     photos = tmp_path / "photos"
     shutil.copytree(gallery, photos)
     (photos / "labels.csv").unlink()
-    baseline = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/before"]))
+    baseline = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/before"]))
     best = read_scores(tmp_path / "before" / "scores.csv")[0]["image"]
     for i in range(3):  # three more copies of the best image: the same picture re-encoded
         Image.open(photos / best).save(photos / f"copy{i}.jpg", quality=95 - 5 * i)
 
     capsys.readouterr()
     # the tiny untrained test network sees all these noise pictures much alike: a near-copy is closer still
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "keep_per_group=1",
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "keep_per_group=1",
                                        "group_similarity=0.999"]))
     rows = read_scores(tmp_path / "out" / "scores.csv")
     assert list(rows[0])[-5:] == ["reason", "rank", "group", "group_rank", "group_size"]
@@ -120,5 +120,5 @@ def test_keep_per_group_keeps_the_best_copy_and_says_how_much_more_was_dropped(t
 def test_bad_group_options_are_refused_before_any_work(trained, tmp_path, override, message):
     ckpt, gallery = trained
     with pytest.raises(Exception, match=message):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out", override]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out", override]))
     assert not (tmp_path / "out").exists()

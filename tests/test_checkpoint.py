@@ -25,7 +25,7 @@ def frozen(tmp_path_factory):
     root = tmp_path_factory.mktemp("frozen")
     gallery = make_gallery(root / "gallery", count=40)
     overrides = [o for o in TINY if not o.startswith(("backbone.", "data.image_size"))] + LITE0
-    cfg = compose_train(overrides + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={root}/run",
+    cfg = compose_train(overrides + [f"gallery={gallery}", f"labels={gallery}/labels.csv", f"output_dir={root}/run",
                                      f"feature_cache={root}/cache", "trainer.max_epochs=1"])
     train(cfg)
     return root, gallery, overrides
@@ -64,8 +64,8 @@ def test_a_reference_to_other_or_missing_weights_is_one_line(frozen, tmp_path, m
 
 def test_a_run_resumes_from_a_checkpoint_with_references(frozen, tmp_path):
     root, gallery, overrides = frozen
-    cfg = compose_train(overrides + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={tmp_path}/resumed",
-                                     f"ckpt_path={root}/run/checkpoints/last.ckpt", f"feature_cache={root}/cache", "trainer.max_epochs=2"])
+    cfg = compose_train(overrides + [f"gallery={gallery}", f"labels={gallery}/labels.csv", f"output_dir={tmp_path}/resumed",
+                                     f"resume={root}/run/checkpoints/last.ckpt", f"feature_cache={root}/cache", "trainer.max_epochs=2"])
     train(cfg)
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["epoch"] == 1 and "weight_references" in resumed

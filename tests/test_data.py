@@ -127,8 +127,8 @@ def test_decompression_bomb_refused_before_decoding():
 
 
 def test_unknown_uri_scheme_is_refused():
-    with pytest.raises(UserError, match=r"data.root=.gs://b/x.: unknown URI scheme .gs."):
-        check_uri("gs://b/x", "data.root")
+    with pytest.raises(UserError, match=r"gallery=.gs://b/x.: unknown URI scheme .gs."):
+        check_uri("gs://b/x", "gallery")
 
 
 # --- datasets -----------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_missing_images_stop_setup_or_are_dropped(gallery):
 
 
 def test_missing_labels_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.labels: no such file"):
+    with pytest.raises(FileNotFoundError, match="labels: no such file"):
         GalleryDataModule(str(tmp_path), str(tmp_path / "nope.csv")).setup()
 
 
@@ -200,7 +200,7 @@ def test_colour_jitter_is_off_unless_asked_for_in_code_and_config():
     from conftest import compose_train
 
     config = {"input_size": (3, 32, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    assert compose_train(["data.root=x", "data.labels=y"]).data.augment.jitter == 0.0
+    assert compose_train(["gallery=x", "labels=y"]).data.augment.jitter == 0.0
     assert not any(isinstance(t, T.ColorJitter) for t in build_transform(config, train=True, augment={"min_crop": 0.7}).transforms)
     assert any(isinstance(t, T.ColorJitter) for t in build_transform(config, train=True, augment={"jitter": 0.1}).transforms)
 

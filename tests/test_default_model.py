@@ -53,12 +53,12 @@ def test_a_personal_model_without_a_base_starts_from_the_default_model(library, 
         writer = csv.writer(f)
         writer.writerow(["image", "tier", "rating"])
         writer.writerows([row["image"], row["tier"], 1 + int(row["tier"])] for row in rows)
-    train(compose_train(TINY + ["experiment=personal", f"data.root={library}", f"data.labels={tmp_path}/mine.csv",
+    train(compose_train(TINY + ["experiment=personal", f"gallery={library}", f"labels={tmp_path}/mine.csv",
                                 "data.score_column=rating", f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"]))
     metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
     assert metrics["ratings"] == 24 and "default crowd model" in capsys.readouterr().out
     assert (tmp_path / "me" / "checkpoints" / "best.ckpt").stat().st_size < 1_000_000
     monkeypatch.setattr(data, "decode_image", refuse_to_decode)  # predict reads the features the personal model trained on
-    summary = predict(compose_predict([f"ckpt_path={tmp_path}/me/checkpoints/best.ckpt", f"gallery={library}", f"output={tmp_path}/out",
+    summary = predict(compose_predict([f"ckpt={tmp_path}/me/checkpoints/best.ckpt", f"gallery={library}", f"output={tmp_path}/out",
                                        f"feature_cache={tmp_path}/cache"]))
     assert summary["scored"] == 24

@@ -46,7 +46,7 @@ def test_training_survives_throttling_dropped_downloads_and_an_outage(s3_bucket,
     faulty_s3.throttle_every, faulty_s3.drop_every = 7, 11
     faulty_s3.outage_after = (60, 3.0)  # mid-way through the first epoch, S3 is gone for 3 s
     cfg = compose_train(TINY + [
-        f"data.root=s3://{bucket}/panocam", f"data.labels=s3://{bucket}/panocam/labels.csv",
+        f"gallery=s3://{bucket}/panocam", f"labels=s3://{bucket}/panocam/labels.csv",
         f"data.endpoint_url={faulty_s3.url}", f"output_dir={tmp_path}/run", "data.num_workers=2", "probe_init=false",
     ])
     train(cfg)
@@ -62,7 +62,7 @@ def test_predict_survives_s3_faults(trained, s3_bucket, faulty_s3, tmp_path, mon
     client, bucket = s3_bucket
     upload_folder(client, bucket, gallery, "photos")
     faulty_s3.throttle_every, faulty_s3.drop_every, faulty_s3.outage_after = 5, 9, (30, 2.0)
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery=s3://{bucket}/photos", f"output=s3://{bucket}/out",
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery=s3://{bucket}/photos", f"output=s3://{bucket}/out",
                                        f"endpoint_url={faulty_s3.url}"]))
     assert summary["scored"] == 60 and summary["skipped"] == 0
     assert faulty_s3.counts["throttled"] and faulty_s3.counts["dropped"] and faulty_s3.counts["refused"]
@@ -108,7 +108,7 @@ def wait_for(condition, timeout=120):
 @pytest.mark.slow
 def test_kill_9_during_training_then_resume_from_last(tmp_path):
     gallery = make_gallery(tmp_path / "g", count=60)
-    args = [*TINY, f"data.root={gallery}", f"data.labels={gallery}/labels.csv", "trainer.max_epochs=30", f"runs_root={tmp_path}/runs"]
+    args = [*TINY, f"gallery={gallery}", f"labels={gallery}/labels.csv", "trainer.max_epochs=30", f"runs_root={tmp_path}/runs"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *args, f"hydra.run.dir={tmp_path}/runs/first"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,7 +118,7 @@ def test_kill_9_during_training_then_resume_from_last(tmp_path):
     process.wait()
     saved = torch.load(last, weights_only=True)
     resumed = subprocess.run([PYTHON, str(ROOT / "train.py"), *args[:-2], "trainer.max_epochs=%d" % (saved["epoch"] + 3),
-                              f"runs_root={tmp_path}/runs", "ckpt_path=last", f"hydra.run.dir={tmp_path}/runs/second"],
+                              f"runs_root={tmp_path}/runs", "resume=last", f"hydra.run.dir={tmp_path}/runs/second"],
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {last}" in resumed.stdout + resumed.stderr
@@ -135,7 +135,7 @@ def test_kill_9_during_predict_then_rerun_gives_each_image_once(trained, tmp_pat
     for i in range(600):  # enough work to be caught mid-way
         (big / f"{i % 7}").mkdir(parents=True, exist_ok=True)
         os.link(gallery / f"sub{i % 3}" / f"img_{i % 60:03d}.jpg", big / f"{i % 7}" / f"copy_{i:04d}.jpg")
-    args = [PYTHON, str(ROOT / "predict.py"), f"ckpt_path={ckpt}", f"gallery={big}", f"output={tmp_path}/out",
+    args = [PYTHON, str(ROOT / "predict.py"), f"ckpt={ckpt}", f"gallery={big}", f"output={tmp_path}/out",
             "batch_size=4", "num_workers=0", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}/h"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -208,7 +208,7 @@ def test_bad_and_odd_files_in_a_gallery(trained, tmp_path):
     (gallery / "empty.jpg").write_bytes(b"")
     (gallery / "text.jpg").write_text("this is not a picture")
     (gallery / "bomb.png").write_bytes(png_declaring(30000, 30000))
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     skipped = {row["image"] for row in read_scores(tmp_path / "out" / "skipped.csv")}
     scores = {row["image"]: float(row["score"]) for row in read_scores(tmp_path / "out" / "scores.csv")}
     assert skipped == {"truncated.jpg", "empty.jpg", "text.jpg", "bomb.png"}
@@ -224,7 +224,7 @@ def test_bad_and_odd_files_in_a_gallery(trained, tmp_path):
     ("optimizer._target_=shutil.rmtree", "optimizer._target_='shutil.rmtree' is not one of beholder's optimizers"),
     ("backbone.name=no_such_net", "backbone.name='no_such_net' is not a timm model"),
     ("head.num_classes=3", "head.num_classes=3"),
-    ("ckpt_path=last", "ckpt_path=last: no checkpoints/last.ckpt under"),
+    ("resume=last", "resume=last: no checkpoints/last.ckpt under"),
 ])
 def test_bad_options_fail_before_any_work(tiny_cfg, override, message, tmp_path, monkeypatch):
     import beholder.train.run as training
@@ -244,7 +244,7 @@ def _refuse_datamodule(instantiate):
 
 @pytest.mark.slow
 def test_unknown_head_is_refused_by_the_command_line(tmp_path):
-    result = subprocess.run([PYTHON, str(ROOT / "train.py"), "head=nope", "data.root=x", "data.labels=y"], cwd=tmp_path,
+    result = subprocess.run([PYTHON, str(ROOT / "train.py"), "head=nope", "gallery=x", "labels=y"], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert result.returncode != 0 and "Could not find 'head/nope'" in result.stderr and "softmax" in result.stderr
 
@@ -262,18 +262,18 @@ def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkey
 
     monkeypatch.setattr(storage, "write_local_atomically", disk_full)
     with pytest.raises(UserError, match=r"output=.*/out: writing the results failed .*No space left on device.*rerun to finish"):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     assert not (tmp_path / "out" / "scores.csv").exists()  # nothing poses as complete
     assert not list((tmp_path / "out").glob(".beholder-tmp-*"))
     monkeypatch.setattr(storage, "write_local_atomically", real)
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     assert summary["newly_scored"] == 0 and summary["scored"] == 60  # the rerun only writes
 
 
 def test_read_only_output_is_refused_up_front(trained, tmp_path):
     ckpt, gallery = trained
     with pytest.raises(UserError, match="output=/proc/beholder-out: cannot write there"):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", "output=/proc/beholder-out"]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", "output=/proc/beholder-out"]))
 
 
 def test_ingest_full_disk_is_reported(tmp_path, capsys, monkeypatch):
@@ -323,12 +323,12 @@ def test_checkpoint_hyperparameters_naming_code_are_refused(trained, tmp_path, p
     payload = json.loads(json.dumps(payload).replace("VICTIM", str(victim)))
     checkpoint["hyper_parameters"][part] = {**checkpoint["hyper_parameters"][part], **payload}
     torch.save(checkpoint, tmp_path / "evil.ckpt")
-    result = subprocess.run([PYTHON, str(ROOT / "predict.py"), f"ckpt_path={tmp_path}/evil.ckpt", f"gallery={trained[1]}",
+    result = subprocess.run([PYTHON, str(ROOT / "predict.py"), f"ckpt={tmp_path}/evil.ckpt", f"gallery={trained[1]}",
                              f"output={tmp_path}/out", f"hydra.run.dir={tmp_path}/h"],
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert victim.read_text() == "the photographer's notes"
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"ckpt_path={tmp_path}/evil.ckpt: refused: {part}" in result.stderr
+    assert f"ckpt={tmp_path}/evil.ckpt: refused: {part}" in result.stderr
 
 
 @pytest.mark.slow
@@ -336,12 +336,12 @@ def test_no_secrets_in_logs_configs_or_errors(gallery, tmp_path):
     secret, key_id = "FAKEsecretKEY1234567890abcdef", "AKIAFAKEKEYID0000000"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_SECRET_ACCESS_KEY": secret, "AWS_ACCESS_KEY_ID": key_id}
     run = tmp_path / "run"
-    result = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+    result = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, f"gallery={gallery}", f"labels={gallery}/labels.csv",
                              f"hydra.run.dir={run}", f"+data.aws_secret_access_key={secret}"],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2  # an unknown key is refused: credentials belong to boto3's chain
     assert "data.aws_secret_access_key" in result.stderr and secret not in result.stdout + result.stderr
-    result = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+    result = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, f"gallery={gallery}", f"labels={gallery}/labels.csv",
                              f"hydra.run.dir={run}", f"data.endpoint_url=http://{key_id}:{secret}@127.0.0.1:9"],
                             env=env, capture_output=True, text=True, timeout=600)
     found = [str(p) for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

@@ -79,7 +79,7 @@ def test_a_trainable_backbone_is_refused_by_the_cache(gallery, tmp_path):
 
 
 def run_overrides(gallery, tmp_path, *extra):
-    return TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={tmp_path}/run",
+    return TINY + [f"gallery={gallery}", f"labels={gallery}/labels.csv", f"output_dir={tmp_path}/run",
                    f"feature_cache={tmp_path}/cache", *FROZEN, *extra]
 
 
@@ -113,7 +113,7 @@ def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_
     module = load_checkpoint(str(run / "checkpoints" / "best.ckpt"))
     assert len(module.val_positive_scores) == len(top) > len([lb for lb in splits["val"] if lb.tier >= 2])
     assert sorted((run / "tensorboard").iterdir()) and {"fold0", "fold1", "fold2"} <= {p.name for p in (run / "tensorboard").iterdir()}
-    out = subprocess.run([PYTHON, "predict.py", f"ckpt_path={run}/checkpoints/best.ckpt", f"gallery={gallery}", f"output={tmp_path}/out",
+    out = subprocess.run([PYTHON, "predict.py", f"ckpt={run}/checkpoints/best.ckpt", f"gallery={gallery}", f"output={tmp_path}/out",
                           "num_workers=0", "trainer.enable_progress_bar=false"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "calibrated on" in out.stdout and (tmp_path / "out" / "scores.csv").exists()
@@ -131,7 +131,7 @@ def test_cv_and_cache_options_that_cannot_work_are_refused(gallery, tmp_path, ex
 
 def test_the_best_preset_is_a_cached_cross_validated_frozen_ensemble_and_the_demo_uses_it(tmp_path):
     for experiment in ("best", "demo"):
-        cfg = compose_train([f"experiment={experiment}", "data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"])
+        cfg = compose_train([f"experiment={experiment}", "gallery=.", "labels=x.csv", f"output_dir={tmp_path}"])
         assert cfg.backbone.trainable_blocks == 0 and cfg.backbone.levels and len(cfg.backbone.extra) == 2
         assert cfg.cv == 5 and cfg.feature_cache == "outputs/feature_cache"
-    assert compose_train(["data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"]).backbone.name == "legacy_xception"
+    assert compose_train(["gallery=.", "labels=x.csv", f"output_dir={tmp_path}"]).backbone.name == "legacy_xception"

@@ -22,10 +22,10 @@ from beholder.label import cli as label_cli
 from beholder.models.checkpoint import IncompatibleCheckpoint
 from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict
-from beholder.ratings.__main__ import main as ratings
+from beholder.ratings.cli import main as ratings
+from beholder.search.cli import main as similar
 from beholder.search.embeddings import FILE as EMBEDDINGS
 from beholder.search.embeddings import parquet_bytes, read_parquet
-from beholder.search.similar import main as similar
 from beholder.search.vector_index import FAISS_FILE
 from beholder.train.run import train
 
@@ -56,10 +56,10 @@ def test_ratings_write_creates_and_merges_nothing_outside_root(tmp_path, capsys)
     (elsewhere / "w.xmp").write_bytes(sidecar('xmp:Rating="2"'))
     before = {p: p.read_bytes() for p in elsewhere.iterdir()}
     scores = scores_file(tmp_path / "scores.csv", ["a.jpg", "../out/v.jpg", str(elsewhere / "w.jpg"), "sub/../../out/v.jpg"])
-    ratings(["write", "--scores", str(scores), "--root", str(root)])
+    ratings(["write", "--scores", str(scores), "--gallery", str(root)])
     assert {p: p.read_bytes() for p in elsewhere.iterdir()} == before  # nothing created, nothing merged
     assert files_under(root) == ["a.jpg", "a.xmp"]
-    assert "outside --root  3" in capsys.readouterr().out
+    assert "outside --gallery 3" in capsys.readouterr().out
 
 
 def test_review_serves_only_gallery_images(photos, tmp_path, served, capsys):
@@ -67,7 +67,7 @@ def test_review_serves_only_gallery_images(photos, tmp_path, served, capsys):
     photo(private / "secret.jpg", 7)
     gallery_images = [p.relative_to(photos).as_posix() for p in sorted(photos.rglob("*.jpg"))][:5]
     scores = scores_file(tmp_path / "scores.csv", gallery_images + ["../private/secret.jpg", str(private / "secret.jpg")])
-    label_cli.main(["review", "--scores", str(scores), "--gallery", str(photos), "--db", str(tmp_path / "review.sqlite")])
+    label_cli.review(["--scores", str(scores), "--gallery", str(photos), "--db", str(tmp_path / "review.sqlite")])
     assert "2 rows of" in capsys.readouterr().out
     keys = served["review"].keys()
     assert sorted(keys.values()) == sorted(gallery_images)
@@ -89,7 +89,7 @@ def rewrite_embeddings(output, rename=None, vector=None):
 @pytest.fixture
 def scored(trained, photos, tmp_path):
     ckpt, _ = trained
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored"]))
     return tmp_path / "scored"
 
 
@@ -101,7 +101,7 @@ def test_similar_shows_no_image_outside_the_gallery_and_survives_a_deleted_one(s
     (scored / "scores.csv").unlink()  # a parquet alone, naming files outside the gallery
     rewrite_embeddings(scored, {images[2]["image"]: "../private/secret.jpg", images[3]["image"]: str(secret)})
     (photos / gone).unlink()
-    similar(["--index", str(scored), "--query", query, "--k", "59", "--out", str(tmp_path / "like")])
+    similar(["--output", str(scored), "--query", query, "--k", "59", "--out", str(tmp_path / "like")])
     printed = capsys.readouterr().out
     page = (tmp_path / "like" / "similar.html").read_text()
     assert "secret.jpg" in (tmp_path / "like" / "similar.csv").read_text()  # listed by name ...
@@ -119,12 +119,12 @@ def test_a_sidecar_nested_5000_deep_is_named_and_everything_else_is_written(trai
     ckpt, _ = trained
     deep = photos / "sub0" / "img_000.xmp"
     deep.write_bytes(DEEP)
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
                                        "xmp_beside_images=true"]))
     assert len(read_scores(tmp_path / "out" / "scores.csv")) == 60 and (tmp_path / "out" / EMBEDDINGS).exists()
     assert [str(deep) in p and "nested" in p for p in summary["sidecars"]["left_alone"]] == [True]
     assert deep.read_bytes() == DEEP and len(list(photos.rglob("*.xmp"))) == 60
-    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--root", str(photos)])
+    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
     assert "59 sidecars written" in capsys.readouterr().out and deep.read_bytes() == DEEP
 
 
@@ -136,7 +136,7 @@ def test_odd_values_in_sidecars_and_catalogues_are_named_and_skipped(tmp_path, c
     (root / "huge.xmp").write_bytes(sidecar('xmp:Rating="1e400"'))
     (root / "pick.xmp").write_bytes(sidecar('xmp:Rating="3" digiKam:PickLabel="²"'))
     (root / "deep.xmp").write_bytes(DEEP)
-    ratings(["import", str(root), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    ratings(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
     assert list(labels(tmp_path / "labels.csv")) == ["good.jpg"]
     printed = capsys.readouterr().out
     assert all(f"{name}.xmp" in printed for name in ("huge", "pick", "deep")) and "'1e400'" in printed and "'²'" in printed
@@ -151,7 +151,7 @@ def test_odd_values_in_sidecars_and_catalogues_are_named_and_skipped(tmp_path, c
         INSERT INTO AgLibraryFile VALUES (1, 1, 'good.jpg'), (2, 1, NULL), (3, 2, 'huge.jpg'), (4, 1, 'pick.jpg');
         INSERT INTO Adobe_images VALUES (10, 1, 5, 0, NULL), (11, 2, 3, 0, ''), (12, 3, 3, 0, ''), (13, 4, 'lots', 0, '');
     """)
-    ratings(["import", str(catalogue), "--root", str(root), "--out", str(tmp_path / "lr.csv")])
+    ratings(["import", str(catalogue), "--gallery", str(root), "--out", str(tmp_path / "lr.csv")])
     assert {image: row["rating"] for image, row in labels(tmp_path / "lr.csv").items()} == {"good.jpg": "5"}
     printed = capsys.readouterr().out
     assert "row 11: no file path" in printed and "row 12: no file path" in printed and "row 13: rating 'lots'" in printed
@@ -162,7 +162,7 @@ def test_odd_values_in_sidecars_and_catalogues_are_named_and_skipped(tmp_path, c
         INSERT INTO film_rolls VALUES (1, '{root}'), (2, NULL);
         INSERT INTO images VALUES (1, 1, 'good.jpg', 3), (2, 1, 'huge.jpg', NULL), (3, 2, 'pick.jpg', 2), (4, 1, NULL, 1);
     """)
-    ratings(["import", str(library), "--root", str(root), "--out", str(tmp_path / "dt.csv")])
+    ratings(["import", str(library), "--gallery", str(root), "--out", str(tmp_path / "dt.csv")])
     assert {image: row["rating"] for image, row in labels(tmp_path / "dt.csv").items()} == {"good.jpg": "3"}
     printed = capsys.readouterr().out
     assert "row 2: flags None" in printed and "row 3: no file path" in printed and "row 4: no file path" in printed
@@ -183,7 +183,7 @@ def test_the_packet_search_is_linear_and_only_regular_files_are_read(tmp_path, c
     os.mkfifo(root / "a.xmp")
     os.symlink("/dev/zero", root / "y.jpg")
     photo(root / "b.jpg", 1, xmp=sidecar('xmp:Rating="5"'))
-    ratings(["import", str(root), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    ratings(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
     assert list(labels(tmp_path / "labels.csv")) == ["b.jpg"]
     printed = capsys.readouterr().out
     assert "a.xmp: not a regular file; skipped" in printed and "y.jpg: embedded XMP not a regular file" in printed
@@ -211,17 +211,17 @@ def test_non_finite_or_empty_embeddings_and_a_damaged_faiss_index(scored, tmp_pa
     images = read_scores(scored / "scores.csv")
     query, broken = images[0]["image"], images[1]["image"]
     rewrite_embeddings(scored, vector=(1, np.nan))
-    similar(["--index", str(scored), "--query", query, "--k", "10", "--out", str(tmp_path / "like")])
+    similar(["--output", str(scored), "--query", query, "--k", "10", "--out", str(tmp_path / "like")])
     found = read_scores(tmp_path / "like" / "similar.csv")
     similarities = [float(row["similarity"]) for row in found]
     assert len(found) == 10 and all(np.isfinite(similarities)) and similarities == sorted(similarities, reverse=True)
     assert broken not in {row["image"] for row in found} and broken in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
-        similar(["--index", str(scored), "--query", broken])
+        similar(["--output", str(scored), "--query", broken])
     assert stop.value.code == 2 and "not finite" in capsys.readouterr().err
 
     (scored / FAISS_FILE).write_bytes(b"PK\x03\x04 not really an index")
-    similar(["--index", str(scored), "--query", query, "--k", "10", "--method", "faiss", "--out", str(tmp_path / "faiss")])
+    similar(["--output", str(scored), "--query", query, "--k", "10", "--method", "faiss", "--out", str(tmp_path / "faiss")])
     approximate = read_scores(tmp_path / "faiss" / "similar.csv")
     assert {row["image"] for row in approximate[:4]} == {row["image"] for row in found[:4]}  # the query's near-copies
     assert (scored / FAISS_FILE).read_bytes()[:2] == b"PK" and (scored / FAISS_FILE).stat().st_size > 1000  # rebuilt
@@ -234,7 +234,7 @@ def test_non_finite_or_empty_embeddings_and_a_damaged_faiss_index(scored, tmp_pa
     (scored / "scores.csv").unlink()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        similar(["--index", str(scored), "--query", query])
+        similar(["--output", str(scored), "--query", query])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and f"{EMBEDDINGS} holds no images" in error and error.count("\n") == 1
 
@@ -261,9 +261,9 @@ def test_a_checkpoint_with_numbers_that_are_not_finite_is_refused_wherever_it_is
         error = capsys.readouterr().err
         assert stop.value.code == 2 and message in error and error.count("\n") == 1 and str(path) in error
     with pytest.raises(IncompatibleCheckpoint, match="not finite"):
-        predict(compose_predict([f"ckpt_path={nan}", f"gallery={gallery}", f"output={tmp_path}/out"]))
+        predict(compose_predict([f"ckpt={nan}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     with pytest.raises(IncompatibleCheckpoint, match="not finite"):
-        train(compose_train(TINY + ["experiment=personal", f"base_ckpt={nan}", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+        train(compose_train(TINY + ["experiment=personal", f"base_ckpt={nan}", f"gallery={gallery}", f"labels={gallery}/labels.csv",
                                     f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"]))
     assert not (tmp_path / "out" / "scores.csv").exists() and not (tmp_path / "me" / "checkpoints").exists()
 
@@ -272,11 +272,11 @@ def test_review_refuses_duplicates_huge_ids_and_huge_bodies(photos, tmp_path, se
     images = [p.relative_to(photos).as_posix() for p in sorted(photos.rglob("*.jpg"))][:4]
     twice = scores_file(tmp_path / "twice.csv", images + images[1:2])
     with pytest.raises(SystemExit) as stop:
-        label_cli.main(["review", "--scores", str(twice), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
+        label_cli.review(["--scores", str(twice), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "line 6" in error and images[1] in error and error.count("\n") == 1
 
-    label_cli.main(["review", "--scores", str(scores_file(tmp_path / "s.csv", images)), "--gallery", str(photos),
+    label_cli.review(["--scores", str(scores_file(tmp_path / "s.csv", images)), "--gallery", str(photos),
                     "--db", str(tmp_path / "r.sqlite")])
     client = TestClient(served["app"], base_url="http://127.0.0.1:8000")
     for image_id in (2**70, -1):
@@ -323,12 +323,12 @@ def test_a_catalogue_with_changes_in_its_write_ahead_log_is_read_as_the_applicat
     darktable.execute("UPDATE images SET flags = 5 WHERE id = 1")  # ... 5 stars committed, only in the log
     originals = {p.name: p.read_bytes() for p in tmp_path.glob("library.db*")}
     assert (tmp_path / "library.db-wal").stat().st_size > 0
-    ratings(["import", str(library), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    ratings(["import", str(library), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
     assert labels(tmp_path / "labels.csv")["a.jpg"]["rating"] == "5"
     assert "with its write-ahead log" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in tmp_path.glob("library.db*")} == originals
     darktable.close()
-    ratings(["import", str(library), "--root", str(root), "--out", str(tmp_path / "again.csv")])
+    ratings(["import", str(library), "--gallery", str(root), "--out", str(tmp_path / "again.csv")])
     assert labels(tmp_path / "again.csv")["a.jpg"]["rating"] == "5" and "no write-ahead log" in capsys.readouterr().out
 
 
@@ -350,7 +350,7 @@ def test_sidecars_keep_their_mode_and_comments_and_killed_writes_leave_nothing(t
     assert killed.returncode == -signal.SIGKILL and [p for p in root.iterdir() if p.name.startswith(".")]
 
     scores = scores_file(tmp_path / "scores.csv", ["private.jpg", "locked.jpg", "noted.jpg", "killed.jpg"])
-    ratings(["write", "--scores", str(scores), "--root", str(root)])
+    ratings(["write", "--scores", str(scores), "--gallery", str(root)])
     printed = capsys.readouterr().out
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and b"beholder:Band" in private.read_bytes()
     assert locked.read_bytes() == sidecar('xmp:Rating="3"') and "locked.xmp: read-only" in printed
@@ -366,7 +366,7 @@ def test_bad_scores_rows_are_named_by_line(tmp_path, capsys):
     scores = tmp_path / "scores.csv"
     scores.write_text("image,score,band,rank\na.jpg,0.5,keep,1\nb.jpg,high,keep,2\n")
     with pytest.raises(SystemExit) as stop:
-        ratings(["write", "--scores", str(scores), "--root", str(root)])
+        ratings(["write", "--scores", str(scores), "--gallery", str(root)])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "line 3" in error and "'high'" in error and not (root / "a.xmp").exists()
     with pytest.raises(UserError, match="line 3"):

@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from beholder.cli import main as beholder_cli
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
 from beholder.label.app import create_app
-from beholder.label.cli import main
 from beholder.label.export import export, ordinal_alpha
 from beholder.label.tournament import Tournament
 
@@ -114,7 +114,7 @@ def test_export_matches_the_clicks_and_reports_agreement(panoramas, tmp_path, ca
     client, tournament = client_for(panoramas, db)
     play(client, lambda s: [s["images"][0]["id"]], rater="alice")
     play(client, lambda s: [s["images"][0]["id"]], rater="bob")
-    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
     rows = list(csv.DictReader(open(tmp_path / "labels.csv")))
     assert len(rows) == 16 and set(rows[0]) == {"image", "tier", "matches", "raters", "tier_mean", "tier_by_alice", "tier_by_bob"}
     alice = {tournament.key_of(i): t for i, (t, _) in tournament.tiers("alice").items()}
@@ -363,7 +363,7 @@ def test_any_number_of_rounds_exports_every_image_in_trainable_tiers(many, tmp_p
     tournament.sync_images(Store().list(str(many))[:40])
     client = TestClient(create_app(tournament, str(many), Store(), "alice"), base_url="http://127.0.0.1:8000")
     play(client, lambda s: [i["id"] for i in s["images"][: (len(s["images"]) + 1) // 2]])
-    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
     text = (tmp_path / "labels.csv").read_text()
     labels = parse_labels(text, "labels.csv", None)  # what train.py reads
     assert len(labels) == 40 and {label.tier for label in labels} == tiers
@@ -386,7 +386,7 @@ def test_deleted_images_leave_the_pool_and_errors_name_no_server_path(panoramas,
     client, tournament = client_for(panoramas, db)  # a restart lists the gallery again
     state = play(client, lambda s: [])
     assert state["progress"]["pool"] == 14 and state["progress"]["labelled"] == 14
-    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
     assert len(list(csv.DictReader(open(tmp_path / "labels.csv")))) == 14
 
 
@@ -402,7 +402,7 @@ def test_odd_requests_and_databases_get_clear_answers(panoramas, tmp_path, capsy
     assert client.get("/image/-1").status_code == 404
 
     play(client, lambda s: [s["images"][0]["id"]], rater="mean")
-    main(["export", "--db", str(tmp_path / "labels.sqlite"), "--out", str(tmp_path / "labels.csv")])
+    beholder_cli(["label", "export", "--db", str(tmp_path / "labels.sqlite"), "--out", str(tmp_path / "labels.csv")])
     row = next(csv.DictReader(open(tmp_path / "labels.csv")))
     assert "tier_by_mean" in row and float(row["tier_mean"]) == int(row["tier_by_mean"])
 
@@ -420,7 +420,7 @@ def test_odd_requests_and_databases_get_clear_answers(panoramas, tmp_path, capsy
                         (corrupt, "not a readable SQLite database"),
                         (tmp_path, "is a folder"), (tmp_path / "nope.sqlite", "no such file")]:
         with pytest.raises(SystemExit) as exit_info:
-            main(["export", "--db", str(db), "--out", str(tmp_path / "x.csv")])
+            beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "x.csv")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(UserError, match="not a beholder labeller database"):
         Tournament(str(foreign))
@@ -436,7 +436,7 @@ def test_export_only_reads_the_database(panoramas, tmp_path):
     play(client, lambda s: [s["images"][0]["id"]])
     tournament.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
-    main(["export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
+    beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         Tournament(str(db), read_only=True).db.execute("DELETE FROM images")
@@ -473,15 +473,15 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
     from playwright.sync_api import sync_playwright
 
     from beholder.predict.run import predict
-    from beholder.search.similar import Neighbours
+    from beholder.search.neighbours import Neighbours
 
     from conftest import compose_predict
 
     ckpt, _ = trained
     (panoramas / "day0" / "twin.jpg").write_bytes((panoramas / "day0" / "pano_03.jpg").read_bytes())
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored"]))
     client, tournament = client_for(panoramas, tmp_path / "labels.sqlite")
-    assert client.get("/api/similar/1").status_code == 404 and "--index" in client.get("/api/similar/1").json()["detail"]
+    assert client.get("/api/similar/1").status_code == 404 and "--output" in client.get("/api/similar/1").json()["detail"]
     neighbours = Neighbours.load(Store(), str(tmp_path / "scored"))
     ids = {key: i for i, key in tournament.keys().items()}
     app = create_app(tournament, str(panoramas), Store(), "carol", neighbours=neighbours)
@@ -519,7 +519,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     from conftest import compose_predict
 
     ckpt, _ = trained
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored", "keep_top=0.25"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored", "keep_top=0.25"]))
     decisions = read_decisions((tmp_path / "scored" / "scores.csv").read_text(), "scores.csv", "best")
     assert [d["band"] for d in decisions] == ["keep"] * 4 + ["reject"] * 12 and [d["rank"] for d in decisions] == list(range(1, 17))
     db = tmp_path / "review.sqlite"
@@ -548,7 +548,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     again = Review(str(db))  # a restart: the decisions stay, the queue goes on where it was
     again.load(decisions)
     assert again.next_item("dora")["id"] == ids[decisions[3]["image"]]
-    main(["export", "--db", str(db), "--out", str(tmp_path / "mine.csv")])
+    beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "mine.csv")])
     with open(tmp_path / "mine.csv") as f:
         exported = {row["image"]: row for row in csv.DictReader(f)}
     assert {image: (row["tier"], row["rating"], row["agreed"]) for image, row in exported.items()} == {
@@ -566,12 +566,12 @@ def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_sho
     from test_ratings import sidecar
 
     ckpt, _ = trained
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored", "keep_top=0.25"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored", "keep_top=0.25"]))
     scores = {row["image"]: row for row in csv.DictReader(open(tmp_path / "scored" / "scores.csv"))}
     mine = sorted(scores)[:2]  # the photographer rated these two already
     for image in mine:
         (photos / (image + ".xmp")).write_bytes(sidecar('xmp:Rating="4"'))
-    main(["review", "--scores", str(tmp_path / "scored" / "scores.csv"), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
+    beholder_cli(["review", "--scores", str(tmp_path / "scored" / "scores.csv"), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
     assert "2 photos you rated yourself are not asked about" in capsys.readouterr().out and "least certain" in served["what"]
     review = served["review"]
     assert set(review.keys().values()) == set(scores) - set(mine)

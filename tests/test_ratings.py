@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from beholder.predict.run import predict
-from beholder.ratings.__main__ import main
+from beholder.ratings.cli import main
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, star_rating, xmp_sidecar
 
 from conftest import compose_predict, read_scores
@@ -65,7 +65,7 @@ def test_import_sidecars_and_embedded_xmp(tmp_path, capsys):
     (root / "gone.xmp").write_bytes(sidecar('xmp:Rating="3"'))  # its photo was deleted
     photo(root / "trip" / "g.jpg", 9, xmp=sidecar('xmp:Rating="3"'))  # XMP inside the JPEG
     before = {p: p.read_bytes() for p in root.rglob("*")  if p.is_file()}
-    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "labels.csv"), "--unrated", str(tmp_path / "unrated.txt")])
+    main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "labels.csv"), "--unrated", str(tmp_path / "unrated.txt")])
     rows = labels(tmp_path / "labels.csv")
     assert {image: (int(r["tier"]), int(r["rating"])) for image, r in rows.items()} == {
         "a.jpg": (3, 5), "b.jpg": (2, 4), "c.jpg": (0, -1), "trip/f.jpg": (0, -1), "trip/g.jpg": (1, 3)}
@@ -74,8 +74,8 @@ def test_import_sidecars_and_embedded_xmp(tmp_path, capsys):
     assert "no longer there 1" in printed and "gone" in printed and "e.xmp: not XML" in printed
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before  # nothing written there
     with pytest.raises(SystemExit):
-        main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "labels.csv")])  # never replaced silently
-    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "strict.csv"), "--tiers", "reject:0,5:3,4:3,3:1"])
+        main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])  # never replaced silently
+    main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "strict.csv"), "--tiers", "reject:0,5:3,4:3,3:1"])
     assert {image: int(r["tier"]) for image, r in labels(tmp_path / "strict.csv").items()} == {
         "a.jpg": 3, "b.jpg": 3, "c.jpg": 0, "trip/f.jpg": 0, "trip/g.jpg": 1}
 
@@ -109,14 +109,14 @@ def test_import_a_lightroom_catalogue_read_only_even_while_it_is_locked(tmp_path
     digest = hashlib.sha256(catalogue.read_bytes()).hexdigest()
     lightroom = sqlite3.connect(catalogue, isolation_level=None)
     lightroom.execute("BEGIN EXCLUSIVE")  # Lightroom has it open
-    main(["import", str(catalogue), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    main(["import", str(catalogue), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
     lightroom.execute("ROLLBACK")
     lightroom.close()
     rows = labels(tmp_path / "labels.csv")
     assert {image: (int(r["tier"]), int(r["rating"]), r["label"]) for image, r in rows.items()} == {
         "a.jpg": (3, 5, "Red"), "c.jpg": (0, -1, ""), "trip/f.jpg": (1, 2, "Green")}  # b.jpg: unrated
     printed = capsys.readouterr().out
-    assert "no longer there 1" in printed and "outside --root  1" in printed and "unrated         1" in printed
+    assert "no longer there 1" in printed and "outside --gallery 1" in printed and "unrated         1" in printed
     assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == digest
 
 
@@ -135,7 +135,7 @@ def test_import_a_darktable_library(tmp_path):
     db.execute("INSERT INTO color_labels VALUES (1, 2)")
     db.commit()
     db.close()
-    main(["import", str(tmp_path / "library.db"), "--root", str(root), "--out", str(tmp_path / "labels.csv")])
+    main(["import", str(tmp_path / "library.db"), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
     rows = labels(tmp_path / "labels.csv")
     assert {image: (int(r["tier"]), int(r["rating"]), r["label"]) for image, r in rows.items()} == {
         "a.jpg": (2, 4, "Green"), "b.jpg": (0, -1, ""), "c.jpg": (0, -1, "")}
@@ -149,7 +149,7 @@ def test_a_catalogue_that_is_not_one_gives_one_line(tmp_path, capsys, make, mess
     make(tmp_path / "broken.lrcat")
     (tmp_path / "Pictures").mkdir()
     with pytest.raises(SystemExit) as stop:
-        main(["import", str(tmp_path / "broken.lrcat"), "--root", str(tmp_path / "Pictures"), "--out", str(tmp_path / "l.csv")])
+        main(["import", str(tmp_path / "broken.lrcat"), "--gallery", str(tmp_path / "Pictures"), "--out", str(tmp_path / "l.csv")])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and message in error and "broken.lrcat" in error and error.count("\n") == 1
     assert not (tmp_path / "l.csv").exists()
@@ -160,10 +160,10 @@ def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained
     photos = tmp_path / "photos"
     shutil.copytree(gallery, photos)
     (photos / "labels.csv").unlink()
-    summary = predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true"]))
-    main(["import", str(tmp_path / "out" / "xmp"), "--root", str(photos), "--out", str(tmp_path / "mine.csv")])
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true"]))
+    main(["import", str(tmp_path / "out" / "xmp"), "--gallery", str(photos), "--out", str(tmp_path / "mine.csv")])
     assert labels(tmp_path / "mine.csv") == {}  # beholder's own guesses are not the photographer's ratings ...
-    main(["import", str(tmp_path / "out" / "xmp"), "--root", str(photos), "--out", str(tmp_path / "back.csv"), "--with-beholder"])
+    main(["import", str(tmp_path / "out" / "xmp"), "--gallery", str(photos), "--out", str(tmp_path / "back.csv"), "--with-beholder"])
     back = labels(tmp_path / "back.csv")  # ... unless asked for, and then marked as beholder's
     assert {row["source"] for row in back.values()} == {"beholder"}
     scores = read_scores(tmp_path / "out" / "scores.csv")
@@ -177,7 +177,7 @@ def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained
     mine = photos / "sub0" / "img_000.xmp"
     mine.write_bytes(sidecar('xmp:Rating="4" crs:Exposure2012="+0.35"', "<dc:subject xmlns:dc='http://purl.org/dc/elements/1.1/'>"
                                                                         "<rdf:Bag><rdf:li>needle</rdf:li></rdf:Bag></dc:subject>"))
-    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--root", str(photos)])
+    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
     assert len(list(photos.rglob("*.xmp"))) == 60
     description = ET.parse(mine).getroot().find(".//{%s}Description" % NAMESPACES["rdf"])
     assert description.get("{%s}Rating" % NAMESPACES["xmp"]) == "4" and "+0.35" in mine.read_text() and "needle" in mine.read_text()
@@ -206,7 +206,7 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
     darktable.write_bytes(sidecar('xmp:Rating="1"'))
     lightroom.write_bytes(sidecar('xmp:Rating="5"'))
     (photos / "sub2" / "img_002.jpg.xmp").write_bytes(sidecar('xmp:Rating="0"'))  # darktable's "no stars"
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_beside_images=true",
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_beside_images=true",
                              "threshold=0.0"]))  # every photo kept: 3+ stars, Green, accepted, where the photographer set none
     assert not (photos / "sub0" / "img_000.xmp").exists() and not (photos / "sub1" / "img_001.jpg.xmp").exists()
     assert len(list(photos.rglob("*.xmp"))) == 60
@@ -217,7 +217,7 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
     assert all(name.endswith(".jpg.xmp") for name in sub2)  # new ones follow the folder's darktable form
 
     darktable.write_bytes(darktable.read_bytes().replace(b'xmp:Rating="1"', b'xmp:Rating="2"'))  # a later hand edit
-    main(["import", str(photos), "--root", str(photos), "--out", str(tmp_path / "mine.csv")])
+    main(["import", str(photos), "--gallery", str(photos), "--out", str(tmp_path / "mine.csv")])
     mine = labels(tmp_path / "mine.csv")
     assert {image: (row["rating"], row["source"]) for image, row in mine.items()} == {
         "sub0/img_000.jpg": ("2", "photographer"), "sub1/img_001.jpg": ("5", "photographer")}
@@ -237,7 +237,7 @@ def test_stars_and_review_decisions_make_one_labels_file(tmp_path):
     review.decide("me", ids["a.jpg"], False)  # stars win over a decision
     review.decide("me", ids["c.jpg"], True)
     review.decide("me", ids["d.jpg"], False)
-    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "all.csv"), "--review", str(tmp_path / "review.sqlite")])
+    main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "all.csv"), "--review", str(tmp_path / "review.sqlite")])
     rows = labels(tmp_path / "all.csv")
     assert {image: (row["rating"], row["tier"], row["source"]) for image, row in rows.items()} == {
         "a.jpg": ("5", "3", "photographer"), "b.jpg": ("2", "1", "photographer"),
@@ -249,10 +249,10 @@ def test_a_new_sidecar_keeps_the_rating_inside_the_image_and_reimport_is_unchang
     photo(root / "inside.jpg", 0, xmp=sidecar('xmp:Rating="4"', "<dc:subject xmlns:dc='http://purl.org/dc/elements/1.1/'>"
                                                                 "<rdf:Bag><rdf:li>kept inside</rdf:li></rdf:Bag></dc:subject>"))
     photo(root / "plain.jpg", 1)
-    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "first.csv")])
+    main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "first.csv")])
     (tmp_path / "scores.csv").write_text("image,score,band,rank\ninside.jpg,0.1,reject,2\nplain.jpg,0.9,keep,1\n")
-    main(["write", "--scores", str(tmp_path / "scores.csv"), "--root", str(root)])
+    main(["write", "--scores", str(tmp_path / "scores.csv"), "--gallery", str(root)])
     created = (root / "inside.xmp").read_bytes()
     assert read_rating(created)["rating"] == 4 and b"kept inside" in created and b'beholder:Band="reject"' in created
-    main(["import", str(root), "--root", str(root), "--out", str(tmp_path / "again.csv")])
+    main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "again.csv")])
     assert (tmp_path / "first.csv").read_text() == (tmp_path / "again.csv").read_text()

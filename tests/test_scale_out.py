@@ -87,7 +87,7 @@ def test_predict_on_two_nodes_from_and_to_s3_and_resume(nodes, trained, tmp_path
     upload_folder(client, bucket, photos, "archive")
     for node in range(2):
         shutil.copy(ckpt, tmp_path / f"node{node}" / "model.ckpt")
-    args = ["ckpt_path=model.ckpt", f"gallery=s3://{bucket}/archive", f"output=s3://{bucket}/scored", "trainer.num_nodes=2",
+    args = ["ckpt=model.ckpt", f"gallery=s3://{bucket}/archive", f"output=s3://{bucket}/scored", "trainer.num_nodes=2",
             "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "num_workers=0", "batch_size=8"]
 
     # Cut short (two batches a node): the first node sees both nodes' results under the output.
@@ -123,7 +123,7 @@ def test_train_on_two_nodes_from_s3(nodes, tmp_path, s3_bucket):
     client, bucket = s3_bucket
     upload_folder(client, bucket, make_gallery(tmp_path / "g", count=80, split_column=True), "labelled")
     run = tmp_path / "shared" / "run"
-    results = nodes("train.py", TINY + [f"data.root=s3://{bucket}/labelled", f"data.labels=s3://{bucket}/labelled/labels.csv",
+    results = nodes("train.py", TINY + [f"gallery=s3://{bucket}/labelled", f"labels=s3://{bucket}/labelled/labels.csv",
                                         "trainer.num_nodes=2", "trainer.max_epochs=1", f"hydra.run.dir={run}"])
     assert [r.returncode for r in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
     assert "processes       2" in results[0].stdout
@@ -134,7 +134,7 @@ def test_a_launch_that_disagrees_with_the_options_stops_every_node_in_one_line(n
     ckpt, gallery = trained
     for node in range(2):
         shutil.copy(ckpt, tmp_path / f"node{node}" / "model.ckpt")
-    base = ["ckpt_path=model.ckpt", f"gallery={gallery}", "trainer.accelerator=cpu", "num_workers=0"]
+    base = ["ckpt=model.ckpt", f"gallery={gallery}", "trainer.accelerator=cpu", "num_workers=0"]
     cases = {
         "trainer.num_nodes=1, but torchrun started 2 nodes (1 process each): give trainer.num_nodes=2 on every node": [f"output={tmp_path}/o1"],
         "output=scored: not every process sees what the first one writes there": ["output=scored", "trainer.num_nodes=2"],

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from beholder.predict.run import predict
-from beholder.search.similar import main
+from beholder.search.cli import main
 
 from conftest import compose_predict
 
@@ -15,13 +15,13 @@ from conftest import compose_predict
 def scored(trained, photos, tmp_path):
     ckpt, _ = trained
     shutil.copy(photos / "sub0" / "img_000.jpg", photos / "twin.jpg")  # the same picture twice
-    predict(compose_predict([f"ckpt_path={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out"]))
     return ckpt, photos, tmp_path / "out"
 
 
 def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, tmp_path, capsys):
     ckpt, photos, out = scored
-    main(["--index", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--out", str(tmp_path / "like")])
+    main(["--output", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--out", str(tmp_path / "like")])
     with open(tmp_path / "like" / "similar.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"] and "sub0/img_000.jpg" not in [r["image"] for r in rows]
@@ -35,7 +35,7 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     outside = tmp_path / "new.jpg"
     shutil.copy(photos / "sub1" / "img_001.jpg", outside)
     capsys.readouterr()
-    main(["--index", str(out), "--query", str(outside), "--k", "3"])  # by the checkpoint predict.py stored beside the index
+    main(["--output", str(out), "--query", str(outside), "--k", "3"])  # by the checkpoint predict.py stored beside the index
     first = capsys.readouterr().out.splitlines()[1].split()
     assert first[2] == "sub1/img_001.jpg" and float(first[1]) > 0.99
     assert (out / "model.ckpt").read_bytes() == ckpt.read_bytes()
@@ -43,14 +43,14 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
 
 def test_faiss_finds_what_exact_search_finds_and_is_built_once(scored, capsys):
     ckpt, photos, out = scored
-    main(["--index", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "exact"])
+    main(["--output", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "exact"])
     exact = capsys.readouterr().out
-    main(["--index", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "faiss"])
+    main(["--output", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "faiss"])
     approximate = capsys.readouterr().out
     assert "(faiss search of 61)" in approximate and "(exact search of 61)" in exact
     assert approximate.splitlines()[1].split()[2] == exact.splitlines()[1].split()[2] == "twin.jpg"
     built = (out / "embeddings.faiss.npz").stat().st_mtime_ns
-    main(["--index", str(out), "--query", "twin.jpg", "--method", "faiss"])
+    main(["--output", str(out), "--query", "twin.jpg", "--method", "faiss"])
     assert (out / "embeddings.faiss.npz").stat().st_mtime_ns == built
 
 
@@ -58,7 +58,7 @@ def test_faiss_finds_what_exact_search_finds_and_is_built_once(scored, capsys):
     (["--query", "nowhere.jpg"], "nowhere.jpg: no such image in the index or on disk"),
     (["--query", "NOTES"], "notes.jpg: UnidentifiedImageError: not an image format Pillow reads"),
     (["--query", "nowhere.jpg", "--ckpt", "OTHER"], "not the checkpoint that made this index"),
-    (["--query", "x.jpg", "--index", "EMPTY"], "no embeddings.parquet there"),
+    (["--query", "x.jpg", "--output", "EMPTY"], "no embeddings.parquet there"),
     (["--query", "x.jpg", "CUT"], "embeddings.parquet is not readable"),
     (["--query", "x.jpg", "MORE"], "embeddings.parquet holds 61 images, scores.csv 62: not from the same run"),
     (["--query", "x.jpg", "NOCKPT"], "not in the index, and no checkpoint at"),
@@ -77,5 +77,5 @@ def test_bad_queries_give_one_line(scored, tmp_path, capsys, extra, message):
         (out / "model.ckpt").unlink()
     extra = [a for a in extra if a not in ("CUT", "MORE", "NOCKPT")]
     with pytest.raises(SystemExit) as stop:
-        main(["--index", str(out), *[{"OTHER": str(other), "EMPTY": str(photos), "NOTES": str(tmp_path / "notes.jpg")}.get(a, a) for a in extra]])
+        main(["--output", str(out), *[{"OTHER": str(other), "EMPTY": str(photos), "NOTES": str(tmp_path / "notes.jpg")}.get(a, a) for a in extra]])
     assert stop.value.code == 2 and message in capsys.readouterr().err

@@ -59,7 +59,7 @@ def test_regression_learns_the_score_column(tmp_path):
     from conftest import compose_train
 
     cfg = compose_train(TINY + [
-        f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"output_dir={tmp_path}/run",
+        f"gallery={gallery}", f"labels={gallery}/labels.csv", f"output_dir={tmp_path}/run",
         "head=regression", "data.score_column=beauty_mean", "optimizer=adamw", "optimizer.lr=3e-3",
         "trainer.max_epochs=6", "backbone.trainable_blocks=99", "data.augment.jitter=0",
     ])
@@ -83,7 +83,7 @@ def test_resume_from_last_checkpoint(tiny_cfg, tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=True)
     assert first["epoch"] == 0
-    train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}", f"output_dir={tmp_path}/resumed"))
+    train(tiny_cfg("trainer.max_epochs=3", f"resume={last}", f"output_dir={tmp_path}/resumed"))
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["epoch"] == 2
     assert resumed["global_step"] == 3 * first["global_step"]
@@ -108,21 +108,21 @@ def test_resume_keeps_the_best_score_seen_before(tiny_cfg, tmp_path):
     state = checkpoint["callbacks"][best_key]
     state.update(best_model_score=torch.tensor(1.0), kth_value=torch.tensor(1.0), best_k_models={state["best_model_path"]: torch.tensor(1.0)})
     torch.save(checkpoint, last)
-    train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}", f"output_dir={tmp_path}/resumed"))
+    train(tiny_cfg("trainer.max_epochs=3", f"resume={last}", f"output_dir={tmp_path}/resumed"))
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["val/gallery_reduction"] == 1.0
     assert metrics["best_checkpoint"] == str(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert not (tmp_path / "resumed" / "checkpoints" / "best.ckpt").exists()
 
 
-def test_ckpt_path_last_resumes_a_run_of_this_data_and_model(tiny_cfg, tmp_path):
+def test_resume_last_resumes_a_run_of_this_data_and_model(tiny_cfg, tmp_path):
     from omegaconf import OmegaConf
 
     from beholder.core.errors import MissingInput
     from beholder.train.run import resolve_checkpoint
 
-    cfg = tiny_cfg(f"runs_root={tmp_path}/outputs", "ckpt_path=last")
-    other = tiny_cfg("data.labels=demo/gallery/labels.csv")
+    cfg = tiny_cfg(f"runs_root={tmp_path}/outputs", "resume=last")
+    other = tiny_cfg("labels=demo/gallery/labels.csv")
     for name, config in (("2026-11-01/mine", cfg), ("demo/2026-11-02", other), ("multirun/2026-11-03/0", other)):
         run = tmp_path / "outputs" / name
         (run / ".hydra").mkdir(parents=True)
@@ -131,8 +131,8 @@ def test_ckpt_path_last_resumes_a_run_of_this_data_and_model(tiny_cfg, tmp_path)
         (run / "checkpoints" / "last.ckpt").write_bytes(b"")
         os.utime(run / "checkpoints" / "last.ckpt", (len(name), len(name)))  # the others are newer
     assert resolve_checkpoint(cfg) == str(tmp_path / "outputs" / "2026-11-01" / "mine" / "checkpoints" / "last.ckpt")
-    with pytest.raises(MissingInput, match="of a run with data.root=.*backbone.name=test_resnet"):
-        resolve_checkpoint(tiny_cfg(f"runs_root={tmp_path}/outputs", "ckpt_path=last", "backbone.name=test_resnet"))
+    with pytest.raises(MissingInput, match="of a run with gallery=.*backbone.name=test_resnet"):
+        resolve_checkpoint(tiny_cfg(f"runs_root={tmp_path}/outputs", "resume=last", "backbone.name=test_resnet"))
 
 
 def test_losses_are_minimised():
@@ -153,7 +153,7 @@ def test_training_from_s3_through_moto_server(s3_bucket, s3_endpoint, tmp_path):
 
     cache = tmp_path / "cache"
     cfg = compose_train(TINY + [
-        f"data.root=s3://{bucket}/panocam", f"data.labels=s3://{bucket}/panocam/labels.csv",
+        f"gallery=s3://{bucket}/panocam", f"labels=s3://{bucket}/panocam/labels.csv",
         f"data.endpoint_url={s3_endpoint}", f"data.cache_dir={cache}", f"output_dir={tmp_path}/run",
         "data.num_workers=2",
     ])
@@ -176,7 +176,7 @@ def run_cli(args, cwd, timeout=600):
 
 @pytest.mark.slow
 def test_sweep_over_heads_writes_a_summary(gallery, tmp_path):
-    run_cli(["-m", *TINY, "head=softmax,regression", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+    run_cli(["-m", *TINY, "head=softmax,regression", f"gallery={gallery}", f"labels={gallery}/labels.csv",
         f"hydra.sweep.dir={tmp_path}/sweep", "trainer.max_epochs=1",
     ], cwd=tmp_path)
     with open(tmp_path / "sweep" / "summary.csv") as f:
@@ -191,14 +191,14 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     top-tier scores of the whole validation split, and no frozen BatchNorm may move. (DDP refuses
     SyncBatchNorm on CPU processes; test_model checks that the conversion keeps frozen norms frozen.)"""
     gallery = make_gallery(tmp_path / "g", count=85, split_column=True)  # 51 train, 17 val, 17 test
-    refused = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, "trainer=ddp", "trainer.accelerator=cpu", f"data.root={gallery}",
-                              f"data.labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/refused"],
+    refused = subprocess.run([PYTHON, str(ROOT / "train.py"), *TINY, "trainer=ddp", "trainer.accelerator=cpu", f"gallery={gallery}",
+                              f"labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/refused"],
                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "trainer.sync_batchnorm=true needs GPUs" in refused.stderr
     result = run_cli(TINY + [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false", "data.batch_size=32",
         "backbone.train_norm=false",
-        f"data.root={gallery}", f"data.labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/run",
+        f"gallery={gallery}", f"labels={gallery}/labels.csv", f"hydra.run.dir={tmp_path}/run",
     ], cwd=tmp_path)
     assert "processes       2" in result.stdout
     with open(gallery / "labels.csv") as f:

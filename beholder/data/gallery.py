@@ -148,8 +148,8 @@ class GalleryDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.group_by, self.group_pattern = group_by or None, group_pattern or None
-        self.root = check_uri(root, "data.root")
-        self.labels_uri = check_uri(labels, "data.labels")
+        self.root = check_uri(root, "gallery")
+        self.labels_uri = check_uri(labels, "labels")
         self.score_column = score_column or None
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
         self.image_size = list(image_size) if image_size else None
@@ -165,12 +165,12 @@ class GalleryDataModule(pl.LightningDataModule):
         try:
             text = self.store.read(self.labels_uri).decode("utf-8-sig")
         except FileNotFoundError:
-            raise MissingInput(f"data.labels: no such file {self.labels_uri}") from None
+            raise MissingInput(f"labels: no such file {self.labels_uri}") from None
         labels = parse_labels(text, self.labels_uri, self.score_column, self.group_by, self.group_pattern)
         try:
             available = set(self.store.list(self.root))
         except FileNotFoundError:
-            raise MissingInput(f"data.root: no such folder {self.root}") from None
+            raise MissingInput(f"gallery: no such folder {self.root}") from None
         labels = drop_missing(labels, available, self.root, self.on_missing)
         self.splits = split_labels(labels, self.seed)
         for name, rows in self.splits.items():

@@ -1,3 +1,7 @@
-from beholder.label.cli import main
+"""python -m beholder.label [export|review]: the spelling before the beholder command."""
 
-main()
+import sys
+
+from beholder.cli import main
+
+sys.exit(main(["label", *sys.argv[1:]]))

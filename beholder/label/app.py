@@ -18,7 +18,7 @@ from beholder.core.storage import Store, join
 from beholder.data.images import UnreadableImage, capture_time, decode_image
 from beholder.label.review import Review
 from beholder.label.tournament import SubmissionError, Tournament
-from beholder.search.similar import Neighbours
+from beholder.search.neighbours import Neighbours
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_IMAGE_ID = 2**63 - 1  # SQLite's largest integer
@@ -231,7 +231,7 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
     @app.get("/api/similar/{image_id}", dependencies=[Depends(authorised)])
     def similar(image_id: int, k: int = Query(12, ge=1, le=100)):
         if neighbours is None:
-            raise HTTPException(404, "no embeddings: start the labeller with --index OUTPUT (predict.py's output for this gallery)")
+            raise HTTPException(404, "no embeddings: start the labeller with --output OUTPUT (beholder predict's output for this gallery)")
         key = tournament.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
         if key is None:
             raise HTTPException(404, "no such image")

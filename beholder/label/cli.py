@@ -1,11 +1,10 @@
-"""python -m beholder.label: serve the labeller, or export its labels.
+"""beholder label and beholder review: the labeller and the review of a model's decisions, served.
 
-    python -m beholder.label --gallery ~/panocam --db labels.sqlite              # http://127.0.0.1:8000
-    python -m beholder.label --gallery s3://my-bucket/panocam --db labels.sqlite --rater alice
-    python -m beholder.label --gallery ~/panocam --db labels.sqlite --index OUTPUT   # key M: more like this
-    python -m beholder.label export --db labels.sqlite --out labels.csv          # -> data.labels
-    python -m beholder.label review --scores OUTPUT/scores.csv --gallery ~/panocam --db review.sqlite
-    python -m beholder.label export --db review.sqlite --out my_labels.csv       # -> experiment=personal
+    beholder label --gallery ~/panocam --db labels.sqlite              # http://127.0.0.1:8000
+    beholder label --gallery s3://my-bucket/panocam --db labels.sqlite --rater alice
+    beholder label --gallery ~/panocam --db labels.sqlite --output OUTPUT   # key M: more like this
+    beholder review --scores OUTPUT/scores.csv --gallery ~/panocam --db review.sqlite
+    beholder label export --db labels.sqlite --out labels.csv          # -> beholder train labels=labels.csv
 """
 
 from __future__ import annotations
@@ -17,16 +16,16 @@ import sys
 
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3
+from beholder.core.vocabulary import respell
 from beholder.data.gallery import list_gallery
 from beholder.label.app import LOCAL_HOSTS, create_app
-from beholder.label.export import export
-from beholder.label.review import ORDERS, Review, read_decisions, review_labels
+from beholder.label.review import ORDERS, Review, read_decisions
 from beholder.label.tournament import Tournament
 from beholder.models.load import load_checkpoint
 from beholder.predict.policy import Policy
 from beholder.predict.score import score_images
 from beholder.ratings.sources import from_sidecars
-from beholder.search.similar import Neighbours
+from beholder.search.neighbours import Neighbours
 
 
 def model_priorities(ckpt: str, gallery: str, store: Store, keys: list[str]) -> dict[str, float]:
@@ -71,9 +70,9 @@ def serve(args) -> None:
     store = Store(args.endpoint_url)
     keys = list(list_gallery(store, gallery, "--gallery"))
     tournament = Tournament(args.db, parse_targets(args.targets) if args.targets is not None else None)
-    priorities = model_priorities(args.model, gallery, store, keys) if args.model else None
+    priorities = model_priorities(args.ckpt, gallery, store, keys) if args.ckpt else None
     tournament.sync_images(keys, priorities)
-    neighbours = Neighbours.load(store, args.index) if args.index else None
+    neighbours = Neighbours.load(store, args.output) if args.output else None
     listen(args, tournament, gallery, store, f"beholder labeller: {len(keys)} images in {gallery}", neighbours)
 
 
@@ -109,46 +108,8 @@ def photographers_stars(gallery: str) -> dict[str, int]:
     return {os.path.relpath(r["path"], root).replace(os.sep, "/"): r["rating"] for r in from_sidecars(root, root, []) if r["rating"]}
 
 
-def run_export(args) -> None:
-    reviewed = Review(args.db, read_only=True)
-    if reviewed.has_reviews():
-        text, count = review_labels(reviewed)
-        Store().write(args.out, text.encode())
-        print(f"wrote {count} reviewed images to {args.out} (tier 2 kept, 0 rejected; rating 1 / 0: data.score_column=rating)")
-        return
-    text, summary = export(Tournament(args.db, read_only=True))
-    Store().write(args.out, text.encode())
-    alpha = "n/a (no image seen by two raters)" if summary["alpha"] is None else f"{summary['alpha']:.3f}"
-    gone = f"; {summary['gone']} labelled images no longer in the gallery left out" if summary["gone"] else ""
-    print(f"wrote {summary['images']} labelled images to {args.out} ({summary['rounds']} rounds); raters: {', '.join(summary['raters']) or 'none'}; "
-          f"{summary['shared']} images seen by 2+ raters, Krippendorff's alpha (ordinal) {alpha}{gone}")
-
-
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["export"]:
-        parser = argparse.ArgumentParser(prog="python -m beholder.label export", description="Write the labels CSV for train.py.")
-        parser.add_argument("--db", required=True)
-        parser.add_argument("--out", required=True, help="CSV path (or s3:// URI)")
-        with exit_on_user_error():
-            run_export(parser.parse_args(argv[1:]))
-        return
-    if argv[:1] == ["review"]:
-        parser = argparse.ArgumentParser(prog="python -m beholder.label review", description="Confirm or overturn a model's decisions.")
-        parser.add_argument("--scores", required=True, help="predict.py's scores.csv (or s3:// URI)")
-        parser.add_argument("--gallery", required=True, help="the scored gallery: folder or s3://bucket/prefix")
-        parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")
-        parser.add_argument("--order", choices=ORDERS, default="uncertain", help="uncertain: the review band and the decisions nearest "
-                            "the cut first (default); best: kept best first, then the review band, then rejected")
-        parser.add_argument("--rater", default="me")
-        parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
-        parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--token", default=None)
-        parser.add_argument("--endpoint-url", default=None)
-        with exit_on_user_error():
-            serve_review(parser.parse_args(argv[1:]))
-        return
-    parser = argparse.ArgumentParser(prog="python -m beholder.label", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "beholder label") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description="Label a gallery in the browser, round by round.", allow_abbrev=False)
     parser.add_argument("--gallery", required=True, help="folder or s3://bucket/prefix")
     parser.add_argument("--db", required=True, help="SQLite file with the labels (created if missing)")
     parser.add_argument("--rater", default="me", help="the default rater's name (the page takes ?rater=NAME)")
@@ -157,8 +118,26 @@ def main(argv=None) -> None:
     parser.add_argument("--token", default=None, help="access token (generated when listening beyond localhost)")
     parser.add_argument("--targets", default=None, help="acceptance target per round, their count the number of rounds "
                         "(default 0.5,0.1,0.4; stored with the database)")
-    parser.add_argument("--model", default=None, help="a checkpoint: show the images it is least sure about first")
-    parser.add_argument("--index", default=None, help="predict.py's output for this gallery (embeddings.parquet): key M shows more like this")
+    parser.add_argument("--ckpt", default=None, help="a checkpoint: show the images it is least sure about first")
+    parser.add_argument("--output", default=None, help="beholder predict's output for this gallery (embeddings.parquet): key M shows more like this")
     parser.add_argument("--endpoint-url", default=None)
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--model", "--index")))
     with exit_on_user_error():
-        serve(parser.parse_args(argv))
+        serve(args)
+
+
+def review(argv: list[str] | None = None, prog: str = "beholder review") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description="Confirm or overturn a model's decisions in the browser.", allow_abbrev=False)
+    parser.add_argument("--scores", required=True, help="beholder predict's scores.csv (or s3:// URI)")
+    parser.add_argument("--gallery", required=True, help="the scored gallery: folder or s3://bucket/prefix")
+    parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")
+    parser.add_argument("--order", choices=ORDERS, default="uncertain", help="uncertain: the review band and the decisions nearest "
+                        "the cut first (default); best: kept best first, then the review band, then rejected")
+    parser.add_argument("--rater", default="me")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--endpoint-url", default=None)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    with exit_on_user_error():
+        serve_review(args)

@@ -1,13 +1,17 @@
-"""Export the labeller's database as the labels CSV that train.py reads, with rater agreement."""
+"""beholder label export: the labeller's (or a review's) database as the labels CSV that beholder train reads, with rater agreement."""
 
 from __future__ import annotations
 
-import csv
-import io
+import argparse
+import sys
 from collections import Counter
 from itertools import permutations
 
+from beholder.core.errors import exit_on_user_error
+from beholder.core.storage import Store
+from beholder.core.tables import csv_text
 from beholder.data.labels import NUM_TIERS
+from beholder.label.review import Review, review_labels
 from beholder.label.tournament import Tournament
 
 
@@ -50,20 +54,40 @@ def export(tournament: Tournament) -> tuple[str, dict]:
     labelled = {i for tiers in per_rater.values() for i in tiers}
     active, keys = tournament.active_ids(), tournament.keys()
     images = sorted(labelled & active, key=keys.get)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "tier", "matches", "raters", "tier_mean", *[f"tier_by_{r}" for r in raters]])
-    units = []
+    fields = ["image", "tier", "matches", "raters", "tier_mean", *[f"tier_by_{r}" for r in raters]]
+    rows, units = [], []
     for image_id in images:
         given = {r: per_rater[r][image_id] for r in raters if image_id in per_rater[r]}
         tiers = [tier for tier, _ in given.values()]
         mean = sum(tiers) / len(tiers)
         units.append(tiers)
-        writer.writerow([
-            keys[image_id], int(mean + 0.5), sum(m for _, m in given.values()), len(given), f"{mean:.3f}",
-            *[given[r][0] if r in given else "" for r in raters],
-        ])
+        rows.append(dict(zip(fields, [keys[image_id], int(mean + 0.5), sum(m for _, m in given.values()), len(given), f"{mean:.3f}",
+                                      *[given[r][0] if r in given else "" for r in raters]])))
     alpha = ordinal_alpha(units)
     summary = {"images": len(images), "raters": raters, "shared": sum(len(u) >= 2 for u in units), "alpha": alpha,
                "gone": len(labelled - active), "rounds": tournament.rounds}
-    return buffer.getvalue(), summary
+    return csv_text(fields, rows), summary
+
+
+def run_export(args) -> None:
+    reviewed = Review(args.db, read_only=True)
+    if reviewed.has_reviews():
+        text, count = review_labels(reviewed)
+        Store().write(args.out, text.encode())
+        print(f"wrote {count} reviewed images to {args.out} (tier 2 kept, 0 rejected; rating 1 / 0: data.score_column=rating)")
+        return
+    text, summary = export(Tournament(args.db, read_only=True))
+    Store().write(args.out, text.encode())
+    alpha = "n/a (no image seen by two raters)" if summary["alpha"] is None else f"{summary['alpha']:.3f}"
+    gone = f"; {summary['gone']} labelled images no longer in the gallery left out" if summary["gone"] else ""
+    print(f"wrote {summary['images']} labelled images to {args.out} ({summary['rounds']} rounds); raters: {', '.join(summary['raters']) or 'none'}; "
+          f"{summary['shared']} images seen by 2+ raters, Krippendorff's alpha (ordinal) {alpha}{gone}")
+
+
+def main(argv: list[str] | None = None, prog: str = "beholder label export") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description="Write the labels CSV for beholder train.", allow_abbrev=False)
+    parser.add_argument("--db", required=True, help="the labeller's or a review's SQLite file")
+    parser.add_argument("--out", required=True, help="CSV path (or s3:// URI)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    with exit_on_user_error():
+        run_export(args)

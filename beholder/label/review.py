@@ -13,6 +13,7 @@ import math
 import time
 
 from beholder.core.errors import UserError
+from beholder.core.tables import csv_text
 from beholder.label.tournament import SubmissionError, Tournament
 
 REVIEW_SCHEMA = """
@@ -129,10 +130,6 @@ def review_labels(db: Review) -> tuple[str, int]:
         "SELECT g.key, r.keep, i.band FROM reviews r JOIN images g ON g.id = r.image_id JOIN review_items i ON i.image_id = r.image_id "
         "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
     latest = {key: (keep, band) for key, keep, band in rows}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "tier", "rating", "model_band", "agreed", "source"])
-    for key in sorted(latest):
-        keep, band = latest[key]
-        writer.writerow([key, REVIEW_TIERS[bool(keep)], keep, band, str(bool(keep) == (band != "reject")).lower(), "review"])
-    return buffer.getvalue(), len(latest)
+    rows = ({"image": key, "tier": REVIEW_TIERS[bool(keep)], "rating": keep, "model_band": band,
+             "agreed": str(bool(keep) == (band != "reject")).lower(), "source": "review"} for key, (keep, band) in sorted(latest.items()))
+    return csv_text(["image", "tier", "rating", "model_band", "agreed", "source"], rows), len(latest)

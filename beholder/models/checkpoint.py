@@ -36,12 +36,12 @@ def read(path: str, map_location="cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise MissingInput(f"ckpt_path: no such file {path}") from None
+        raise MissingInput(f"ckpt: no such file {path}") from None
     except Exception as error:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise IncompatibleCheckpoint(f"ckpt={path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
     found = checkpoint.get("beholder_format") if isinstance(checkpoint, dict) else None
     if found not in READABLE:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: checkpoint format {found!r}, this beholder reads format {FORMAT}")
+        raise IncompatibleCheckpoint(f"ckpt={path}: checkpoint format {found!r}, this beholder reads format {FORMAT}")
     return checkpoint
 
 

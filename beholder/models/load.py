@@ -28,9 +28,9 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
     except UserError as error:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {error}") from None
+        raise IncompatibleCheckpoint(f"ckpt={path}: refused: {error}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: does not fit this version of beholder ({error})") from None
+        raise IncompatibleCheckpoint(f"ckpt={path}: does not fit this version of beholder ({error})") from None
     check_finite(module, path)
     return module.eval()
 
@@ -44,8 +44,8 @@ def check_finite(module: BeholderModule, path: str) -> None:
     for name, tensor in named:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             count = int((~torch.isfinite(tensor)).sum())
-            raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: {name} holds numbers that are not finite "
+            raise IncompatibleCheckpoint(f"ckpt={path}: refused: {name} holds numbers that are not finite "
                                          f"({count} NaN or infinite)")
     if (module.net.feature_std <= 0).any():
-        raise IncompatibleCheckpoint(f"ckpt_path={path}: refused: feature_std holds {int((module.net.feature_std <= 0).sum())} "
+        raise IncompatibleCheckpoint(f"ckpt={path}: refused: feature_std holds {int((module.net.feature_std <= 0).sum())} "
                                      "values that are not positive (features cannot be standardised by them)")

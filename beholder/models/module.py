@@ -117,6 +117,11 @@ class BeholderModule(pl.LightningModule):
     def on_test_epoch_end(self):
         self._log_epoch("test")
 
+    @staticmethod
+    def embedding(head_inputs: torch.Tensor) -> torch.Tensor:
+        """What search and near-copy grouping compare: the head's input, L2-normalised."""
+        return F.normalize(head_inputs.float(), dim=-1)
+
     def predict_step(self, batch, batch_idx):
         result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"], "taken": batch.get("taken")}
         inputs = self.head_inputs(batch)
@@ -125,7 +130,7 @@ class BeholderModule(pl.LightningModule):
             with torch.autocast(self.device.type, enabled=False):
                 inputs = inputs.float()
                 head, outputs = self.net.head, self.net.head(inputs)
-                result["embeddings"] = F.normalize(inputs, dim=-1)
+                result["embeddings"] = self.embedding(inputs)
                 result.update(scores=head.score(outputs), tiers=head.tier(outputs))
                 if hasattr(head, "probabilities"):
                     result["probabilities"] = head.probabilities(outputs)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 from xml.sax.saxutils import quoteattr
 
+from beholder.core.tables import csv_bytes
 from beholder.data.images import UnreadableImage, decode_image
 
 GROUP_FIELDS = ["group", "group_rank", "group_size"]
@@ -18,22 +18,16 @@ def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
     reject: ``score`` or ``burst``), rank, and when grouped, group, group_rank, group_size (``keep``
     is the band ``keep``)."""
     grouped = bool(ranked) and "group" in ranked[0]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "score", "tier", *probability_names, "band", "keep", "reason", "rank", *(GROUP_FIELDS if grouped else [])])
-    for row in ranked:
-        probabilities = [f"{p:.4f}" for p in row["probabilities"]] if probability_names else []
-        writer.writerow([row["image"], f"{row['score']:.6f}", row["tier"], *probabilities, row["band"], str(row["band"] == "keep").lower(),
-                         row["reason"], row["rank"], *([row[field] for field in GROUP_FIELDS] if grouped else [])])
-    return buffer.getvalue().encode()
+    fields = ["image", "score", "tier", *probability_names, "band", "keep", "reason", "rank", *(GROUP_FIELDS if grouped else [])]
+    rows = ({"image": row["image"], "score": f"{row['score']:.6f}", "tier": row["tier"],
+             **({name: f"{p:.4f}" for name, p in zip(probability_names, row["probabilities"])} if probability_names else {}),
+             "band": row["band"], "keep": str(row["band"] == "keep").lower(), "reason": row["reason"], "rank": row["rank"],
+             **({field: row[field] for field in GROUP_FIELDS} if grouped else {})} for row in ranked)
+    return csv_bytes(fields, rows)
 
 
 def skipped_csv(skipped: dict[str, str]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "reason"])
-    writer.writerows(sorted(skipped.items()))
-    return buffer.getvalue().encode()
+    return csv_bytes(["image", "reason"], ({"image": image, "reason": reason} for image, reason in sorted(skipped.items())))
 
 
 def thumbnail(data: bytes | None, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from beholder.core.storage import Store, is_s3, join
+from beholder.core.tables import csv_text
 from beholder.search.embeddings import encode
 
 FIELDS = {
@@ -63,15 +64,6 @@ def bind_run(store: Store, folder: str, identity: dict) -> str | None:
     if not shards:
         return None
     return f"{' and '.join(changed)} changed" if changed else "earlier results of an unknown run"
-
-
-def csv_text(fields: list[str], rows: list[dict], header: bool) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def append_rows(path: str, fields: list[str], rows: list[dict]) -> None:

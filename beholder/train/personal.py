@@ -107,7 +107,7 @@ def train_personal(cfg: DictConfig) -> float:
     gallery.setup()
     labels = [label for split in ("train", "val", "test") for label in gallery.splits[split]]
     if len(labels) < 10:
-        raise UserError(f"data.labels={cfg.data.labels}: {len(labels)} rated photos; a personal model needs 10 or more")
+        raise UserError(f"labels={cfg.data.labels}: {len(labels)} rated photos; a personal model needs 10 or more")
     stats = regression_stats(labels)
     features, skipped = cached_features(module.net, gallery.root, [label.image for label in labels], gallery.store,
                                         {}, 1, cfg.feature_cache, gallery.max_pixels, num_workers=cfg.data.num_workers)

@@ -15,10 +15,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from beholder.core.console import quiet_libraries
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
-from beholder.core.memory import keep_freed_memory
+from beholder.core.vocabulary import respell_config
 from beholder.data.features import CachedFeatureDataModule
 from beholder.data.labels import regression_stats
 from beholder.models.backbones import BackboneSpec, require_timm_model
@@ -63,8 +62,8 @@ def check_options(cfg: DictConfig) -> None:
     check_known_keys("data", cfg.data)
     if cfg.cv and cfg.cv < 2:
         raise UserError(f"cv={cfg.cv}: give K >= 2 folds, or 0 for one train/val split")
-    if cfg.cv and (cfg.ckpt_path or not cfg.feature_cache):
-        raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and ckpt_path=null")
+    if cfg.cv and (cfg.resume or not cfg.feature_cache):
+        raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and resume=null")
     if cfg.cv and not cfg.optimized_metric.startswith("val/"):
         raise UserError(f"optimized_metric={cfg.optimized_metric}: cv={cfg.cv} optimises a val/ metric (out of fold)")
     accelerator = cfg.trainer.get("accelerator", "auto")
@@ -85,14 +84,14 @@ SAME_JOB = ("data.root", "data.labels", "data.score_column", "backbone.name", "h
 
 
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: a file, or ``last``: the newest ``last.ckpt`` under ``runs_root`` of a run
+    """``resume``: a file, or ``last``: the newest ``last.ckpt`` under ``runs_root`` of a run
     with this run's data and model (not a demo's or another sweep's)."""
-    if not cfg.ckpt_path:
+    if not cfg.resume:
         return None
-    if cfg.ckpt_path != "last":
-        path = os.path.expanduser(cfg.ckpt_path)
+    if cfg.resume != "last":
+        path = os.path.expanduser(cfg.resume)
         if not os.path.isfile(path):
-            raise MissingInput(f"ckpt_path={cfg.ckpt_path}: no such file")
+            raise MissingInput(f"resume={cfg.resume}: no such file")
         return path
     wanted = {key: OmegaConf.select(cfg, key) for key in SAME_JOB}
     candidates = []
@@ -105,8 +104,9 @@ def resolve_checkpoint(cfg: DictConfig) -> str | None:
         if all(OmegaConf.select(run, key, default=None) == value for key, value in wanted.items()):
             candidates.append(path)
     if not candidates:
-        described = ", ".join(f"{key}={value}" for key, value in wanted.items() if value is not None)
-        raise MissingInput(f"ckpt_path=last: no checkpoints/last.ckpt under {cfg.runs_root}/ of a run with {described}; give the checkpoint's path")
+        spelled = {"data.root": "gallery", "data.labels": "labels"}  # read where runs of every version keep them
+        described = ", ".join(f"{spelled.get(key, key)}={value}" for key, value in wanted.items() if value is not None)
+        raise MissingInput(f"resume=last: no checkpoints/last.ckpt under {cfg.runs_root}/ of a run with {described}; give the checkpoint's path")
     newest = max(candidates, key=os.path.getmtime)
     log.info("resuming from %s", newest)
     return newest
@@ -123,7 +123,7 @@ def metric_mode(metric: str, mode: str) -> str:
 
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
-    quiet_libraries()
+    respell_config(cfg, {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"})
     if cfg.get("personal") or cfg.get("base_ckpt"):
         return train_personal(cfg)
     check_options(cfg)
@@ -131,7 +131,6 @@ def train(cfg: DictConfig) -> float:
     mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
     ckpt_path = resolve_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    keep_freed_memory()
     output_dir = cfg.output_dir
     gallery = instantiate(cfg.data)
     gallery.setup()  # reads and checks the labels before anything expensive

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from beholder.core.tables import csv_text
 
 
 class SweepSummary(Callback):
@@ -33,8 +34,6 @@ class SweepSummary(Callback):
             for run, overrides, metrics in runs
         ]
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        with open(os.path.join(sweep_dir, "summary.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        with open(os.path.join(sweep_dir, "summary.csv"), "w") as f:
+            f.write(csv_text(columns, rows))
         print(f"sweep summary: {os.path.join(sweep_dir, 'summary.csv')}")

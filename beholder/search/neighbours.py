@@ -1,13 +1,7 @@
-"""python -m beholder.search.similar: the images most like a query, by cosine similarity of the embeddings
-that predict.py wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for large galleries (vector_index.py).
-
-    python -m beholder.search.similar --index OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
-    python -m beholder.search.similar --index OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
-"""
+"""The gallery's embeddings searched: an index (exact, or FAISS for large galleries) and the images nearest a query."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import io
@@ -17,14 +11,12 @@ import tempfile
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from beholder.core.errors import MissingInput, UserError
-from beholder.core.storage import Store, file_digest, inside, is_s3, join
+from beholder.core.storage import Store, file_digest, is_s3, join
 from beholder.data.gallery import build_transform
 from beholder.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
-from beholder.predict.report import highlights_html
-from beholder.search.embeddings import CHECKPOINT, FILE, ROWS_PER_GROUP, centred, read_images, read_parquet, vector_batches
+from beholder.search.embeddings import FILE, ROWS_PER_GROUP, read_images, read_parquet, vector_batches
 from beholder.search.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
 
 
@@ -44,22 +36,22 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
         usable = np.concatenate([np.isfinite(rows[s:s + ROWS_PER_GROUP]).all(1) for _, rows in batches
                                  for s in range(0, len(rows), ROWS_PER_GROUP)] or [np.zeros(0, bool)])
     except FileNotFoundError:
-        raise MissingInput(f"--index {index}: no {FILE} there (predict.py writes it unless embeddings=false)") from None
+        raise MissingInput(f"--output {index}: no {FILE} there (predict.py writes it unless embeddings=false)") from None
     except Exception as error:
-        raise UserError(f"--index {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun predict.py to write it again") from None
+        raise UserError(f"--output {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun predict.py to write it again") from None
     if metadata["vector_size"] != metadata.get("beholder.dimension"):
-        raise UserError(f"--index {index}: {FILE} holds {metadata['vector_size']}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
+        raise UserError(f"--output {index}: {FILE} holds {metadata['vector_size']}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
     if not images:
-        raise UserError(f"--index {index}: {FILE} holds no images; rerun predict.py to write it again")
+        raise UserError(f"--output {index}: {FILE} holds no images; rerun predict.py to write it again")
     if not usable.any():
-        raise UserError(f"--index {index}: {FILE} holds no image with a usable (finite) vector; rerun predict.py to write it again")
+        raise UserError(f"--output {index}: {FILE} holds no image with a usable (finite) vector; rerun predict.py to write it again")
     if not usable.all():
         bad = [image for image, ok in zip(images, usable.tolist()) if not ok]
         print(f"beholder: {len(bad)} images of {FILE} have vectors that are not finite and are left out of the search: e.g. "
               + "; ".join(bad[:3]), file=sys.stderr)
     scored = bands(store, index)
     if scored and set(scored) != set(images):
-        raise UserError(f"--index {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
+        raise UserError(f"--output {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
                         "rerun predict.py to write it again")
     if method == "faiss" and not faiss_installed():
         raise UserError("--method faiss: FAISS is not installed (pip install -e '.[index]')")
@@ -130,7 +122,7 @@ def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.nd
         raise UserError(f"--query {path}: {error}") from None
     with torch.no_grad():
         inputs = module.head_inputs({"image": build_transform(module.net.data_config, train=False)(picture)[None]})
-    vector = F.normalize(inputs.float(), dim=-1)[0].numpy()
+    vector = module.embedding(inputs)[0].numpy()
     if str(len(vector)) != metadata.get("beholder.dimension"):
         raise UserError(f"--ckpt {ckpt}: {len(vector)} features, the index {metadata.get('beholder.dimension')}")
     return vector
@@ -141,66 +133,3 @@ def bands(store: Store, index: str) -> dict[str, str]:
         return {row["image"]: row["band"] for row in csv.DictReader(io.StringIO(store.read(join(index, "scores.csv")).decode()))}
     except (FileNotFoundError, KeyError):
         return {}
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m beholder.search.similar", description=__doc__.splitlines()[0])
-    parser.add_argument("--index", required=True, help="predict.py's output folder (or s3:// prefix) holding embeddings.parquet")
-    parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
-    parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")
-    parser.add_argument("--out", help="write similar.csv and similar.html into this folder")
-    parser.add_argument("--ckpt", help=f"the checkpoint that scored the gallery, for a query outside the index (default: INDEX/{CHECKPOINT})")
-    parser.add_argument("--method", choices=("auto", "exact", "faiss"), default="auto",
-                        help=f"exact search, or FAISS (auto: FAISS beyond {EXACT_UP_TO} images when installed)")
-    parser.add_argument("--endpoint-url", help="an S3-compatible store for s3:// paths")
-    args = parser.parse_args(argv)
-    try:
-        store = Store(args.endpoint_url)
-        images, index, metadata, usable = load_index(store, args.index, args.method)
-        neighbours = Neighbours(images, index, usable)
-        if args.query in images and not neighbours.knows(args.query):
-            raise UserError(f"--query {args.query}: its vector in {FILE} is not finite; rerun predict.py to write it again")
-        if neighbours.knows(args.query):
-            found = neighbours.of(args.query, args.k)
-        else:
-            query = centred(embed(args.query, args.ckpt or join(args.index, CHECKPOINT), metadata, store)[None], index.mean)[0]
-            found = neighbours.search(query, args.k)
-    except UserError as error:
-        print(f"beholder: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    band = bands(store, args.index)
-    rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
-    print(f"beholder: the {len(rows)} images most like {args.query} ({index.kind} search of {len(images)})")
-    for row in rows[:10]:
-        print(f"  {row['rank']:>3}. {row['score']:.3f}  {row['image']}")
-    if args.out:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["rank", "image", "similarity", "band"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({"rank": r["rank"], "image": r["image"], "similarity": f"{r['score']:.4f}", "band": r["band"]} for r in rows)
-        store.write(join(args.out, "similar.csv"), buffer.getvalue().encode())
-        gallery = metadata.get("beholder.gallery", "")
-        missing: list[str] = []
-        page = highlights_html([(f"Most like {args.query}", rows)], lambda image: gallery_image(store, gallery, image, missing),
-                               f"cosine similarity of the embeddings in {join(args.index, FILE)}", title="beholder: more like this")
-        store.write(join(args.out, "similar.html"), page)
-        print(f"  results         {join(args.out, 'similar.csv')}\n  contact sheet   {join(args.out, 'similar.html')}")
-        if missing:
-            print(f"  not shown       {len(missing)} (no longer in {gallery}, or not in it): e.g. " + "; ".join(missing[:3]))
-
-
-def gallery_image(store: Store, gallery: str, image: str, missing: list[str]) -> bytes | None:
-    """An image of the gallery the index was made of; None (and named in ``missing``) for one that
-    is gone or that the index names outside the gallery: a contact sheet shows nothing else."""
-    path = inside(gallery, image) if gallery else None
-    try:
-        if path is not None:
-            return store.read(path)
-    except OSError:
-        pass
-    missing.append(image)
-    return None
-
-
-if __name__ == "__main__":
-    main()

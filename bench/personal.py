@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.core.console import quiet_libraries  # noqa: E402
 from beholder.core.storage import Store  # noqa: E402
 from beholder.data.features import cached_features  # noqa: E402
+from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.train.personal import base_head_linear, personal_fit, spearman  # noqa: E402
 from beholder.train.probe import ridge_cv  # noqa: E402
@@ -116,8 +117,9 @@ def main():
         y_fit = np.array([rated[photos[i]] for i in fit_rows])
         y_test = np.array([rated[p] for p in test_photos])
         counts.append(len(fit_rows))
-        alone_weight, alone_bias, _ = ridge_cv(x[fit_rows], y_fit, args.seed, alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6))
-        deviation, _ = personal_fit(x[fit_rows], crowd[fit_rows], y_fit, args.seed)
+        folds = fold_rows([0] * len(fit_rows), None, 5, args.seed)  # OASIS photos are all different: no groups
+        alone_weight, alone_bias, _ = ridge_cv(x[fit_rows], y_fit, folds, alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6))
+        deviation, _ = personal_fit(x[fit_rows], crowd[fit_rows], y_fit, folds)
         others = np.array([(totals[p][0] - rated[p]) / (totals[p][1] - 1) for p in test_photos])
         results["crowd model"].append(spearman(crowd[test_rows], y_test))
         results["person-only ridge"].append(spearman((x[test_rows] @ alone_weight + alone_bias).ravel(), y_test))

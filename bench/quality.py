@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beholder.core.storage import Store  # noqa: E402
 from beholder.data.features import cached_features  # noqa: E402
+from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import gallery_reduction  # noqa: E402
 from beholder.models.scorenet import ScoreNet  # noqa: E402
@@ -216,7 +217,8 @@ def main():
         for name, x in features.items():
             started = time.perf_counter()
             mean, std = x[train_idx].mean(0), x[train_idx].std(0) + 1e-6
-            weight, bias, alpha = ridge_cv((x[train_idx] - mean) / std, beauty[train_idx], args.seed)
+            inner = fold_rows([rows[i]["tier"] for i in train_idx], None, 5, args.seed)
+            weight, bias, alpha = ridge_cv((x[train_idx] - mean) / std, beauty[train_idx], inner)
             alphas[name].append(alpha)
             for i, value in zip(test, (((x[test] - mean) / std) @ weight + bias)[:, 0]):
                 scored[name][rows[i]["image"]] = (float(value), bool(value >= cut), None)

@@ -235,3 +235,24 @@ def test_group_by_reaches_the_training_split(gallery):
     module.setup()
     folders = {name: {lb.image.split("/")[0] for lb in rows} for name, rows in module.splits.items()}
     assert sorted(len(f) for f in folders.values()) == [1, 1, 1] and len(set().union(*folders.values())) == 3
+
+
+def test_cross_validation_folds_keep_near_copies_together_so_they_cannot_flatter_the_penalty():
+    """The one fold splitter (fold_rows): every group in one fold, tiers spread; the probe's ridge
+    penalty chosen on it does not reward memorising near-copies of the held-out photos."""
+    from beholder.data.labels import fold_rows
+    from beholder.train.probe import ridge_cv
+
+    rng = np.random.default_rng(0)
+    groups = [f"burst{g}" for g in range(40) for _ in range(5)]
+    tiers = [g % 4 for g in range(40) for _ in range(5)]
+    folds = fold_rows(tiers, groups, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(200))
+    assert all(len({groups[i] for i in part} & {groups[i] for i in other}) == 0 for part in folds for other in folds if part is not other)
+    assert all(len({tiers[i] for i in part}) == 4 for part in folds)
+    centres, targets = rng.standard_normal((40, 100)), rng.standard_normal(40)  # no signal: each burst's own target
+    x = np.repeat(centres, 5, axis=0) + 0.01 * rng.standard_normal((200, 100))
+    y = np.repeat(targets, 5)
+    alphas = (0.01, 1e5)
+    assert ridge_cv(x, y, fold_rows(tiers, None, 5, seed=0), alphas)[2] == 0.01  # copies on both sides: memorising looks best
+    assert ridge_cv(x, y, folds, alphas)[2] == 1e5  # whole bursts held out: nothing to memorise

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from beholder.data.labels import top_rating
+from beholder.data.labels import fold_rows, top_rating
 from beholder.predict.run import predict
 from beholder.train.personal import personal_fit, spearman
 from beholder.train.run import train
@@ -20,10 +20,11 @@ def test_the_deviation_stays_at_the_rescaled_base_unless_the_ratings_differ():
     x = rng.standard_normal((120, 40))
     base = x[:, 0] + 0.3 * rng.standard_normal(120)
     agreeing = 3 + 2 * base + 0.1 * rng.standard_normal(120)
-    fit, _ = personal_fit(x, base, agreeing)
+    folds = fold_rows([0] * 120, None, 5, seed=0)
+    fit, _ = personal_fit(x, base, agreeing, folds)
     assert fit.scale == pytest.approx(2, abs=0.1) and np.std(x @ fit.weight) < 0.05  # the crowd, rescaled
     differing = 3 + 2 * base + 2 * x[:, 5]  # the person also cares about something the crowd does not
-    fit, out_of_fold = personal_fit(x, base, differing)
+    fit, out_of_fold = personal_fit(x, base, differing, folds)
     assert np.std(x @ fit.weight) > 1 and spearman(out_of_fold, differing) > spearman(base, differing) + 0.2
 
 

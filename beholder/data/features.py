@@ -190,7 +190,9 @@ class CachedFeatureDataModule(pl.LightningDataModule):
     def probe_inputs(self, split: str) -> tuple[torch.Tensor, dict]:
         """View 0 of every image of ``split``, and its tiers and targets, for the ridge probe."""
         rows = self.rows(split)
-        return rows.features[:, 0], {"tier": torch.tensor(rows.tiers), "target": torch.tensor(rows.targets)}
+        groups = {lb.image: lb.group for lb in self.splits[split]}
+        return rows.features[:, 0], {"tier": torch.tensor(rows.tiers), "target": torch.tensor(rows.targets),
+                                     "group": [groups[image] for image in rows.images]}
 
     def rows(self, split: str, train: bool = False) -> FeatureRows:
         labels = [lb for lb in self.splits[split] if lb.image in self.features]

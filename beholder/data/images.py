@@ -23,7 +23,6 @@ RAW_PREVIEW_MIN = 1024
 # The start of RAW containers: TIFF-based (CR2, NEF, ARW, DNG; plain TIFFs too), Olympus, Panasonic, Fuji, Canon CR3
 RAW_MAGIC = (b"II*\x00", b"MM\x00*", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00", b"FUJIFILMCCD-RAW")
 LIBRAW_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
-pillow_heif.register_heif_opener()
 # 2016/06/03/2016_0603_125000.jpg, the webcam archive's names
 WEBCAM_TIME = re.compile(r"(?<!\d)(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?!\d)")
 EXIF_IFD, DATE_TIME_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
@@ -49,7 +48,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data, max_pixels)
             width, height = image.size
             if width * height > max_pixels:
                 raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
@@ -99,6 +98,18 @@ def raw_picture(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) 
         raise UnreadableImage(f"RAW: {type(error).__name__}: {error}") from None
 
 
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Pillow's own formats, opened lazily; HEIF/HEIC decoded by pillow_heif directly, upright
+    (registering pillow_heif's opener instead would change Pillow for the whole process)."""
+    if data[4:8] == b"ftyp" and pillow_heif.is_supported(data):
+        heif = pillow_heif.open_heif(io.BytesIO(data))
+        width, height = heif.size
+        if width * height > max_pixels:
+            raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
+        return heif.to_pillow()
+    return Image.open(io.BytesIO(data))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16L", "I;16B", "I", "F"):
         pixels = np.asarray(image, dtype=np.float32)
@@ -119,7 +130,7 @@ def capture_time(path: str, data: bytes | None = None) -> float | None:
         stamp = "{}:{}:{} {}:{}:{}".format(*match.groups())
     elif data:
         try:
-            exif = Image.open(io.BytesIO(data)).getexif()
+            exif = open_image(data).getexif()
         except Exception:  # an unreadable image has no time; its decoding reports why
             return None
         stamp = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)

@@ -11,6 +11,8 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+
 from beholder.core.errors import UserError
 
 NUM_TIERS = 4
@@ -118,6 +120,14 @@ def split_groups(labels: list[Label], seed: int) -> dict[str, list[Label]]:
 def fold_labels(labels: list[Label], folds: int, seed: int) -> list[list[Label]]:
     """``folds`` near-equal folds, stratified by tier, each group (or ungrouped row) in one fold."""
     return list(assign_groups(labels, {k: 1 / folds for k in range(folds)}, seed).values())
+
+
+def fold_rows(tiers, groups, folds: int, seed: int) -> list[np.ndarray]:
+    """:func:`fold_labels` for rows given by their tiers and groups (``groups`` None: every row its
+    own): the row indices of each fold. Every cross-validation in beholder splits with this."""
+    groups = [None] * len(tiers) if groups is None else groups
+    rows = [Label(str(i), int(tier), group=group) for i, (tier, group) in enumerate(zip(tiers, groups))]
+    return [np.array(sorted(int(label.image) for label in part), dtype=int) for part in fold_labels(rows, min(folds, len(rows)), seed)]
 
 
 def assign_groups(labels: list[Label], fractions: dict, seed: int) -> dict:

@@ -7,6 +7,7 @@ import io
 import mmap
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
@@ -30,6 +31,7 @@ PACKET_START, PACKET_END = b"<x:xmpmeta", b"</x:xmpmeta>"
 MAX_BYTES = 16 << 20  # real sidecars are kilobytes; darktable's edit history, a few hundred
 MAX_DEPTH = 100  # real XMP nests about 10 deep; far deeper only exhausts the writer's recursion
 WRAPPER = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n', '\n<?xpacket end="w"?>\n')
+SERIALISING = threading.Lock()  # ElementTree keeps one prefix map for the whole process
 
 
 class UnreadableSidecar(ValueError):
@@ -76,15 +78,16 @@ def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto"
     return targets
 
 
-def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None]]:
-    """The packet's root and rdf:RDF elements, comments and processing instructions kept (the
-    file's own prefixes registered for writing back), and where the root starts and ends in
-    ``data`` (:func:`outline`)."""
+def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None], dict[str, str]]:
+    """The packet's root and rdf:RDF elements, comments and processing instructions kept, where the
+    root starts and ends in ``data`` (:func:`outline`), and the file's own prefixes (prefix -> URI),
+    to write it back with."""
     span = outline(data)
+    prefixes = {}
     try:
         for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
             if prefix and not re.fullmatch(r"ns\d+", prefix):
-                ET.register_namespace(prefix, uri)  # write the file's own prefixes back
+                prefixes[prefix] = uri
         parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
         parser.feed(data)
         root = parser.close()
@@ -94,7 +97,22 @@ def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None]]:
     holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
     if holder is None:
         raise UnreadableSidecar("no rdf:RDF element")
-    return root, holder, span
+    return root, holder, span, prefixes
+
+
+def serialise(root: ET.Element, prefixes: dict[str, str]) -> bytes:
+    """``root`` as XML with these prefixes. ElementTree keeps prefixes in one map for the whole
+    process, so they are set for this call only and the map put back after: one file's prefixes
+    never leak into how the next is written."""
+    with SERIALISING:
+        saved = dict(ET._namespace_map)
+        try:
+            for prefix, uri in prefixes.items():
+                ET.register_namespace(prefix, uri)
+            return ET.tostring(root, encoding="unicode").encode()
+        finally:
+            ET._namespace_map.clear()
+            ET._namespace_map.update(saved)
 
 
 def outline(data: bytes) -> tuple[int, int]:
@@ -146,7 +164,7 @@ def read_rating(data: bytes) -> dict:
     (digiKam: 1 rejected, 3 accepted) of an XMP packet, and which of these beholder set itself
     (``set_by_beholder``: Rating, Label, PickLabel; it records what it sets); a value that is none
     of these is refused."""
-    _, holder, _ = parse(data)
+    _, holder, _, _ = parse(data)
     rating, pick = property_of(holder, "xmp", "Rating"), property_of(holder, "digiKam", "PickLabel")
     stars = None
     if rating not in (None, ""):
@@ -211,9 +229,7 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     updates its own), unless ``overwrite_ratings``."""
     label, pick = BAND_LABELS[band]
     ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
-    root, holder, (start, end) = parse(existing or EMPTY_XMP)
-    for prefix, uri in NAMESPACES.items():
-        ET.register_namespace(prefix, uri)
+    root, holder, (start, end), prefixes = parse(existing or EMPTY_XMP)
     description = holder.find(tag("rdf", "Description"))
     if description is None:
         description = ET.SubElement(holder, tag("rdf", "Description"), {tag("rdf", "about"): ""})
@@ -231,7 +247,7 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
             for child in element.findall(tag(prefix, name)):
                 element.remove(child)
         description.set(tag(prefix, name), value)
-    body = ET.tostring(root, encoding="unicode").encode()
+    body = serialise(root, {**prefixes, **NAMESPACES})
     if not existing:
         return WRAPPER[0].encode() + body + WRAPPER[1].encode()
     before, after = existing[:start], existing[end:] if end is not None else b""

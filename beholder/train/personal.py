@@ -30,13 +30,14 @@ from beholder import default_model
 from beholder.core.errors import UserError
 from beholder.core.storage import file_digest
 from beholder.data.features import cached_features
-from beholder.data.labels import regression_stats, target_of, top_rating
+from beholder.data.labels import fold_rows, regression_stats, target_of, top_rating
 from beholder.models import checkpoint
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman as rank_correlation
 from beholder.train.probe import ridge_fits
 
 log = logging.getLogger(__name__)
+PERSONAL_FOLDS = 5
 ALPHAS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
 @dataclass
 class Deviation:
@@ -61,15 +62,11 @@ def fit_deviation(x: np.ndarray, base: np.ndarray, y: np.ndarray, alpha: float) 
     return Deviation(float(shift), float(scale), weight[:, 0], float(bias[0]), alpha)
 
 
-def fold_indices(count: int, folds: int, seed: int) -> list[np.ndarray]:
-    return np.array_split(np.random.default_rng(seed).permutation(count), min(folds, count))
-
-
-def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = 5,
-                 alphas=ALPHAS) -> tuple[Deviation, np.ndarray]:
-    """The deviation with the penalty of least k-fold squared error, and its out-of-fold predictions."""
+def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS) -> tuple[Deviation, np.ndarray]:
+    """The deviation with the penalty of least squared error over ``folds`` (row indices,
+    :func:`beholder.data.labels.fold_rows`), and its out-of-fold predictions."""
     errors, out_of_fold = np.zeros(len(alphas)), np.zeros((len(alphas), len(y)))
-    for part in fold_indices(len(y), folds, seed):
+    for part in folds:
         fit = np.setdiff1d(np.arange(len(y)), part)
         for i, alpha in enumerate(alphas):
             out_of_fold[i, part] = fit_deviation(x[fit], base[fit], y[fit], alpha).predict(x[part], base[part])
@@ -115,7 +112,8 @@ def train_personal(cfg: DictConfig) -> float:
     x = module.net.standardise(torch.stack([features[label.image][0] for label in labels]).to(module.net.feature_mean.dtype)).double().numpy()
     y = np.array([target_of(label, stats["tier_values"]) for label in labels])
     base = x @ w_base + c_base
-    deviation, out_of_fold = personal_fit(x, base, y, cfg.seed)
+    folds = fold_rows([label.tier for label in labels], [label.group for label in labels], PERSONAL_FOLDS, cfg.seed)
+    deviation, out_of_fold = personal_fit(x, base, y, folds)
 
     head = module.net.head
     head.target_mean, head.target_std = float(stats["target_mean"]), float(stats["target_std"])

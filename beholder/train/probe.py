@@ -14,9 +14,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from beholder.data.gallery import collate, raw_safe_workers
+from beholder.data.labels import fold_rows
 from beholder.models.backbones import evaluation_mode
 
 log = logging.getLogger(__name__)
+PROBE_FOLDS = 5
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
 
 
@@ -54,13 +56,13 @@ def ridge_fits(x: np.ndarray, y: np.ndarray, alphas) -> list[tuple[np.ndarray, n
     return fits
 
 
-def ridge_cv(x: np.ndarray, y: np.ndarray, seed: int = 0, alphas=ALPHAS, folds: int = 5):
-    """Ridge with the penalty chosen by ``folds``-fold cross-validation: (weight, bias, alpha)."""
+def ridge_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS):
+    """Ridge with the penalty chosen by cross-validation over ``folds`` (row indices,
+    :func:`beholder.data.labels.fold_rows`): (weight, bias, alpha)."""
     y = y.reshape(len(y), -1)
-    order = np.random.default_rng(seed).permutation(len(y))
     errors = np.zeros(len(alphas))
-    for part in np.array_split(order, folds):
-        fit = np.setdiff1d(order, part)
+    for part in folds:
+        fit = np.setdiff1d(np.arange(len(y)), part)
         for i, (weight, bias) in enumerate(ridge_fits(x[fit], y[fit], alphas)):
             errors[i] += float(((x[part] @ weight + bias - y[part]) ** 2).sum())
     alpha = alphas[int(np.argmin(errors))]
@@ -76,11 +78,12 @@ def set_feature_scale(net, features: torch.Tensor) -> None:
 
 
 def fit_probe(net, features: torch.Tensor, batch: dict, seed: int = 0) -> float:
-    """Set ``net``'s head's linear layer to the ridge solution on the standardised ``features``.
-    Returns the chosen penalty."""
+    """Set ``net``'s head's linear layer to the ridge solution on the standardised ``features``, its
+    penalty chosen on folds that keep each of ``batch["group"]`` whole. Returns the penalty."""
     standardised = net.standardise(features.to(net.feature_mean.dtype)).double().numpy()
     wanted = net.head.probe_targets(batch).numpy().astype(np.float64)
-    weight, bias, alpha = ridge_cv(standardised, wanted, seed)
+    folds = fold_rows(batch["tier"].tolist(), batch.get("group"), PROBE_FOLDS, seed)
+    weight, bias, alpha = ridge_cv(standardised, wanted, folds)
     fc = net.head.fc
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(weight.T).to(fc.weight.dtype))
@@ -89,13 +92,14 @@ def fit_probe(net, features: torch.Tensor, batch: dict, seed: int = 0) -> float:
     return alpha
 
 
-def init_head_from_probe(net, dataset, seed: int = 0, num_workers: int = 2) -> float:
+def init_head_from_probe(net, dataset, seed: int = 0, num_workers: int = 2, groups: dict[str, str | None] | None = None) -> float:
     """Fit the ridge probe on the frozen features of ``dataset`` (training images, evaluation
     transforms), standardised by them when the backbone stays frozen. A fine-tuned backbone's
     features stay as they are: dividing them by their (often tiny) spread would multiply every
     gradient step on the backbone by as much."""
     features, batch = extract_features(net, dataset, num_workers=num_workers)
     features = torch.from_numpy(features)
+    batch["group"] = [(groups or {}).get(image) for image in batch["image_path"]]
     if net.frozen:
         set_feature_scale(net, features)
     return fit_probe(net, features, batch, seed)

@@ -150,7 +150,8 @@ def train(cfg: DictConfig) -> float:
         if cfg.probe_init:
             fit_probe(module.net, features, batch, cfg.seed)
     elif cfg.probe_init and not ckpt_path:
-        init_head_from_probe(module.net, gallery.dataset("train", train=False), cfg.seed, cfg.data.num_workers)
+        init_head_from_probe(module.net, gallery.dataset("train", train=False), cfg.seed, cfg.data.num_workers,
+                             {label.image: label.group for label in gallery.splits["train"]})
 
     checkpoints = os.path.join(output_dir, "checkpoints")
     checkpoint = ResumableCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode=mode, enable_version_counter=False)

@@ -45,8 +45,8 @@ from beholder.core import storage
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3, join, split_s3
 from beholder.core.tables import csv_bytes
+from beholder.data.images import capture_time as file_time
 
-CAPTURE = re.compile(r"(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})")
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")
 YEARS = range(1900, 2200)  # a 4-digit folder outside these is not a year (e.g. 2019/0612)
 RETRYABLE = (500, 502, 503, 504, 429)
@@ -192,13 +192,9 @@ class Fetcher:
 
 
 def capture_time(key: str) -> dt.datetime | None:
-    match = CAPTURE.search(key)
-    if not match:
-        return None
-    try:
-        return dt.datetime(*map(int, match.groups()))
-    except ValueError:
-        return None
+    """When a file was taken, from its name alone (the archive's YYYY_MMDD_HHMMSS): images.capture_time's reading."""
+    seconds = file_time(key)
+    return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(tzinfo=None)
 
 
 def folder_outside(key: str, since: dt.date | None, until: dt.date | None) -> bool:

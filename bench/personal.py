@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.core.console import quiet_libraries  # noqa: E402
 from beholder.core.storage import Store  # noqa: E402
-from beholder.data.features import cached_features  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
+from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.train.personal import base_head_linear, personal_fit, spearman  # noqa: E402
 from beholder.train.probe import ridge_cv  # noqa: E402

@@ -40,8 +40,8 @@ from scipy.stats import pearsonr, spearmanr
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beholder.core.storage import Store  # noqa: E402
-from beholder.data.features import cached_features  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
+from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import gallery_reduction  # noqa: E402
 from beholder.models.scorenet import ScoreNet  # noqa: E402

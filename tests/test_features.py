@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
-from beholder.data.features import cached_features
+from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.scorenet import ScoreNet
 from beholder.predict.score import score_images

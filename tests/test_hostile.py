@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store
-from beholder.data.features import cached_features
 from beholder.label import cli as label_cli
 from beholder.models.checkpoint import IncompatibleCheckpoint
+from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict
 from beholder.ratings.cli import main as ratings

@@ -55,7 +55,7 @@ class GalleryDataset(Dataset):
     """Images under ``root`` by relative path. An unreadable file yields its reason, not an error.
 
     ``targets`` (optional) gives each image's (tier, regression target). ``cache`` (optional, a
-    :class:`beholder.data.features.FeatureCache` of the network's frozen features): an image whose
+    :class:`beholder.models.features.FeatureCache` of the network's frozen features): an image whose
     features it holds yields them (``features``) instead of its picture, which is not even decoded.
     """
 

@@ -57,7 +57,7 @@ class BeholderModule(pl.LightningModule):
 
     def head_inputs(self, batch):
         """The standardised features the head reads, from a batch of images or of cached features
-        (:mod:`beholder.data.features`: a training batch's ``features``, or a prediction batch's
+        (:mod:`beholder.models.features`: a training batch's ``features``, or a prediction batch's
         ``cached`` rows followed by its pictures); None when every image of the batch was unreadable.
         With ``feature_cache`` set (a frozen network), the features computed here are cached."""
         if "features" in batch:

@@ -17,8 +17,8 @@ from beholder.core.errors import UserError
 from beholder.core.launch import check_launch, loader_workers
 from beholder.core.storage import Store, check_uri, join
 from beholder.core.vocabulary import respell_config
-from beholder.data.features import FeatureCache, network_key
 from beholder.data.gallery import GalleryDataset, build_transform
+from beholder.models.features import FeatureCache, network_key
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.predict.bursts import burst_groups

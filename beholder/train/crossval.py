@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.core.errors import UserError
-from beholder.data.features import CachedFeatureDataModule
 from beholder.data.labels import fold_labels
+from beholder.models.features import CachedFeatureDataModule
 from beholder.models.metrics import GalleryMetrics
 from beholder.models.module import BeholderModule
 from beholder.train.callbacks import BestHead, progress

@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 from beholder import default_model
 from beholder.core.errors import UserError
 from beholder.core.storage import file_digest
-from beholder.data.features import cached_features
 from beholder.data.labels import fold_rows, regression_stats, target_of, top_rating
 from beholder.models import checkpoint
+from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman as rank_correlation
 from beholder.train.probe import ridge_fits

@@ -18,9 +18,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
 from beholder.core.vocabulary import respell_config
-from beholder.data.features import CachedFeatureDataModule
 from beholder.data.labels import regression_stats
 from beholder.models.backbones import BackboneSpec, require_timm_model
+from beholder.models.features import CachedFeatureDataModule
 from beholder.models.heads import build_head
 from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer

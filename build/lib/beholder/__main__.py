@@ -1,0 +1,5 @@
+import sys
+
+from beholder.cli import main
+
+sys.exit(main())

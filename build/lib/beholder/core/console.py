@@ -1,0 +1,28 @@
+"""What a person reads in the terminal: beholder's own lines, not the libraries' chatter.
+
+Lightning announces the devices, the seed, each restore, and advertises cloud products; botocore
+says where it found the credentials; a deprecation inside Lightning's own code warns on every run.
+None of it helps a photographer, and beholder prints its own summary. Lightning's warnings still
+show; its model summary too, when ``trainer.enable_model_summary`` asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+CHATTY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "botocore", "boto3")
+KEPT_LOGGERS = ("pytorch_lightning.callbacks.model_summary", "lightning.pytorch.callbacks.model_summary")
+
+
+def quiet_libraries() -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in KEPT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    # Raised inside pytorch_lightning/utilities/_pytree.py by newer torch; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # beholder keeps frozen normalisation layers (and frozen extractors) in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # A rerun of predict.py that finds every image scored already predicts on an empty list, by design.
+    warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")

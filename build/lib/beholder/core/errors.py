@@ -1,0 +1,32 @@
+"""Errors caused by the user's input: shown as one line naming the file, key or option."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from beholder.core.redact import redact
+
+
+class UserError(Exception):
+    """Bad input (a path, a file, an option): printed as one line, exit code 2, no traceback."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    pass
+
+
+@contextmanager
+def exit_on_user_error():
+    """For entry points: a :class:`UserError` ends the program with its message and exit code 2,
+    also when it arrives wrapped (Hydra's ``instantiate`` wraps what a constructor raises)."""
+    try:
+        yield
+    except Exception as error:
+        cause = error
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print("beholder: error: " + redact(" ".join(str(cause).split())), file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -1,0 +1,232 @@
+"""Frozen features, computed once: a cache on disk keyed by image content, network and view, and the
+DataModule that trains a head on them in seconds instead of running the networks every epoch.
+
+Used when the backbone is wholly frozen (``backbone.trainable_blocks=0``) and ``feature_cache`` names a
+folder. View 0 is what prediction sees (the evaluation transform), view 1 its mirror image, views 2 and
+up random crops (``data.augment``), fixed per image and view so that a cached view is the same on every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from beholder.core.errors import UserError
+from beholder.core.storage import join, write_local_with
+from beholder.data.gallery import GalleryDataModule, build_transform, raw_safe_workers, tier_weights
+from beholder.data.images import UnreadableImage, decode_image
+from beholder.data.labels import regression_stats, target_of
+from beholder.models.backbones import evaluation_mode
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+def network_key(net, augment: dict) -> str:
+    """What a cached feature depends on besides the image: every weight and buffer of the frozen
+    networks, the input size and normalisation, the levels option and the augmentation of views >= 2."""
+    digest = hashlib.sha256()
+    for module in (net.backbone, *net.extractors):
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    config = {k: v for k, v in net.data_config.items() if k in ("input_size", "mean", "std", "interpolation")}
+    digest.update(json.dumps([CACHE_FORMAT, config, net.levels, augment], sort_keys=True, default=list).encode())
+    return digest.hexdigest()[:20]
+
+
+class FeatureCache:
+    """``<folder>/<network key>/<content sha256[:2]>/<sha256>.v<view>.npy``: one float32 vector each,
+    of the networks' ``dimension``."""
+
+    def __init__(self, folder: str, key: str, dimension: int):
+        self.folder = os.path.join(os.path.expanduser(folder), key)
+        self.dimension = dimension
+
+    def path(self, content: str, view: int) -> str:
+        return os.path.join(self.folder, content[:2], f"{content}.v{view}.npy")
+
+    def get(self, content: str, view: int) -> tuple[np.ndarray | None, bool]:
+        """(the cached vector or None, whether an entry was there but is not what its key promises:
+        cut short, another length or type, not finite, a header claiming more than the file holds).
+        A vector that is None is computed again, and a damaged entry replaced."""
+        try:
+            vector = np.load(self.path(content, view), mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            return None, False
+        except (OSError, ValueError, EOFError):
+            return None, True
+        if vector.dtype != np.float32 or vector.shape != (self.dimension,) or not np.isfinite(vector).all():
+            return None, True
+        return np.array(vector), False
+
+    def put(self, content: str, view: int, vector: np.ndarray) -> None:
+        write_local_with(self.path(content, view), lambda f: np.save(f, vector.astype(np.float32)))
+
+
+class ViewImages(Dataset):
+    """Each image's cached views, and the pictures of the views not cached yet."""
+
+    def __init__(self, root, images, store, data_config, augment, views, cache: FeatureCache, max_pixels):
+        self.root, self.images, self.store, self.views, self.cache = root, images, store, views, cache
+        self.plain = build_transform(data_config, train=False)
+        self.augmented = build_transform(data_config, train=True, augment=augment)
+        self.max_pixels = max_pixels
+        _, height, width = data_config["input_size"]
+        self.min_size = (width, height)
+
+    def __len__(self):
+        return len(self.images)
+
+    def view(self, picture, content: str, view: int) -> torch.Tensor:
+        if view == 0:
+            return self.plain(picture)
+        if view == 1:
+            return self.plain(picture).flip(-1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(content[:15], 16) + view)
+            return self.augmented(picture)
+
+    def __getitem__(self, index):
+        sample = {"index": index, "image_path": self.images[index]}
+        try:
+            data = self.store.read(join(self.root, self.images[index]))
+            content = hashlib.sha256(data).hexdigest()
+            found = {v: self.cache.get(content, v) for v in range(self.views)}
+            cached = {v: vector for v, (vector, _) in found.items()}
+            missing = [v for v, vector in cached.items() if vector is None]
+            damaged = sum(bad for _, bad in found.values())
+            pictures = []
+            if missing:
+                picture = decode_image(data, self.max_pixels, self.min_size)
+                pictures = [self.view(picture, content, v) for v in missing]
+        except (UnreadableImage, OSError) as error:
+            return {**sample, "error": str(error) or type(error).__name__}
+        return {**sample, "content": content, "cached": cached, "missing": missing, "pictures": pictures, "damaged": damaged}
+
+
+@torch.no_grad()
+def cached_features(net, root, images, store, augment: dict, views: int, cache_dir: str, max_pixels: int,
+                    batch_size: int = 32, num_workers: int = 2) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``net.features`` of ``views`` views of each image: {image: views x F}, and {image: why} for
+    the unreadable ones. Only what the cache lacks is computed, and it is cached at once."""
+    if not net.frozen:
+        raise UserError("feature_cache needs a wholly frozen backbone: set backbone.trainable_blocks=0 (or feature_cache=null)")
+    cache = FeatureCache(cache_dir, network_key(net, augment), net.feature_mean.numel())
+    dataset = ViewImages(root, images, store, net.data_config, augment, views, cache, max_pixels)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list, **raw_safe_workers(images, num_workers))
+    features, skipped, computed, damaged = {}, {}, 0, 0
+    with evaluation_mode(net):
+        for samples in loader:
+            good = [s for s in samples if "error" not in s]
+            damaged += sum(s["damaged"] for s in good)
+            skipped.update((s["image_path"], s["error"]) for s in samples if "error" in s)
+            pictures = [p for s in good for p in s["pictures"]]
+            if pictures:
+                vectors = net.features(torch.stack(pictures)).float().numpy()
+                computed += len(pictures)
+                row = 0
+                for s in good:
+                    for v in s["missing"]:
+                        s["cached"][v] = vectors[row]
+                        cache.put(s["content"], v, vectors[row])
+                        row += 1
+            for s in good:
+                features[s["image_path"]] = torch.from_numpy(np.stack([s["cached"][v] for v in range(views)]))
+    log.info("features of %d images x %d views: %d computed, the rest from %s", len(features), views, computed, cache.folder)
+    if damaged:
+        print(f"beholder: {damaged} damaged entries of the feature cache {cache.folder} (cut short, wrong length or not finite) "
+              "were computed again and replaced", flush=True)
+    return features, skipped
+
+
+class FeatureRows(Dataset):
+    """Cached feature views of labelled images: training draws a random view each time, the rest view 0."""
+
+    def __init__(self, features: torch.Tensor, tiers: list[int], targets: list[float], images: list[str], train: bool):
+        self.features, self.tiers, self.targets, self.images, self.train = features, tiers, targets, images, train
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        view = int(torch.randint(len(self.features[index]), ())) if self.train else 0
+        return index, view
+
+
+class CachedFeatureDataModule(pl.LightningDataModule):
+    """The splits of a :class:`GalleryDataModule` as cached feature vectors of ``net``.
+
+    ``with_splits`` gives the same features split otherwise (the folds of ``cv=K``)."""
+
+    def __init__(self, gallery: GalleryDataModule, net, views: int, cache_dir: str):
+        super().__init__()
+        if views < 1:
+            raise UserError(f"feature_views={views}: give 1 or more")
+        self.gallery, self.batch_size, self.seed = gallery, gallery.batch_size, gallery.seed
+        gallery.setup()
+        self.splits = gallery.splits
+        rows = [lb for split in self.splits.values() for lb in split]
+        self.features, self.skipped = cached_features(
+            net, gallery.root, sorted({lb.image for lb in rows}), gallery.store, gallery.augment, views, cache_dir,
+            gallery.max_pixels, num_workers=gallery.num_workers,
+        )
+        self.tier_values = regression_stats(self.splits["train"])["tier_values"]
+
+    def with_splits(self, splits: dict, tier_values: list[float]) -> CachedFeatureDataModule:
+        other = copy.copy(self)
+        pl.LightningDataModule.__init__(other)
+        other.splits, other.tier_values = splits, tier_values
+        return other
+
+    def probe_inputs(self, split: str) -> tuple[torch.Tensor, dict]:
+        """View 0 of every image of ``split``, and its tiers and targets, for the ridge probe."""
+        rows = self.rows(split)
+        groups = {lb.image: lb.group for lb in self.splits[split]}
+        return rows.features[:, 0], {"tier": torch.tensor(rows.tiers), "target": torch.tensor(rows.targets),
+                                     "group": [groups[image] for image in rows.images]}
+
+    def rows(self, split: str, train: bool = False) -> FeatureRows:
+        labels = [lb for lb in self.splits[split] if lb.image in self.features]
+        if not labels:
+            raise UserError(f"{self.gallery.labels_uri}: no readable images in the {split} split")
+        return FeatureRows(
+            torch.stack([self.features[lb.image] for lb in labels]), [lb.tier for lb in labels],
+            [target_of(lb, self.tier_values) for lb in labels], [lb.image for lb in labels], train,
+        )
+
+    def loader(self, rows: FeatureRows, **kwargs) -> DataLoader:
+        def collate(picks):
+            index = torch.tensor([i for i, _ in picks])
+            view = torch.tensor([v for _, v in picks])
+            return {
+                "features": rows.features[index, view], "index": index, "skipped": [],
+                "image_path": [rows.images[i] for i in index.tolist()],
+                "tier": torch.tensor([rows.tiers[i] for i in index.tolist()]),
+                "target": torch.tensor([rows.targets[i] for i in index.tolist()], dtype=torch.float32),
+            }
+
+        return DataLoader(rows, batch_size=self.batch_size, collate_fn=collate, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.rows("train", train=True)
+        drop_last = len(rows) > self.batch_size
+        if not self.gallery.oversample:
+            return self.loader(rows, shuffle=True, drop_last=drop_last)
+        weights = tier_weights(rows.tiers, self.gallery.oversample_strength)
+        generator = torch.Generator().manual_seed(self.seed)
+        return self.loader(rows, sampler=WeightedRandomSampler(weights, len(weights), generator=generator), drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.rows("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.rows("test"))

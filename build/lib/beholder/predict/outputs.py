@@ -1,0 +1,71 @@
+"""What a run leaves in its output folder: skipped.csv, embeddings, the contact sheet, scores.csv, and the XMP sidecars."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from beholder.core.storage import is_s3, join
+from beholder.models.module import BeholderModule
+from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
+from beholder.ratings.xmp import sidecar_targets, write_sidecars
+from beholder.search.embeddings import CHECKPOINT, parquet_bytes
+from beholder.search.embeddings import FILE as EMBEDDINGS
+
+
+def probability_names(module: BeholderModule) -> list[str]:
+    head = module.net.head
+    if not hasattr(head, "probabilities"):
+        return []
+    if head.num_classes == 4:
+        return [f"p_tier{t}" for t in range(4)]
+    return [f"p_tier_below{head.positive_tier}", f"p_tier{head.positive_tier}_up"]
+
+
+def write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path: str) -> None:
+    store.write(join(output, "skipped.csv"), skipped_csv(skipped))
+    count = cfg.highlights
+    culled = Counter(row["group"] for row in ranked if row["reason"] == "burst")
+    for row in ranked:
+        if row.get("group_rank") == 1 and culled[row["group"]]:
+            row["hidden"] = culled[row["group"]]
+    kept = [row for row in ranked if row["band"] == "keep"]
+    review = [row for row in ranked if row["band"] == "review"]
+    rejected = [row for row in ranked if row["band"] == "reject"]
+    sections = [
+        (f"Top {min(count, len(ranked))}", ranked[:count]),
+        ("Lowest-scoring kept", kept[-(count // 2):] if kept else []),
+        (f"To review: {len(review)} between the thresholds" + (f", the best {count} shown" if len(review) > count else ""), review[:count]),
+        ("Highest-scoring rejected", rejected[: count // 2]),
+    ]
+    line = (
+        f"{summary['scored']} images scored: {summary['kept']} kept, {summary['review']} to review, {summary['rejected']} rejected "
+        f"({summary['gallery_reduction']:.1%} of the gallery dropped"
+        + (f", {summary['groups']['burst_rejected']} of them near-copies" if summary["groups"] and summary["groups"]["burst_rejected"] else "")
+        + f"). {summary['threshold_source']}"
+    )
+    if cfg.embeddings:
+        with open(ckpt_path, "rb") as f:
+            store.write(join(output, CHECKPOINT), f.read())
+        store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
+    histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
+    store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
+    # scores.csv last of the results: its presence says the run is complete; the sidecars follow,
+    # so that no sidecar, however broken, costs the results
+    store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
+    if cfg.xmp:
+        write_xmp(cfg, store, gallery, output, ranked, list(skipped), summary)
+
+
+def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
+    """One XMP sidecar per scored image (beside it, or under OUTPUT/xmp), merged into each one
+    already there that the image owns (never replacing the photographer's own fields, never making a
+    second beside it); one that is not XMP, read-only or not a file is left as it is and named."""
+    root = gallery if cfg.xmp_beside_images and not is_s3(gallery) else join(output, "xmp")
+    try:
+        existing = store.list(root, (".xmp",))
+    except FileNotFoundError:
+        existing = []
+    names = sidecar_targets([row["image"] for row in ranked] + skipped, existing, cfg.xmp_naming)
+    targets = {row["image"]: [join(root, name) for name in names[row["image"]]] for row in ranked}
+    summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings), gallery)
+    summary["sidecars"]["folder"] = root

@@ -1,0 +1,90 @@
+"""What a run scores: the gallery as it is now, less what earlier runs into the same output scored already."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from beholder.core.errors import UserError
+from beholder.core.launch import check_shared_folder, pin_memory
+from beholder.core.storage import Store, file_digest, is_s3, join
+from beholder.data.gallery import collate, list_gallery, raw_safe_workers
+from beholder.predict.shards import bind_run, read_shards
+
+PARTIAL = ".beholder-partial"
+
+
+@dataclass
+class Plan:
+    """What a run starts from: the gallery's files with their versions, those still to score, and
+    why earlier results were dropped."""
+    versions: dict[str, str]
+    todo: list[str]
+    restarted: str | None
+    outdated: set[str]
+    checkpoint: str
+    gone: int  # images earlier results of this run name that are no longer in the gallery
+    known: int  # images earlier results name at all (0: the first run into this output)
+
+
+def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: str, ckpt_path: str) -> Plan:
+    versions = list_gallery(store, gallery)
+    check_writable(store, output)
+    # Results so far count only for this checkpoint, this gallery and each file as it is now.
+    checkpoint = file_digest(ckpt_path)
+    restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
+    seen: set[str] = set()
+    done, skipped, outdated = read_shards(store, partial, versions, seen)
+    return Plan(versions, [image for image in versions if image not in done and image not in skipped], restarted, outdated, checkpoint,
+                len(seen - set(versions)), len(seen))
+
+
+class PendingImages(pl.LightningDataModule):
+    """The images still to score, decided once by the first process and sent to the others: every
+    process divides the same list, so each image is read by one process only, even when the
+    gallery changes while the processes start."""
+
+    def __init__(self, output: str, plan, dataset, batch_size: int, num_workers: int):
+        super().__init__()
+        self.output, self.make_plan, self.dataset = output, plan, dataset
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.plan, self.planned_at = None, None
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.plan.versions
+
+    def setup(self, stage: str) -> None:
+        state, failure = None, None
+        if self.trainer.is_global_zero:
+            try:
+                state = ("plan", self.make_plan())
+            except Exception as error:
+                failure = error
+                state = ("error", str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+        kind, value = self.trainer.strategy.broadcast(state, src=0)
+        if failure is not None:
+            raise failure
+        if kind == "error":
+            raise UserError(value)
+        self.plan, self.planned_at = value, time.perf_counter()
+        if not is_s3(self.output):
+            check_shared_folder(self.trainer, self.output, "output")
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset(self.plan.todo), batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=collate, pin_memory=pin_memory(self.trainer), **raw_safe_workers(self.plan.todo, self.num_workers))
+
+
+def check_writable(store: Store, output: str) -> None:
+    probe = join(output, f".beholder-write-check-{uuid.uuid4().hex[:12]}")
+    try:
+        store.write(probe, b"ok")
+        store.delete(probe)
+    except Exception as error:
+        raise UserError(f"output={output}: cannot write there ({type(error).__name__}: {error})") from None

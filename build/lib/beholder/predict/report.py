@@ -1,0 +1,112 @@
+"""What prediction hands to people: scores.csv, skipped.csv, a contact sheet (XMP sidecars: ratings/xmp.py)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from xml.sax.saxutils import quoteattr
+
+from beholder.core.tables import csv_bytes
+from beholder.data.images import UnreadableImage, decode_image
+
+GROUP_FIELDS = ["group", "group_rank", "group_size"]
+
+
+def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
+    """``ranked``: rows best first, each with image, score, tier, probabilities, band, reason (of a
+    reject: ``score`` or ``burst``), rank, and when grouped, group, group_rank, group_size (``keep``
+    is the band ``keep``)."""
+    grouped = bool(ranked) and "group" in ranked[0]
+    fields = ["image", "score", "tier", *probability_names, "band", "keep", "reason", "rank", *(GROUP_FIELDS if grouped else [])]
+    rows = ({"image": row["image"], "score": f"{row['score']:.6f}", "tier": row["tier"],
+             **({name: f"{p:.4f}" for name, p in zip(probability_names, row["probabilities"])} if probability_names else {}),
+             "band": row["band"], "keep": str(row["band"] == "keep").lower(), "reason": row["reason"], "rank": row["rank"],
+             **({field: row[field] for field in GROUP_FIELDS} if grouped else {})} for row in ranked)
+    return csv_bytes(fields, rows)
+
+
+def skipped_csv(skipped: dict[str, str]) -> bytes:
+    return csv_bytes(["image", "reason"], ({"image": image, "reason": reason} for image, reason in sorted(skipped.items())))
+
+
+def thumbnail(data: bytes | None, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:
+    """A JPEG data URI of the image scaled to fit, with its width and height; None if unreadable
+    (or ``data`` is None)."""
+    if data is None:
+        return None
+    try:
+        image = decode_image(data, min_size=(max_width // 4, max_height // 4))
+    except UnreadableImage:
+        return None
+    image.thumbnail((max_width, max_height))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), *image.size
+
+
+BAND_COLOURS = {"keep": "#3a3", "review": "#db3", "reject": "#c33"}
+
+
+def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float, bins: int = 40) -> str:
+    """An inline SVG histogram of the scores, bars coloured by band, the two thresholds marked."""
+    width, height, low, high = 720, 140, min(scores), max(scores)
+    span = (high - low) or 1.0
+    counts = [0] * bins
+    for score in scores:
+        counts[min(int((score - low) / span * bins), bins - 1)] += 1
+    tallest, step = max(counts), width / bins
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height + 20}' role='img' "
+             f"aria-label='score distribution'><rect width='100%' height='100%' fill='#2a2a2a'/>"]
+    for i, count in enumerate(counts):
+        middle = low + (i + 0.5) * span / bins
+        band = "keep" if middle >= keep_at else "review" if middle >= reject_below else "reject"
+        bar = count / tallest * height
+        parts.append(f"<rect x='{i * step:.1f}' y='{height - bar:.1f}' width='{step - 1:.1f}' height='{bar:.1f}' "
+                     f"fill='{BAND_COLOURS[band]}'><title>{count} images near {middle:.3f}</title></rect>")
+    marks = [(keep_at, "threshold", 12)] if keep_at == reject_below else [(keep_at, "keep from", 12), (reject_below, "reject below", height + 14)]
+    for value, name, y in marks:  # two labels on two rows, so that close thresholds stay readable
+        if low <= value <= high:
+            x = (value - low) / span * width
+            anchor = "end" if x > width / 2 else "start"
+            parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='0' y2='{height}' stroke='#fff' stroke-dasharray='4 3'/>"
+                         f"<text x='{x + (-3 if anchor == 'end' else 3):.1f}' y='{y}' text-anchor='{anchor}' fill='#eee' "
+                         f"font-size='11'>{name} {value:.3f}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "", title: str = "beholder highlights") -> bytes:
+    """A self-contained contact sheet: the score histogram, then each section a title and rows
+    (image, score, rank, band, and ``hidden``: near-copies culled); ``read(image)`` gives an image's bytes
+    (None: not shown). Wide images (panoramas) take a whole row."""
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;background:#222;color:#eee;margin:1em}",
+        ".sheet{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#333;padding:4px}",
+        "figure.wide{flex-basis:100%}figure.wide img{width:100%;height:auto}",
+        "img{display:block;max-height:220px}figcaption{font-size:12px;padding-top:2px;word-break:break-all}",
+        "".join(f".{band}{{outline:3px solid {colour}}}" for band, colour in BAND_COLOURS.items()),
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>{histogram}",
+    ]
+    for title, rows in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2><div class='sheet'>")
+        for row in rows:
+            try:
+                picture = thumbnail(read(row["image"]))
+            except OSError:  # deleted since it was scored
+                picture = None
+            if picture is None:
+                continue
+            uri, width, height = picture
+            wide = " wide" if width > 2.5 * height else ""
+            hidden = f" · +{row['hidden']} near-cop{'y' if row['hidden'] == 1 else 'ies'} hidden" if row.get("hidden") else ""
+            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']}{hidden} · {row['image']}"
+            parts.append(
+                f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"
+                f"<img src='{uri}' alt={quoteattr(row['image'])}><figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts).encode()

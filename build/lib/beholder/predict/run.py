@@ -1,0 +1,151 @@
+"""predict(cfg): score every image of a gallery, decide keep/reject, write the results."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from botocore.exceptions import ClientError
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from beholder import default_model
+from beholder.core.errors import UserError
+from beholder.core.launch import check_launch, loader_workers
+from beholder.core.storage import Store, check_uri, join
+from beholder.core.vocabulary import respell_config
+from beholder.data.features import FeatureCache, network_key
+from beholder.data.gallery import GalleryDataset, build_transform
+from beholder.models.load import load_checkpoint
+from beholder.models.module import BeholderModule
+from beholder.predict.bursts import burst_groups
+from beholder.predict.options import check_group_options, check_threshold_options, decision_policy, read_verdicts
+from beholder.predict.outputs import write_results
+from beholder.predict.plan import PARTIAL, PendingImages, plan_run
+from beholder.predict.policy import BANDS, cull_bursts
+from beholder.predict.shards import ShardWriter, compact_shards, read_shards
+from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
+from beholder.search.embeddings import decode
+from beholder.train.callbacks import progress
+
+
+class Incomplete(UserError):
+    """Not every image was processed (an interrupted or limited run); a rerun finishes the rest."""
+
+
+def speed_up(cfg: DictConfig, module: BeholderModule) -> None:
+    """channels_last: NHWC weights and batches (tensor cores convolve those fastest); compile:
+    torch.compile the feature extractor (minutes of compiling, paid back on large galleries)."""
+    if cfg.channels_last:
+        module.use_channels_last()
+    if cfg.compile:
+        module.net.features = torch.compile(module.net.features)
+
+
+def predict(cfg: DictConfig) -> dict | None:
+    """Returns the summary (None on the other processes of a multi-process run)."""
+    respell_config(cfg, {"ckpt_path": "ckpt"})
+    gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
+    check_threshold_options(cfg)
+    check_group_options(cfg)
+    check_launch(cfg.trainer)
+    verdicts = read_verdicts(Store(cfg.endpoint_url), cfg.ratings)
+    workers = loader_workers(cfg.num_workers, cfg.trainer)
+    ckpt_path = os.path.expanduser(str(cfg.ckpt)) if cfg.ckpt else default_model.checkpoint_path()
+    module = load_checkpoint(ckpt_path)
+    speed_up(cfg, module)
+    store = Store(cfg.endpoint_url)
+    partial = join(output, PARTIAL)
+    transform = build_transform(module.net.data_config, train=False)
+    if cfg.feature_cache and module.net.frozen:  # the features a personal model trained on, or an earlier model's run
+        module.feature_cache = FeatureCache(str(cfg.feature_cache), network_key(module.net, {}), module.net.feature_mean.numel())
+    pending = PendingImages(output, lambda: plan_run(cfg, store, gallery, output, partial, ckpt_path),
+                            lambda images: GalleryDataset(gallery, images, store, transform, cache=module.feature_cache),
+                            cfg.batch_size, workers)
+    bar, lines = progress(cfg.trainer)
+    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings)), *lines], logger=False, **bar)
+    try:
+        trainer.predict(module, datamodule=pending, return_predictions=False)
+        trainer.strategy.barrier()
+    except OSError as error:
+        raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
+    if not trainer.is_global_zero:
+        return None
+    plan, seconds = pending.plan, time.perf_counter() - pending.planned_at
+    versions, todo = plan.versions, plan.todo
+
+    scored, skipped, _ = read_shards(store, partial, versions)
+    if len(scored) + len(skipped) < len(versions):
+        missing = len(versions) - len(scored) - len(skipped)
+        raise Incomplete(f"{missing} of {len(versions)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
+    ranked = sorted(scored.values(), key=lambda row: (-row["score"], row["image"]))
+    if not ranked:
+        raise UserError(f"gallery={gallery}: none of the {len(versions)} files could be read (see the warnings)")
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    policy = decision_policy(cfg, module, len(ranked), ckpt_path)
+    for row in ranked:
+        row["band"] = policy.band(row["score"], row["rank"])
+        row["reason"] = "score" if row["band"] == "reject" else ""
+    before_bursts = sum(row["band"] == "reject" for row in ranked) / len(ranked)
+    if cfg.embeddings:
+        for row in ranked:
+            row["vector"] = decode(row["embedding"])
+    culled = group_bursts(cfg, ranked) if cfg.embeddings else 0
+    for row in ranked:  # a photo the person rated keeps their verdict, whatever the model says
+        if row["image"] in verdicts:
+            row["band"], row["reason"] = verdicts[row["image"]], "rated"
+    bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
+    # keep_top cuts by rank: both thresholds are the score of the last one kept
+    keep_at, reject_below = (ranked[bands["keep"] - 1]["score"],) * 2 if policy.keep_count else (policy.keep_at, policy.reject_below)
+
+    summary = {
+        "found": len(versions),
+        "scored": len(ranked),
+        "skipped": len(skipped),
+        "kept": bands["keep"],
+        "review": bands["review"],
+        "rejected": bands["reject"],
+        "gallery_reduction": bands["reject"] / len(ranked),
+        "gallery_reduction_before_bursts": before_bursts,
+        "groups": groups_summary(cfg, ranked, culled),
+        "threshold": keep_at,
+        "reject_below": reject_below,
+        "threshold_source": policy.summary,
+        "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
+        "newly_scored": len(todo),
+        "processes": trainer.world_size,
+        "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated))) if reason and count},
+        "since_last_run": ({"new": len(todo) - len(plan.outdated), "changed": len(plan.outdated), "gone": plan.gone}
+                           if plan.known and not plan.restarted else None),
+        "output": output,
+        "checkpoint": plan.checkpoint,
+        "model": ckpt_path if cfg.ckpt else default_model.NAME,
+        "embeddings": bool(cfg.embeddings),
+        "rated": {band: sum(row["reason"] == "rated" and row["band"] == band for row in ranked) for band in ("keep", "reject")},
+    }
+    summary["warning"] = small_reduction_warning(cfg, summary, policy, ranked, module.calibration_photos)
+    try:
+        write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path)
+    except (OSError, ClientError) as error:
+        raise UserError(f"output={output}: writing the results failed ({error}); the scores are kept in {partial}; rerun to finish") from None
+    compact_shards(store, partial, {row["image"]: row for row in ranked}, skipped, versions)
+    print_summary(summary, ranked, skipped)
+    return summary
+
+
+def group_bursts(cfg: DictConfig, ranked: list[dict]) -> int:
+    """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size``; with ``keep_per_group``,
+    the surplus of each group rejected. Returns how many were."""
+    vectors = np.stack([row["vector"] for row in ranked])
+    times = np.array([row["taken"] for row in ranked], dtype=np.float64)
+    window = None if cfg.group_window is None else float(cfg.group_window)
+    groups, ranks, sizes = burst_groups(vectors, float(cfg.group_similarity), times, window)
+    for row, group, rank, size in zip(ranked, groups.tolist(), ranks.tolist(), sizes.tolist()):
+        row["group"], row["group_rank"], row["group_size"] = group, rank, size
+    return cull_bursts(ranked, int(cfg.keep_per_group)) if cfg.keep_per_group is not None else 0
+
+

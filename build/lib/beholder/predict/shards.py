@@ -1,0 +1,191 @@
+"""Prediction results as they are produced, under ``OUTPUT/.beholder-partial`` where every node of a
+cluster sees them: a crashed or interrupted run loses at most the rows not yet written, and a rerun
+on any number of processes scores only what is missing.
+
+A local (or shared-filesystem) folder gets one append-only CSV per process, each batch's rows
+flushed to disk as it ends. S3 cannot append, so each process writes a new small object every
+``FLUSH_ROWS`` rows or ``FLUSH_SECONDS`` seconds, whichever comes first (never one object rewritten).
+
+Shards belong to one run: ``run.json`` names the checkpoint (by content) and the gallery, and each
+row the version of its file (size and mtime, or ETag). A rerun with another checkpoint or gallery
+starts over; a file changed since it was scored is scored again. A complete run compacts its shards
+into one of each kind holding the gallery as it was scored, so that the next run into the same
+output (a new shoot added to the library, the webcam's next day) scores only what was added or changed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from beholder.core.storage import Store, is_s3, join
+from beholder.core.tables import csv_text
+from beholder.search.embeddings import encode
+
+FIELDS = {
+    "scores": ["image", "version", "score", "tier", "probabilities", "taken", "embedding"],
+    "skipped": ["image", "version", "reason"],
+}
+RUN_FILE = "run.json"
+SHARD_NAME = re.compile(r"(scores|skipped)-rank\d+(-[0-9a-f]+-\d+)?\.csv")
+FLUSH_ROWS = 512
+FLUSH_SECONDS = 30.0
+
+
+def shard_names(store: Store, folder: str) -> list[str]:
+    try:
+        names = store.list(folder)
+    except FileNotFoundError:
+        return []
+    return [name for name in names if SHARD_NAME.fullmatch(name)]
+
+
+def bind_run(store: Store, folder: str, identity: dict) -> str | None:
+    """Tie ``folder``'s shards to ``identity`` (checkpoint digest, gallery). Shards of another run,
+    or of an unknown one, are removed; returns why, or None when the shards are this run's."""
+    try:
+        previous = json.loads(store.read(join(folder, RUN_FILE)))
+    except (FileNotFoundError, ValueError):
+        previous = None
+    if previous == identity:
+        return None
+    shards = shard_names(store, folder)
+    changed = [key for key in identity if previous and previous.get(key) != identity[key]]
+    store.delete_many([join(folder, name) for name in shards])
+    store.write(join(folder, RUN_FILE), json.dumps(identity).encode())
+    if not shards:
+        return None
+    return f"{' and '.join(changed)} changed" if changed else "earlier results of an unknown run"
+
+
+def append_rows(path: str, fields: list[str], rows: list[dict]) -> None:
+    """Whole lines, flushed to disk before returning; a line cut short by a crash is ignored on read."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+    text = csv_text(fields, rows, header=fresh)
+    if not fresh:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text  # end a line a crash cut short, so it stays one bad line
+    with open(path, "a", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def score_row(image: str, version: str, score: float, tier: int, probabilities: list[float], taken: float | None, embedding: str) -> dict:
+    """A scores shard's row, as written after each batch and as kept after a complete run."""
+    return {"image": image, "version": version, "score": f"{score:.6f}", "tier": tier,
+            "probabilities": " ".join(f"{v:.6f}" for v in probabilities),
+            "taken": "" if taken is None or math.isnan(taken) else f"{taken:.0f}", "embedding": embedding}
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each batch's scores and skipped files under ``folder``, each row with its file's
+    version (from the datamodule's ``versions``) and, with ``embeddings``, the image's embedding."""
+
+    def __init__(self, store: Store, folder: str, embeddings: bool = True):
+        super().__init__(write_interval="batch")
+        self.store, self.folder, self.embeddings = store, folder, embeddings
+        self.pending = {kind: [] for kind in FIELDS}
+        self.launch, self.objects, self.flushed_at = uuid.uuid4().hex[:12], 0, time.monotonic()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        versions = trainer.datamodule.versions
+        if "scores" in prediction:
+            probabilities = prediction.get("probabilities")
+            taken = prediction.get("taken") or [None] * len(prediction["image_path"])
+            for i, image in enumerate(prediction["image_path"]):
+                self.pending["scores"].append(score_row(
+                    image, versions[image], float(prediction["scores"][i]), int(prediction["tiers"][i]),
+                    probabilities[i].tolist() if probabilities is not None else [], taken[i],
+                    encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""))
+        self.pending["skipped"] += [{"image": image, "version": versions[image], "reason": reason} for image, reason in prediction["skipped"]]
+        held = sum(map(len, self.pending.values()))
+        if not is_s3(self.folder) or held >= FLUSH_ROWS or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+            self.flush(trainer.global_rank)
+
+    def flush(self, rank: int) -> None:
+        for kind, rows in self.pending.items():
+            if not rows:
+                continue
+            if is_s3(self.folder):
+                name = f"{kind}-rank{rank}-{self.launch}-{self.objects:06d}.csv"
+                self.store.write(join(self.folder, name), csv_text(FIELDS[kind], rows, header=True).encode())
+                self.objects += 1
+            else:
+                append_rows(join(self.folder, f"{kind}-rank{rank}.csv"), FIELDS[kind], rows)
+            self.pending[kind] = []
+        self.flushed_at = time.monotonic()
+
+    def on_predict_epoch_end(self, trainer, pl_module):
+        self.flush(trainer.global_rank)
+
+    def on_exception(self, trainer, pl_module, exception):
+        """Interrupted (Ctrl-C, a failing batch, a lost peer): keep the rows already computed."""
+        self.flush(trainer.global_rank)
+
+
+def _read(text: str, fields: list[str], versions: dict[str, str], rows: dict[str, dict], outdated: set[str], seen: set[str]) -> None:
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # drop a line cut short by a crash
+    for row in csv.DictReader(io.StringIO(text)):
+        if list(row) != fields or None in row.values():
+            continue
+        seen.add(row["image"])
+        if row["image"] not in versions:
+            continue
+        if row["version"] == versions[row["image"]]:
+            rows.setdefault(row["image"], row)
+        else:
+            outdated.add(row["image"])
+
+
+def read_shards(store: Store, folder: str, versions: dict[str, str], seen: set[str] | None = None) -> tuple[dict[str, dict], dict[str, str], set[str]]:
+    """What the shards hold for the files in ``versions`` as they are now: scored rows by image,
+    skipped images with their reasons, and the images scored or skipped in an older version (to
+    score again). Each image once, whichever shard, process or run it came from. ``seen`` gathers
+    every image the shards name, the gallery's or not (those no longer in it are gone)."""
+    names = shard_names(store, folder)
+    seen = set() if seen is None else seen
+    with ThreadPoolExecutor(16 if is_s3(folder) else 1) as pool:
+        texts = pool.map(lambda name: store.read(join(folder, name)).decode(), names)
+        found = {kind: ({}, set()) for kind in FIELDS}
+        for name, text in zip(names, texts):
+            kind = name.split("-", 1)[0]
+            _read(text, FIELDS[kind], versions, *found[kind], seen)
+    (scored, outdated), (skipped_rows, outdated_skips) = found["scores"], found["skipped"]
+    outdated -= set(scored)
+    outdated_skips -= set(skipped_rows)
+    for row in scored.values():
+        row["score"] = float(row["score"])
+        row["tier"] = int(row["tier"])
+        row["probabilities"] = [float(v) for v in row["probabilities"].split()]
+        row["taken"] = float(row["taken"]) if row["taken"] else math.nan
+    skipped = {image: row["reason"] for image, row in skipped_rows.items() if image not in scored}
+    return scored, skipped, (outdated | outdated_skips) - set(scored) - set(skipped)
+
+
+def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: dict[str, str], versions: dict[str, str]) -> None:
+    """After a complete run: the shards replaced by one of each kind holding exactly the gallery
+    as it is now (the new ones written before the old ones go, so a crash between leaves both,
+    which read as one)."""
+    old = shard_names(store, folder)
+    launch = uuid.uuid4().hex[:12]
+    rows = {
+        "scores": [score_row(image, versions[image], row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"])
+                   for image, row in sorted(scored.items())],
+        "skipped": [{"image": image, "version": versions[image], "reason": reason} for image, reason in sorted(skipped.items())],
+    }
+    for kind, kind_rows in rows.items():
+        store.write(join(folder, f"{kind}-rank0-{launch}-0.csv"), csv_text(FIELDS[kind], kind_rows, header=True).encode())
+    store.delete_many([join(folder, name) for name in old])

@@ -1,0 +1,196 @@
+"""beholder ratings: a photographer's ratings in as labels, beholder's decisions out as XMP.
+
+    beholder ratings import ~/Pictures --gallery ~/Pictures --out my_labels.csv          # XMP sidecars (and XMP inside images)
+    beholder ratings import ~/Lightroom/Catalog.lrcat --gallery ~/Pictures --out my_labels.csv
+    beholder ratings import ~/.config/darktable/library.db --gallery ~/Pictures --out my_labels.csv
+    beholder ratings write --scores OUTPUT/scores.csv --gallery ~/Pictures                # sidecars beside the images
+
+The labels CSV is what beholder train reads (labels=..., gallery=ROOT): image (relative to ROOT),
+tier (by --tiers), rating (-1 rejected, 1-5 stars: data.score_column=rating) and label (colour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.core.storage import Store, inside
+from beholder.core.tables import csv_bytes
+from beholder.core.vocabulary import respell
+from beholder.data.images import IMAGE_SUFFIXES
+from beholder.data.labels import top_rating
+from beholder.label.review import Review, review_decisions
+from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
+from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
+
+DEFAULT_TIERS = "reject:0,1:0,2:1,3:1,4:2,5:3"
+
+
+def parse_tiers(text: str) -> dict[int, int]:
+    """``reject:0,1:0,2:1,...`` -> {rating: tier}; ``reject`` is rating -1."""
+    tiers = {}
+    for part in text.split(","):
+        key, _, value = part.partition(":")
+        try:
+            rating = -1 if key.strip() == "reject" else int(key)
+            tier = int(value)
+        except ValueError:
+            raise UserError(f"--tiers {text!r}: give rating:tier pairs like {DEFAULT_TIERS}") from None
+        if not -1 <= rating <= 5 or rating == 0 or not 0 <= tier <= 3:
+            raise UserError(f"--tiers {text!r}: ratings are reject or 1-5, tiers 0-3")
+        tiers[rating] = tier
+    return tiers
+
+
+def read_source(source: str, root: str, problems: list[str], notes: list[str], with_beholder: bool) -> list:
+    if os.path.isdir(source):
+        return from_sidecars(source, root, problems, with_beholder)
+    if source.lower().endswith(".lrcat"):
+        return from_lightroom(source, problems, notes)
+    if source.lower().endswith(".db"):
+        return from_darktable(source, problems, notes)
+    raise UserError(f"{source}: give a folder of XMP sidecars, a Lightroom catalogue (.lrcat) or darktable's library.db")
+
+
+def run_import(args) -> None:
+    tiers = parse_tiers(args.tiers)
+    root = os.path.abspath(os.path.expanduser(args.gallery))
+    if not os.path.isdir(root):
+        raise UserError(f"--root {args.gallery}: no such folder")
+    if os.path.exists(args.out) and not args.force:
+        raise UserError(f"--out {args.out}: already there; give --force to replace it, or another name")
+    problems: list[str] = []
+    notes: list[str] = []
+    rows, unrated, missing, outside, unmapped, unreadable = {}, [], [], [], [], []
+    source = os.path.expanduser(args.source)
+    for rated in read_source(source, root, problems, notes, args.with_beholder):
+        path = os.path.abspath(rated["path"])
+        relative = os.path.relpath(path, root)
+        if rated["rating"] is None:  # its sidecar could not be read: named among the problems
+            unreadable.append(relative)
+        elif relative.startswith(".."):
+            outside.append(path)
+        elif not os.path.isfile(path):
+            missing.append(path)
+        elif rated["rating"] == 0:
+            unrated.append(relative)
+        elif rated["rating"] not in tiers:
+            unmapped.append(relative)
+        else:
+            image = relative.replace(os.sep, "/")
+            rows[image] = {"image": image, "tier": tiers[rated["rating"]], "rating": rated["rating"], "label": rated["label"],
+                           "source": rated["source"]}
+    if args.review:
+        merge_review(args.review, rows, tiers)
+    if os.path.isdir(source):  # every image of the folder that carries no rating is unrated too
+        known = set(rows) | {path.replace(os.sep, "/") for path in unrated + unmapped + unreadable}
+        unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image.replace(os.sep, "/") not in known]
+    Store().write(args.out, csv_bytes(["image", "tier", "rating", "label", "source"], (rows[image] for image in sorted(rows))))
+    if args.unrated:
+        Store().write(args.unrated, "".join(f"{image}\n" for image in sorted(unrated)).encode())
+    counts = {tier: sum(row["tier"] == tier for row in rows.values()) for tier in range(4)}
+    lines = [f"beholder: {len(rows)} rated images -> {args.out} (tiers 0-3: {', '.join(str(counts[t]) for t in range(4))})",
+             f"  unrated         {len(unrated)}" + (f"  (listed in {args.unrated})" if args.unrated else "  (left out; --unrated FILE lists them)")]
+    for name, paths in (("no longer there", missing), ("outside --gallery", outside), ("rating not in --tiers", unmapped)):
+        if paths:
+            lines.append(f"  {name:<15} {len(paths)}  e.g. " + "; ".join(paths[:3]))
+    lines += [f"  {note}" for note in notes]
+    lines += listed("skipped", problems)
+    print("\n".join(lines))
+
+
+def merge_review(db: str, rows: dict[str, dict], tiers: dict[int, int]) -> None:
+    """``label review`` decisions join the photographer's stars as labels of their own (``source``
+    review): a kept photo counts as one of the person's top-rated, a rejected one as rejected. Where a
+    photo has both, the stars win."""
+    if not os.path.isfile(db):
+        raise UserError(f"--review {db}: no such file")
+    decisions = review_decisions(Review(db, read_only=True))
+    stars = [row["rating"] for row in rows.values() if row["rating"] > 0]
+    top = int(top_rating(stars)) if len(stars) else 5
+    for image, keep in decisions.items():
+        if image not in rows:
+            rating = top if keep else -1
+            rows[image] = {"image": image, "tier": tiers[rating], "rating": rating, "label": "", "source": "review"}
+
+
+def listed(what: str, problems: list[str], shown: int = 10) -> list[str]:
+    """One line per problem, the first ``shown`` of them, then how many more."""
+    lines = [f"  {what:<15} {problem}" for problem in problems[:shown]]
+    return lines + ([f"  {'':<15} ... and {len(problems) - shown} more"] if len(problems) > shown else [])
+
+
+def run_write(args) -> None:
+    store = Store(args.endpoint_url)
+    try:
+        text = store.read(args.scores).decode()
+    except FileNotFoundError:
+        raise UserError(f"--scores {args.scores}: no such file") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
+        raise UserError(f"--scores {args.scores}: not a scores.csv of predict.py (image, score, band, rank)")
+    for line, row in enumerate(rows, start=2):
+        try:
+            row["score"], row["rank"] = float(row["score"]), int(row["rank"])
+        except (TypeError, ValueError):
+            raise UserError(f"--scores {args.scores}: line {line}: score {row['score']!r} / rank {row['rank']!r} are not numbers") from None
+        if row["band"] not in ("keep", "review", "reject"):
+            raise UserError(f"--scores {args.scores}: line {line}: band {row['band']!r} is not keep, review or reject")
+    root = os.path.expanduser(args.gallery)
+    if not os.path.isdir(root):
+        raise UserError(f"--root {args.gallery}: no such folder")
+    names = sidecar_targets([row["image"] for row in rows], store.list(root, (".xmp",)), args.naming)
+    targets, outside, gone = {}, [], []
+    for row in rows:
+        image, sidecars = inside(root, row["image"]), [inside(root, name) for name in names[row["image"]]]
+        if image is None or None in sidecars:
+            outside.append(row["image"])
+        elif os.path.isfile(image):
+            targets[row["image"]] = sidecars
+        else:
+            gone.append(row["image"])
+    present = [row for row in rows if row["image"] in targets]
+    kept = sum(row["band"] == "keep" for row in rows)
+    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings, root)
+    left_alone = written["left_alone"]
+    print(f"beholder: {written['created'] + written['merged']} sidecars written beside the images in {root}: {written['created']} created, "
+          f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
+    for name, images in (("no longer there", gone), ("outside --gallery", outside)):
+        if images:
+            why = "  (left out: nothing is written outside --gallery)" if name == "outside --gallery" else ""
+            print(f"  {name:<15} {len(images)}  e.g. " + "; ".join(images[:3]) + why)
+    print("\n".join(listed("left as it was", left_alone)))
+
+
+def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
+    argv = respell(sys.argv[1:] if argv is None else argv, ("--root",))
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    reading = commands.add_parser("import", help="ratings -> a labels CSV for beholder train")
+    reading.add_argument("source", help="a folder of XMP sidecars, a Lightroom .lrcat, or darktable's library.db")
+    reading.add_argument("--gallery", required=True, help="the folder the images live in; label paths are relative to it")
+    reading.add_argument("--out", required=True, help="the labels CSV to write")
+    reading.add_argument("--tiers", default=DEFAULT_TIERS, help=f"rating:tier pairs (default {DEFAULT_TIERS})")
+    reading.add_argument("--unrated", help="list the unrated images in this file")
+    reading.add_argument("--force", action="store_true", help="replace --out if it exists")
+    reading.add_argument("--review", help="a label review database: its keep / reject decisions join the ratings (source=review)")
+    reading.add_argument("--with-beholder", action="store_true", help="also read the ratings beholder wrote itself (source=beholder); "
+                         "by default only the photographer's count")
+    writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")
+    writing.add_argument("--scores", required=True, help="predict.py's scores.csv (any model's)")
+    writing.add_argument("--gallery", required=True, help="the folder the scored images live in")
+    writing.add_argument("--overwrite-ratings", action="store_true", help="also replace ratings, labels and picks the photographer set")
+    writing.add_argument("--naming", choices=NAMING, default="auto", help="new sidecars: IMG_1.xmp (adobe), IMG_1.jpg.xmp (darktable), "
+                         "or auto: as the folder's other sidecars (default); existing ones are always merged into")
+    writing.add_argument("--endpoint-url", help="an S3-compatible store for an s3:// --scores")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        run_import(args) if args.command == "import" else run_write(args)
+
+
+if __name__ == "__main__":
+    main()

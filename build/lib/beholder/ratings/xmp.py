@@ -1,0 +1,306 @@
+"""XMP: the star ratings, colour labels and picks that photo tools keep in sidecars (or inside the
+image), read as labels and written as beholder's decisions, merged into what is there."""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+from xml.parsers import expat
+
+from beholder.core.storage import is_s3, read_local_file, regular_file, remove_stale_temporaries
+from beholder.data.images import IMAGE_SUFFIXES, RAW_SUFFIXES
+
+NAMESPACES = {
+    "x": "adobe:ns:meta/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "xmpDM": "http://ns.adobe.com/xmp/1.0/DynamicMedia/",
+    "digiKam": "http://www.digikam.org/ns/1.0/",
+    "beholder": "https://github.com/beholder/ns/1.0/",
+}
+EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
+# The photographer's fields that beholder sets only where none is set (or where it set them itself).
+RATING_FIELDS = (("xmp", "Rating"), ("xmp", "Label"), ("digiKam", "PickLabel"))
+UNSET = {"Rating": ("0",), "PickLabel": ("0",)}  # what the tools write for "no stars", "no pick"
+PACKET_START, PACKET_END = b"<x:xmpmeta", b"</x:xmpmeta>"
+MAX_BYTES = 16 << 20  # real sidecars are kilobytes; darktable's edit history, a few hundred
+MAX_DEPTH = 100  # real XMP nests about 10 deep; far deeper only exhausts the writer's recursion
+WRAPPER = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n', '\n<?xpacket end="w"?>\n')
+SERIALISING = threading.Lock()  # ElementTree keeps one prefix map for the whole process
+
+
+class UnreadableSidecar(ValueError):
+    """A sidecar that is not XMP we can read or merge into: it is left as it is."""
+
+
+NAMING = ("auto", "adobe", "darktable")
+
+
+def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto") -> dict[str, list[str]]:
+    """Each image's sidecars (paths relative to the same root): every one already there that the
+    image owns, so that no second one is ever made beside it; else the one to create.
+
+    ``<path>.xmp`` (darktable's and digiKam's form) always belongs to ``<path>``. ``<stem>.xmp``
+    (Lightroom's) belongs to the image of that stem when no other image shares the stem, or to the
+    RAW of a RAW + JPEG pair. A new sidecar follows ``naming``: ``adobe`` (``<stem>.xmp``, or
+    ``<path>.xmp`` where images share a stem), ``darktable`` (``<path>.xmp``), or ``auto``: the
+    convention most of the folder's sidecars already follow (``adobe`` in a folder without any)."""
+    if naming not in NAMING:
+        raise ValueError(f"xmp_naming={naming!r}: give one of {', '.join(NAMING)}")
+    present = {name.lower(): name for name in existing}
+    stems: dict[str, list[str]] = {}
+    for image in images:
+        stems.setdefault(os.path.splitext(image)[0].lower(), []).append(image)
+    styles: dict[str, list[int]] = {}  # folder -> [adobe, darktable] sidecars there
+    for name in existing:
+        inner = name[:-4]
+        styles.setdefault(os.path.dirname(name), [0, 0])[int(inner.lower().endswith(IMAGE_SUFFIXES))] += 1
+    targets = {}
+    for image in images:
+        stem = os.path.splitext(image)[0]
+        sharing = stems[stem.lower()]
+        raws = [other for other in sharing if other.lower().endswith(RAW_SUFFIXES)]
+        owns_stem = len(sharing) == 1 or raws == [image]
+        owned = [present[key] for key in ((image + ".xmp").lower(), (stem + ".xmp").lower() if owns_stem else None) if key in present]
+        if owned:
+            targets[image] = owned
+            continue
+        style = naming
+        if style == "auto":
+            adobe, darktable = styles.get(os.path.dirname(image), [0, 0])
+            style = "darktable" if darktable > adobe else "adobe"
+        targets[image] = [(stem if style == "adobe" and len(sharing) == 1 else image) + ".xmp"]
+    return targets
+
+
+def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None], dict[str, str]]:
+    """The packet's root and rdf:RDF elements, comments and processing instructions kept, where the
+    root starts and ends in ``data`` (:func:`outline`), and the file's own prefixes (prefix -> URI),
+    to write it back with."""
+    span = outline(data)
+    prefixes = {}
+    try:
+        for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
+            if prefix and not re.fullmatch(r"ns\d+", prefix):
+                prefixes[prefix] = uri
+        parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
+        parser.feed(data)
+        root = parser.close()
+    except ET.ParseError as error:
+        raise UnreadableSidecar(f"not XML ({error})") from None
+    rdf = NAMESPACES["rdf"]
+    holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
+    if holder is None:
+        raise UnreadableSidecar("no rdf:RDF element")
+    return root, holder, span, prefixes
+
+
+def serialise(root: ET.Element, prefixes: dict[str, str]) -> bytes:
+    """``root`` as XML with these prefixes. ElementTree keeps prefixes in one map for the whole
+    process, so they are set for this call only and the map put back after: one file's prefixes
+    never leak into how the next is written."""
+    with SERIALISING:
+        saved = dict(ET._namespace_map)
+        try:
+            for prefix, uri in prefixes.items():
+                ET.register_namespace(prefix, uri)
+            return ET.tostring(root, encoding="unicode").encode()
+        finally:
+            ET._namespace_map.clear()
+            ET._namespace_map.update(saved)
+
+
+def outline(data: bytes) -> tuple[int, int]:
+    """Where the root element starts and ends in ``data`` (so that what surrounds it, the xpacket
+    wrapper and comments, is written back as it was); refuses XML nested deeper than ``MAX_DEPTH``."""
+    parser = expat.ParserCreate()
+    depth, span = 0, [None, None]
+
+    def start(name, attributes):
+        nonlocal depth
+        if depth == 0:
+            span[0] = parser.CurrentByteIndex
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise UnreadableSidecar(f"elements nested more than {MAX_DEPTH} deep")
+
+    def end(name):
+        nonlocal depth
+        depth -= 1
+        if depth == 0:
+            at = parser.CurrentByteIndex
+            span[1] = data.index(b">", at) + 1 if data[at:at + 2] == b"</" else None
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as error:
+        raise UnreadableSidecar(f"not XML ({error})") from None
+    return span[0], span[1]
+
+
+def tag(prefix: str, name: str) -> str:
+    return f"{{{NAMESPACES[prefix]}}}{name}"
+
+
+def property_of(holder: ET.Element, prefix: str, name: str) -> str | None:
+    """A property of any rdf:Description, written as an attribute or as an element."""
+    for description in holder.findall(tag("rdf", "Description")):
+        if tag(prefix, name) in description.attrib:
+            return description.attrib[tag(prefix, name)].strip()
+        element = description.find(tag(prefix, name))
+        if element is not None and element.text is not None:
+            return element.text.strip()
+    return None
+
+
+def read_rating(data: bytes) -> dict:
+    """``rating`` (-1 rejected, 0 unrated, 1-5 stars, or None), ``label`` (colour) and ``pick``
+    (digiKam: 1 rejected, 3 accepted) of an XMP packet, and which of these beholder set itself
+    (``set_by_beholder``: Rating, Label, PickLabel; it records what it sets); a value that is none
+    of these is refused."""
+    _, holder, _, _ = parse(data)
+    rating, pick = property_of(holder, "xmp", "Rating"), property_of(holder, "digiKam", "PickLabel")
+    stars = None
+    if rating not in (None, ""):
+        if not re.fullmatch(r"-?[0-9]{1,3}(\.[0-9]{1,6})?", rating) or not -1 <= float(rating) <= 5:
+            raise UnreadableSidecar(f"xmp:Rating {rating[:40]!r} is not a rating from -1 to 5")
+        stars = round(float(rating))
+    if pick not in (None, "") and not re.fullmatch(r"[0-9]", pick):
+        raise UnreadableSidecar(f"digiKam:PickLabel {pick[:40]!r} is not a pick label (0-9)")
+    present = {name: property_of(holder, prefix, name) for prefix, name in RATING_FIELDS}
+    set_by_beholder = {name for name, value in present.items() if value not in (None, "") and value == property_of(holder, "beholder", f"Set{name}")}
+    return {"rating": stars, "label": property_of(holder, "xmp", "Label") or "", "pick": int(pick) if pick else None,
+            "set_by_beholder": set_by_beholder}
+
+
+def embedded_packet(data) -> bytes | None:
+    """The XMP packet inside an image file (JPEG APP1, TIFF/DNG tag 700, ...), found by its markers
+    (``data``: bytes or an mmap). One pass: each marker is looked for once from where the last was."""
+    start = data.find(PACKET_START)
+    while start >= 0:
+        after = data[start + len(PACKET_START):start + len(PACKET_START) + 1]
+        if after == b">" or after.isspace():
+            end = data.find(PACKET_END, start)
+            if end < 0:
+                return None
+            end += len(PACKET_END)
+            if end - start > MAX_BYTES:
+                raise UnreadableSidecar(f"an XMP packet of {end - start} bytes, more than {MAX_BYTES}")
+            return bytes(data[start:end])
+        start = data.find(PACKET_START, start + 1)
+    return None
+
+
+def packet_in_file(path: str) -> bytes | None:
+    """The XMP packet inside an image file, searched in place (mapped, not read into memory); only
+    regular files are opened (:func:`beholder.core.storage.regular_file`)."""
+    with regular_file(path) as (fd, size):
+        if size == 0:
+            return None
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+            return embedded_packet(mapped)
+
+
+def reason(error: Exception) -> str:
+    """Why a sidecar or image could not be used, in a few words (an OSError's text without its path)."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def star_rating(rank: int, kept: int, band: str) -> int:
+    """Kept images get 5 stars (their best 10 %), 4 (next 20 %) or 3; those to review 2; rejected 1."""
+    if band != "keep":
+        return 2 if band == "review" else 1
+    share = (rank - 1) / max(kept, 1)
+    return 5 if share < 0.1 else 4 if share < 0.3 else 3
+
+
+def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None, overwrite_ratings: bool = False) -> bytes:
+    """An XMP packet with beholder's decision: the star rating (``xmp:Rating``), a colour label
+    (Green = keep, Yellow = review, Red = reject; ``xmp:Label``), digiKam's pick label (3 accepted,
+    0 none, 1 rejected) and beholder's own fields (score, band). Lightroom, darktable and digiKam read
+    these. ``existing``: a sidecar already there. Everything in it stays; the rating, label and pick
+    are set only where the photographer has set none (beholder remembers what it set, so a later run
+    updates its own), unless ``overwrite_ratings``."""
+    label, pick = BAND_LABELS[band]
+    ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
+    root, holder, (start, end), prefixes = parse(existing or EMPTY_XMP)
+    description = holder.find(tag("rdf", "Description"))
+    if description is None:
+        description = ET.SubElement(holder, tag("rdf", "Description"), {tag("rdf", "about"): ""})
+    values = {("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
+    for prefix, name in RATING_FIELDS:
+        present, set_before = property_of(holder, prefix, name), property_of(holder, "beholder", f"Set{name}")
+        if overwrite_ratings or present in (None, "", *UNSET.get(name, ())) or present == set_before:
+            values[(prefix, name)] = values[("beholder", f"Set{name}")] = ours[(prefix, name)]
+        elif set_before is not None:  # the photographer changed what beholder had set: theirs from now on
+            for element in holder.iter(tag("rdf", "Description")):
+                element.attrib.pop(tag("beholder", f"Set{name}"), None)
+    for (prefix, name), value in values.items():
+        for element in holder.iter(tag("rdf", "Description")):  # the same property in another form or Description
+            element.attrib.pop(tag(prefix, name), None)
+            for child in element.findall(tag(prefix, name)):
+                element.remove(child)
+        description.set(tag(prefix, name), value)
+    body = serialise(root, {**prefixes, **NAMESPACES})
+    if not existing:
+        return WRAPPER[0].encode() + body + WRAPPER[1].encode()
+    before, after = existing[:start], existing[end:] if end is not None else b""
+    return ((before if b"<?xpacket" in before else before + WRAPPER[0].encode()) + body
+            + (after if b"<?xpacket" in after else WRAPPER[1].encode() + after))
+
+
+def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept: int, overwrite_ratings: bool = False,
+                   gallery: str | None = None) -> dict:
+    """Each row's (image, rank, band, score) decision merged into each of its sidecars at
+    ``targets[image]`` (written whole or not at all, keeping the file's permissions). A new sidecar
+    of an image in a local ``gallery`` starts from the XMP inside the image, so the rating and
+    keywords the photographer put there are the sidecar's too (tools that read the sidecar would
+    otherwise see beholder's stars instead). Returns how many were ``created`` and ``merged`` into,
+    and why each one ``left_alone`` was: not XMP, read-only, not a regular file, or not writable.
+    Temporary files that an earlier, killed run left in these folders are removed first."""
+    left_alone, cleaned, counts = [], set(), {"created": 0, "merged": 0}
+    for row in rows:
+        for target in targets[row["image"]]:
+            try:
+                if not is_s3(target) and os.path.dirname(target) not in cleaned:
+                    cleaned.add(os.path.dirname(target))
+                    remove_stale_temporaries(os.path.dirname(target) or ".")
+                existing = read_existing(store, target)
+                base = existing or (inside_packet(os.path.join(gallery, row["image"])) if gallery and not is_s3(gallery) else None)
+                packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings)
+                store.write(target, packet)
+                counts["merged" if existing else "created"] += 1
+            except (UnreadableSidecar, OSError, RecursionError) as error:
+                left_alone.append(f"{target}: {reason(error)}")
+    return {**counts, "left_alone": left_alone}
+
+
+def inside_packet(image: str) -> bytes | None:
+    """The XMP inside an image file, if it has one that can be read."""
+    try:
+        packet = packet_in_file(image)
+        if packet:
+            parse(packet)
+        return packet
+    except (UnreadableSidecar, OSError, ValueError):
+        return None
+
+
+def read_existing(store, target: str) -> bytes | None:
+    """The sidecar at ``target``, None if there is none; a read-only one is refused (the
+    photographer locked it), as is anything but a regular file of at most ``MAX_BYTES``."""
+    if is_s3(target):
+        return store.read(target) if store.exists(target) else None
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return None
+    if info.st_mode & 0o222 == 0:
+        raise UnreadableSidecar("read-only")
+    return read_local_file(target, MAX_BYTES)

@@ -1,0 +1,80 @@
+"""beholder similar: the images most like a query, by cosine similarity of the embeddings that
+beholder predict wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for large galleries (vector_index.py).
+
+    beholder similar --output OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
+    beholder similar --output OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from beholder.core.errors import UserError
+from beholder.core.storage import Store, inside, join
+from beholder.core.tables import csv_bytes
+from beholder.core.vocabulary import respell
+from beholder.predict.report import highlights_html
+from beholder.search.embeddings import CHECKPOINT, FILE, centred
+from beholder.search.neighbours import Neighbours, bands, embed, load_index
+from beholder.search.vector_index import EXACT_UP_TO
+
+
+def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--output", required=True, help="beholder predict's output folder (or s3:// prefix) holding embeddings.parquet")
+    parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
+    parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")
+    parser.add_argument("--out", help="write similar.csv and similar.html into this folder")
+    parser.add_argument("--ckpt", help=f"the checkpoint that scored the gallery, for a query outside the index (default: OUTPUT/{CHECKPOINT})")
+    parser.add_argument("--method", choices=("auto", "exact", "faiss"), default="auto",
+                        help=f"exact search, or FAISS (auto: FAISS beyond {EXACT_UP_TO} images when installed)")
+    parser.add_argument("--endpoint-url", help="an S3-compatible store for s3:// paths")
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--index",)))
+    try:
+        store = Store(args.endpoint_url)
+        images, index, metadata, usable = load_index(store, args.output, args.method)
+        neighbours = Neighbours(images, index, usable)
+        if args.query in images and not neighbours.knows(args.query):
+            raise UserError(f"--query {args.query}: its vector in {FILE} is not finite; rerun beholder predict to write it again")
+        if neighbours.knows(args.query):
+            found = neighbours.of(args.query, args.k)
+        else:
+            query = centred(embed(args.query, args.ckpt or join(args.output, CHECKPOINT), metadata, store)[None], index.mean)[0]
+            found = neighbours.search(query, args.k)
+    except UserError as error:
+        print(f"beholder: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    band = bands(store, args.output)
+    rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
+    print(f"beholder: the {len(rows)} images most like {args.query} ({index.kind} search of {len(images)})")
+    for row in rows[:10]:
+        print(f"  {row['rank']:>3}. {row['score']:.3f}  {row['image']}")
+    if args.out:
+        store.write(join(args.out, "similar.csv"), csv_bytes(["rank", "image", "similarity", "band"],
+                    ({"rank": r["rank"], "image": r["image"], "similarity": f"{r['score']:.4f}", "band": r["band"]} for r in rows)))
+        gallery = metadata.get("beholder.gallery", "")
+        missing: list[str] = []
+        page = highlights_html([(f"Most like {args.query}", rows)], lambda image: gallery_image(store, gallery, image, missing),
+                               f"cosine similarity of the embeddings in {join(args.output, FILE)}", title="beholder: more like this")
+        store.write(join(args.out, "similar.html"), page)
+        print(f"  results         {join(args.out, 'similar.csv')}\n  contact sheet   {join(args.out, 'similar.html')}")
+        if missing:
+            print(f"  not shown       {len(missing)} (no longer in {gallery}, or not in it): e.g. " + "; ".join(missing[:3]))
+
+
+def gallery_image(store: Store, gallery: str, image: str, missing: list[str]) -> bytes | None:
+    """An image of the gallery the index was made of; None (and named in ``missing``) for one that
+    is gone or that the index names outside the gallery: a contact sheet shows nothing else."""
+    path = inside(gallery, image) if gallery else None
+    try:
+        if path is not None:
+            return store.read(path)
+    except OSError:
+        pass
+    missing.append(image)
+    return None
+
+
+if __name__ == "__main__":
+    main()

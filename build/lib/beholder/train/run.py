@@ -1,0 +1,194 @@
+"""train(cfg): labelled gallery in, checkpoints, TensorBoard logs and test metrics out."""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import logging
+import math
+import os
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from beholder.core.errors import MissingInput, UserError
+from beholder.core.launch import check_launch
+from beholder.core.vocabulary import respell_config
+from beholder.data.features import CachedFeatureDataModule
+from beholder.data.labels import regression_stats
+from beholder.models.backbones import BackboneSpec, require_timm_model
+from beholder.models.heads import build_head
+from beholder.models.module import BeholderModule
+from beholder.models.optim import build_optimizer
+from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
+from beholder.train.crossval import train_folds
+from beholder.train.personal import train_personal
+from beholder.train.probe import fit_probe, init_head_from_probe, set_feature_scale
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig, regression_stats: dict) -> BeholderModule:
+    """The model as plain dicts, so that a checkpoint alone rebuilds it. Head fields left null in
+    the config (the regression target's scale and tier values) are filled from the data."""
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    for key, value in regression_stats.items():
+        if key in head and head[key] is None:
+            head[key] = value
+    return BeholderModule(
+        backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+        head=head,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        image_size=list(cfg.data.image_size) if cfg.data.image_size else None,
+        score_column=cfg.data.score_column,
+    )
+
+
+def check_known_keys(group: str, node: DictConfig, extra: tuple[str, ...] = ()) -> None:
+    """Every key of a ``_target_`` node must be a parameter of its target (a typo, or credentials
+    pasted into the config, stop here: credentials belong to boto3's chain)."""
+    parameters = inspect.signature(get_class(node._target_)).parameters
+    unknown = [k for k in node if not k.startswith("_") and k not in parameters and k not in extra]
+    if unknown:
+        raise UserError(f"{group}.{unknown[0]}: unknown option for {node._target_} (options: {', '.join(p for p in parameters if p != 'self')})")
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Fail on a bad data, backbone, head or optimiser option before anything expensive starts."""
+    check_known_keys("data", cfg.data)
+    if cfg.cv and cfg.cv < 2:
+        raise UserError(f"cv={cfg.cv}: give K >= 2 folds, or 0 for one train/val split")
+    if cfg.cv and (cfg.resume or not cfg.feature_cache):
+        raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and resume=null")
+    if cfg.cv and not cfg.optimized_metric.startswith("val/"):
+        raise UserError(f"optimized_metric={cfg.optimized_metric}: cv={cfg.cv} optimises a val/ metric (out of fold)")
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
+        raise UserError("trainer.sync_batchnorm=true needs GPUs (DDP refuses SyncBatchNorm on CPU processes); add trainer.sync_batchnorm=false")
+    require_timm_model(cfg.backbone.name)
+    BackboneSpec.parse(OmegaConf.to_container(cfg.backbone, resolve=True))
+    try:
+        build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True), [torch.nn.Parameter(torch.zeros(1))])
+        build_head(OmegaConf.to_container(cfg.head, resolve=True), in_features=8)
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"bad option: {error}") from None
+
+
+SAME_JOB = ("data.root", "data.labels", "data.score_column", "backbone.name", "head._target_")
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """``resume``: a file, or ``last``: the newest ``last.ckpt`` under ``runs_root`` of a run
+    with this run's data and model (not a demo's or another sweep's)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume != "last":
+        path = os.path.expanduser(cfg.resume)
+        if not os.path.isfile(path):
+            raise MissingInput(f"resume={cfg.resume}: no such file")
+        return path
+    wanted = {key: OmegaConf.select(cfg, key) for key in SAME_JOB}
+    candidates = []
+    for path in glob.glob(os.path.join(cfg.runs_root, "**", "checkpoints", "last.ckpt"), recursive=True):
+        saved = os.path.join(os.path.dirname(os.path.dirname(path)), ".hydra", "config.yaml")
+        try:
+            run = OmegaConf.load(saved)
+        except (OSError, ValueError):
+            continue
+        if all(OmegaConf.select(run, key, default=None) == value for key, value in wanted.items()):
+            candidates.append(path)
+    if not candidates:
+        spelled = {"data.root": "gallery", "data.labels": "labels"}  # read where runs of every version keep them
+        described = ", ".join(f"{spelled.get(key, key)}={value}" for key, value in wanted.items() if value is not None)
+        raise MissingInput(f"resume=last: no checkpoints/last.ckpt under {cfg.runs_root}/ of a run with {described}; give the checkpoint's path")
+    newest = max(candidates, key=os.path.getmtime)
+    log.info("resuming from %s", newest)
+    return newest
+
+
+def metric_mode(metric: str, mode: str) -> str:
+    """Whether ``metric`` is better larger or smaller: ``auto`` minimises losses and errors."""
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise UserError(f"optimized_mode={mode!r}: give min, max or auto")
+    return "min" if any(word in metric.rsplit("/", 1)[-1] for word in ("loss", "mse", "error")) else "max"
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
+    respell_config(cfg, {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"})
+    if cfg.get("personal") or cfg.get("base_ckpt"):
+        return train_personal(cfg)
+    check_options(cfg)
+    check_launch(cfg.trainer)
+    mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
+    ckpt_path = resolve_checkpoint(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = cfg.output_dir
+    gallery = instantiate(cfg.data)
+    gallery.setup()  # reads and checks the labels before anything expensive
+    stats = regression_stats(gallery.splits["train"] + gallery.splits["val"]) if cfg.cv else gallery.regression_stats()
+    module = build_module(cfg, stats)
+    gallery.data_config = module.net.data_config
+    datamodule = CachedFeatureDataModule(gallery, module.net, cfg.feature_views, cfg.feature_cache) if cfg.feature_cache else gallery
+    logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
+    logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
+    if cfg.cv:
+        results, best = train_folds(cfg, module, datamodule, stats["tier_values"], mode, logger)
+        report(cfg, logger, results, best, datamodule.skipped, 1)
+        return results[cfg.optimized_metric]
+    if cfg.feature_cache and not ckpt_path:
+        features, batch = datamodule.probe_inputs("train")
+        set_feature_scale(module.net, features)
+        if cfg.probe_init:
+            fit_probe(module.net, features, batch, cfg.seed)
+    elif cfg.probe_init and not ckpt_path:
+        init_head_from_probe(module.net, gallery.dataset("train", train=False), cfg.seed, cfg.data.num_workers,
+                             {label.image: label.group for label in gallery.splits["train"]})
+
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    checkpoint = ResumableCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode=mode, enable_version_counter=False)
+    # A second callback for last.ckpt: Lightning's save_last=True skips epochs that set no new best.
+    last = ResumableCheckpoint(checkpoints, "last", enable_version_counter=False)
+    skipped = SkippedImages()
+    bar, lines = progress(cfg.trainer)
+    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), checkpoint, last, skipped, ValidationImages(), *lines],
+                          logger=logger, default_root_dir=output_dir, **bar)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = checkpoint.best_model_path or last.best_model_path
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+
+    unreadable = {**getattr(datamodule, "skipped", {}), **skipped.skipped}
+    if trainer.is_global_zero:
+        metrics = {cfg.optimized_metric: best_score, **{name: float(value) for name, value in test.items()}}
+        report(cfg, logger, metrics, best, unreadable, trainer.world_size)
+    return best_score
+
+
+def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, processes: int) -> None:
+    """metrics.json, the TensorBoard hparams metric and the summary a user reads."""
+    result = {**metrics, "best_checkpoint": best, "skipped_images": len(skipped), "processes": processes}
+    logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): metrics[cfg.optimized_metric]})
+    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print_summary(result, skipped, cfg.output_dir)
+
+
+def print_summary(result: dict, skipped: dict, output_dir: str) -> None:
+    lines = ["", "beholder: training finished", f"  run folder      {output_dir}", f"  processes       {result['processes']}"]
+    lines += [f"  {name:<26} {value:.4f}" for name, value in result.items() if isinstance(value, float)]
+    lines.append(f"  best checkpoint {result['best_checkpoint']}")
+    if skipped:
+        first = "; ".join(f"{image} ({reason})" for image, reason in list(skipped.items())[:3])
+        lines.append(f"  skipped {len(skipped)} unreadable images: {first}")
+    lines.append(f"  tensorboard --logdir {os.path.dirname(output_dir.rstrip('/')) or '.'}")
+    print("\n".join(lines), flush=True)

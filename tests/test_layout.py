@@ -1,0 +1,121 @@
+"""The app as installed and as laid out: one command, light commands without torch, layers that
+only import downwards, every package in the wheel, and the wheel working outside the repository."""
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from beholder.core.vocabulary import respell, respell_config
+
+from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery
+
+# Each package may import those of lower layers; the commands (cli.py, __main__.py) import anything.
+LAYERS = {"core": 0, "data": 1, "default_model": 1, "models": 2, "train": 3, "search": 3, "ratings": 3, "ingest": 3, "demo": 3,
+          "predict": 4, "label": 5}
+
+
+def imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        found |= {name.split(".")[1] for name in names if name.startswith("beholder.")}
+    return found
+
+
+def test_packages_import_only_downwards():
+    upward = []
+    for path in sorted((ROOT / "beholder").rglob("*.py")):
+        parts = path.relative_to(ROOT / "beholder").with_suffix("").parts
+        if parts[-1] in ("cli", "__main__") or parts[0] in ("__init__", "cli", "__main__"):
+            continue
+        own = LAYERS[parts[0]]
+        upward += [f"{'/'.join(parts)} imports beholder.{p}" for p in imported_packages(path) if LAYERS[p] > own]
+    assert upward == []
+
+
+def test_every_package_is_in_the_wheel():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "beholder").rglob("__init__.py")}
+    assert found | {"beholder.conf"} == listed
+
+
+def test_light_commands_start_without_torch():
+    script = ("import sys\nfrom beholder.cli import main\n"
+              "for words in (['ratings'], ['label', 'export'], ['ingest'], ['demo']):\n"
+              "    try:\n        main([*words, '--help'])\n    except SystemExit:\n        pass\n"
+              "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules)")
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "False False", result.stderr
+
+
+def test_the_old_spellings_still_work_with_a_note(capsys):
+    assert respell(["import", "x", "--root", "a", "--index=b"], ("--root", "--index")) == ["import", "x", "--gallery", "a", "--output=b"]
+    cfg = compose_predict(["ckpt_path=model.ckpt", "gallery=g", "output=o"])
+    respell_config(cfg, {"ckpt_path": "ckpt"})
+    assert cfg.ckpt == "model.ckpt" and cfg.ckpt_path is None
+    cfg = compose_train(["data.root=photos", "data.labels=photos/labels.csv", "ckpt_path=last"])
+    respell_config(cfg, {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"})
+    assert (cfg.gallery, cfg.labels, cfg.resume, cfg.data.root) == ("photos", "photos/labels.csv", "last", "photos")
+    cfg = compose_train(["gallery=new", "labels=new/labels.csv"])
+    respell_config(cfg, {"data.root": "gallery", "data.labels": "labels"})  # the interpolation is no old spelling
+    assert cfg.data.root == "new"
+    notes = capsys.readouterr().err
+    assert "--root is now spelled --gallery" in notes and "ckpt_path= is now spelled ckpt=" in notes and "data.root= is now spelled gallery=" in notes
+    assert notes.count("note:") == 6
+
+
+@pytest.mark.slow
+def test_the_wheel_works_outside_the_repository(tmp_path):
+    """Build the wheel, install it into a fresh environment (its dependencies seen from this one's
+    site-packages, not this checkout), and from an empty folder: train, predict, serve the labeller."""
+    subprocess.run([PYTHON, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("beholder-*.whl"))
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True).stdout.strip()
+    deps = subprocess.run([PYTHON, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True).stdout.strip()
+    Path(site, "dependencies.pth").write_text(deps + "\n")  # a path line: its own .pth files (the editable beholder) stay unread
+    subprocess.run([PYTHON, "-m", "pip", "install", "--no-deps", "-q", "--target", site, str(wheel)], check=True, capture_output=True, timeout=300)
+    work = tmp_path / "empty"
+    work.mkdir()
+    gallery = make_gallery(work / "photos")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    beholder = [str(python), "-m", "beholder"]
+    where = subprocess.run([*beholder[:1], "-c", "import beholder; print(beholder.__file__)"], cwd=work, env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(site), where.stdout + where.stderr
+    trained = subprocess.run([*beholder, "train", *TINY, f"gallery={gallery}", f"labels={gallery}/labels.csv", "hydra.run.dir=run"],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0 and "beholder: training finished" in trained.stdout, trained.stderr[-2000:]
+    scored = subprocess.run([*beholder, "predict", "ckpt=run/checkpoints/best.ckpt", f"gallery={gallery}", "output=scored",
+                             "num_workers=0", "trainer.enable_progress_bar=false"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert scored.returncode == 0 and (work / "scored" / "scores.csv").exists(), scored.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*beholder, "label", "--gallery", str(gallery), "--db", "labels.sqlite", "--port", str(port)],
+                              cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        pages = {}
+        for path in ("/", "/static/labeller.css", "/static/common.js"):
+            for _ in range(300):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                        pages[path] = (response.status, response.read().decode())
+                    break
+                except OSError:
+                    time.sleep(0.2)
+        assert [pages[p][0] for p in ("/", "/static/labeller.css", "/static/common.js")] == [200, 200, 200]
+        assert "labeller.css" in pages["/"][1] and "{" in pages["/static/labeller.css"][1] and "function" in pages["/static/common.js"][1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

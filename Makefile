@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BEHOLDER := $(VENV)/bin/beholder
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-gpu
@@ -14,11 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo/gallery/labels.csv: | $(STAMP)
-	$(PY) -m beholder.demo demo/gallery --count 400
+	$(BEHOLDER) demo demo/gallery --count 400
 
 demo: $(STAMP) demo/gallery/labels.csv
-	$(PY) train.py experiment=demo trainer.enable_progress_bar=false
-	$(PY) predict.py ckpt_path=$$(ls -td outputs/demo/*/checkpoints/best.ckpt | head -1) \
+	$(BEHOLDER) train experiment=demo trainer.enable_progress_bar=false
+	$(BEHOLDER) predict ckpt=$$(ls -td outputs/demo/*/checkpoints/best.ckpt | head -1) \
 		gallery=demo/gallery output=outputs/demo/scored trainer.enable_progress_bar=false
 
 test: $(STAMP)

@@ -4,7 +4,7 @@ Each panorama is a sky (day, golden hour, dusk or night), clouds, the Olympic mo
 Sound and a city skyline. Golden light on scattered clouds over clear mountains is what earns the
 top tiers; fog, night, glare, a tilted camera or a frozen (corrupted) frame make junk.
 
-    python -m beholder.demo demo/gallery --count 400
+    beholder demo demo/gallery --count 400
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Mirror a web folder tree (Apache/nginx autoindex listings) into S3 or a local folder, resumably.
 
-    python -m beholder.ingest https://example.org/panocam/assets/ s3://my-bucket/panocam/ \\
+    beholder ingest https://example.org/panocam/assets/ s3://my-bucket/panocam/ \\
         --include 'thumbnail.jpg' --since 2015-01-01
-    python -m beholder.ingest ... --dry-run       # what would be copied, with counts and bytes
+    beholder ingest ... --dry-run       # what would be copied, with counts and bytes
 
 A rerun skips files already at the destination with the same size, so an interrupted run loses
 nothing it had finished. ``beholder-manifest.csv`` (key, source URL, bytes, capture time from the

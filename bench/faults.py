@@ -4,7 +4,7 @@
             downloads cut off mid-way and a 3 s outage, against a clean run: images lost, faults
             injected, time overhead
   kill      kill -9 of predict.py at three points of a gallery, then one rerun: images lost or doubled
-  train     kill -9 of train.py mid-epoch, then ckpt_path=last: epoch and step it resumed at
+  train     kill -9 of train.py mid-epoch, then resume=last: epoch and step it resumed at
   bad       a gallery seeded with broken and odd files: skipped, scored, peak memory
   labeller  the labeller's server under 10 clients posting one set at once, 10 raters in parallel, a
             cross-site page in Chromium, a rebinding Host header, and 10 requests for 81-megapixel PNGs
@@ -82,7 +82,7 @@ def s3_experiment(work, ckpt, photos):
             for key, value in settings.items():
                 setattr(proxy, key, value)
             started = time.perf_counter()
-            result = predict_cli([f"ckpt_path={ckpt}", "gallery=s3://faults/gallery", f"output=s3://faults/out-{label}",
+            result = predict_cli([f"ckpt={ckpt}", "gallery=s3://faults/gallery", f"output=s3://faults/out-{label}",
                                   f"endpoint_url={proxy.url}", f"hydra.run.dir={work}/h-{label}"], env={"HOME": work})
             seconds = time.perf_counter() - started
             proxy.stop()
@@ -100,7 +100,7 @@ def kill_experiment(work, ckpt, photos, points=(0.2, 0.5, 0.8), count=400):
     gallery = fill_gallery([os.path.join(photos, n) for n in sorted(os.listdir(photos))], os.path.join(work, "kill-gallery"), count)
     output = os.path.join(work, "kill-out")
     shard = os.path.join(output, ".beholder-partial", "scores-rank0.csv")
-    args = [PYTHON, os.path.join(REPO, "predict.py"), *FAST, f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={output}",
+    args = [PYTHON, os.path.join(REPO, "predict.py"), *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={output}",
             f"hydra.run.dir={work}/h-kill"]
     rows = []
     for point in points:
@@ -119,7 +119,7 @@ def kill_experiment(work, ckpt, photos, points=(0.2, 0.5, 0.8), count=400):
 def train_experiment(work):
     gallery = os.path.join(work, "panoramas")
     make_gallery(gallery, count=120, seed=3, height=60, width=460)
-    common = [os.path.join(REPO, "train.py"), "backbone=efficientnet_lite0", f"data.root={gallery}", f"data.labels={gallery}/labels.csv",
+    common = [os.path.join(REPO, "train.py"), "backbone=efficientnet_lite0", f"gallery={gallery}", f"labels={gallery}/labels.csv",
               "data.image_size=[48,368]", "data.batch_size=16", "trainer.enable_progress_bar=false", f"runs_root={work}/runs"]
     process = subprocess.Popen([PYTHON, *common, "trainer.max_epochs=50", f"hydra.run.dir={work}/runs/a"], env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -129,7 +129,7 @@ def train_experiment(work):
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = torch.load(last, weights_only=True)
-    result = subprocess.run([PYTHON, *common, f"trainer.max_epochs={saved['epoch'] + 2}", "ckpt_path=last",
+    result = subprocess.run([PYTHON, *common, f"trainer.max_epochs={saved['epoch'] + 2}", "resume=last",
                              f"hydra.run.dir={work}/runs/b"], env=env(), capture_output=True, text=True)
     final = torch.load(os.path.join(work, "runs", "b", "checkpoints", "last.ckpt"), weights_only=True) if result.returncode == 0 else {}
     per_epoch = saved["global_step"] // (saved["epoch"] + 1)
@@ -153,7 +153,7 @@ def bad_files_experiment(work, ckpt, photos):
     for name, data in files.items():
         with open(os.path.join(gallery, name), "wb") as f:
             f.write(data)
-    process = subprocess.Popen([PYTHON, os.path.join(REPO, "predict.py"), *FAST, f"ckpt_path={ckpt}", f"gallery={gallery}",
+    process = subprocess.Popen([PYTHON, os.path.join(REPO, "predict.py"), *FAST, f"ckpt={ckpt}", f"gallery={gallery}",
                                 f"output={work}/bad-out", f"hydra.run.dir={work}/h-bad"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = 0.0
     while process.poll() is None:  # its own high-water mark; ru_maxrss of children would include earlier ones
@@ -192,7 +192,7 @@ def labeller_experiment(work):
         Image.new("RGB", (9000, 9000), (40, 90, 160)).save(os.path.join(gallery, name))
     db, port = os.path.join(work, "labels.sqlite"), free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([PYTHON, "-m", "beholder.label", "--gallery", gallery, "--db", db, "--port", str(port)],
+    server = subprocess.Popen([PYTHON, "-m", "beholder", "label", "--gallery", gallery, "--db", db, "--port", str(port)],
                               env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up():
@@ -271,7 +271,7 @@ def archive_experiment(work):
     archive, base = serve(hostile_archive(escape, elsewhere))
     mirror = os.path.join(work, "deep", "er", "mirror")
     started = time.perf_counter()
-    result = subprocess.run([PYTHON, "-m", "beholder.ingest", f"{base}/archive/", mirror, "--quiet", "--max-depth", "6", "--deadline", "5",
+    result = subprocess.run([PYTHON, "-m", "beholder", "ingest", f"{base}/archive/", mirror, "--quiet", "--max-depth", "6", "--deadline", "5",
                              "--retries", "1"], env=env(), capture_output=True, text=True)
     seconds = time.perf_counter() - started
     archive.shutdown()
@@ -376,12 +376,12 @@ def surfaces_experiment(work, ckpt, photos):
         rows.append([surface, hostile, f"{code}: {last_line(output)}", written, served, stopped, nan, f"{seconds:.1f}"])
 
     started = time.perf_counter()  # the photographer's ratings, before beholder writes any
-    code, output = beholder_cli(["beholder.ratings", "import", gallery, "--root", gallery, "--out", os.path.join(home, "labels.csv")], timeout=300)
+    code, output = beholder_cli(["beholder", "ratings", "import", gallery, "--gallery", gallery, "--out", os.path.join(home, "labels.csv")], timeout=300)
     row("ratings import (sidecars)", "Rating 1e400, PickLabel ², 5,000 deep, a FIFO, /dev/zero, 1 MB of packet openings",
         code, output, time.perf_counter() - started, stopped=int(code != 0 or not os.path.exists(os.path.join(home, "labels.csv"))))
 
     started = time.perf_counter()  # predict with sidecars beside the images, one of them 5,000 deep
-    code, output = beholder_cli(["predict.py", *FAST, f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={out}", "xmp=true",
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={out}", "xmp=true",
                                  "xmp_beside_images=true", f"hydra.run.dir={work}/h-surfaces"], timeout=600)
     scored = os.path.exists(os.path.join(out, "scores.csv"))
     row("predict.py xmp_beside_images=true", "a sidecar nested 5,000 deep, a FIFO named .xmp, /dev/zero named .jpg",
@@ -399,7 +399,7 @@ def surfaces_experiment(work, ckpt, photos):
     darktable.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     darktable.execute("UPDATE images SET flags = 5 WHERE id = 1")  # committed, only in the write-ahead log
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder.ratings", "import", catalogue, "--root", gallery, "--out", os.path.join(home, "dt.csv")], timeout=300)
+    code, output = beholder_cli(["beholder", "ratings", "import", catalogue, "--gallery", gallery, "--out", os.path.join(home, "dt.csv")], timeout=300)
     darktable.close()
     with open(os.path.join(home, "dt.csv")) if code == 0 else open(os.devnull) as f:
         stars = {row["image"]: row["rating"] for row in csv.DictReader(f)}
@@ -416,12 +416,12 @@ def surfaces_experiment(work, ckpt, photos):
         for rank, image in enumerate(["../private/secret.jpg", os.path.join(private, "secret.jpg")], start=11):
             writer.writerow({"image": image, "score": 0.99, "band": "keep", "rank": rank})
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder.ratings", "write", "--scores", scores, "--root", gallery], timeout=300)
+    code, output = beholder_cli(["beholder", "ratings", "write", "--scores", scores, "--gallery", gallery], timeout=300)
     row("ratings write", "rows ../private/secret.jpg and an absolute path; the 5,000-deep sidecar", code, output,
         time.perf_counter() - started, changed(outside_before, snapshot(private)))
 
     port = free_port()
-    server = subprocess.Popen([PYTHON, "-m", "beholder.label", "review", "--scores", scores, "--gallery", gallery, "--db",
+    server = subprocess.Popen([PYTHON, "-m", "beholder", "review", "--scores", scores, "--gallery", gallery, "--db",
                                os.path.join(home, "review.sqlite"), "--port", str(port)], env=env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     started = time.perf_counter()
@@ -451,7 +451,7 @@ def surfaces_experiment(work, ckpt, photos):
                               metadata["beholder.gallery"]))
     os.rename(os.path.join(out, "scores.csv"), os.path.join(out, "scores.csv.kept"))
     os.remove(os.path.join(gallery, names_[3]))  # deleted since it was scored
-    code, output = beholder_cli(["beholder.search.similar", "--index", out, "--query", names_[0], "--k", "30", "--out", os.path.join(home, "like")])
+    code, output = beholder_cli(["beholder", "similar", "--output", out, "--query", names_[0], "--k", "30", "--out", os.path.join(home, "like")])
     nan = 0
     if code == 0:
         with open(os.path.join(home, "like", "similar.csv")) as f:
@@ -464,12 +464,12 @@ def surfaces_experiment(work, ckpt, photos):
     with open(os.path.join(out, "embeddings.faiss.npz"), "wb") as f:
         f.write(b"PK\x03\x04 damaged")
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder.search.similar", "--index", out, "--query", names_[0], "--method", "faiss"])
+    code, output = beholder_cli(["beholder", "similar", "--output", out, "--query", names_[0], "--method", "faiss"])
     row("similar --method faiss", "a damaged embeddings.faiss.npz (rebuilt)", code, output, time.perf_counter() - started)
     empty = pa.table({"image": pa.array([], pa.string()), "vector": pa.FixedSizeListArray.from_arrays(pa.array([], pa.float16()), 4)})
     pq.write_table(empty.replace_schema_metadata({"beholder.dimension": "4"}), parquet)
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder.search.similar", "--index", out, "--query", names_[0]])
+    code, output = beholder_cli(["beholder", "similar", "--output", out, "--query", names_[0]])
     row("similar", "an empty embeddings.parquet (one line, exit 2)", code, output, time.perf_counter() - started, stopped=0)
 
     labelled = os.path.join(home, "panoramas")
@@ -477,7 +477,7 @@ def surfaces_experiment(work, ckpt, photos):
     cache = os.path.join(home, "cache")
     tiny = ["backbone.name=test_efficientnet", "backbone.pretrained=false", "backbone.trainable_blocks=0", "head=regression",
             "data.image_size=[32,64]", "data.num_workers=0", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-            f"data.root={labelled}", f"data.labels={labelled}/labels.csv", f"feature_cache={cache}"]
+            f"gallery={labelled}", f"labels={labelled}/labels.csv", f"feature_cache={cache}"]
     beholder_cli(["train.py", *tiny, f"output_dir={home}/run1"], timeout=600)
     entries = sorted(os.path.join(d, n) for d, _, fs in os.walk(cache) for n in fs if n.endswith(".npy"))
     np.save(entries[0], np.full(np.load(entries[1]).shape, np.nan, dtype=np.float32))
@@ -497,7 +497,7 @@ def surfaces_experiment(work, ckpt, photos):
     broken = os.path.join(home, "nan.ckpt")
     torch.save(checkpoint, broken)
     started = time.perf_counter()
-    code, output = beholder_cli(["predict.py", *FAST, f"ckpt_path={broken}", f"gallery={gallery}", f"output={home}/nan-out",
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={broken}", f"gallery={gallery}", f"output={home}/nan-out",
                                  f"hydra.run.dir={work}/h-nan"], timeout=600)
     row("predict.py", "a checkpoint with one NaN head weight (one line, exit 2)", code, output, time.perf_counter() - started,
         nan=nan_scores(os.path.join(home, "nan-out", "scores.csv")), stopped=0)
@@ -633,11 +633,11 @@ def main():
         + markdown_table(["run", "images", "scored", "lost", "requests", "503 SlowDown", "cut-off downloads", "refused (outage)", "seconds"], s3_rows),
         "`kill -9` of `predict.py` at three points of one gallery, then one plain rerun:\n\n"
         + markdown_table(["killed at", "images", "scored before each kill", "in final scores.csv", "lost", "doubled"], kill_rows),
-        "`kill -9` of `train.py` mid-epoch (efficientnet_lite0 on 120 demo panoramas), then `ckpt_path=last`:\n\n"
+        "`kill -9` of `train.py` mid-epoch (efficientnet_lite0 on 120 demo panoramas), then `resume=last`:\n\n"
         + markdown_table(["last.ckpt epoch", "its global step", "resumed", "final epoch", "final global step", "expected final step"], train_rows),
         "A gallery of broken and odd files (truncated, empty, text named .jpg, a PNG declaring 30,000x30,000, CMYK, grayscale, palette):\n\n"
         + markdown_table(["files", "scored", "skipped", "skipped files", "crashes", "peak RSS of a predict process MB"], bad_rows),
-        "The labeller's server (`python -m beholder.label`, 120 images): one set posted by 10 clients at once, 20 times over:\n\n"
+        "The labeller's server (`beholder label`, 120 images): one set posted by 10 clients at once, 20 times over:\n\n"
         + markdown_table(["posts", "accepted", "decision rows", "expected rows"], [same_set]),
         "10 raters submitting 15 sets each in parallel:\n\n"
         + markdown_table(["honest submissions", "accepted", "refused", "decision rows", "expected rows"], [parallel]),
@@ -646,7 +646,7 @@ def main():
         + markdown_table(["cross-site page", "rater's judged images before", "after", "status for a foreign Host", "sets created by GETs"], [cross]),
         "10 concurrent requests for two 81-megapixel PNGs (9000x9000) on the labeller:\n\n"
         + markdown_table(["requests", "answered 200", "server peak RSS before MB", "after MB", "seconds"], [memory]),
-        "`python -m beholder.ingest` of a hostile archive (4 links with encoded `..` or `/`, a 302 to another site, a file "
+        "`beholder ingest` of a hostile archive (4 links with encoded `..` or `/`, a 302 to another site, a file "
         "dribbled a byte every 50 ms with `--deadline 5`, an endless folder nesting with `--max-depth 6`):\n\n"
         + markdown_table(["links refused as leaving DEST", "files written outside", "requests to the other site",
                           "redirects refused", "downloads cut by the deadline", "folders refused by depth", "files copied", "seconds"], [hostile]),

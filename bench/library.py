@@ -6,9 +6,9 @@ them as HEIC and 5 as DNG; 60 % of the rater's ratings of them (1-7, as 1-5 star
 half Lightroom's form (IMG.xmp, with develop settings and keywords), half darktable's (IMG.jpg.xmp),
 the other 40 % held out ("their unrated photos"). Then, each step timed:
 
-  import     python -m beholder.ratings import LIB --root LIB --out my_labels.csv
-  personal   python train.py experiment=personal base_ckpt=CROWD data.labels=my_labels.csv ...
-  predict    python predict.py ckpt_path=PERSONAL gallery=LIB output=OUT xmp=true xmp_beside_images=true ratings=my_labels.csv
+  import     beholder ratings import LIB --gallery LIB --out my_labels.csv
+  personal   python train.py experiment=personal base_ckpt=CROWD labels=my_labels.csv ...
+  predict    python predict.py ckpt=PERSONAL gallery=LIB output=OUT xmp=true xmp_beside_images=true ratings=my_labels.csv
   rerun      the same predict again (nothing new in the library)
   re-import  the import again, after beholder wrote its sidecars
 
@@ -156,7 +156,7 @@ def main():
     paths = dict(line.split(",") for line in (base / "paths.csv").read_text().splitlines())
     cache = work / "cache"
 
-    crowd_first, _ = run(["predict.py", f"ckpt_path={crowd}", f"gallery={base}/lib", f"output={work}/crowd-out", f"feature_cache={cache}", *QUIET])
+    crowd_first, _ = run(["predict.py", f"ckpt={crowd}", f"gallery={base}/lib", f"output={work}/crowd-out", f"feature_cache={cache}", *QUIET])
     crowd_scores = scores_of(work / "crowd-out" / "scores.csv")
     safety, quality, policy, seconds = [], [], [], []
     for rater in raters:
@@ -174,16 +174,16 @@ def main():
             before[path] = photographers_fields(path)
 
         steps = {}
-        steps["import"], _ = run(["-m", "beholder.ratings", "import", str(lib), "--root", str(lib), "--out", str(lib / "my_labels.csv")])
-        steps["personal"], _ = run(["train.py", "experiment=personal", f"base_ckpt={crowd}", f"data.root={lib}",
-                                    f"data.labels={lib / 'my_labels.csv'}", "data.score_column=rating", f"feature_cache={cache}",
+        steps["import"], _ = run(["-m", "beholder", "ratings", "import", str(lib), "--gallery", str(lib), "--out", str(lib / "my_labels.csv")])
+        steps["personal"], _ = run(["train.py", "experiment=personal", f"base_ckpt={crowd}", f"gallery={lib}",
+                                    f"labels={lib / 'my_labels.csv'}", "data.score_column=rating", f"feature_cache={cache}",
                                     f"output_dir={work}/personal-{rater}", *QUIET])
         personal = work / f"personal-{rater}" / "checkpoints" / "best.ckpt"
-        loop = [f"ckpt_path={personal}", f"gallery={lib}", f"output={work}/out-{rater}", "xmp=true", "xmp_beside_images=true",
+        loop = [f"ckpt={personal}", f"gallery={lib}", f"output={work}/out-{rater}", "xmp=true", "xmp_beside_images=true",
                 f"ratings={lib / 'my_labels.csv'}", f"feature_cache={cache}", *QUIET]
         steps["predict"], _ = run(["predict.py", *loop])
         steps["rerun"], _ = run(["predict.py", *loop])
-        steps["re-import"], _ = run(["-m", "beholder.ratings", "import", str(lib), "--root", str(lib), "--out", str(lib / "again.csv")])
+        steps["re-import"], _ = run(["-m", "beholder", "ratings", "import", str(lib), "--gallery", str(lib), "--out", str(lib / "again.csv")])
         seconds.append([rater, *(f"{steps[s]:.1f}" for s in ("import", "personal", "predict", "rerun", "re-import"))])
 
         sidecars = {str(p.relative_to(lib)) for p in lib.rglob("*.xmp")}

@@ -60,8 +60,8 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
             writer.writerow([row["image"], row["tier"], row["beauty_mean"], split])
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            "experiment=best", "head=regression", "cv=0", "data.score_column=beauty_mean", f"data.root={oasis}/images",
-            f"data.labels={labels}", f"feature_cache={work}/cache", f"output_dir={work}/crowd", "trainer.enable_progress_bar=false"])
+            "experiment=best", "head=regression", "cv=0", "data.score_column=beauty_mean", f"gallery={oasis}/images",
+            f"labels={labels}", f"feature_cache={work}/cache", f"output_dir={work}/crowd", "trainer.enable_progress_bar=false"])
     train(cfg)
     return ckpt
 

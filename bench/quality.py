@@ -105,7 +105,7 @@ def score_with_checkpoint(ckpt, root, images):
 
 def probe_features(root, images, levels, work):
     """View 0 of the frozen features experiment=best trains on (``levels``: every pooled level), from its cache."""
-    cfg = compose(["experiment=best", f"backbone.levels={levels}", "data.root=.", "data.labels=x", "output_dir=."])
+    cfg = compose(["experiment=best", f"backbone.levels={levels}", "gallery=.", "labels=x", "output_dir=."])
     net = ScoreNet(dict(cfg.backbone), {"_target_": "beholder.models.heads.RegressionHead"})
     views = cfg.feature_views if levels else 1  # the levels' cache is the one the best-* systems read
     features, _ = cached_features(net, root, images, Store(), dict(cfg.data.augment), views, f"{work}/cache", cfg.data.max_pixels)
@@ -157,7 +157,7 @@ def run_beholder(name, overrides, rows, folds, fold, root, work, args):
         for r in test:
             writer.writerow([r["image"], r["tier"], r["beauty"], "test"])
     cfg = compose([
-        f"data.root={root}", f"data.labels={labels}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        f"gallery={root}", f"labels={labels}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         f"seed={args.seed}", f"output_dir={work}/{name}-fold{fold}", *overrides.split(),
     ])
     if cfg.feature_cache:  # one cache for every system and fold of this run
@@ -169,8 +169,8 @@ def run_beholder(name, overrides, rows, folds, fold, root, work, args):
 def cold_run(root, labels, work):
     """Seconds of the README's experiment=best command on every photo, feature cache empty."""
     started = time.perf_counter()
-    command = [sys.executable, os.path.join(REPO, "train.py"), "experiment=best", "head=regression", f"data.root={root}",
-               f"data.labels={labels}", "data.score_column=beauty_mean", f"feature_cache={work}/cold-cache",
+    command = [sys.executable, os.path.join(REPO, "train.py"), "experiment=best", "head=regression", f"gallery={root}",
+               f"labels={labels}", "data.score_column=beauty_mean", f"feature_cache={work}/cold-cache",
                f"hydra.run.dir={work}/cold-run", "trainer.enable_progress_bar=false"]
     import subprocess
 
@@ -207,7 +207,7 @@ def main():
     started = time.perf_counter()
     features = {"probe-levels": probe_features(root, images, True, work)}
     extraction = time.perf_counter() - started
-    views = compose(["experiment=best", "data.root=.", "data.labels=x", "output_dir=."]).feature_views
+    views = compose(["experiment=best", "gallery=.", "labels=x", "output_dir=."]).feature_views
     features["probe"] = probe_features(root, images, False, work)
     alphas = {name: [] for name in features}
     for fold in args.folds:

@@ -96,8 +96,8 @@ def train_checkpoint(work: str) -> str:
     run = os.path.join(work, "train")
     subprocess.run([PY, os.path.join(REPO, "train.py"), "backbone.name=test_efficientnet", "backbone.pretrained=false",
                     "data.image_size=[64,64]", "data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-                    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", f"data.root={folder}",
-                    f"data.labels={folder}/labels.csv", f"hydra.run.dir={run}"], check=True, capture_output=True, cwd=work)
+                    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", f"gallery={folder}",
+                    f"labels={folder}/labels.csv", f"hydra.run.dir={run}"], check=True, capture_output=True, cwd=work)
     return os.path.join(run, "checkpoints", "best.ckpt")
 
 
@@ -173,7 +173,7 @@ class Monitor(threading.Thread):
 def score(work: str, ckpt: str, endpoint: str, name: str, s3, kill_at: int | None) -> tuple[subprocess.CompletedProcess, Monitor, float]:
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1"}
     command = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", os.path.join(REPO, "predict.py"),
-               f"ckpt_path={ckpt}", f"gallery=s3://{BUCKET}/archive", f"output=s3://{BUCKET}/scored", "trainer.devices=2",
+               f"ckpt={ckpt}", f"gallery=s3://{BUCKET}/archive", f"output=s3://{BUCKET}/scored", "trainer.devices=2",
                "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "num_workers=1", "batch_size=64",
                f"hydra.run.dir={work}/{name}"]
     began = time.perf_counter()

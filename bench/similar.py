@@ -7,7 +7,7 @@
   chosen on the photos/ set (best F1) and measured on the oasis/ set; the default group_similarity of
   conf/predict.yaml is the one chosen here.
 - retrieval: OASIS photos sharing a theme (Acorns_1, Acorns_2, ...) are the relevant ones; mean
-  average precision at 10 of python -m beholder.search.similar's ranking, raw pixels and phash.
+  average precision at 10 of beholder similar's ranking, raw pixels and phash.
 - scale: synthetic clustered vectors of the best preset's dimension; exact search against FAISS:
   build seconds, bytes per image, query latency p50/p99, recall@10 against exact; grouping time and
   memory at 10^4 and 10^5.
@@ -100,7 +100,7 @@ def trained_checkpoint(work: str) -> str:
 
         oasis = os.path.join(SHARED, "oasis")
         train(compose("train", ["experiment=best", "head=regression", "cv=0", "data.score_column=beauty_mean",
-                                f"data.root={oasis}/images", f"data.labels={oasis}/labels.csv", f"feature_cache={work}/cache",
+                                f"gallery={oasis}/images", f"labels={oasis}/labels.csv", f"feature_cache={work}/cache",
                                 f"output_dir={work}/oasis-model", "trainer.enable_progress_bar=false"]))
     return ckpt
 
@@ -109,7 +109,7 @@ def scored(ckpt: str, gallery: str, output: str, *overrides: str) -> dict:
     """predict.py on ``gallery``; returns its summary with the embeddings and scores.csv rows."""
     from beholder.predict.run import predict
 
-    summary = predict(compose("predict", [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={output}",
+    summary = predict(compose("predict", [f"ckpt={ckpt}", f"gallery={gallery}", f"output={output}",
                                           "trainer.enable_progress_bar=false", "num_workers=2", *overrides]))
     images, vectors, _ = read_parquet(open(os.path.join(output, "embeddings.parquet"), "rb").read())
     with open(os.path.join(output, "scores.csv")) as f:
@@ -268,7 +268,7 @@ def faiss_measurements(path: str, count: int, queries: np.ndarray, sender) -> No
 
 
 def bench_scale(sizes: list[int], work: str) -> str:
-    """Each size from its own embeddings.parquet on disk, as python -m beholder.search.similar reads one:
+    """Each size from its own embeddings.parquet on disk, as beholder similar reads one:
     exact search over the vectors read whole (freed before the next step), then FAISS built from
     the row groups, on the same 100 queries."""
     rows, group_rows = [], []
@@ -314,7 +314,7 @@ def bench_scale(sizes: list[int], work: str) -> str:
                          f"{faiss_latency[1]:.1f}", f"{recall:.3f}"])
         print(markdown_table(["vectors", "index", "build s", "bytes per image", "query p50 ms", "query p99 ms", "recall@10"], rows), flush=True)
     body = (f"Synthetic unit vectors of dimension {DIMENSION} (float16, as embeddings.parquet holds them) around count/50 random centres, "
-            "each size an embeddings.parquet on disk read as beholder.search.similar reads it; 100 queries drawn from the index (latency: single "
+            "each size an embeddings.parquet on disk read as beholder similar reads it; 100 queries drawn from the index (latency: single "
             "queries; 10 at 10^6 for exact). Exact keeps the float16 vectors and compares them all in chunks; FAISS: inverted lists over "
             "sqrt(n) k-means cells, 8-bit scalar quantisation, 32 cells searched, built from the parquet's row groups (two passes).\n\n")
     body += markdown_table(["vectors", "index", "build s", "bytes per image", "query p50 ms", "query p99 ms", "recall@10"], rows)
@@ -340,7 +340,7 @@ def bench_culling(ckpt: str, work: str, similarity: float) -> str:
     if not os.path.exists(demo_ckpt):
         from beholder.train.run import train
 
-        train(compose("train", ["experiment=demo", f"data.root={demo}/gallery", f"data.labels={demo}/gallery/labels.csv",
+        train(compose("train", ["experiment=demo", f"gallery={demo}/gallery", f"labels={demo}/gallery/labels.csv",
                                 f"feature_cache={work}/cache", f"output_dir={demo}/run", "trainer.enable_progress_bar=false"]))
     for extra in ([], ["keep_per_group=1"], ["keep_per_group=1", "group_window=1800"]):
         result = scored(demo_ckpt, os.path.join(demo, "gallery"), os.path.join(demo, "scored-" + str(len(extra))),
@@ -388,7 +388,7 @@ def main():
     quiet_libraries()
     work = args.work or tempfile.mkdtemp(prefix="beholder-similar-")
     os.makedirs(work, exist_ok=True)
-    similarity = compose("predict", ["ckpt_path=-", "gallery=-", "output=-"]).group_similarity  # unless bursts measures it anew
+    similarity = compose("predict", ["ckpt=-", "gallery=-", "output=-"]).group_similarity  # unless bursts measures it anew
     if {"bursts", "retrieval", "culling"} & set(args.only):
         ckpt = trained_checkpoint(work)
     write = not args.no_write

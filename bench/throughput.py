@@ -123,7 +123,7 @@ print("RESULT " + json.dumps({"wall": wall, "ips": summary["images_per_second"],
 
 
 def run_predict(ckpt, gallery, output, batch, extra=()):
-    overrides = [f"ckpt_path={ckpt}", f"gallery={gallery}", f"output={output}", f"batch_size={batch}", "num_workers=2",
+    overrides = [f"ckpt={ckpt}", f"gallery={gallery}", f"output={output}", f"batch_size={batch}", "num_workers=2",
                  "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4", *extra]
     env = {**os.environ, "PYTHONPATH": REPO}
     result = subprocess.run([sys.executable, "-c", PREDICT_RUNNER, os.path.join(REPO, "conf"), *overrides], capture_output=True, text=True, env=env)

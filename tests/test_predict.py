@@ -198,7 +198,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     (tmp_path / "a_file").write_text("x")
     cases = {
-        "ckpt_path: no such file": [f"ckpt={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
+        "ckpt: no such file": [f"ckpt={tmp_path}/missing.ckpt", f"gallery={gallery}", f"output={tmp_path}/o1"],
         "not a readable checkpoint": [f"ckpt={tmp_path}/not_a_checkpoint.ckpt", f"gallery={gallery}", f"output={tmp_path}/o2"],
         f"checkpoint format None, this beholder reads format {CHECKPOINT_FORMAT}":
             [f"ckpt={tmp_path}/foreign.ckpt", f"gallery={gallery}", f"output={tmp_path}/o3"],
@@ -211,11 +211,16 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
         "trainer.num_nodes=2: start the command on each machine with torchrun or srun":
             [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/o9", "trainer.num_nodes=2"],
     }
+    # The command line once: exit code 2 and one line, no traceback; the same checks in-process after.
+    message, args = next(iter(cases.items()))
+    result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("beholder: error: ") and message in last, (message, last)
     for message, args in cases.items():
-        result = run_predict(args + [f"hydra.run.dir={tmp_path}/h"], tmp_path)
-        assert result.returncode == 2, (message, result.stderr[-2000:])
-        last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("beholder: error: ") and message in last, (message, last)
+        with pytest.raises(UserError) as refused:
+            predict(compose_predict(args))
+        assert message in " ".join(str(refused.value).split()), message
     assert not list(tmp_path.glob("o*/scores.csv"))
 
 

@@ -24,5 +24,5 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # beholder keeps frozen normalisation layers (and frozen extractors) in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    # A rerun of predict.py that finds every image scored already predicts on an empty list, by design.
+    # A rerun of beholder predict that finds every image scored already predicts on an empty list, by design.
     warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")

@@ -65,7 +65,7 @@ def build(oasis: str, seed: int) -> Path:
     if not os.path.isfile(labels) or not os.path.isdir(images):
         raise UserError(f"--oasis {oasis}: want images/ and labels.csv (image, beauty_mean, ..., tier) there")
     work = tempfile.mkdtemp(prefix="beholder-default-model-")
-    overrides = ["experiment=best", "head=regression", f"data.root={images}", f"data.labels={labels}", "data.score_column=beauty_mean",
+    overrides = ["experiment=best", "head=regression", f"gallery={images}", f"labels={labels}", "data.score_column=beauty_mean",
                  f"seed={seed}", f"output_dir={work}/run", f"feature_cache={work}/cache", "trainer.enable_progress_bar=false"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)

@@ -124,7 +124,7 @@ class Thumbnails:
 
 def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
                host: str = "127.0.0.1", neighbours: Neighbours | None = None, stars: dict[str, int] | None = None) -> FastAPI:
-    """``neighbours``: the gallery's embeddings (python -m beholder.search.similar's search), for "more like this".
+    """``neighbours``: the gallery's embeddings (beholder similar's search), for "more like this".
     A :class:`Review` as ``tournament`` serves the review of a model's decisions at / instead;
     ``stars``: the photographer's current rating of each image, shown beside it."""
     app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
@@ -238,7 +238,7 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
         ids = {k: i for i, k in tournament.keys().items()}
         found = [(ids[other], similarity) for other, similarity in neighbours.of(key, 2 * k) if other in ids]
         if not found and not neighbours.knows(key):
-            raise HTTPException(404, "this image is not in the index (score the gallery again with predict.py)")
+            raise HTTPException(404, "this image is not in the index (score the gallery again with beholder predict)")
         return {"images": [{"id": i, "url": f"/image/{i}", "similarity": round(s, 4)} for i, s in found[:k]]}
 
     @app.get("/image/{image_id}", dependencies=[Depends(authorised)])

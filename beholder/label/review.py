@@ -39,7 +39,7 @@ def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dic
     are not asked about again."""
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
-        raise UserError(f"--scores {source}: not a scores.csv of predict.py (image, score, band, rank)")
+        raise UserError(f"--scores {source}: not a scores.csv of beholder predict (image, score, band, rank)")
     decisions, seen = [], {}
     for line, r in enumerate(rows, start=2):
         try:

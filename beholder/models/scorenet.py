@@ -19,8 +19,8 @@ class ScoreNet(nn.Module):
     ``backbone.extra`` adds wholly frozen extractors (e.g. ``tf_efficientnet_lite1@pypi:...``) that
     see the same input (the backbone's size and normalisation); their pooled features are
     concatenated to the backbone's before the head: several ImageNet views of a photo rank taste
-    better than one (frozen ridge on OASIS: 0.744 for tf_lite2 alone, 0.772 with lite1 and lite0).
-    ``backbone.levels`` adds each network's pooled feature levels (ridge: 0.792 with all three).
+    better than one. ``backbone.levels`` adds each network's pooled feature levels (both measured in
+    bench/RESULTS.md and bench/PILOTS.md).
     The standardisation (``feature_mean``, ``feature_std``) is set from the training images' features
     (:func:`beholder.train.probe.init_head_from_probe`), so that features of different networks weigh alike.
     """

@@ -132,7 +132,7 @@ def run_write(args) -> None:
         raise UserError(f"--scores {args.scores}: no such file") from None
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
-        raise UserError(f"--scores {args.scores}: not a scores.csv of predict.py (image, score, band, rank)")
+        raise UserError(f"--scores {args.scores}: not a scores.csv of beholder predict (image, score, band, rank)")
     for line, row in enumerate(rows, start=2):
         try:
             row["score"], row["rank"] = float(row["score"]), int(row["rank"])
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     reading.add_argument("--with-beholder", action="store_true", help="also read the ratings beholder wrote itself (source=beholder); "
                          "by default only the photographer's count")
     writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")
-    writing.add_argument("--scores", required=True, help="predict.py's scores.csv (any model's)")
+    writing.add_argument("--scores", required=True, help="beholder predict's scores.csv (any model's)")
     writing.add_argument("--gallery", required=True, help="the folder the scored images live in")
     writing.add_argument("--overwrite-ratings", action="store_true", help="also replace ratings, labels and picks the photographer set")
     writing.add_argument("--naming", choices=NAMING, default="auto", help="new sidecars: IMG_1.xmp (adobe), IMG_1.jpg.xmp (darktable), "

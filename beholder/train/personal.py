@@ -1,6 +1,6 @@
 """A personal model: one photographer's ratings learned as a deviation from a base (crowd) model.
 
-    python train.py experiment=personal [base_ckpt=CROWD.ckpt] data.root=~/Pictures data.labels=my_labels.csv data.score_column=rating
+    beholder train experiment=personal [base_ckpt=CROWD.ckpt] gallery=~/Pictures labels=my_labels.csv data.score_column=rating
 
 Without ``base_ckpt`` the base is beholder's default crowd model (beholder/default_model).
 
@@ -9,7 +9,7 @@ linear regression head gives each photo the crowd's score s. The person's rating
 y ~ a + b*s (their scale), then a ridge regression on what is left, shrunk toward zero, i.e. toward
 the base head: weights b*w_base + dw. With 50-200 ratings the penalty (k-fold cross-validated,
 "infinite" among the choices) keeps the model at the rescaled crowd unless the ratings really
-differ from it. The result is again one linear head: predict.py, the labeller and similar read it as
+differ from it. The result is again one linear head: beholder predict, the labeller and similar read it as
 any checkpoint, which records its base (path and sha256).
 """
 

@@ -1,5 +1,0 @@
-import sys
-
-from beholder.cli import main
-
-sys.exit(main())

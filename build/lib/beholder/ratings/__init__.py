@@ -1,3 +1,0 @@
-"""A photographer's own ratings: read from XMP sidecars, Lightroom and darktable catalogues as labels
-for train.py (sources.py), and beholder's decisions written back as XMP merged into what is there
-(xmp.py); python -m beholder.ratings runs both."""

@@ -43,8 +43,8 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder import default_model  # noqa: E402
 from beholder.data.labels import top_rating  # noqa: E402
+from beholder.models.metrics import spearman  # noqa: E402
 from beholder.ratings.xmp import NAMESPACES  # noqa: E402
-from beholder.train.personal import spearman  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from bench.personal import crowd_checkpoint  # noqa: E402
 
@@ -194,8 +194,8 @@ def main():
 
         personal_scores = scores_of(work / f"out-{rater}" / "scores.csv")
         y = np.array([rated[n] for n in hidden])
-        crowd_rho = spearman(np.array([float(crowd_scores[paths[n]]["score"]) for n in hidden]), y)
-        personal_rho = spearman(np.array([float(personal_scores[paths[n]]["score"]) for n in hidden]), y)
+        crowd_rho = float(spearman(np.array([float(crowd_scores[paths[n]]["score"]) for n in hidden]), y))
+        personal_rho = float(spearman(np.array([float(personal_scores[paths[n]]["score"]) for n in hidden]), y))
         quality.append([rater, len(shown), len(hidden), f"{crowd_rho:.3f}", f"{personal_rho:.3f}", f"{personal_rho - crowd_rho:+.3f}"])
 
         top = top_rating([rated[n] for n in names])

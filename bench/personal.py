@@ -35,7 +35,8 @@ from beholder.core.storage import Store  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
-from beholder.train.personal import base_head_linear, personal_fit, spearman  # noqa: E402
+from beholder.models.metrics import spearman  # noqa: E402
+from beholder.train.personal import base_head_linear, personal_fit  # noqa: E402
 from beholder.train.probe import ridge_cv  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
@@ -121,10 +122,10 @@ def main():
         alone_weight, alone_bias, _ = ridge_cv(x[fit_rows], y_fit, folds, alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6))
         deviation, _ = personal_fit(x[fit_rows], crowd[fit_rows], y_fit, folds)
         others = np.array([(totals[p][0] - rated[p]) / (totals[p][1] - 1) for p in test_photos])
-        results["crowd model"].append(spearman(crowd[test_rows], y_test))
-        results["person-only ridge"].append(spearman((x[test_rows] @ alone_weight + alone_bias).ravel(), y_test))
-        results["personal (experiment=personal)"].append(spearman(deviation.predict(x[test_rows], crowd[test_rows]), y_test))
-        results["other raters' mean (oracle)"].append(spearman(others, y_test))
+        results["crowd model"].append(float(spearman(crowd[test_rows], y_test)))
+        results["person-only ridge"].append(float(spearman((x[test_rows] @ alone_weight + alone_bias).ravel(), y_test)))
+        results["personal (experiment=personal)"].append(float(spearman(deviation.predict(x[test_rows], crowd[test_rows]), y_test)))
+        results["other raters' mean (oracle)"].append(float(spearman(others, y_test)))
     table = {name: np.nan_to_num(np.array(values), nan=0.0) for name, values in results.items()}
     gain = table["personal (experiment=personal)"] - table["crowd model"]
     few = np.array(counts) <= np.percentile(counts, 33.3)

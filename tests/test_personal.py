@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from beholder.data.labels import fold_rows, top_rating
+from beholder.models.metrics import spearman
 from beholder.predict.run import predict
-from beholder.train.personal import personal_fit, spearman
+from beholder.train.personal import personal_fit
 from beholder.train.run import train
 
 from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores

@@ -26,3 +26,23 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # A rerun of beholder predict that finds every image scored already predicts on an empty list, by design.
     warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")
+
+
+def line(name: str, value: object, width: int = 15) -> str:
+    """One line of a summary: its name in a column of its own, then what was counted."""
+    return f"  {name:<{width}} {value}"
+
+
+def examples(items, shown: int = 3) -> str:
+    return "e.g. " + "; ".join(str(item) for item in list(items)[:shown])
+
+
+def listed(name: str, problems: list[str], shown: int = 10) -> list[str]:
+    """One line per problem, the first ``shown`` of them, then how many more."""
+    lines = [line(name, problem) for problem in problems[:shown]]
+    return lines + ([line("", f"... and {len(problems) - shown} more")] if len(problems) > shown else [])
+
+
+def print_summary(title: str, lines: list[str]) -> None:
+    """What a command did, after it: ``beholder: TITLE`` and its counted lines."""
+    print("\n".join(["", f"beholder: {title}", *lines]), flush=True)

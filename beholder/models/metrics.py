@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional import spearman_corrcoef
@@ -92,8 +93,10 @@ class GalleryMetrics(Metric):
         return multiclass_confusion_matrix(self._cat(self.pred_tiers), self._cat(self.tiers), NUM_TIERS)
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman's rank correlation (ties share their mean rank); NaN when either side is constant."""
+def spearman(a, b) -> torch.Tensor:
+    """Spearman's rank correlation of two tensors or arrays (ties share their mean rank: ratings tie a
+    lot); NaN when either side is constant."""
+    a, b = (torch.as_tensor(np.asarray(x, dtype=np.float64)) if not isinstance(x, torch.Tensor) else x for x in (a, b))
     if len(a) < 2 or a.std() == 0 or b.float().std() == 0:
         return torch.tensor(math.nan)
     return spearman_corrcoef(a.float(), b.float())

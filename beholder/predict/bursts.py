@@ -125,3 +125,19 @@ def burst_groups(vectors: np.ndarray, threshold: float, times: np.ndarray | None
         seen[g] += 1
         rank[row] = seen[g]
     return group, rank, sizes[inverse]
+
+
+def cull_bursts(ranked: list[dict], per_group: int) -> int:
+    """Of each near-duplicate group (``group``), only the best ``per_group`` of the images the
+    thresholds let through stay; the rest are rejected with the reason ``burst``. ``ranked`` is best
+    first. Returns how many were rejected."""
+    passed: dict[int, int] = {}
+    culled = 0
+    for row in ranked:
+        if row["band"] == "reject":
+            continue
+        passed[row["group"]] = passed.get(row["group"], 0) + 1
+        if passed[row["group"]] > per_group:
+            row["band"], row["reason"] = "reject", "burst"
+            culled += 1
+    return culled

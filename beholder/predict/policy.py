@@ -130,19 +130,3 @@ class Policy:
         if self.reject_below - SCORE_TOLERANCE <= score < self.keep_at:
             return 0.0
         return min(abs(score - self.keep_at), abs(score - self.reject_below))
-
-
-def cull_bursts(ranked: list[dict], per_group: int) -> int:
-    """Of each near-duplicate group (``group``), only the best ``per_group`` of the images the
-    thresholds let through stay; the rest are rejected with the reason ``burst``. ``ranked`` is best
-    first. Returns how many were rejected."""
-    passed: dict[int, int] = {}
-    culled = 0
-    for row in ranked:
-        if row["band"] == "reject":
-            continue
-        passed[row["group"]] = passed.get(row["group"], 0) + 1
-        if passed[row["group"]] > per_group:
-            row["band"], row["reason"] = "reject", "burst"
-            culled += 1
-    return culled

@@ -6,6 +6,8 @@ import math
 
 from omegaconf import DictConfig
 
+from beholder.core import console
+from beholder.core.console import examples, line, listed
 from beholder.core.storage import join
 from beholder.predict.policy import Policy
 from beholder.search.embeddings import FILE as EMBEDDINGS
@@ -41,50 +43,47 @@ def group_lines(summary: dict) -> list[str]:
     if not groups:
         return []
     within = f" taken within {groups['window_s']} s" if groups["window_s"] is not None else ""
-    lines = [f"  near-copies     {groups['groups']} groups of {groups['images_in_groups']} images (similarity >= {groups['similarity']}{within})"]
+    lines = [line("near-copies", f"{groups['groups']} groups of {groups['images_in_groups']} images (similarity >= {groups['similarity']}{within})")]
     if groups["without_time"]:
-        lines.append(f"  no capture time {groups['without_time']} images (not grouped: group_window needs a time)")
+        lines.append(line("no capture time", f"{groups['without_time']} images (not grouped: group_window needs a time)"))
     if groups["keep_per_group"] is not None:
-        lines.append(f"  burst copies    {groups['burst_rejected']} rejected, keep_per_group={groups['keep_per_group']} "
-                     f"(gallery reduction {summary['gallery_reduction_before_bursts']:.1%} -> {summary['gallery_reduction']:.1%})")
+        lines.append(line("burst copies", f"{groups['burst_rejected']} rejected, keep_per_group={groups['keep_per_group']} "
+                          f"(gallery reduction {summary['gallery_reduction_before_bursts']:.1%} -> {summary['gallery_reduction']:.1%})"))
     return lines
 
 
-def sidecar_lines(sidecars: dict | None, shown: int = 10) -> list[str]:
+def sidecar_lines(sidecars: dict | None) -> list[str]:
     if sidecars is None:
         return []
     left = sidecars["left_alone"]
-    lines = [f"  sidecars        {sidecars['created']} created, {sidecars['merged']} merged into, {len(left)} left as they were ({sidecars['folder']})"]
-    lines += [f"    left as it was: {problem}" for problem in left[:shown]]
-    return lines + ([f"    ... and {len(left) - shown} more"] if len(left) > shown else [])
+    return [line("sidecars", f"{sidecars['created']} created, {sidecars['merged']} merged into, {len(left)} left as they were ({sidecars['folder']})"),
+            *listed("left as it was", left)]
 
 
 def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) -> None:
+    since, rated = summary["since_last_run"], summary["rated"]
+    processes = f"{summary['processes']} process{'es' if summary['processes'] != 1 else ''}"
+    review = f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"] else "(no review band: one threshold)"
     lines = [
-        "",
-        "beholder: gallery scored",
-        f"  model           {summary['model']}",
-        f"  images found    {summary['found']}",
-        f"  scored          {summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, "
-        f"{summary['processes']} process{'es' if summary['processes'] != 1 else ''})",
-        *[f"  rescored        {count}  ({reason})" for reason, count in summary["rescored"].items()],
-        *([f"  since last run  {summary['since_last_run']['new']} new, {summary['since_last_run']['changed']} changed, "
-           f"{summary['since_last_run']['gone']} gone (the rest's scores kept)"] if summary["since_last_run"] else []),
-        f"  skipped         {summary['skipped']}" + ("" if not skipped else "  e.g. " + "; ".join(f"{i}: {r}" for i, r in list(skipped.items())[:3])),
-        f"  kept            {summary['kept']}  (score >= {summary['threshold']:.4f})",
-        f"  to review       {summary['review']}  " + (f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"]
-                                                        else "(no review band: one threshold)"),
-        f"  rejected        {summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})",
-        *([f"  rated           {sum(summary['rated'].values())} keep the person's own verdict ({summary['rated']['keep']} keep, "
-           f"{summary['rated']['reject']} reject)"] if sum(summary["rated"].values()) else []),
-        *([f"  warning         {summary['warning']}"] if summary["warning"] else []),
+        line("model", summary["model"]),
+        line("images found", summary["found"]),
+        line("scored", f"{summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {processes})"),
+        *[line("rescored", f"{count}  ({reason})") for reason, count in summary["rescored"].items()],
+        *([line("since last run", f"{since['new']} new, {since['changed']} changed, {since['gone']} gone (the rest's scores kept)")] if since else []),
+        line("skipped", f"{summary['skipped']}" + (f"  {examples(f'{i}: {r}' for i, r in skipped.items())}" if skipped else "")),
+        line("kept", f"{summary['kept']}  (score >= {summary['threshold']:.4f})"),
+        line("to review", f"{summary['review']}  {review}"),
+        line("rejected", f"{summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})"),
+        *([line("rated", f"{sum(rated.values())} keep the person's own verdict ({rated['keep']} keep, {rated['reject']} reject)")]
+          if sum(rated.values()) else []),
+        *([line("warning", summary["warning"])] if summary["warning"] else []),
         *group_lines(summary),
-        f"  thresholds      {summary['threshold_source']}",
+        line("thresholds", summary["threshold_source"]),
         *sidecar_lines(summary.get("sidecars")),
-        f"  results         {join(summary['output'], 'scores.csv')}",
-        f"  contact sheet   {join(summary['output'], 'highlights.html')}",
-        *([f"  embeddings      {join(summary['output'], EMBEDDINGS)}"] if summary.get("embeddings") else []),
+        line("results", join(summary["output"], "scores.csv")),
+        line("contact sheet", join(summary["output"], "highlights.html")),
+        *([line("embeddings", join(summary["output"], EMBEDDINGS))] if summary.get("embeddings") else []),
         "  top 10:",
+        *[f"    {row['rank']:>3}. {row['score']:.4f}  {row['image']}" for row in ranked[:10]],
     ]
-    lines += [f"    {row['rank']:>3}. {row['score']:.4f}  {row['image']}" for row in ranked[:10]]
-    print("\n".join(lines), flush=True)
+    console.print_summary("gallery scored", lines)

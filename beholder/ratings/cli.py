@@ -17,6 +17,7 @@ import io
 import os
 import sys
 
+from beholder.core.console import examples, line, listed
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside
 from beholder.core.tables import csv_bytes
@@ -60,7 +61,7 @@ def run_import(args) -> None:
     tiers = parse_tiers(args.tiers)
     root = os.path.abspath(os.path.expanduser(args.gallery))
     if not os.path.isdir(root):
-        raise UserError(f"--root {args.gallery}: no such folder")
+        raise UserError(f"--gallery {args.gallery}: no such folder")
     if os.path.exists(args.out) and not args.force:
         raise UserError(f"--out {args.out}: already there; give --force to replace it, or another name")
     problems: list[str] = []
@@ -94,10 +95,10 @@ def run_import(args) -> None:
         Store().write(args.unrated, "".join(f"{image}\n" for image in sorted(unrated)).encode())
     counts = {tier: sum(row["tier"] == tier for row in rows.values()) for tier in range(4)}
     lines = [f"beholder: {len(rows)} rated images -> {args.out} (tiers 0-3: {', '.join(str(counts[t]) for t in range(4))})",
-             f"  unrated         {len(unrated)}" + (f"  (listed in {args.unrated})" if args.unrated else "  (left out; --unrated FILE lists them)")]
+             line("unrated", f"{len(unrated)}" + (f"  (listed in {args.unrated})" if args.unrated else "  (left out; --unrated FILE lists them)"))]
     for name, paths in (("no longer there", missing), ("outside --gallery", outside), ("rating not in --tiers", unmapped)):
         if paths:
-            lines.append(f"  {name:<15} {len(paths)}  e.g. " + "; ".join(paths[:3]))
+            lines.append(line(name, f"{len(paths)}  {examples(paths)}"))
     lines += [f"  {note}" for note in notes]
     lines += listed("skipped", problems)
     print("\n".join(lines))
@@ -118,12 +119,6 @@ def merge_review(db: str, rows: dict[str, dict], tiers: dict[int, int]) -> None:
             rows[image] = {"image": image, "tier": tiers[rating], "rating": rating, "label": "", "source": "review"}
 
 
-def listed(what: str, problems: list[str], shown: int = 10) -> list[str]:
-    """One line per problem, the first ``shown`` of them, then how many more."""
-    lines = [f"  {what:<15} {problem}" for problem in problems[:shown]]
-    return lines + ([f"  {'':<15} ... and {len(problems) - shown} more"] if len(problems) > shown else [])
-
-
 def run_write(args) -> None:
     store = Store(args.endpoint_url)
     try:
@@ -133,16 +128,16 @@ def run_write(args) -> None:
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
         raise UserError(f"--scores {args.scores}: not a scores.csv of beholder predict (image, score, band, rank)")
-    for line, row in enumerate(rows, start=2):
+    for number, row in enumerate(rows, start=2):
         try:
             row["score"], row["rank"] = float(row["score"]), int(row["rank"])
         except (TypeError, ValueError):
-            raise UserError(f"--scores {args.scores}: line {line}: score {row['score']!r} / rank {row['rank']!r} are not numbers") from None
+            raise UserError(f"--scores {args.scores}: line {number}: score {row['score']!r} / rank {row['rank']!r} are not numbers") from None
         if row["band"] not in ("keep", "review", "reject"):
-            raise UserError(f"--scores {args.scores}: line {line}: band {row['band']!r} is not keep, review or reject")
+            raise UserError(f"--scores {args.scores}: line {number}: band {row['band']!r} is not keep, review or reject")
     root = os.path.expanduser(args.gallery)
     if not os.path.isdir(root):
-        raise UserError(f"--root {args.gallery}: no such folder")
+        raise UserError(f"--gallery {args.gallery}: no such folder")
     names = sidecar_targets([row["image"] for row in rows], store.list(root, (".xmp",)), args.naming)
     targets, outside, gone = {}, [], []
     for row in rows:
@@ -162,7 +157,7 @@ def run_write(args) -> None:
     for name, images in (("no longer there", gone), ("outside --gallery", outside)):
         if images:
             why = "  (left out: nothing is written outside --gallery)" if name == "outside --gallery" else ""
-            print(f"  {name:<15} {len(images)}  e.g. " + "; ".join(images[:3]) + why)
+            print(line(name, f"{len(images)}  {examples(images)}{why}"))
     print("\n".join(listed("left as it was", left_alone)))
 
 

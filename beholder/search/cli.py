@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from beholder.core.errors import UserError
+from beholder.core.console import examples, line
+from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside, join
 from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import respell
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
                         help=f"exact search, or FAISS (auto: FAISS beyond {EXACT_UP_TO} images when installed)")
     parser.add_argument("--endpoint-url", help="an S3-compatible store for s3:// paths")
     args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--index",)))
-    try:
+    with exit_on_user_error():
         store = Store(args.endpoint_url)
         images, index, metadata, usable = load_index(store, args.output, args.method)
         neighbours = Neighbours(images, index, usable)
@@ -42,9 +43,6 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
         else:
             query = centred(embed(args.query, args.ckpt or join(args.output, CHECKPOINT), metadata, store)[None], index.mean)[0]
             found = neighbours.search(query, args.k)
-    except UserError as error:
-        print(f"beholder: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     band = bands(store, args.output)
     rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
     print(f"beholder: the {len(rows)} images most like {args.query} ({index.kind} search of {len(images)})")
@@ -58,9 +56,8 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
         page = highlights_html([(f"Most like {args.query}", rows)], lambda image: gallery_image(store, gallery, image, missing),
                                f"cosine similarity of the embeddings in {join(args.output, FILE)}", title="beholder: more like this")
         store.write(join(args.out, "similar.html"), page)
-        print(f"  results         {join(args.out, 'similar.csv')}\n  contact sheet   {join(args.out, 'similar.html')}")
-        if missing:
-            print(f"  not shown       {len(missing)} (no longer in {gallery}, or not in it): e.g. " + "; ".join(missing[:3]))
+        print("\n".join([line("results", join(args.out, "similar.csv")), line("contact sheet", join(args.out, "similar.html")),
+                         *([line("not shown", f"{len(missing)} (no longer in {gallery}, or not in it): {examples(missing)}")] if missing else [])]))
 
 
 def gallery_image(store: Store, gallery: str, image: str, missing: list[str]) -> bytes | None:

@@ -27,13 +27,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from beholder import default_model
+from beholder.core import console
+from beholder.core.console import line
 from beholder.core.errors import UserError
 from beholder.core.storage import file_digest
 from beholder.data.labels import fold_rows, regression_stats, target_of, top_rating
 from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
-from beholder.models.metrics import spearman as rank_correlation
+from beholder.models.metrics import spearman
 from beholder.train.probe import ridge_fits
 
 log = logging.getLogger(__name__)
@@ -73,11 +75,6 @@ def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.
     errors = ((out_of_fold - y) ** 2).sum(1)
     best = int(np.argmin(errors))
     return fit_deviation(x, base, y, alphas[best]), out_of_fold[best]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """metrics.spearman on arrays (ratings tie a lot: ties share their mean rank)."""
-    return float(rank_correlation(torch.as_tensor(np.asarray(a, dtype=np.float64)), torch.as_tensor(np.asarray(b, dtype=np.float64))))
 
 
 def base_head_linear(module) -> tuple[np.ndarray, float]:
@@ -133,19 +130,18 @@ def train_personal(cfg: DictConfig) -> float:
     best = os.path.join(cfg.output_dir, "checkpoints", "best.ckpt")
     checkpoint.write(best, module, personal={"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels),
                                              "alpha": deviation.alpha, "scale": deviation.scale})
-    metrics = {"cv/spearman_base": spearman(base, y), "cv/spearman_personal": spearman(out_of_fold, y),
+    metrics = {"cv/spearman_base": float(spearman(base, y)), "cv/spearman_personal": float(spearman(out_of_fold, y)),
                "ratings": len(labels), "alpha": deviation.alpha, "best_checkpoint": best, "skipped_images": len(skipped)}
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    print("\n".join([
-        "", "beholder: personal model trained",
-        f"  ratings         {len(labels)}  ({len(skipped)} unreadable)" if skipped else f"  ratings         {len(labels)}",
-        f"  base            {base_name}",
-        f"  spearman        {metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
-        f"(out of fold, {min(5, len(labels))} folds)",
-        f"  deviation       penalty {deviation.alpha:g}" + (" (none: the ratings agree with the base)" if math.isinf(deviation.alpha) else ""),
-        f"  top tier        rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
-        "is calibrated on their out-of-fold scores",
-        f"  checkpoint      {best}",
-    ]), flush=True)
+    console.print_summary("personal model trained", [
+        line("ratings", f"{len(labels)}  ({len(skipped)} unreadable)" if skipped else len(labels)),
+        line("base", base_name),
+        line("spearman", f"{metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
+                         f"(out of fold, {len(folds)} folds)"),
+        line("deviation", f"penalty {deviation.alpha:g}" + (" (none: the ratings agree with the base)" if math.isinf(deviation.alpha) else "")),
+        line("top tier", f"rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
+                         "is calibrated on their out-of-fold scores"),
+        line("checkpoint", best),
+    ])
     return metrics["cv/spearman_personal"]

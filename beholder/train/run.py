@@ -15,6 +15,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from beholder.core import console
+from beholder.core.console import examples, line
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
 from beholder.core.vocabulary import respell_config
@@ -184,11 +186,9 @@ def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, pro
 
 
 def print_summary(result: dict, skipped: dict, output_dir: str) -> None:
-    lines = ["", "beholder: training finished", f"  run folder      {output_dir}", f"  processes       {result['processes']}"]
-    lines += [f"  {name:<26} {value:.4f}" for name, value in result.items() if isinstance(value, float)]
-    lines.append(f"  best checkpoint {result['best_checkpoint']}")
-    if skipped:
-        first = "; ".join(f"{image} ({reason})" for image, reason in list(skipped.items())[:3])
-        lines.append(f"  skipped {len(skipped)} unreadable images: {first}")
-    lines.append(f"  tensorboard --logdir {os.path.dirname(output_dir.rstrip('/')) or '.'}")
-    print("\n".join(lines), flush=True)
+    lines = [line("run folder", output_dir), line("processes", result["processes"]),
+             *[line(name, f"{value:.4f}", width=26) for name, value in result.items() if isinstance(value, float)],
+             line("best checkpoint", result["best_checkpoint"]),
+             *([line("skipped", f"{len(skipped)} unreadable images: {examples(f'{i} ({r})' for i, r in skipped.items())}")] if skipped else []),
+             f"  tensorboard --logdir {os.path.dirname(output_dir.rstrip('/')) or '.'}"]
+    console.print_summary("training finished", lines)

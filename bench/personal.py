@@ -1,18 +1,22 @@
 """Personal taste: does a model of one person's ratings beat the crowd model *for that person*?
 
 OASIS's 86,080 individual beauty ratings (757 raters, ~114 photos each). The 458 photos are split
-60/40 once (fixed seed). The crowd model is beholder's experiment=best head=regression trained on
-the mean ratings of the training photos. For each of --raters raters (fixed seed), on that rater's
-ratings of training photos:
-  crowd          the crowd model's score (rescaling does not change a Spearman)
-  person-only    ridge on the frozen features, the person's ratings alone (penalty by 5-fold CV)
-  personal       beholder.train.personal: the crowd rescaled to the person plus a ridge on the residual
-                 (what `train.py experiment=personal` fits)
-  other raters   the mean rating of every other rater of each held-out photo (an oracle)
-Reported: per-rater Spearman on the rater's held-out photos - median, mean, the share of raters the
-personal model improves over the crowd model, a bootstrap 90 % interval of the median gain, and the
-same for the third of raters with the fewest training ratings. Results replace the "personal"
-section of bench/RESULTS.md.
+60/40 once (fixed seed); every fit sees training photos only, every score is on held-out photos. The
+crowd model is beholder's experiment=best head=regression trained on the mean ratings of the
+training photos. The raters are split once: --raters *targets* (measured), the rest the
+*population*, whose first half builds the taste space (beholder/train/taste.py) and whose second
+half chooses, by simulated users, each fixed penalty and the taste space's k: no target rater ever
+builds or tunes what it is measured with. For each target, with all their training ratings (~75)
+and with 20 of them (drawn at random, or chosen as the photos most informative about their taste):
+  crowd                    the crowd model's score (rescaling does not change a Spearman)
+  person-only ridge        ridge on the frozen features, the person's ratings alone (5-fold CV penalty)
+  personal, own CV         the crowd rescaled plus a feature ridge, its penalty by 5-fold CV per person
+  personal, pooled penalty the same with one penalty chosen on the population
+  personal, taste space    closed form over [1, crowd, taste coordinates], k and penalty from the population
+  other raters' mean       every other rater's mean rating of each held-out photo (an oracle)
+Reported per system: median and mean Spearman with each rater's held-out ratings, the paired median
+gain over the crowd with a bootstrap 90 % interval, the share improved and the share worse by more
+than 0.05. Results replace the "personal" section of bench/RESULTS.md.
 
     python bench/personal.py [--raters 200] [--work DIR] [--no-write]
 """
@@ -36,8 +40,9 @@ from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import spearman  # noqa: E402
-from beholder.train.personal import base_head_linear, personal_fit  # noqa: E402
-from beholder.train.probe import ridge_cv  # noqa: E402
+from beholder.train.personal import base_head_linear, fit_deviation, personal_fit  # noqa: E402
+from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
+from beholder.train.taste import build_taste_space, fit_taste, most_informative  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 
@@ -73,10 +78,56 @@ def bootstrap_median(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[
     return float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
 
 
+FEATURE_PENALTIES = (1e3, 3e3, 1e4, 3e4, 1e5)
+TASTE_KS = (2, 4, 8, 16, 32)
+TASTE_PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
+REGIMES = {"all": None, "20": 20}
+
+
+def rho(a, b) -> float:
+    value = float(spearman(a, b))
+    return 0.0 if np.isnan(value) else value
+
+
+def simulated_users(population: list[dict[int, float]], count: int | None, rng) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each population rater as a user: ``count`` (None: 60 %) of their training-photo ratings to fit,
+    the rest to score."""
+    users = []
+    for rated in population:
+        rows = np.array(sorted(rated))
+        order = rng.permutation(len(rows))
+        fit = rows[order[: count or int(0.6 * len(rows))]]
+        held = rows[order[count or int(0.6 * len(rows)):]]
+        users.append((fit, np.array([rated[r] for r in fit]), held, np.array([rated[r] for r in held])))
+    return users
+
+
+def choose_settings(x, crowd, users, space) -> dict:
+    """The fixed feature penalty, and the taste space's k and penalty, of largest mean gain over the
+    crowd on simulated population users."""
+    gains = {}
+    for fit, y, held, y_held in users:
+        base = rho(crowd[held], y_held)
+        scale, shift = np.polyfit(crowd[fit], y, 1)
+        residual = y - (shift + scale * crowd[fit])
+        for alpha, (weight, bias) in zip(FEATURE_PENALTIES, ridge_fits(x[fit], residual[:, None], FEATURE_PENALTIES)):
+            gains.setdefault(("feature", alpha), []).append(rho(shift + scale * crowd[held] + (x[held] @ weight + bias).ravel(), y_held) - base)
+        for k in TASTE_KS:
+            coordinates = space.truncated(k).coordinates(x)
+            for penalty in TASTE_PENALTIES:
+                model = fit_taste(crowd[fit], coordinates[fit], y, penalty)
+                gains.setdefault(("taste", k, penalty), []).append(rho(model.predict(crowd[held], coordinates[held]), y_held) - base)
+    mean = {key: float(np.mean(values)) for key, values in gains.items()}
+    feature = max((key for key in mean if key[0] == "feature"), key=mean.get)
+    taste = max((key for key in mean if key[0] == "taste"), key=mean.get)
+    return {"feature_penalty": feature[1], "k": taste[1], "taste_penalty": taste[2],
+            "population_gain": {"feature": mean[feature], "taste": mean[taste]}}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(SHARED, "oasis"))
-    parser.add_argument("--raters", type=int, default=200, help="how many raters (fixed seed); at least 150 for the issue's figure")
+    parser.add_argument("--raters", type=int, default=200, help="target raters (fixed seed); the rest are the population")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", help="a folder for the crowd model and the feature cache (default: a new temporary one)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -99,50 +150,90 @@ def main():
     weight, bias = base_head_linear(module)
     crowd = x @ weight + bias
     row_of = {p: i for i, p in enumerate(photos)}
+    train_rows = np.array(sorted(row_of[p] for p in train_photos))
 
     eligible = sorted(r for r, rated in ratings.items()
                       if sum(p in train_photos for p in rated) >= 30 and sum(p not in train_photos for p in rated) >= 20)
-    chosen = sorted(rng.choice(eligible, min(args.raters, len(eligible)), replace=False).tolist(), key=int)
+    targets = sorted(rng.choice(eligible, min(args.raters, len(eligible)), replace=False).tolist(), key=int)
+    population = [r for r in sorted(ratings, key=int) if r not in set(targets)]
+    rng.shuffle(population)
+    builders, tuners = population[: len(population) // 2], population[len(population) // 2:]
+    on_train = {r: {row_of[p]: v for p, v in ratings[r].items() if p in train_photos} for r in population}
+    mean_rating = np.zeros(len(photos))  # the population's mean rating of each training photo (the crowd *mean*)
+    for row in train_rows:
+        values = [on_train[r][row] for r in population if row in on_train[r]]
+        mean_rating[row] = np.mean(values) if values else np.nan
+    space = build_taste_space(x[train_rows], mean_rating[train_rows],
+                              [{int(np.searchsorted(train_rows, row)): v for row, v in on_train[r].items()} for r in builders if len(on_train[r]) >= 20],
+                              max(TASTE_KS), penalty=0.0)
+    settings = {name: choose_settings(x, crowd, simulated_users([on_train[r] for r in tuners if len(on_train[r]) >= 30], count, rng), space)
+                for name, count in REGIMES.items()}
+
     totals = defaultdict(lambda: [0.0, 0])
     for rater, rated in ratings.items():
         for photo, value in rated.items():
             totals[photo][0] += value
             totals[photo][1] += 1
-    results = defaultdict(list)
+    results: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in (*REGIMES, "20 chosen")}
     counts = []
-    for rater in chosen:
+    for rater in targets:
         rated = ratings[rater]
-        fit_rows = [row_of[p] for p in rated if p in train_photos]
+        all_fit = np.array([row_of[p] for p in rated if p in train_photos])
         test_photos = [p for p in rated if p not in train_photos]
-        test_rows = [row_of[p] for p in test_photos]
-        y_fit = np.array([rated[photos[i]] for i in fit_rows])
-        y_test = np.array([rated[p] for p in test_photos])
-        counts.append(len(fit_rows))
-        folds = fold_rows([0] * len(fit_rows), None, 5, args.seed)  # OASIS photos are all different: no groups
-        alone_weight, alone_bias, _ = ridge_cv(x[fit_rows], y_fit, folds, alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6))
-        deviation, _ = personal_fit(x[fit_rows], crowd[fit_rows], y_fit, folds)
+        held = np.array([row_of[p] for p in test_photos])
+        y_held = np.array([rated[p] for p in test_photos])
+        counts.append(len(all_fit))
         others = np.array([(totals[p][0] - rated[p]) / (totals[p][1] - 1) for p in test_photos])
-        results["crowd model"].append(float(spearman(crowd[test_rows], y_test)))
-        results["person-only ridge"].append(float(spearman((x[test_rows] @ alone_weight + alone_bias).ravel(), y_test)))
-        results["personal (experiment=personal)"].append(float(spearman(deviation.predict(x[test_rows], crowd[test_rows]), y_test)))
-        results["other raters' mean (oracle)"].append(float(spearman(others, y_test)))
-    table = {name: np.nan_to_num(np.array(values), nan=0.0) for name, values in results.items()}
-    gain = table["personal (experiment=personal)"] - table["crowd model"]
-    few = np.array(counts) <= np.percentile(counts, 33.3)
-    rows = []
-    for name, values in table.items():
-        improved = f"{np.mean(values > table['crowd model']):.0%}" if name != "crowd model" else "-"
-        rows.append([name, f"{np.median(values):.3f}", f"{np.mean(values):.3f}", improved, f"{np.median(values[few]):.3f}"])
-    low, high = bootstrap_median(gain, args.seed)
-    low_few, high_few = bootstrap_median(gain[few], args.seed)
-    body = (f"{len(chosen)} OASIS raters (of {len(eligible)} with >= 30 training and >= 20 held-out ratings; fixed seed), "
-            f"{len(train_photos)} training photos / {len(photos) - len(train_photos)} held out; training ratings per rater "
-            f"{min(counts)}-{max(counts)} (median {int(np.median(counts))}). Spearman with each rater's held-out ratings.\n\n")
-    few_header = f"median, fewest-ratings third (<= {int(np.percentile(counts, 33.3))})"
-    body += markdown_table(["model", "median", "mean", "raters improved over the crowd", few_header], rows)
-    body += (f"\n\nPersonal minus crowd, per rater: median gain {np.median(gain):+.3f} (bootstrap 90 % interval {low:+.3f} to {high:+.3f}); "
-             f"fewest-ratings third: {np.median(gain[few]):+.3f} ({low_few:+.3f} to {high_few:+.3f}); "
-             f"worse by more than 0.05 for {np.mean(gain < -0.05):.0%} of raters.")
+        for regime in results:
+            chosen = settings["20" if regime.startswith("20") else "all"]
+            space_k = space.truncated(chosen["k"])
+            coordinates = space_k.coordinates(x)
+            if regime == "all":
+                fit = all_fit
+            elif regime == "20":
+                fit = np.random.default_rng(int(rater)).choice(all_fit, 20, replace=False)
+            else:
+                fit = all_fit[most_informative(crowd[all_fit], coordinates[all_fit], 20, chosen["taste_penalty"])]
+            y = np.array([rated[photos[i]] for i in fit])
+            folds = fold_rows([0] * len(fit), None, 5, args.seed)  # OASIS photos are all different: no groups
+            row = results[regime]
+            row["crowd model"].append(rho(crowd[held], y_held))
+            if regime != "20 chosen":
+                alone_weight, alone_bias, _ = ridge_cv(x[fit], y, folds, alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6))
+                row["person-only ridge"].append(rho((x[held] @ alone_weight + alone_bias).ravel(), y_held))
+                own, _ = personal_fit(x[fit], crowd[fit], y, folds)
+                row["personal, own CV penalty"].append(rho(own.predict(x[held], crowd[held]), y_held))
+                pooled = fit_deviation(x[fit], crowd[fit], y, chosen["feature_penalty"])
+                row["personal, pooled penalty"].append(rho(pooled.predict(x[held], crowd[held]), y_held))
+            taste = fit_taste(crowd[fit], coordinates[fit], y, chosen["taste_penalty"])
+            row["personal, taste space"].append(rho(taste.predict(crowd[held], coordinates[held]), y_held))
+            row["other raters' mean (oracle)"].append(rho(others, y_held))
+
+    body = (f"{len(targets)} target raters (of {len(eligible)} with >= 30 training and >= 20 held-out ratings; fixed seed); the other "
+            f"{len(population)} raters are the population: {len(builders)} build the taste space, {len(tuners)} choose the penalties and k "
+            f"(simulated users). {len(train_photos)} training photos / {len(photos) - len(train_photos)} held out; training ratings per "
+            f"target {min(counts)}-{max(counts)} (median {int(np.median(counts))}). Spearman with each target's held-out ratings.\n\n")
+    body += "Chosen on the population: " + "; ".join(
+        f"{name} ratings: feature penalty {s['feature_penalty']:g}, taste space k = {s['k']}, penalty {s['taste_penalty']:g}"
+        for name, s in settings.items()) + ".\n"
+    for regime, table in results.items():
+        title = {"all": "all training ratings", "20": "20 ratings drawn at random", "20 chosen": "20 ratings chosen as most informative"}[regime]
+        crowd_values = np.array(table["crowd model"])
+        rows = []
+        for name, values in table.items():
+            values = np.array(values)
+            gain = values - crowd_values
+            low, high = bootstrap_median(gain, args.seed)
+            rows.append([name, f"{np.median(values):.3f}", f"{np.mean(values):.3f}"] + (
+                ["-", "-", "-"] if name == "crowd model" else
+                [f"{np.median(gain):+.3f} [{low:+.3f}, {high:+.3f}]", f"{np.mean(gain > 0):.0%}", f"{np.mean(gain < -0.05):.0%}"]))
+        body += f"\n**{title}**\n\n" + markdown_table(
+            ["model", "median", "mean", "paired median gain over the crowd [90 % interval]", "improved", "worse by > 0.05"], rows) + "\n"
+    random_20 = np.array(results["20"]["personal, taste space"])
+    chosen_20 = np.array(results["20 chosen"]["personal, taste space"])
+    low, high = bootstrap_median(chosen_20 - random_20, args.seed)
+    body += (f"\nCold start, taste space with 20 ratings: the most informative photos against 20 at random, paired median "
+             f"{np.median(chosen_20 - random_20):+.3f} [{low:+.3f}, {high:+.3f}] (chosen among each target's rated training photos).")
     publish("personal", "Personal taste: per-rater models on OASIS (bench/personal.py)", body, write=not args.no_write)
 
 

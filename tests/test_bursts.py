@@ -122,3 +122,27 @@ def test_bad_group_options_are_refused_before_any_work(trained, tmp_path, overri
     with pytest.raises(Exception, match=message):
         predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out", override]))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_threshold_that_tells_copies_from_different_photos_is_found():
+    from beholder.train.near_copies import best_threshold
+
+    vectors, truth = burst_vectors(sources=30, copies=4, singles=0)
+    threshold, f1 = best_threshold(vectors.astype(np.float32), truth)
+    groups, _, _ = bursts.burst_groups(vectors, threshold)
+    assert f1 == 1.0 and same_partition(groups, truth)
+    similarity = vectors.astype(np.float32) @ vectors.astype(np.float32).T
+    same = truth[:, None] == truth[None, :]
+    assert similarity[~same].max() < threshold < similarity[same].min()  # between strangers and copies, not at either edge
+
+
+def test_each_model_carries_its_own_near_copy_threshold_and_predict_uses_it(trained, photos, tmp_path):
+    import torch
+
+    ckpt, _ = trained
+    own = torch.load(ckpt, map_location="cpu", weights_only=True)["group_similarity"]
+    assert isinstance(own, float) and 0.3 <= own < 1
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/own"]))
+    assert (summary["groups"]["similarity"], summary["groups"]["similarity_source"]) == (own, "the model's own")
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/given", "group_similarity=0.95"]))
+    assert (summary["groups"]["similarity"], summary["groups"]["similarity_source"]) == (0.95, "group_similarity")

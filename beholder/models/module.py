@@ -38,6 +38,7 @@ class BeholderModule(pl.LightningModule):
         self.channels_last = False
         self.feature_cache = None  # a FeatureCache of the frozen network's features (prediction)
         self.calibrated_on = None  # which photos val_positive_scores are of, when not "tier >= positive_tier"
+        self.group_similarity = None  # this model's near-copy threshold (beholder/train/near_copies.py)
 
     @property
     def calibration_photos(self) -> str:
@@ -147,3 +148,4 @@ class BeholderModule(pl.LightningModule):
         checkpoint_format.unpack(checkpoint)
         self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
         self.calibrated_on = checkpoint.get("calibrated_on")
+        self.group_similarity = checkpoint.get("group_similarity")

@@ -21,6 +21,7 @@ import numpy as np
 from beholder.search.embeddings import centred, gallery_mean
 
 EXACT_LIMIT = 4096
+DEFAULT_GROUP_SIMILARITY = 0.8  # for a model without its own: best F1 on the best preset's features (bench/similar.py)
 TABLES, BITS, NEIGHBOURS = 16, 64, 16
 SKETCH, MARGIN = 256, 0.1
 # the most images a time-sorted image is compared with (a window holding more is a dense burst anyway)

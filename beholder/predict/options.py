@@ -37,7 +37,7 @@ def check_group_options(cfg: DictConfig) -> None:
         raise UserError(f"keep_per_group={per_group!r}: give a whole number of images, 1 or more")
     if window is not None and (not isinstance(window, (int, float)) or window <= 0):
         raise UserError(f"group_window={window!r}: give seconds, more than 0")
-    if not isinstance(similarity, (int, float)) or not -1 <= similarity <= 1:
+    if similarity is not None and (not isinstance(similarity, (int, float)) or not -1 <= similarity <= 1):
         raise UserError(f"group_similarity={similarity!r}: give a cosine similarity in [-1, 1]")
     if cfg.xmp_naming not in NAMING:
         raise UserError(f"xmp_naming={cfg.xmp_naming!r}: give one of {', '.join(NAMING)}")

@@ -21,7 +21,7 @@ from beholder.data.gallery import GalleryDataset, build_transform
 from beholder.models.features import FeatureCache, network_key
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
-from beholder.predict.bursts import burst_groups, cull_bursts
+from beholder.predict.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
 from beholder.predict.options import check_group_options, check_threshold_options, decision_policy, read_verdicts
 from beholder.predict.outputs import write_results
 from beholder.predict.plan import PARTIAL, PendingImages, plan_run
@@ -94,7 +94,8 @@ def predict(cfg: DictConfig) -> dict | None:
     if cfg.embeddings:
         for row in ranked:
             row["vector"] = decode(row["embedding"])
-    culled = group_bursts(cfg, ranked) if cfg.embeddings else 0
+    similarity, similarity_source = near_copy_similarity(cfg, module)
+    culled = group_bursts(cfg, ranked, similarity) if cfg.embeddings else 0
     for row in ranked:  # a photo the person rated keeps their verdict, whatever the model says
         if row["image"] in verdicts:
             row["band"], row["reason"] = verdicts[row["image"]], "rated"
@@ -111,7 +112,7 @@ def predict(cfg: DictConfig) -> dict | None:
         "rejected": bands["reject"],
         "gallery_reduction": bands["reject"] / len(ranked),
         "gallery_reduction_before_bursts": before_bursts,
-        "groups": groups_summary(cfg, ranked, culled),
+        "groups": groups_summary(cfg, ranked, culled, similarity, similarity_source),
         "threshold": keep_at,
         "reject_below": reject_below,
         "threshold_source": policy.summary,
@@ -137,13 +138,23 @@ def predict(cfg: DictConfig) -> dict | None:
     return summary
 
 
-def group_bursts(cfg: DictConfig, ranked: list[dict]) -> int:
+def near_copy_similarity(cfg: DictConfig, module: BeholderModule) -> tuple[float, str]:
+    """The near-copy threshold and where it comes from: the option, the model's own, or (a model
+    from before models carried one) the threshold chosen on the best preset's features."""
+    if cfg.group_similarity is not None:
+        return float(cfg.group_similarity), "group_similarity"
+    if module.group_similarity is not None:
+        return float(module.group_similarity), "the model's own"
+    return DEFAULT_GROUP_SIMILARITY, "the default (the model has none of its own)"
+
+
+def group_bursts(cfg: DictConfig, ranked: list[dict], similarity: float) -> int:
     """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size``; with ``keep_per_group``,
     the surplus of each group rejected. Returns how many were."""
     vectors = np.stack([row["vector"] for row in ranked])
     times = np.array([row["taken"] for row in ranked], dtype=np.float64)
     window = None if cfg.group_window is None else float(cfg.group_window)
-    groups, ranks, sizes = burst_groups(vectors, float(cfg.group_similarity), times, window)
+    groups, ranks, sizes = burst_groups(vectors, similarity, times, window)
     for row, group, rank, size in zip(ranked, groups.tolist(), ranks.tolist(), sizes.tolist()):
         row["group"], row["group_rank"], row["group_size"] = group, rank, size
     return cull_bursts(ranked, int(cfg.keep_per_group)) if cfg.keep_per_group is not None else 0

@@ -23,14 +23,15 @@ def small_reduction_warning(cfg: DictConfig, summary: dict, policy: Policy, rank
             "keep_top=0.3 cut harder, at the cost of some photos like those")
 
 
-def groups_summary(cfg: DictConfig, ranked: list[dict], culled: int) -> dict | None:
+def groups_summary(cfg: DictConfig, ranked: list[dict], culled: int, similarity: float, source: str) -> dict | None:
     if not cfg.embeddings:
         return None
     sizes = [row["group_size"] for row in ranked if row["group_rank"] == 1]
     return {
         "groups": sum(size > 1 for size in sizes),
         "images_in_groups": sum(size for size in sizes if size > 1),
-        "similarity": float(cfg.group_similarity),
+        "similarity": similarity,
+        "similarity_source": source,
         "window_s": cfg.group_window,
         "without_time": sum(math.isnan(row["taken"]) for row in ranked) if cfg.group_window is not None else 0,
         "keep_per_group": cfg.keep_per_group,
@@ -43,7 +44,8 @@ def group_lines(summary: dict) -> list[str]:
     if not groups:
         return []
     within = f" taken within {groups['window_s']} s" if groups["window_s"] is not None else ""
-    lines = [line("near-copies", f"{groups['groups']} groups of {groups['images_in_groups']} images (similarity >= {groups['similarity']}{within})")]
+    lines = [line("near-copies", f"{groups['groups']} groups of {groups['images_in_groups']} images "
+                                 f"(similarity >= {groups['similarity']:g}, {groups['similarity_source']}{within})")]
     if groups["without_time"]:
         lines.append(line("no capture time", f"{groups['without_time']} images (not grouped: group_window needs a time)"))
     if groups["keep_per_group"] is not None:

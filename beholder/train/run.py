@@ -21,13 +21,16 @@ from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
 from beholder.core.vocabulary import respell_config
 from beholder.data.labels import regression_stats
+from beholder.models import checkpoint
 from beholder.models.backbones import BackboneSpec, require_timm_model
 from beholder.models.features import CachedFeatureDataModule
 from beholder.models.heads import build_head
+from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer
 from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
 from beholder.train.crossval import train_folds
+from beholder.train.near_copies import calibrate_group_similarity
 from beholder.train.personal import train_personal
 from beholder.train.probe import fit_probe, init_head_from_probe, set_feature_scale
 
@@ -144,6 +147,7 @@ def train(cfg: DictConfig) -> float:
     logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
     if cfg.cv:
         results, best = train_folds(cfg, module, datamodule, stats["tier_values"], mode, logger)
+        results["group_similarity"] = calibrate_near_copies(cfg, gallery, best)
         report(cfg, logger, results, best, datamodule.skipped, 1)
         return results[cfg.optimized_metric]
     if cfg.feature_cache and not ckpt_path:
@@ -172,8 +176,17 @@ def train(cfg: DictConfig) -> float:
     unreadable = {**getattr(datamodule, "skipped", {}), **skipped.skipped}
     if trainer.is_global_zero:
         metrics = {cfg.optimized_metric: best_score, **{name: float(value) for name, value in test.items()}}
+        metrics["group_similarity"] = calibrate_near_copies(cfg, gallery, best)
         report(cfg, logger, metrics, best, unreadable, trainer.world_size)
     return best_score
+
+
+def calibrate_near_copies(cfg: DictConfig, gallery, best: str) -> float | None:
+    """The trained model's own near-copy threshold, from near-copies of its training photos, kept in ``best``."""
+    similarity = calibrate_group_similarity(load_checkpoint(best), gallery.root, [label.image for label in gallery.splits["train"]],
+                                            gallery.store, cfg.seed)
+    checkpoint.annotate(best, group_similarity=similarity)
+    return similarity
 
 
 def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, processes: int) -> None:

@@ -1,0 +1,103 @@
+"""Each model's own near-copy threshold, calibrated at training.
+
+How alike two photos' embeddings are depends on the network that embeds them: a threshold chosen for
+one model splits another's bursts or joins different photos. So after training, a model makes
+near-copies of some of its own training photos (a slight turn and crop, another exposure, a
+smaller size, a JPEG re-encode), embeds them beside the originals, and takes the similarity that
+best tells copies of one photo from different photos (pairwise F1). The checkpoint keeps it as
+``group_similarity``, and ``beholder predict`` groups with it unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from beholder.core.storage import Store, join
+from beholder.data.gallery import GalleryDataset, build_transform, collate
+from beholder.data.images import UnreadableImage, decode_image
+from beholder.models.module import BeholderModule
+from beholder.search.embeddings import centred, gallery_mean
+
+SOURCES = 32  # training photos copied
+COPIES = 3  # near-copies of each
+GRID = np.round(np.arange(0.30, 0.995, 0.01), 2)
+
+
+def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
+    """A photo as a burst or a second export gives it: turned up to 2 degrees and cropped 4-10 % a
+    side, exposure within a third of a stop, 70-100 % of the size, JPEG quality 70-95."""
+    image = image.rotate(rng.uniform(-2, 2), resample=Image.BICUBIC)
+    w, h = image.size
+    left, top, right, bottom = rng.uniform(0.04, 0.10, 4)  # covers the rotation's corners, and shifts
+    image = image.crop((int(left * w), int(top * h), int(w - right * w), int(h - bottom * h)))
+    linear = (np.asarray(image, dtype=np.float32) / 255) ** 2.2 * 2 ** rng.uniform(-0.3, 0.3)
+    image = Image.fromarray((np.clip(linear, 0, 1) ** (1 / 2.2) * 255).round().astype(np.uint8))
+    scale = rng.uniform(0.7, 1.0)
+    image = image.resize((max(16, int(image.width * scale)), max(16, int(image.height * scale))), Image.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=int(rng.integers(70, 96)))
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def embeddings(module: BeholderModule, folder: str, images: list[str]) -> np.ndarray:
+    dataset = GalleryDataset(folder, images, Store(), build_transform(module.net.data_config, train=False))
+    vectors = []
+    for i, batch in enumerate(DataLoader(dataset, batch_size=16, collate_fn=collate)):
+        vectors.append(module.predict_step(batch, i)["embeddings"].float().cpu().numpy())
+    return np.concatenate(vectors)
+
+
+def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float]:
+    """The similarity of best pairwise F1 between copies of one photo and different photos (the
+    middle one where several tie), and that F1."""
+    unit = centred(vectors, gallery_mean(vectors))  # as near-copy grouping compares a gallery's embeddings
+    similarity = unit @ unit.T
+    upper = np.triu(np.ones_like(similarity, dtype=bool), 1)
+    same = (sources[:, None] == sources[None, :])[upper]
+    values = similarity[upper]
+    scores = []
+    for threshold in GRID:
+        found = values >= threshold
+        tp = float((found & same).sum())
+        scores.append(2 * tp / (found.sum() + same.sum()) if found.sum() + same.sum() else 0.0)
+    scores = np.array(scores)
+    tied = GRID[scores >= scores.max() - 1e-12]  # the middle of the best ones: as far from copies as from strangers
+    return float(tied[len(tied) // 2]), float(scores.max())
+
+
+def calibrate_group_similarity(module: BeholderModule, root: str, images: list[str], store, seed: int = 0) -> float | None:
+    """The model's near-copy threshold from ``SOURCES`` of ``images`` (under ``root``) and their
+    near-copies; None when fewer than 4 of them can be read."""
+    rng = np.random.default_rng(seed)
+    picked = [images[i] for i in rng.permutation(len(images))[: SOURCES * 2]]
+    module = module.eval()
+    with tempfile.TemporaryDirectory(prefix="beholder-near-copies-") as folder:
+        names, sources = [], []
+        for source, image in enumerate(picked):
+            try:
+                original = decode_image(store.read(join(root, image)))
+            except (UnreadableImage, OSError):
+                continue
+            original.thumbnail((1024, 1024))
+            for copy in range(COPIES + 1):
+                name = f"{source}-{copy}.jpg"
+                with open(os.path.join(folder, name), "wb") as f:
+                    if copy == 0:
+                        original.save(f, "JPEG", quality=95)
+                    else:
+                        f.write(near_copy(original, rng))
+                names.append(name)
+                sources.append(source)
+            if len(set(sources)) == SOURCES:
+                break
+        if len(set(sources)) < 4:
+            return None
+        return best_threshold(embeddings(module, folder, names), np.array(sources))[0]

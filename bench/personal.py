@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 import tempfile
@@ -39,11 +40,12 @@ from beholder.core.storage import Store  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
-from beholder.models.metrics import spearman  # noqa: E402
-from beholder.train.personal import base_head_linear, fit_deviation, personal_fit  # noqa: E402
-from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
-from beholder.train.taste import build_taste_space, fit_taste, most_informative  # noqa: E402
+from beholder.train.personal import Deviation, base_head_linear, fit_deviation  # noqa: E402
+from beholder.train.probe import ridge_cv  # noqa: E402
+from beholder.train.taste import build_taste_space, choose_settings, fit_taste, most_informative, rho, simulated_users  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
+
+OWN_CV_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
 
 
 def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -> str:
@@ -72,56 +74,26 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
     return ckpt
 
 
+def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=OWN_CV_PENALTIES) -> tuple[Deviation, np.ndarray]:
+    """The baseline: each person's own penalty, of least squared error over ``folds`` (row indices,
+    :func:`beholder.data.labels.fold_rows`), and its out-of-fold predictions."""
+    errors, out_of_fold = np.zeros(len(alphas)), np.zeros((len(alphas), len(y)))
+    for part in folds:
+        fit = np.setdiff1d(np.arange(len(y)), part)
+        for i, alpha in enumerate(alphas):
+            out_of_fold[i, part] = fit_deviation(x[fit], base[fit], y[fit], alpha).predict(x[part], base[part])
+    errors = ((out_of_fold - y) ** 2).sum(1)
+    best = int(np.argmin(errors))
+    return fit_deviation(x, base, y, alphas[best]), out_of_fold[best]
+
+
 def bootstrap_median(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     medians = [np.median(values[rng.integers(0, len(values), len(values))]) for _ in range(n)]
     return float(np.percentile(medians, 5)), float(np.percentile(medians, 95))
 
 
-FEATURE_PENALTIES = (1e3, 3e3, 1e4, 3e4, 1e5)
-TASTE_KS = (2, 4, 8, 16, 32)
-TASTE_PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
 REGIMES = {"all": None, "20": 20}
-
-
-def rho(a, b) -> float:
-    value = float(spearman(a, b))
-    return 0.0 if np.isnan(value) else value
-
-
-def simulated_users(population: list[dict[int, float]], count: int | None, rng) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Each population rater as a user: ``count`` (None: 60 %) of their training-photo ratings to fit,
-    the rest to score."""
-    users = []
-    for rated in population:
-        rows = np.array(sorted(rated))
-        order = rng.permutation(len(rows))
-        fit = rows[order[: count or int(0.6 * len(rows))]]
-        held = rows[order[count or int(0.6 * len(rows)):]]
-        users.append((fit, np.array([rated[r] for r in fit]), held, np.array([rated[r] for r in held])))
-    return users
-
-
-def choose_settings(x, crowd, users, space) -> dict:
-    """The fixed feature penalty, and the taste space's k and penalty, of largest mean gain over the
-    crowd on simulated population users."""
-    gains = {}
-    for fit, y, held, y_held in users:
-        base = rho(crowd[held], y_held)
-        scale, shift = np.polyfit(crowd[fit], y, 1)
-        residual = y - (shift + scale * crowd[fit])
-        for alpha, (weight, bias) in zip(FEATURE_PENALTIES, ridge_fits(x[fit], residual[:, None], FEATURE_PENALTIES)):
-            gains.setdefault(("feature", alpha), []).append(rho(shift + scale * crowd[held] + (x[held] @ weight + bias).ravel(), y_held) - base)
-        for k in TASTE_KS:
-            coordinates = space.truncated(k).coordinates(x)
-            for penalty in TASTE_PENALTIES:
-                model = fit_taste(crowd[fit], coordinates[fit], y, penalty)
-                gains.setdefault(("taste", k, penalty), []).append(rho(model.predict(crowd[held], coordinates[held]), y_held) - base)
-    mean = {key: float(np.mean(values)) for key, values in gains.items()}
-    feature = max((key for key in mean if key[0] == "feature"), key=mean.get)
-    taste = max((key for key in mean if key[0] == "taste"), key=mean.get)
-    return {"feature_penalty": feature[1], "k": taste[1], "taste_penalty": taste[2],
-            "population_gain": {"feature": mean[feature], "taste": mean[taste]}}
 
 
 def main():
@@ -164,10 +136,9 @@ def main():
         values = [on_train[r][row] for r in population if row in on_train[r]]
         mean_rating[row] = np.mean(values) if values else np.nan
     space = build_taste_space(x[train_rows], mean_rating[train_rows],
-                              [{int(np.searchsorted(train_rows, row)): v for row, v in on_train[r].items()} for r in builders if len(on_train[r]) >= 20],
-                              max(TASTE_KS), penalty=0.0)
-    settings = {name: choose_settings(x, crowd, simulated_users([on_train[r] for r in tuners if len(on_train[r]) >= 30], count, rng), space)
-                for name, count in REGIMES.items()}
+                              [{int(np.searchsorted(train_rows, row)): v for row, v in on_train[r].items()} for r in builders if len(on_train[r]) >= 20])
+    tuning = [on_train[r] for r in tuners if len(on_train[r]) >= 30]
+    settings = {name: choose_settings(x, crowd, simulated_users(tuning, count, args.seed), space) for name, count in REGIMES.items()}
 
     totals = defaultdict(lambda: [0.0, 0])
     for rater, rated in ratings.items():
@@ -186,14 +157,13 @@ def main():
         others = np.array([(totals[p][0] - rated[p]) / (totals[p][1] - 1) for p in test_photos])
         for regime in results:
             chosen = settings["20" if regime.startswith("20") else "all"]
-            space_k = space.truncated(chosen["k"])
-            coordinates = space_k.coordinates(x)
+            coordinates = space.coordinates(x, chosen["k"])
             if regime == "all":
                 fit = all_fit
             elif regime == "20":
                 fit = np.random.default_rng(int(rater)).choice(all_fit, 20, replace=False)
             else:
-                fit = all_fit[most_informative(crowd[all_fit], coordinates[all_fit], 20, chosen["taste_penalty"])]
+                fit = all_fit[most_informative(crowd[all_fit], coordinates[all_fit], 20, chosen["penalty"])]
             y = np.array([rated[photos[i]] for i in fit])
             folds = fold_rows([0] * len(fit), None, 5, args.seed)  # OASIS photos are all different: no groups
             row = results[regime]
@@ -205,7 +175,7 @@ def main():
                 row["personal, own CV penalty"].append(rho(own.predict(x[held], crowd[held]), y_held))
                 pooled = fit_deviation(x[fit], crowd[fit], y, chosen["feature_penalty"])
                 row["personal, pooled penalty"].append(rho(pooled.predict(x[held], crowd[held]), y_held))
-            taste = fit_taste(crowd[fit], coordinates[fit], y, chosen["taste_penalty"])
+            taste = fit_taste(crowd[fit], coordinates[fit], y, chosen["penalty"])
             row["personal, taste space"].append(rho(taste.predict(crowd[held], coordinates[held]), y_held))
             row["other raters' mean (oracle)"].append(rho(others, y_held))
 
@@ -214,7 +184,8 @@ def main():
             f"(simulated users). {len(train_photos)} training photos / {len(photos) - len(train_photos)} held out; training ratings per "
             f"target {min(counts)}-{max(counts)} (median {int(np.median(counts))}). Spearman with each target's held-out ratings.\n\n")
     body += "Chosen on the population: " + "; ".join(
-        f"{name} ratings: feature penalty {s['feature_penalty']:g}, taste space k = {s['k']}, penalty {s['taste_penalty']:g}"
+        f"{name} ratings: feature penalty {s['feature_penalty']:g}, taste space k = {s['k']}, penalty {s['penalty']:g} "
+        f"(population gains {s['gain_feature']:+.3f} and {s['gain_taste']:+.3f})"
         for name, s in settings.items()) + ".\n"
     for regime, table in results.items():
         title = {"all": "all training ratings", "20": "20 ratings drawn at random", "20 chosen": "20 ratings chosen as most informative"}[regime]

@@ -10,8 +10,9 @@ import torch
 from beholder.data.labels import fold_rows, top_rating
 from beholder.models.metrics import spearman
 from beholder.predict.run import predict
-from beholder.train.personal import personal_fit
+from beholder.train.personal import fit_in_features
 from beholder.train.run import train
+from beholder.train.taste import build_taste_space, choose_settings, fit_taste, most_informative, simulated_users
 
 from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
 
@@ -19,14 +20,47 @@ from conftest import TINY, compose_predict, compose_train, make_gallery, read_sc
 def test_the_deviation_stays_at_the_rescaled_base_unless_the_ratings_differ():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((120, 40))
-    base = x[:, 0] + 0.3 * rng.standard_normal(120)
-    agreeing = 3 + 2 * base + 0.1 * rng.standard_normal(120)
+    w_base = np.eye(40)[0]
+    base = x @ w_base + 0.3 * rng.standard_normal(120)
     folds = fold_rows([0] * 120, None, 5, seed=0)
-    fit, _ = personal_fit(x, base, agreeing, folds)
-    assert fit.scale == pytest.approx(2, abs=0.1) and np.std(x @ fit.weight) < 0.05  # the crowd, rescaled
-    differing = 3 + 2 * base + 2 * x[:, 5]  # the person also cares about something the crowd does not
-    fit, out_of_fold = personal_fit(x, base, differing, folds)
-    assert np.std(x @ fit.weight) > 1 and spearman(out_of_fold, differing) > spearman(base, differing) + 0.2
+    agreeing = 3 + 2 * base + 0.1 * rng.standard_normal(120)
+    weight, _, _, _ = fit_in_features(x, base, agreeing, folds, w_base, 0.0)
+    assert np.std(x @ (weight - 2 * w_base)) < 0.1  # the crowd, rescaled
+    differing = 3 + 2 * base + 3 * x[:, 5]  # the person also cares, as much, about something the crowd does not
+    weight, _, out_of_fold, _ = fit_in_features(x, base, differing, folds, w_base, 0.0)
+    assert np.std(x @ (weight - 2 * w_base)) > 1 and spearman(out_of_fold, differing) > spearman(base, differing) + 0.2
+
+
+def test_a_taste_the_population_shares_is_learnt_from_20_ratings_and_folds_into_one_head():
+    """Population raters depart from the crowd mean along a few directions; a new person along one
+    of them is fitted in the taste space from 20 ratings, chosen as the most informative, better than the crowd."""
+    rng = np.random.default_rng(1)
+    photos, features = 300, 60
+    x = rng.standard_normal((photos, features))
+    tastes = np.linalg.qr(rng.standard_normal((features, 3)))[0]  # three ways of departing from the crowd
+    crowd_mean = 4 + x[:, 0]
+    raters = []
+    for _ in range(150):
+        own = crowd_mean + x @ tastes @ rng.normal(0, 1.0, 3) + 0.3 * rng.standard_normal(photos)
+        rows = rng.choice(photos, 100, replace=False)
+        raters.append({int(r): float(own[r]) for r in rows})
+    space = build_taste_space(x, crowd_mean, raters, k=6)
+    assert np.linalg.norm(space.directions[:, :3].T @ tastes, axis=0).min() > 0.8  # the three directions are found (their span)
+    tuned = choose_settings(x, crowd_mean, simulated_users(raters[:60], 20, seed=0), space)  # as the default model chooses them
+    space.settings = [(20, tuned["k"], tuned["penalty"]), (75, 6, 1.0)]
+    assert space.setting(18) == (tuned["k"], tuned["penalty"]) and space.setting(90) == (6, 1.0) and tuned["gain_taste"] > 0.1
+    person = crowd_mean + 1.5 * x @ tastes[:, 1]
+    k, penalty = space.setting(20)
+    coordinates = space.coordinates(x, k)
+    asked = most_informative(crowd_mean, coordinates, 20, penalty)
+    assert len(set(asked)) == 20
+    fit = fit_taste(crowd_mean[asked], coordinates[asked], person[asked], penalty)
+    weight, bias = space.fold(fit, k, np.eye(features)[0], 4.0)
+    assert np.allclose(x @ weight + bias, fit.predict(crowd_mean, coordinates))  # one linear head
+    held = np.setdiff1d(np.arange(photos), asked)
+    assert spearman(fit.predict(crowd_mean[held], coordinates[held]), person[held]) > spearman(crowd_mean[held], person[held]) + 0.2
+    restored = type(space).from_state(space.state())
+    assert np.allclose(restored.coordinates(x, k), coordinates, atol=1e-4) and restored.settings == space.settings
 
 
 @pytest.fixture(scope="module")

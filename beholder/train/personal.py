@@ -5,12 +5,14 @@
 Without ``base_ckpt`` the base is beholder's default crowd model (beholder/default_model).
 
 The base checkpoint's network is kept whole (frozen features, standardised as in the base); its
-linear regression head gives each photo the crowd's score s. The person's ratings y are fitted as
-y ~ a + b*s (their scale), then a ridge regression on what is left, shrunk toward zero, i.e. toward
-the base head: weights b*w_base + dw. With 50-200 ratings the penalty (k-fold cross-validated,
-"infinite" among the choices) keeps the model at the rescaled crowd unless the ratings really
-differ from it. The result is again one linear head: beholder predict, the labeller and similar read it as
-any checkpoint, which records its base (path and sha256).
+linear regression head gives each photo the crowd's score s. A base that carries a taste space (the
+default model does: beholder/train/taste.py) fits the person's ratings y in closed form over
+[1, s, taste coordinates], with the number of directions and the penalty its population chose for
+this many ratings. Another base fits y ~ a + b*s (the person's scale) plus a ridge regression on
+what is left, shrunk toward the rescaled crowd with a penalty chosen once on OASIS's population.
+Either way the result is one linear head (b*w_base + the person's own weights): beholder predict,
+the labeller and similar read it as any checkpoint, which records its base (path and sha256); its
+out-of-fold scores on the person's photos calibrate its keep threshold.
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman
 from beholder.train.probe import ridge_fits
+from beholder.train.taste import TasteSpace, fit_taste
 
 log = logging.getLogger(__name__)
 PERSONAL_FOLDS = 5
-ALPHAS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
+# The feature ridge's penalty per feature (so per unit of prior variance, whatever the width), chosen
+# once on OASIS's population of raters (bench/personal.py: 1e4 on the default model's 5,424 features).
+PENALTY_PER_FEATURE = 1e4 / 5424
 @dataclass
 class Deviation:
     """score = shift + scale * base + x . weight + bias"""
@@ -64,19 +69,6 @@ def fit_deviation(x: np.ndarray, base: np.ndarray, y: np.ndarray, alpha: float) 
     return Deviation(float(shift), float(scale), weight[:, 0], float(bias[0]), alpha)
 
 
-def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS) -> tuple[Deviation, np.ndarray]:
-    """The deviation with the penalty of least squared error over ``folds`` (row indices,
-    :func:`beholder.data.labels.fold_rows`), and its out-of-fold predictions."""
-    errors, out_of_fold = np.zeros(len(alphas)), np.zeros((len(alphas), len(y)))
-    for part in folds:
-        fit = np.setdiff1d(np.arange(len(y)), part)
-        for i, alpha in enumerate(alphas):
-            out_of_fold[i, part] = fit_deviation(x[fit], base[fit], y[fit], alpha).predict(x[part], base[part])
-    errors = ((out_of_fold - y) ** 2).sum(1)
-    best = int(np.argmin(errors))
-    return fit_deviation(x, base, y, alphas[best]), out_of_fold[best]
-
-
 def base_head_linear(module) -> tuple[np.ndarray, float]:
     """The base regression head as weights and bias on the standardised features."""
     head = module.net.head
@@ -84,6 +76,36 @@ def base_head_linear(module) -> tuple[np.ndarray, float]:
         raise UserError(f"base_ckpt: a {type(head).__name__}; a personal model starts from a head=regression checkpoint (a linear score)")
     weight = head.fc.weight.detach().double().numpy()[0] * head.target_std
     return weight, float(head.fc.bias.detach().double()) * head.target_std + head.target_mean
+
+
+def out_of_fold(folds: list[np.ndarray], count: int, fit_and_predict) -> np.ndarray:
+    predictions = np.zeros(count)
+    for part in folds:
+        predictions[part] = fit_and_predict(np.setdiff1d(np.arange(count), part), part)
+    return predictions
+
+
+def fit_in_taste_space(space: TasteSpace, x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, dict]:
+    """The person's ratings over [1, crowd score, taste coordinates] with the k and penalty the
+    population chose for this many ratings; folded into one linear head."""
+    k, penalty = space.setting(len(y))
+    coordinates = space.coordinates(x, k)
+    predictions = out_of_fold(folds, len(y), lambda fit, part: fit_taste(base[fit], coordinates[fit], y[fit], penalty).predict(
+        base[part], coordinates[part]))
+    weight, bias = space.fold(fit_taste(base, coordinates, y, penalty), k, w_base, c_base)
+    chosen_for = min(space.settings, key=lambda s: abs(math.log(s[0]) - math.log(len(y))))[0]
+    return weight, bias, predictions, {"k": k, "penalty": penalty, "chosen_for": chosen_for}
+
+
+def fit_in_features(x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, dict]:
+    """Without a taste space (a base checkpoint of your own): the rescaled crowd plus a feature ridge
+    with the penalty chosen once on OASIS's population, for every person."""
+    penalty = PENALTY_PER_FEATURE * x.shape[1]
+    predictions = out_of_fold(folds, len(y), lambda fit, part: fit_deviation(x[fit], base[fit], y[fit], penalty).predict(x[part], base[part]))
+    deviation = fit_deviation(x, base, y, penalty)
+    weight = deviation.scale * w_base + deviation.weight
+    bias = deviation.shift + deviation.scale * c_base + deviation.bias
+    return weight, bias, predictions, {"penalty": penalty}
 
 
 def train_personal(cfg: DictConfig) -> float:
@@ -110,16 +132,17 @@ def train_personal(cfg: DictConfig) -> float:
     y = np.array([target_of(label, stats["tier_values"]) for label in labels])
     base = x @ w_base + c_base
     folds = fold_rows([label.tier for label in labels], [label.group for label in labels], PERSONAL_FOLDS, cfg.seed)
-    deviation, out_of_fold = personal_fit(x, base, y, folds)
+    space = TasteSpace.from_state(module.taste_space) if module.taste_space is not None else None
+    weight, bias, out_of_fold, how = (fit_in_taste_space(space, x, base, y, folds, w_base, c_base) if space is not None
+                                      else fit_in_features(x, base, y, folds, w_base, c_base))
 
     head = module.net.head
     head.target_mean, head.target_std = float(stats["target_mean"]), float(stats["target_std"])
     head.tier_values = torch.tensor([v for v in stats["tier_values"] if v is not None and math.isfinite(v)], dtype=torch.float32)
-    weight = deviation.scale * w_base + deviation.weight
-    bias = deviation.shift + deviation.scale * c_base + deviation.bias
     with torch.no_grad():
         head.fc.weight.copy_(torch.from_numpy(weight / head.target_std)[None].to(head.fc.weight.dtype))
         head.fc.bias.fill_((bias - head.target_mean) / head.target_std)
+    module.taste_space = None  # the crowd's, not this person's: the personal checkpoint stays small
     top = top_rating(y)
     positive = [float(score) for score, rating in zip(out_of_fold, y) if rating >= top]
     module.calibrated_on = f"top-rated (>= {top:g}: {len(positive)} of the person's {len(y)})"
@@ -128,10 +151,9 @@ def train_personal(cfg: DictConfig) -> float:
     module.hparams["score_column"] = cfg.data.score_column
     module.val_positive_scores = torch.tensor(positive)
     best = os.path.join(cfg.output_dir, "checkpoints", "best.ckpt")
-    checkpoint.write(best, module, personal={"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels),
-                                             "alpha": deviation.alpha, "scale": deviation.scale})
+    checkpoint.write(best, module, personal={"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels), **how})
     metrics = {"cv/spearman_base": float(spearman(base, y)), "cv/spearman_personal": float(spearman(out_of_fold, y)),
-               "ratings": len(labels), "alpha": deviation.alpha, "best_checkpoint": best, "skipped_images": len(skipped)}
+               "ratings": len(labels), **how, "best_checkpoint": best, "skipped_images": len(skipped)}
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     console.print_summary("personal model trained", [
@@ -139,7 +161,8 @@ def train_personal(cfg: DictConfig) -> float:
         line("base", base_name),
         line("spearman", f"{metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
                          f"(out of fold, {len(folds)} folds)"),
-        line("deviation", f"penalty {deviation.alpha:g}" + (" (none: the ratings agree with the base)" if math.isinf(deviation.alpha) else "")),
+        line("fit", f"taste space: {how['k']} directions, penalty {how['penalty']:g} (both chosen on the population for "
+                    f"{how['chosen_for']} ratings)" if "k" in how else f"the base's features, fixed penalty {how['penalty']:g}"),
         line("top tier", f"rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
                          "is calibrated on their out-of-fold scores"),
         line("checkpoint", best),

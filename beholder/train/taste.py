@@ -2,78 +2,31 @@
 
 From a population of raters (each rating some photos), each rater's departure from the crowd
 *mean* rating of each photo (after their own scale: a + b * mean) is fitted by a ridge regression on
-the photos' standardised features; the principal directions of those weight vectors, with their
-spread, are the taste space. A new person's ratings y are then fitted in closed form over
-[1, crowd score, taste coordinates] with a fixed penalty chosen once on the population, so 20 to 100
-ratings give a stable model; the fit folds back into one linear head on the same features.
-Departures from the crowd *model*'s out-of-fold scores are not used: those mostly encode the crowd
-model's own error, which is the same for everyone.
+the photos' standardised features; the principal directions of those weight vectors, with the
+population's spread along each, are the taste space. A new person's ratings y are then fitted in
+closed form over [1, crowd score, taste coordinates] with a penalty chosen once on the population
+(by simulated users: some of a rater's ratings to fit, the rest to score), so 20 to 100 ratings give
+a stable model; the fit folds back into one linear head on the same features. Departures from the
+crowd *model*'s out-of-fold scores are not used: those mostly encode the crowd model's own error,
+which is the same for everyone.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from beholder.models.metrics import spearman
 from beholder.train.probe import ridge_fits
 
 RATER_PENALTY = 1e3  # each population rater's ridge: ~100 ratings against thousands of features
-
-
-@dataclass
-class TasteSpace:
-    directions: np.ndarray  # F x k, orthonormal, on the standardised features
-    scales: np.ndarray  # k: the spread of the population's taste along each direction (a prior's sd)
-    penalty: float  # the fixed ridge penalty of a person's taste coordinates
-    digest: str  # sha256 of the ratings and features it was built from
-
-    @property
-    def k(self) -> int:
-        return self.directions.shape[1]
-
-    def coordinates(self, x: np.ndarray) -> np.ndarray:
-        """Each photo's position in the taste space, scaled by the population's spread along each
-        direction: one penalty then shrinks rare directions of taste harder than common ones."""
-        return (x @ self.directions) * self.scales
-
-    def truncated(self, k: int) -> TasteSpace:
-        return TasteSpace(self.directions[:, :k], self.scales[:k], self.penalty, self.digest)
-
-    def state(self) -> dict:
-        """What a checkpoint stores (float32 directions: a few hundred KB)."""
-        return {"directions": self.directions.astype(np.float32), "scales": self.scales.astype(np.float32),
-                "penalty": float(self.penalty), "digest": self.digest}
-
-    @classmethod
-    def from_state(cls, state: dict) -> TasteSpace:
-        return cls(np.asarray(state["directions"], dtype=np.float64), np.asarray(state["scales"], dtype=np.float64),
-                   float(state["penalty"]), str(state["digest"]))
-
-
-def departures(x: np.ndarray, crowd_mean: np.ndarray, raters: list[dict[int, float]]) -> np.ndarray:
-    """One ridge weight vector per rater (rows): what their ratings add to their rescaled crowd mean."""
-    weights = []
-    for rated in raters:
-        rows = np.fromiter(rated, dtype=int)
-        y = np.array([rated[r] for r in rows])
-        scale, shift = np.polyfit(crowd_mean[rows], y, 1) if np.ptp(crowd_mean[rows]) > 0 else (0.0, y.mean())
-        residual = y - (shift + scale * crowd_mean[rows])
-        weights.append(ridge_fits(x[rows], residual[:, None], [RATER_PENALTY])[0][0][:, 0])
-    return np.array(weights)
-
-
-def build_taste_space(x: np.ndarray, crowd_mean: np.ndarray, raters: list[dict[int, float]], k: int, penalty: float) -> TasteSpace:
-    """The top ``k`` principal directions of the population's departures (``raters``: photo row ->
-    rating, rows of ``x``; ``crowd_mean``: each photo's mean rating)."""
-    weights = departures(x, crowd_mean, raters)
-    _, singular, vt = np.linalg.svd(weights - weights.mean(0), full_matrices=False)
-    directions = vt[:k].T
-    scales = singular[:k] / np.sqrt(len(raters))  # the sd of the raters' weights along each direction
-    digest = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes() + np.ascontiguousarray(crowd_mean).tobytes()
-                            + repr(sorted((sorted(r.items())) for r in raters)).encode()).hexdigest()
-    return TasteSpace(directions, scales, penalty, digest)
+KS = (2, 4, 8, 16, 32)
+PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
+FEATURE_PENALTIES = (1e3, 3e3, 1e4, 3e4, 1e5)
+REGIMES = (20, None)  # ratings a simulated user fits on: 20, or 60 % of theirs (~70 on OASIS)
 
 
 @dataclass
@@ -97,16 +50,109 @@ def fit_taste(crowd: np.ndarray, coordinates: np.ndarray, y: np.ndarray, penalty
     return TasteFit(float(beta[0]), float(beta[1]), beta[2:])
 
 
+@dataclass
+class TasteSpace:
+    directions: np.ndarray  # F x k, orthonormal, on the standardised features
+    scales: np.ndarray  # k: the spread of the population's taste along each direction (a prior's sd)
+    digest: str  # sha256 of the ratings and features it was built from
+    settings: list[tuple[int, int, float]] = field(default_factory=list)  # (ratings, k, penalty) chosen on the population
+
+    def coordinates(self, x: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Each photo's position in the first ``k`` directions, scaled by the population's spread
+        along each: one penalty then shrinks rare directions of taste harder than common ones."""
+        k = self.directions.shape[1] if k is None else k
+        return (x @ self.directions[:, :k]) * self.scales[:k]
+
+    def setting(self, ratings: int) -> tuple[int, float]:
+        """k and penalty for a person with this many ratings: those chosen for the nearest count."""
+        _, k, penalty = min(self.settings, key=lambda s: abs(np.log(s[0]) - np.log(max(ratings, 1))))
+        return k, penalty
+
+    def fold(self, fit: TasteFit, k: int, w_crowd: np.ndarray, c_crowd: float) -> tuple[np.ndarray, float]:
+        """A person's fit as one linear head on the standardised features: (weights, bias)."""
+        return fit.slope * w_crowd + self.directions[:, :k] @ (self.scales[:k] * fit.taste), fit.intercept + fit.slope * c_crowd
+
+    def state(self) -> dict:
+        """What a checkpoint stores: tensors and plain values (read with weights_only), a few hundred KB."""
+        return {"directions": torch.from_numpy(self.directions.astype(np.float32)), "scales": self.scales.tolist(),
+                "digest": self.digest, "settings": [list(s) for s in self.settings]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TasteSpace:
+        return cls(state["directions"].double().numpy(), np.asarray(state["scales"], dtype=np.float64), str(state["digest"]),
+                   [(int(n), int(k), float(p)) for n, k, p in state["settings"]])
+
+
+def departures(x: np.ndarray, crowd_mean: np.ndarray, raters: list[dict[int, float]]) -> np.ndarray:
+    """One ridge weight vector per rater (rows): what their ratings add to their rescaled crowd mean."""
+    weights = []
+    for rated in raters:
+        rows = np.fromiter(rated, dtype=int)
+        y = np.array([rated[r] for r in rows])
+        scale, shift = np.polyfit(crowd_mean[rows], y, 1) if np.ptp(crowd_mean[rows]) > 0 else (0.0, y.mean())
+        residual = y - (shift + scale * crowd_mean[rows])
+        weights.append(ridge_fits(x[rows], residual[:, None], [RATER_PENALTY])[0][0][:, 0])
+    return np.array(weights)
+
+
+def build_taste_space(x: np.ndarray, crowd_mean: np.ndarray, raters: list[dict[int, float]], k: int = max(KS)) -> TasteSpace:
+    """The top ``k`` principal directions of the population's departures (``raters``: row of ``x``
+    -> rating; ``crowd_mean``: each row's mean rating)."""
+    weights = departures(x, crowd_mean, raters)
+    _, singular, vt = np.linalg.svd(weights - weights.mean(0), full_matrices=False)
+    digest = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes() + np.ascontiguousarray(crowd_mean).tobytes()
+                            + repr([sorted(r.items()) for r in raters]).encode()).hexdigest()
+    return TasteSpace(vt[:k].T, singular[:k] / np.sqrt(len(raters)), digest)
+
+
+def simulated_users(raters: list[dict[int, float]], count: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each rater as a user: ``count`` (None: 60 %) of their ratings to fit, the rest to score."""
+    rng = np.random.default_rng(seed)
+    users = []
+    for rated in raters:
+        rows = np.array(sorted(rated))
+        order = rng.permutation(len(rows))
+        cut = count or int(0.6 * len(rows))
+        fit, held = rows[order[:cut]], rows[order[cut:]]
+        users.append((fit, np.array([rated[r] for r in fit]), held, np.array([rated[r] for r in held])))
+    return users
+
+
+def rho(a, b) -> float:
+    value = float(spearman(a, b))
+    return 0.0 if np.isnan(value) else value
+
+
+def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) -> dict:
+    """The taste space's k and penalty, and the plain feature ridge's fixed penalty, of largest mean
+    Spearman gain over the crowd on simulated users (with their mean gains)."""
+    gains: dict[tuple, list[float]] = {}
+    coordinates = space.coordinates(x)
+    for fit, y, held, y_held in users:
+        base = rho(crowd[held], y_held)
+        scale, shift = np.polyfit(crowd[fit], y, 1)
+        residual = y - (shift + scale * crowd[fit])
+        for alpha, (weight, bias) in zip(FEATURE_PENALTIES, ridge_fits(x[fit], residual[:, None], FEATURE_PENALTIES)):
+            gains.setdefault(("feature", alpha), []).append(rho(shift + scale * crowd[held] + (x[held] @ weight + bias).ravel(), y_held) - base)
+        for k in KS:
+            for penalty in PENALTIES:
+                model = fit_taste(crowd[fit], coordinates[fit, :k], y, penalty)
+                gains.setdefault(("taste", k, penalty), []).append(rho(model.predict(crowd[held], coordinates[held, :k]), y_held) - base)
+    mean = {key: float(np.mean(values)) for key, values in gains.items()}
+    feature = max((key for key in mean if key[0] == "feature"), key=mean.get)
+    taste = max((key for key in mean if key[0] == "taste"), key=mean.get)
+    return {"feature_penalty": feature[1], "k": taste[1], "penalty": taste[2], "gain_feature": mean[feature], "gain_taste": mean[taste]}
+
+
 def most_informative(crowd: np.ndarray, coordinates: np.ndarray, count: int, penalty: float, asked: list[int] | None = None) -> list[int]:
     """The ``count`` photos (rows) whose ratings would pin down a person's taste coordinates best:
     greedy D-optimal design over [1, crowd, coordinates] with the fit's penalty as prior, after the
     photos ``asked`` already."""
     design = np.column_stack([np.ones(len(crowd)), crowd, coordinates])
-    information = np.diag([1e-6, 1e-6, *([penalty] * coordinates.shape[1])]) + design[asked or []].T @ design[asked or []]
     chosen = list(asked or [])
-    for _ in range(count):
-        inverse = np.linalg.inv(information)
-        gain = np.einsum("ij,jk,ik->i", design, inverse, design)  # log det grows by log(1 + gain)
+    information = np.diag([1e-6, 1e-6, *([penalty] * coordinates.shape[1])]) + design[chosen].T @ design[chosen]
+    for _ in range(min(count, len(crowd) - len(chosen))):
+        gain = np.einsum("ij,jk,ik->i", design, np.linalg.inv(information), design)  # log det grows by log(1 + gain)
         gain[chosen] = -np.inf
         best = int(np.argmax(gain))
         chosen.append(best)

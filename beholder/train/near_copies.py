@@ -3,8 +3,8 @@
 How alike two photos' embeddings are depends on the network that embeds them: a threshold chosen for
 one model splits another's bursts or joins different photos. So after training, a model makes
 near-copies of some of its own training photos (a slight turn and crop, another exposure, a
-smaller size, a JPEG re-encode), embeds them beside the originals, and takes the similarity that
-best tells copies of one photo from different photos (pairwise F1). The checkpoint keeps it as
+smaller size, a JPEG re-encode), embeds them beside the originals, and takes the strictest
+similarity that still joins nearly all pairs of copies of one photo. The checkpoint keeps it as
 ``group_similarity``, and ``beholder predict`` groups with it unless told otherwise.
 """
 
@@ -28,6 +28,7 @@ from beholder.search.embeddings import centred, gallery_mean
 SOURCES = 32  # training photos copied
 COPIES = 3  # near-copies of each
 GRID = np.round(np.arange(0.30, 0.995, 0.01), 2)
+PAIR_RECALL = 0.95  # of the copies' pairs; grouping is transitive, so more of each burst ends up joined
 
 
 def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
@@ -55,22 +56,18 @@ def embeddings(module: BeholderModule, folder: str, images: list[str]) -> np.nda
     return np.concatenate(vectors)
 
 
-def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float]:
-    """The similarity of best pairwise F1 between copies of one photo and different photos (the
-    middle one where several tie), and that F1."""
+def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float, float]:
+    """The strictest similarity that still joins ``PAIR_RECALL`` of the pairs of copies of one photo
+    (strict: a gallery holds far more pairs of different photos than this sample), and the pairwise
+    precision and recall there."""
     unit = centred(vectors, gallery_mean(vectors))  # as near-copy grouping compares a gallery's embeddings
-    similarity = unit @ unit.T
-    upper = np.triu(np.ones_like(similarity, dtype=bool), 1)
+    upper = np.triu(np.ones((len(unit), len(unit)), dtype=bool), 1)
+    values = (unit @ unit.T)[upper]
     same = (sources[:, None] == sources[None, :])[upper]
-    values = similarity[upper]
-    scores = []
-    for threshold in GRID:
-        found = values >= threshold
-        tp = float((found & same).sum())
-        scores.append(2 * tp / (found.sum() + same.sum()) if found.sum() + same.sum() else 0.0)
-    scores = np.array(scores)
-    tied = GRID[scores >= scores.max() - 1e-12]  # the middle of the best ones: as far from copies as from strangers
-    return float(tied[len(tied) // 2]), float(scores.max())
+    recall = np.array([(values[same] >= threshold).mean() for threshold in GRID])
+    threshold = float(GRID[recall >= PAIR_RECALL].max()) if (recall >= PAIR_RECALL).any() else float(GRID[0])
+    found = values >= threshold
+    return threshold, float((found & same).sum() / max(found.sum(), 1)), float((found & same).sum() / max(same.sum(), 1))
 
 
 def calibrate_group_similarity(module: BeholderModule, root: str, images: list[str], store, seed: int = 0) -> float | None:

@@ -41,7 +41,7 @@ from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.train.personal import Deviation, base_head_linear, fit_deviation  # noqa: E402
-from beholder.train.probe import ridge_cv  # noqa: E402
+from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
 from beholder.train.taste import build_taste_space, choose_settings, fit_taste, most_informative, rho, simulated_users  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
@@ -177,6 +177,11 @@ def main():
                 row["personal, pooled penalty"].append(rho(pooled.predict(x[held], crowd[held]), y_held))
             taste = fit_taste(crowd[fit], coordinates[fit], y, chosen["penalty"])
             row["personal, taste space"].append(rho(taste.predict(crowd[held], coordinates[held]), y_held))
+            if regime != "20 chosen":  # then a feature ridge, with the pooled penalty, on what the taste space leaves
+                rest = y - taste.predict(crowd[fit], coordinates[fit])
+                (weight_rest, bias_rest), = ridge_fits(x[fit], rest[:, None], [chosen["feature_penalty"]])
+                both = taste.predict(crowd[held], coordinates[held]) + (x[held] @ weight_rest + bias_rest).ravel()
+                row["personal, taste space + features"].append(rho(both, y_held))
             row["other raters' mean (oracle)"].append(rho(others, y_held))
 
     body = (f"{len(targets)} target raters (of {len(eligible)} with >= 30 training and >= 20 held-out ratings; fixed seed); the other "

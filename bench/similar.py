@@ -4,8 +4,12 @@
   rotation up to 2 degrees, resizing) among the other, unrelated photos; one set from photos/, one from
   oasis/. Pairwise precision and recall of the groups found by beholder (embeddings of a model trained
   by experiment=best on OASIS) and by pixel hashes (imagehash phash, dhash). Each method's threshold is
-  chosen on the photos/ set (best F1) and measured on the oasis/ set; the default group_similarity of
-  conf/predict.yaml is the one chosen here.
+  chosen on the photos/ set (best F1) and measured on the oasis/ set; DEFAULT_GROUP_SIMILARITY (for a
+  model without a threshold of its own) is the one chosen here.
+- models: each model's own near-copy threshold (calibrated at training from near-copies of its own
+  training photos: beholder/train/near_copies.py), measured on both burst sets for the default model,
+  a fine-tuned efficientnet_lite0 at 96x96 and xception (no ImageNet weights here: trained from
+  scratch), against the one threshold chosen on the best preset's features.
 - retrieval: OASIS photos sharing a theme (Acorns_1, Acorns_2, ...) are the relevant ones; mean
   average precision at 10 of beholder similar's ranking, raw pixels and phash.
 - scale: synthetic clustered vectors of the best preset's dimension; exact search against FAISS:
@@ -14,7 +18,7 @@
 - culling: gallery reduction with and without keep_per_group=1 on the oasis burst set and on the
   demo's webcam panoramas (group_window=1800).
 
-    python bench/similar.py [--work DIR] [--sizes 10000 100000 1000000] [--only bursts retrieval scale culling] [--no-write]
+    python bench/similar.py [--work DIR] [--sizes 10000 100000 1000000] [--only bursts models retrieval scale culling] [--no-write]
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import io
 import multiprocessing
 import os
 import re
@@ -38,28 +41,15 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.core.console import quiet_libraries  # noqa: E402
-from beholder.predict.bursts import burst_groups, components  # noqa: E402
+from beholder.predict.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, components  # noqa: E402
 from beholder.search.embeddings import ROWS_PER_GROUP, centred, read_parquet, vector_batches  # noqa: E402
 from beholder.search.vector_index import ExactIndex, FaissIndex  # noqa: E402
+from beholder.train.near_copies import near_copy  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 DIMENSION = 5424  # experiment=best: every pooled level of EfficientNet-Lite2 + Lite1 + Lite0
 THRESHOLDS = [round(t, 2) for t in np.arange(0.30, 0.99, 0.02)]
 HAMMING = list(range(0, 25))
-
-
-def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
-    image = image.rotate(rng.uniform(-2, 2), resample=Image.BICUBIC)
-    w, h = image.size
-    left, top, right, bottom = rng.uniform(0.04, 0.10, 4)  # covers the rotation's corners, and shifts
-    image = image.crop((int(left * w), int(top * h), int(w - right * w), int(h - bottom * h)))
-    linear = (np.asarray(image, dtype=np.float32) / 255) ** 2.2 * 2 ** rng.uniform(-0.3, 0.3)
-    image = Image.fromarray((np.clip(linear, 0, 1) ** (1 / 2.2) * 255).round().astype(np.uint8))
-    scale = rng.uniform(0.7, 1.0)
-    image = image.resize((max(16, int(image.width * scale)), max(16, int(image.height * scale))), Image.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=int(rng.integers(70, 96)))
-    return buffer.getvalue()
 
 
 def burst_gallery(source: str, target: str, sources: int, seed: int) -> dict[str, int]:
@@ -184,6 +174,61 @@ def bench_bursts(ckpt: str, work: str, seed: int) -> tuple[str, float]:
             "photos/ set (" + "; ".join(f"{n}: {a} images, {b} of them in {c} bursts" for n, (a, b, c) in counts.items()) + ").\n\n")
     body += markdown_table(["method", "threshold (chosen on photos/)", "precision", "recall", "F1", "best F1 on oasis/ itself"], rows)
     return body, chosen_similarity
+
+
+def other_model(work: str, name: str, overrides: list[str]) -> str:
+    """A model trained on OASIS with ``overrides`` (its near-copy threshold calibrated at the end)."""
+    ckpt = os.path.join(work, f"model-{name}", "checkpoints", "best.ckpt")
+    if not os.path.exists(ckpt):
+        from beholder.train.run import train
+
+        oasis = os.path.join(SHARED, "oasis")
+        train(compose("train", [*overrides, "head=regression", "data.score_column=beauty_mean", f"gallery={oasis}/images",
+                                f"labels={oasis}/labels.csv", f"output_dir={work}/model-{name}", "trainer.enable_progress_bar=false",
+                                "trainer.enable_model_summary=false"]))
+    return ckpt
+
+
+def bench_models(work: str, seed: int) -> str:
+    """Pairwise precision and recall of each model's groups at its own calibrated threshold."""
+    import torch
+
+    from beholder import default_model
+
+    models = {
+        "default model (crowd.ckpt)": default_model.checkpoint_path(),
+        "efficientnet_lite0 fine-tuned, 96x96": other_model(work, "lite0", [
+            "backbone=efficientnet_lite0", "data.image_size=[96,96]", "backbone.trainable_blocks=4", "trainer.max_epochs=4"]),
+        "xception from scratch, 128x128": other_model(work, "xception", [
+            "backbone=xception", "backbone.pretrained=false", "data.image_size=[128,128]", "trainer.max_epochs=2", "data.batch_size=16"]),
+    }
+    sets = {}
+    for name, sources in (("photos", 40), ("oasis", 60)):
+        source = os.path.join(SHARED, name) if name == "photos" else os.path.join(SHARED, "oasis", "images")
+        gallery = os.path.join(work, f"bursts-{name}")
+        if not os.path.exists(gallery + ".truth.csv"):
+            truth = burst_gallery(source, gallery, sources, seed)
+            with open(gallery + ".truth.csv", "w") as f:
+                f.writelines(f"{image},{burst}\n" for image, burst in truth.items())
+        sets[name] = (gallery, dict(line.strip().rsplit(",", 1) for line in open(gallery + ".truth.csv")))
+    rows, met = [], 0
+    for model, ckpt in models.items():
+        own = torch.load(ckpt, map_location="cpu", weights_only=True).get("group_similarity")
+        row = [model, "none" if own is None else f"{own:g}"]
+        passed = own is not None
+        for name, (gallery, truth) in sets.items():
+            result = scored(ckpt, gallery, os.path.join(work, f"models-{re.sub(r'[^a-z0-9]+', '-', model.lower())}-{name}"))
+            labels = np.array([int(truth[image]) for image in result["images"]])
+            p, r = pair_scores(burst_groups(result["vectors"], own if own is not None else 0.8)[0], labels)
+            p8, r8 = pair_scores(burst_groups(result["vectors"], 0.8)[0], labels)
+            passed = passed and p >= 0.95 and r >= 0.95
+            row += [f"{p:.3f} / {r:.3f}", f"{p8:.3f} / {r8:.3f}"]
+        met += passed
+        rows.append(row + ["yes" if passed else "no"])
+    body = ("Pairwise precision / recall of near-copy groups on the two burst sets (the bursts section's galleries), each model at "
+            "the threshold it calibrated at training on near-copies of its own training photos, beside the one threshold (0.8) chosen "
+            f"on the best preset's features. Target: >= 0.95 / 0.95 on both sets; met by {met} of {len(models)} models.\n\n")
+    return body + markdown_table(["model", "own threshold", "photos/: own", "photos/: 0.8", "oasis/: own", "oasis/: 0.8", "target met"], rows)
 
 
 def average_precision(ranked_relevant: list[bool], relevant: int, k: int = 10) -> float:
@@ -381,20 +426,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="a folder for galleries, models and outputs (default: a new temporary one); reuse it to skip work")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--only", nargs="+", default=["bursts", "retrieval", "scale", "culling"])
+    parser.add_argument("--only", nargs="+", default=["bursts", "models", "retrieval", "scale", "culling"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     quiet_libraries()
     work = args.work or tempfile.mkdtemp(prefix="beholder-similar-")
     os.makedirs(work, exist_ok=True)
-    similarity = compose("predict", ["ckpt=-", "gallery=-", "output=-"]).group_similarity  # unless bursts measures it anew
+    similarity = DEFAULT_GROUP_SIMILARITY  # unless bursts measures it anew
     if {"bursts", "retrieval", "culling"} & set(args.only):
         ckpt = trained_checkpoint(work)
     write = not args.no_write
     if "bursts" in args.only:
         body, similarity = bench_bursts(ckpt, work, args.seed)
         publish("similar-bursts", "Find by example: near-copy groups (bench/similar.py)", body, write)
+    if "models" in args.only:
+        publish("similar-models", "Find by example: each model's own near-copy threshold (bench/similar.py)", bench_models(work, args.seed), write)
     if "retrieval" in args.only:
         publish("similar-retrieval", "Find by example: more like this on OASIS themes (bench/similar.py)", bench_retrieval(ckpt, work), write)
     if "culling" in args.only:

@@ -7,6 +7,7 @@ ratings (experiment=best, head=regression, 5 folds) and ship it into this packag
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -45,6 +46,13 @@ and personal use; check the datasets' terms before any commercial use.
 rating; `gallery_reduction` is the share culled when every top-tier photo is kept.
 {quality}
 
+## Taste space (for personal models)
+How OASIS's raters (757; those with 30 or more ratings) depart from the crowd's mean rating, as principal directions in the
+model's features (beholder/train/taste.py); a personal model fits a person's ratings over
+[1, crowd score, taste coordinates]. The number of directions and the penalty were chosen on half
+of the raters as simulated users, the directions built from all of them:
+{taste}
+
 ## Intended use
 A starting point: the first pass over a photographer's gallery before they have rated anything,
 and the base that `experiment=personal` adapts to one person's ratings.
@@ -58,7 +66,52 @@ and the base that `experiment=personal` adapts to one person's ratings.
 """
 
 
-def build(oasis: str, seed: int) -> Path:
+def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
+    """The taste space of OASIS's raters (beholder/train/taste.py), stored in the checkpoint: built
+    from half of them, its k and penalty chosen on the other half as simulated users (20 ratings,
+    and 60 % of theirs), then built again from all of them. Returns the model card's lines."""
+    import numpy as np
+    import torch
+
+    from beholder.core.storage import Store
+    from beholder.models import checkpoint
+    from beholder.models.features import cached_features
+    from beholder.models.load import load_checkpoint
+    from beholder.train.personal import base_head_linear
+    from beholder.train.taste import build_taste_space, choose_settings, simulated_users
+
+    module = load_checkpoint(str(target))
+    photos = sorted(row["image"] for row in csv.DictReader(open(os.path.join(oasis, "labels.csv"))))
+    row_of = {photo: i for i, photo in enumerate(photos)}
+    features, _ = cached_features(module.net, os.path.join(oasis, "images"), photos, Store(), {}, 1, cache, 100_000_000)
+    x = module.net.standardise(torch.stack([features[p][0] for p in photos]).to(module.net.feature_mean.dtype)).double().numpy()
+    w_crowd, c_crowd = base_head_linear(module)
+    raters: dict[str, dict[int, float]] = {}
+    for row in csv.DictReader(open(os.path.join(oasis, "ratings.csv"))):
+        if row["image"] in row_of:
+            raters.setdefault(row["rater"], {})[row_of[row["image"]]] = float(row["beauty"])
+    everyone = [raters[r] for r in sorted(raters, key=lambda r: int(r) if r.isdigit() else r) if len(raters[r]) >= 30]
+    totals = np.zeros(len(photos)), np.zeros(len(photos))
+    for rated in everyone:
+        for row, value in rated.items():
+            totals[0][row] += value
+            totals[1][row] += 1
+    mean = totals[0] / np.maximum(totals[1], 1)
+    order = np.random.default_rng(seed).permutation(len(everyone))
+    builders, tuners = [everyone[i] for i in order[: len(order) // 2]], [everyone[i] for i in order[len(order) // 2:]]
+    half = build_taste_space(x, mean, builders)
+    crowd = x @ w_crowd + c_crowd
+    settings = []
+    for count in (20, None):
+        chosen = choose_settings(x, crowd, simulated_users(tuners, count, seed), half)
+        settings.append((count or int(0.6 * np.median([len(r) for r in tuners])), chosen["k"], chosen["penalty"]))
+    space = build_taste_space(x, mean, everyone)
+    space.settings = settings
+    checkpoint.annotate(str(target), taste_space=space.state())
+    return "\n".join(f"- with about {n} ratings: {k} directions, penalty {p:g}" for n, k, p in settings)
+
+
+def build(oasis: str, seed: int, feature_cache: str | None = None) -> Path:
     from beholder.train.run import train  # heavy: only when building
 
     images, labels = os.path.join(oasis, "images"), os.path.join(oasis, "labels.csv")
@@ -66,12 +119,13 @@ def build(oasis: str, seed: int) -> Path:
         raise UserError(f"--oasis {oasis}: want images/ and labels.csv (image, beauty_mean, ..., tier) there")
     work = tempfile.mkdtemp(prefix="beholder-default-model-")
     overrides = ["experiment=best", "head=regression", f"gallery={images}", f"labels={labels}", "data.score_column=beauty_mean",
-                 f"seed={seed}", f"output_dir={work}/run", f"feature_cache={work}/cache", "trainer.enable_progress_bar=false"]
+                 f"seed={seed}", f"output_dir={work}/run", f"feature_cache={feature_cache or work + '/cache'}", "trainer.enable_progress_bar=false"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     train(cfg)
     target = HERE / CHECKPOINT
     shutil.copyfile(os.path.join(work, "run", "checkpoints", "best.ckpt"), target)
+    taste = add_taste_space(target, oasis, feature_cache or os.path.join(work, "cache"), seed)
     with open(os.path.join(work, "run", "metrics.json")) as f:
         metrics = json.load(f)
     quality = "\n".join(f"- `{name}`: {value:.3f}" for name, value in sorted(metrics.items())
@@ -79,7 +133,7 @@ def build(oasis: str, seed: int) -> Path:
     commit = os.popen(f"git -C {HERE} rev-parse --short HEAD 2>/dev/null").read().strip() or "unknown"
     (HERE / "MODEL_CARD.md").write_text(CARD.format(
         command=f"python -m beholder.default_model --oasis {oasis} --seed {seed}", commit=commit, count=sum(1 for _ in open(labels)) - 1,
-        size_kb=target.stat().st_size / 1024, positive_tier=cfg.head.positive_tier, folds=cfg.cv, quality=quality))
+        size_kb=target.stat().st_size / 1024, positive_tier=cfg.head.positive_tier, folds=cfg.cv, quality=quality, taste=taste))
     shutil.rmtree(work, ignore_errors=True)
     return target
 
@@ -88,9 +142,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m beholder.default_model", description=__doc__.splitlines()[0])
     parser.add_argument("--oasis", required=True, help="the OASIS folder: images/ and labels.csv (beauty_mean)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feature-cache", help="keep the frozen networks' features here for the next build (default: a temporary folder)")
     args = parser.parse_args(argv)
     with exit_on_user_error():
-        target = build(os.path.expanduser(args.oasis), args.seed)
+        target = build(os.path.expanduser(args.oasis), args.seed, args.feature_cache)
     print(f"beholder: default model written to {target} ({target.stat().st_size / 1024:.0f} KB) with its model card")
 
 

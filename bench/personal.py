@@ -42,7 +42,7 @@ from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.train.personal import Deviation, base_head_linear, fit_deviation  # noqa: E402
 from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
-from beholder.train.taste import build_taste_space, choose_settings, fit_taste, most_informative, rho, simulated_users  # noqa: E402
+from beholder.train.taste import build_taste_space, choose_settings, fit_taste, rho, simulated_users  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 OWN_CV_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
@@ -85,6 +85,26 @@ def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.
     errors = ((out_of_fold - y) ** 2).sum(1)
     best = int(np.argmin(errors))
     return fit_deviation(x, base, y, alphas[best]), out_of_fold[best]
+
+
+def most_informative(crowd: np.ndarray, coordinates: np.ndarray, count: int, penalty: float, asked: list[int] | None = None) -> list[int]:
+    """The ``count`` photos (rows) whose ratings would make the person's model most certain about the
+    whole gallery: greedy V-optimal design over [1, crowd, coordinates] (each pick the one that most
+    lowers the mean variance of the predicted ratings, the fit's penalty as prior), after the photos
+    ``asked`` already. Unlike D-optimal design it does not chase the gallery's extremes."""
+    design = np.column_stack([np.ones(len(crowd)), crowd, coordinates])
+    spread = design.T @ design / len(design)
+    chosen = list(asked or [])
+    information = np.diag([1e-3, 1e-3, *([penalty] * coordinates.shape[1])]) + design[chosen].T @ design[chosen]
+    for _ in range(min(count, len(crowd) - len(chosen))):
+        inverse = np.linalg.inv(information)
+        towards = design @ inverse  # each candidate's z^T M^-1
+        lowered = np.einsum("ij,jk,ik->i", towards, spread, towards) / (1 + np.einsum("ij,ij->i", towards, design))
+        lowered[chosen] = -np.inf
+        best = int(np.argmax(lowered))
+        chosen.append(best)
+        information += np.outer(design[best], design[best])
+    return chosen[len(asked or []):]
 
 
 def bootstrap_median(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float]:

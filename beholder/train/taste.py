@@ -143,23 +143,3 @@ def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) 
     feature = max((key for key in mean if key[0] == "feature"), key=mean.get)
     taste = max((key for key in mean if key[0] == "taste"), key=mean.get)
     return {"feature_penalty": feature[1], "k": taste[1], "penalty": taste[2], "gain_feature": mean[feature], "gain_taste": mean[taste]}
-
-
-def most_informative(crowd: np.ndarray, coordinates: np.ndarray, count: int, penalty: float, asked: list[int] | None = None) -> list[int]:
-    """The ``count`` photos (rows) whose ratings would make the person's model most certain about the
-    whole gallery: greedy V-optimal design over [1, crowd, coordinates] (each pick the one that most
-    lowers the mean variance of the predicted ratings, the fit's penalty as prior), after the photos
-    ``asked`` already. Unlike D-optimal design it does not chase the gallery's extremes."""
-    design = np.column_stack([np.ones(len(crowd)), crowd, coordinates])
-    spread = design.T @ design / len(design)
-    chosen = list(asked or [])
-    information = np.diag([1e-3, 1e-3, *([penalty] * coordinates.shape[1])]) + design[chosen].T @ design[chosen]
-    for _ in range(min(count, len(crowd) - len(chosen))):
-        inverse = np.linalg.inv(information)
-        towards = design @ inverse  # each candidate's z^T M^-1
-        lowered = np.einsum("ij,jk,ik->i", towards, spread, towards) / (1 + np.einsum("ij,ij->i", towards, design))
-        lowered[chosen] = -np.inf
-        best = int(np.argmax(lowered))
-        chosen.append(best)
-        information += np.outer(design[best], design[best])
-    return chosen[len(asked or []):]

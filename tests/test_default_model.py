@@ -4,11 +4,13 @@ import csv
 import json
 
 import pytest
+import torch
 
 from beholder import default_model
 from beholder.data import gallery as data
 from beholder.predict.run import predict
 from beholder.train.run import train
+from beholder.train.taste import TasteSpace
 
 from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
 
@@ -57,6 +59,10 @@ def test_a_personal_model_without_a_base_starts_from_the_default_model(library, 
                                 "data.score_column=rating", f"feature_cache={tmp_path}/cache", f"output_dir={tmp_path}/me"]))
     metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
     assert metrics["ratings"] == 24 and "default crowd model" in capsys.readouterr().out
+    space = torch.load(default_model.checkpoint_path(), map_location="cpu", weights_only=True)["taste_space"]
+    assert metrics["k"] == TasteSpace.from_state(space).setting(24)[0]  # fitted in the default model's taste space
+    personal = torch.load(tmp_path / "me" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert "taste_space" not in personal and personal["group_similarity"] is not None  # the crowd's space stays behind; its threshold comes along
     assert (tmp_path / "me" / "checkpoints" / "best.ckpt").stat().st_size < 1_000_000
     monkeypatch.setattr(data, "decode_image", refuse_to_decode)  # predict reads the features the personal model trained on
     summary = predict(compose_predict([f"ckpt={tmp_path}/me/checkpoints/best.ckpt", f"gallery={library}", f"output={tmp_path}/out",

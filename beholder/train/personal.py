@@ -44,8 +44,8 @@ from beholder.train.taste import TasteSpace, fit_taste
 log = logging.getLogger(__name__)
 PERSONAL_FOLDS = 5
 # The feature ridge's penalty per feature (so per unit of prior variance, whatever the width), chosen
-# once on OASIS's population of raters (bench/personal.py: 3e3 on the default model's 5,424 features).
-PENALTY_PER_FEATURE = 3e3 / 5424
+# once on OASIS's population of raters (bench/personal.py: 1e4 on the default model's 5,424 features, for ~70 ratings).
+PENALTY_PER_FEATURE = 1e4 / 5424
 @dataclass
 class Deviation:
     """score = shift + scale * base + x . weight + bias"""

@@ -26,6 +26,7 @@ RATER_PENALTY = 1e3  # each population rater's ridge: ~100 ratings against thous
 KS = (2, 4, 8, 16, 32, 48, 64)
 PENALTIES = (0.3, 0.5, 1.0, 2.0, 3.0, 10.0)
 FEATURE_PENALTIES = (1e3, 3e3, 1e4, 3e4, 1e5)
+HARM, MOST_HARMED = 0.05, 0.08  # a setting may leave at most 8 % of simulated users worse by more than 0.05
 REGIMES = (20, None)  # ratings a simulated user fits on: 20, or 60 % of theirs (~70 on OASIS)
 
 
@@ -126,7 +127,8 @@ def rho(a, b) -> float:
 
 def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) -> dict:
     """The taste space's k and penalty, and the plain feature ridge's fixed penalty, of largest mean
-    Spearman gain over the crowd on simulated users (with their mean gains)."""
+    Spearman gain over the crowd on simulated users among those that harm few of them (with their
+    mean gains)."""
     gains: dict[tuple, list[float]] = {}
     coordinates = space.coordinates(x)
     for fit, y, held, y_held in users:
@@ -140,6 +142,8 @@ def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) 
                 model = fit_taste(crowd[fit], coordinates[fit, :k], y, penalty)
                 gains.setdefault(("taste", k, penalty), []).append(rho(model.predict(crowd[held], coordinates[held, :k]), y_held) - base)
     mean = {key: float(np.mean(values)) for key, values in gains.items()}
-    feature = max((key for key in mean if key[0] == "feature"), key=mean.get)
-    taste = max((key for key in mean if key[0] == "taste"), key=mean.get)
+    # among the settings that harm few people (worse by more than 0.05), the best on average
+    safe = {key for key, values in gains.items() if np.mean(np.array(values) < -HARM) <= MOST_HARMED}
+    feature = max((key for key in mean if key[0] == "feature"), key=lambda key: (key in safe, mean[key]))
+    taste = max((key for key in mean if key[0] == "taste"), key=lambda key: (key in safe, mean[key]))
     return {"feature_penalty": feature[1], "k": taste[1], "penalty": taste[2], "gain_feature": mean[feature], "gain_taste": mean[taste]}

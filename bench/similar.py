@@ -41,7 +41,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.core.console import quiet_libraries  # noqa: E402
-from beholder.predict.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, components  # noqa: E402
+from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, components, pair_counts  # noqa: E402
 from beholder.search.embeddings import ROWS_PER_GROUP, centred, read_parquet, vector_batches  # noqa: E402
 from beholder.search.vector_index import ExactIndex, FaissIndex  # noqa: E402
 from beholder.train.near_copies import near_copy  # noqa: E402
@@ -109,12 +109,7 @@ def scored(ckpt: str, gallery: str, output: str, *overrides: str) -> dict:
 
 def pair_scores(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Pairwise precision and recall of the partition ``found`` against ``truth`` (-1: alone)."""
-    same_found = found[:, None] == found[None, :]
-    truth_ids = np.where(truth >= 0, truth, -np.arange(1, len(truth) + 1) - 10**6)
-    same_truth = truth_ids[:, None] == truth_ids[None, :]
-    upper = np.triu(np.ones_like(same_found), 1)
-    tp = (same_found & same_truth & upper).sum()
-    predicted, actual = (same_found & upper).sum(), (same_truth & upper).sum()
+    tp, predicted, actual = pair_counts(found, truth)
     return (tp / predicted if predicted else 1.0), (tp / actual if actual else 1.0)
 
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from beholder.data.images import capture_time
-from beholder.predict import bursts
 from beholder.predict.run import predict
+from beholder.search import bursts
 
 from conftest import compose_predict, read_scores
 

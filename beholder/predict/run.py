@@ -21,13 +21,13 @@ from beholder.data.gallery import GalleryDataset, build_transform
 from beholder.models.features import FeatureCache, network_key
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
-from beholder.predict.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
 from beholder.predict.options import check_group_options, check_threshold_options, decision_policy, read_verdicts
 from beholder.predict.outputs import write_results
 from beholder.predict.plan import PARTIAL, PendingImages, plan_run
 from beholder.predict.policy import BANDS
 from beholder.predict.shards import ShardWriter, compact_shards, read_shards
 from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
+from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
 from beholder.search.embeddings import decode
 from beholder.train.callbacks import progress
 

@@ -25,7 +25,7 @@ from beholder.core.storage import Store, join
 from beholder.data.gallery import GalleryDataset, build_transform, collate
 from beholder.data.images import UnreadableImage, decode_image
 from beholder.models.module import BeholderModule
-from beholder.search.embeddings import centred, gallery_mean
+from beholder.search.bursts import burst_groups, pair_counts
 
 SOURCES = 32  # training photos copied
 COPIES = 3  # near-copies of each
@@ -59,32 +59,16 @@ def embeddings(module: BeholderModule, folder: str, images: list[str]) -> np.nda
     return np.concatenate(vectors)
 
 
-def joined(similarity: np.ndarray, threshold: float) -> np.ndarray:
-    """Which images end up in one group at ``threshold``: groups join transitively, as predict's do."""
-    adjacency = (similarity >= threshold).astype(np.float32)
-    reach = adjacency > 0
-    while True:
-        grown = reach | ((reach.astype(np.float32) @ adjacency) > 0)
-        if (grown == reach).all():
-            return reach
-        reach = grown
-
-
 def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float, float]:
     """The strictest similarity at which the groups still join ``GROUP_RECALL`` of the pairs of
     copies of one photo (strict: a gallery holds far more pairs of different photos than this
     sample), unless the groups there join different photos too: then the loosest one whose groups
     are ``GROUP_PRECISION`` right (or, when none is, the strictest of all). Returns it with the
     groups' pairwise precision and recall there."""
-    unit = centred(vectors, gallery_mean(vectors))  # as near-copy grouping compares a gallery's embeddings
-    similarity = unit @ unit.T
-    upper = np.triu(np.ones(similarity.shape, dtype=bool), 1)
-    same = (sources[:, None] == sources[None, :]) & upper
     scores = []
-    for threshold in GRID:
-        found = joined(similarity, threshold) & upper
-        tp = float((found & same).sum())
-        scores.append((tp / max(float(found.sum()), 1.0), tp / max(float(same.sum()), 1.0)))
+    for threshold in GRID:  # grouped exactly as predict groups a gallery
+        tp, found, together = pair_counts(burst_groups(vectors, float(threshold))[0], sources)
+        scores.append((tp / max(found, 1), tp / max(together, 1)))
     meeting = [i for i, (_, recall) in enumerate(scores) if recall >= GROUP_RECALL]
     best = meeting[-1] if meeting else 0
     if scores[best][0] < GROUP_PRECISION:  # joining different photos costs more than missing copies: a burst cull would drop them

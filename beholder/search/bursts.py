@@ -128,6 +128,16 @@ def burst_groups(vectors: np.ndarray, threshold: float, times: np.ndarray | None
     return group, rank, sizes[inverse]
 
 
+def pair_counts(groups: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """How a partition into ``groups`` pairs images up against ``truth`` (each image's true group;
+    -1: alone): (pairs in one group and truly together, pairs in one group, pairs truly together)."""
+    truth = np.where(truth >= 0, truth, -np.arange(1, len(truth) + 1) - 10**6)
+    upper = np.triu(np.ones((len(groups), len(groups)), dtype=bool), 1)
+    found = (groups[:, None] == groups[None, :]) & upper
+    together = (truth[:, None] == truth[None, :]) & upper
+    return int((found & together).sum()), int(found.sum()), int(together.sum())
+
+
 def cull_bursts(ranked: list[dict], per_group: int) -> int:
     """Of each near-duplicate group (``group``), only the best ``per_group`` of the images the
     thresholds let through stay; the rest are rejected with the reason ``burst``. ``ranked`` is best

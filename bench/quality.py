@@ -42,11 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.core.storage import Store  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
+from beholder.models.inference import score_images  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import gallery_reduction  # noqa: E402
 from beholder.models.scorenet import ScoreNet  # noqa: E402
 from beholder.predict.policy import Policy  # noqa: E402
-from beholder.predict.score import score_images  # noqa: E402
 from beholder.train.probe import ridge_cv  # noqa: E402
 from beholder.train.run import train  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402

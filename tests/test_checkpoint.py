@@ -7,8 +7,8 @@ from beholder.core.errors import UserError
 from beholder.core.storage import Store
 from beholder.models import backbones
 from beholder.models.checkpoint import FORMAT
+from beholder.models.inference import score_images
 from beholder.models.load import load_checkpoint
-from beholder.predict.score import score_images
 from beholder.train.run import train
 
 from conftest import TINY, compose_train

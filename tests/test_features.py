@@ -11,9 +11,9 @@ from scipy.stats import spearmanr
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
 from beholder.models.features import cached_features
+from beholder.models.inference import score_images
 from beholder.models.load import load_checkpoint
 from beholder.models.scorenet import ScoreNet
-from beholder.predict.score import score_images
 from beholder.train.run import train
 
 from conftest import PYTHON, ROOT, TINY, compose_train

@@ -217,7 +217,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
 
 
 def test_training_with_extra_extractors_and_predicting_from_the_checkpoint(tiny_cfg, gallery, tmp_path):
-    from beholder.predict.score import score_images
+    from beholder.models.inference import score_images
 
     train(tiny_cfg('backbone.extra=["test_resnet"]', "trainer.max_epochs=1"))
     module = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "best.ckpt"))

@@ -21,9 +21,9 @@ from beholder.data.gallery import list_gallery
 from beholder.label.app import LOCAL_HOSTS, create_app
 from beholder.label.review import ORDERS, Review, read_decisions
 from beholder.label.tournament import Tournament
+from beholder.models.inference import score_images
 from beholder.models.load import load_checkpoint
 from beholder.predict.policy import Policy
-from beholder.predict.score import score_images
 from beholder.ratings.sources import from_sidecars
 from beholder.search.neighbours import Neighbours
 

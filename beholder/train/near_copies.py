@@ -17,13 +17,11 @@ import os
 import tempfile
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from beholder.core.storage import Store, join
-from beholder.data.gallery import GalleryDataset, build_transform, collate
 from beholder.data.images import UnreadableImage, decode_image
+from beholder.models.inference import predictions
 from beholder.models.module import BeholderModule
 from beholder.search.bursts import burst_groups, pair_counts
 
@@ -48,15 +46,6 @@ def near_copy(image: Image.Image, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=int(rng.integers(70, 96)))
     return buffer.getvalue()
-
-
-@torch.no_grad()
-def embeddings(module: BeholderModule, folder: str, images: list[str]) -> np.ndarray:
-    dataset = GalleryDataset(folder, images, Store(), build_transform(module.net.data_config, train=False))
-    vectors = []
-    for i, batch in enumerate(DataLoader(dataset, batch_size=16, collate_fn=collate)):
-        vectors.append(module.predict_step(batch, i)["embeddings"].float().cpu().numpy())
-    return np.concatenate(vectors)
 
 
 def best_threshold(vectors: np.ndarray, sources: np.ndarray) -> tuple[float, float, float]:
@@ -105,4 +94,5 @@ def calibrate_group_similarity(module: BeholderModule, root: str, images: list[s
                 break
         if len(set(sources)) < 4:
             return None
-        return best_threshold(embeddings(module, folder, names), np.array(sources))
+        vectors = [out["embeddings"].float().cpu().numpy() for out in predictions(module, folder, names, Store(), 16, 0)]
+        return best_threshold(np.concatenate(vectors), np.array(sources))

@@ -40,9 +40,9 @@ from beholder.core.storage import Store  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
-from beholder.train.personal import Deviation, base_head_linear, fit_deviation  # noqa: E402
+from beholder.train.personal import base_head_linear  # noqa: E402
 from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
-from beholder.train.taste import build_taste_space, choose_settings, fit_taste, rho, simulated_users  # noqa: E402
+from beholder.train.taste import Deviation, build_taste_space, choose_settings, fit_deviation, fit_taste, rho, simulated_users  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 OWN_CV_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)

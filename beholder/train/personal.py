@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,35 +37,13 @@ from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman
-from beholder.train.probe import ridge_fits
-from beholder.train.taste import TasteSpace, fit_taste
+from beholder.train.taste import TasteSpace, fit_deviation, fit_taste
 
 log = logging.getLogger(__name__)
 PERSONAL_FOLDS = 5
 # The feature ridge's penalty per feature (so per unit of prior variance, whatever the width), chosen
 # once on OASIS's population of raters (bench/personal.py: 1e4 on the default model's 5,424 features, for ~70 ratings).
 PENALTY_PER_FEATURE = 1e4 / 5424
-@dataclass
-class Deviation:
-    """score = shift + scale * base + x . weight + bias"""
-
-    shift: float
-    scale: float
-    weight: np.ndarray
-    bias: float
-    alpha: float
-
-    def predict(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
-        return self.shift + self.scale * base + x @ self.weight + self.bias
-
-
-def fit_deviation(x: np.ndarray, base: np.ndarray, y: np.ndarray, alpha: float) -> Deviation:
-    scale, shift = np.polyfit(base, y, 1) if np.ptp(base) > 0 else (0.0, float(y.mean()))
-    residual = y - (shift + scale * base)
-    if math.isinf(alpha):
-        return Deviation(float(shift), float(scale), np.zeros(x.shape[1]), 0.0, alpha)
-    weight, bias = ridge_fits(x, residual[:, None], [alpha])[0]
-    return Deviation(float(shift), float(scale), weight[:, 0], float(bias[0]), alpha)
 
 
 def base_head_linear(module) -> tuple[np.ndarray, float]:
@@ -88,12 +65,11 @@ def out_of_fold(folds: list[np.ndarray], count: int, fit_and_predict) -> np.ndar
 def fit_in_taste_space(space: TasteSpace, x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, dict]:
     """The person's ratings over [1, crowd score, taste coordinates] with the k and penalty the
     population chose for this many ratings; folded into one linear head."""
-    k, penalty = space.setting(len(y))
+    chosen_for, k, penalty = space.chosen(len(y))
     coordinates = space.coordinates(x, k)
     predictions = out_of_fold(folds, len(y), lambda fit, part: fit_taste(base[fit], coordinates[fit], y[fit], penalty).predict(
         base[part], coordinates[part]))
     weight, bias = space.fold(fit_taste(base, coordinates, y, penalty), k, w_base, c_base)
-    chosen_for = min(space.settings, key=lambda s: abs(math.log(s[0]) - math.log(len(y))))[0]
     return weight, bias, predictions, {"k": k, "penalty": penalty, "chosen_for": chosen_for}
 
 

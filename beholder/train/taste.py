@@ -14,6 +14,7 @@ which is the same for everyone.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,42 @@ PENALTIES = (0.3, 0.5, 1.0, 2.0, 3.0, 10.0)
 FEATURE_PENALTIES = (1e3, 3e3, 1e4, 3e4, 1e5)
 HARM, MOST_HARMED = 0.05, 0.08  # a setting may leave at most 8 % of simulated users worse by more than 0.05
 REGIMES = (20, None)  # ratings a simulated user fits on: 20, or 60 % of theirs (~70 on OASIS)
+
+
+@dataclass
+class Deviation:
+    """A person's ratings as their rescaled crowd score plus a ridge on the features:
+    score = shift + scale * base + x . weight + bias"""
+
+    shift: float
+    scale: float
+    weight: np.ndarray
+    bias: float
+    alpha: float
+
+    def predict(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return self.shift + self.scale * base + x @ self.weight + self.bias
+
+
+def fit_deviations(x: np.ndarray, base: np.ndarray, y: np.ndarray, alphas) -> list[Deviation]:
+    """``y`` rescaled from ``base`` (a + b * base), then a ridge on the features of what is left, for
+    each penalty in ``alphas`` (``inf``: none at all) from one SVD."""
+    scale, shift = np.polyfit(base, y, 1) if np.ptp(base) > 0 else (0.0, float(y.mean()))
+    residual = y - (shift + scale * base)
+    finite = [alpha for alpha in alphas if not math.isinf(alpha)]
+    fits = iter(ridge_fits(x, residual[:, None], finite) if finite else [])
+    deviations = []
+    for alpha in alphas:
+        if math.isinf(alpha):
+            deviations.append(Deviation(float(shift), float(scale), np.zeros(x.shape[1]), 0.0, alpha))
+        else:
+            weight, bias = next(fits)
+            deviations.append(Deviation(float(shift), float(scale), weight[:, 0], float(bias[0]), alpha))
+    return deviations
+
+
+def fit_deviation(x: np.ndarray, base: np.ndarray, y: np.ndarray, alpha: float) -> Deviation:
+    return fit_deviations(x, base, y, [alpha])[0]
 
 
 @dataclass
@@ -64,10 +101,13 @@ class TasteSpace:
         k = self.directions.shape[1] if k is None else k
         return (x @ self.directions[:, :k]) * self.scales[:k]
 
+    def chosen(self, ratings: int) -> tuple[int, int, float]:
+        """The settings (ratings, k, penalty) chosen for the count nearest a person's ``ratings``."""
+        return min(self.settings, key=lambda s: abs(np.log(s[0]) - np.log(max(ratings, 1))))
+
     def setting(self, ratings: int) -> tuple[int, float]:
-        """k and penalty for a person with this many ratings: those chosen for the nearest count."""
-        _, k, penalty = min(self.settings, key=lambda s: abs(np.log(s[0]) - np.log(max(ratings, 1))))
-        return k, penalty
+        """k and penalty for a person with this many ratings."""
+        return self.chosen(ratings)[1:]
 
     def fold(self, fit: TasteFit, k: int, w_crowd: np.ndarray, c_crowd: float) -> tuple[np.ndarray, float]:
         """A person's fit as one linear head on the standardised features: (weights, bias)."""
@@ -90,10 +130,7 @@ def departures(x: np.ndarray, crowd_mean: np.ndarray, raters: list[dict[int, flo
     weights = []
     for rated in raters:
         rows = np.fromiter(rated, dtype=int)
-        y = np.array([rated[r] for r in rows])
-        scale, shift = np.polyfit(crowd_mean[rows], y, 1) if np.ptp(crowd_mean[rows]) > 0 else (0.0, y.mean())
-        residual = y - (shift + scale * crowd_mean[rows])
-        weights.append(ridge_fits(x[rows], residual[:, None], [RATER_PENALTY])[0][0][:, 0])
+        weights.append(fit_deviation(x[rows], crowd_mean[rows], np.array([rated[r] for r in rows]), RATER_PENALTY).weight)
     return np.array(weights)
 
 
@@ -133,10 +170,8 @@ def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) 
     coordinates = space.coordinates(x)
     for fit, y, held, y_held in users:
         base = rho(crowd[held], y_held)
-        scale, shift = np.polyfit(crowd[fit], y, 1)
-        residual = y - (shift + scale * crowd[fit])
-        for alpha, (weight, bias) in zip(FEATURE_PENALTIES, ridge_fits(x[fit], residual[:, None], FEATURE_PENALTIES)):
-            gains.setdefault(("feature", alpha), []).append(rho(shift + scale * crowd[held] + (x[held] @ weight + bias).ravel(), y_held) - base)
+        for deviation in fit_deviations(x[fit], crowd[fit], y, FEATURE_PENALTIES):
+            gains.setdefault(("feature", deviation.alpha), []).append(rho(deviation.predict(x[held], crowd[held]), y_held) - base)
         for k in KS:
             for penalty in PENALTIES:
                 model = fit_taste(crowd[fit], coordinates[fit, :k], y, penalty)

@@ -42,7 +42,7 @@ from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.train.personal import base_head_linear  # noqa: E402
 from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
-from beholder.train.taste import Deviation, build_taste_space, choose_settings, fit_deviation, fit_taste, rho, simulated_users  # noqa: E402
+from beholder.train.taste import Deviation, build_taste_space, choose_settings, crowd_mean, fit_deviation, fit_taste, rho, simulated_users  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 OWN_CV_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
@@ -151,10 +151,7 @@ def main():
     rng.shuffle(population)
     builders, tuners = population[: len(population) // 2], population[len(population) // 2:]
     on_train = {r: {row_of[p]: v for p, v in ratings[r].items() if p in train_photos} for r in population}
-    mean_rating = np.zeros(len(photos))  # the population's mean rating of each training photo (the crowd *mean*)
-    for row in train_rows:
-        values = [on_train[r][row] for r in population if row in on_train[r]]
-        mean_rating[row] = np.mean(values) if values else np.nan
+    mean_rating = crowd_mean([on_train[r] for r in population], len(photos))  # of each training photo
     space = build_taste_space(x[train_rows], mean_rating[train_rows],
                               [{int(np.searchsorted(train_rows, row)): v for row, v in on_train[r].items()} for r in builders if len(on_train[r]) >= 20])
     tuning = [on_train[r] for r in tuners if len(on_train[r]) >= 30]

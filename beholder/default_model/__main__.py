@@ -78,7 +78,7 @@ def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
     from beholder.models.features import cached_features
     from beholder.models.load import load_checkpoint
     from beholder.train.personal import base_head_linear
-    from beholder.train.taste import build_taste_space, choose_settings, simulated_users
+    from beholder.train.taste import build_taste_space, choose_settings, crowd_mean, simulated_users
 
     module = load_checkpoint(str(target))
     photos = sorted(row["image"] for row in csv.DictReader(open(os.path.join(oasis, "labels.csv"))))
@@ -91,12 +91,7 @@ def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
         if row["image"] in row_of:
             raters.setdefault(row["rater"], {})[row_of[row["image"]]] = float(row["beauty"])
     everyone = [raters[r] for r in sorted(raters, key=lambda r: int(r) if r.isdigit() else r) if len(raters[r]) >= 30]
-    totals = np.zeros(len(photos)), np.zeros(len(photos))
-    for rated in everyone:
-        for row, value in rated.items():
-            totals[0][row] += value
-            totals[1][row] += 1
-    mean = totals[0] / np.maximum(totals[1], 1)
+    mean = crowd_mean(everyone, len(photos))
     order = np.random.default_rng(seed).permutation(len(everyone))
     builders, tuners = [everyone[i] for i in order[: len(order) // 2]], [everyone[i] for i in order[len(order) // 2:]]
     half = build_taste_space(x, mean, builders)

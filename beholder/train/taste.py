@@ -125,6 +125,17 @@ class TasteSpace:
                    [(int(n), int(k), float(p)) for n, k, p in state["settings"]])
 
 
+def crowd_mean(raters: list[dict[int, float]], count: int) -> np.ndarray:
+    """Each of ``count`` rows' mean rating over ``raters`` (row -> rating), NaN where nobody rated it:
+    the crowd *mean* that people's departures are measured from."""
+    total, raters_of = np.zeros(count), np.zeros(count)
+    for rated in raters:
+        for row, value in rated.items():
+            total[row] += value
+            raters_of[row] += 1
+    return np.where(raters_of > 0, total / np.maximum(raters_of, 1), np.nan)
+
+
 def departures(x: np.ndarray, crowd_mean: np.ndarray, raters: list[dict[int, float]]) -> np.ndarray:
     """One ridge weight vector per rater (rows): what their ratings add to their rescaled crowd mean."""
     weights = []

@@ -4,9 +4,12 @@ Every image is scored once by a model that never saw it. Systems, on the same fo
   probe            ridge regression on beauty_mean over frozen, standardised ImageNet features of
                    EfficientNet-Lite2+Lite1+Lite0 (what the LAION aesthetic predictor does with CLIP
                    features): the anchor to beat
-  probe-levels     the same over every pooled feature level of the three (MLSP): the best probe here
+  probe-levels     the same over every pooled feature level of the three (MLSP), each seen at the
+                   two sizes of experiment=best (backbone.scales) and averaged: the best probe here
+  probe-levels-one-size   the same at one size
   best-*           beholder experiment=best (cached-feature heads, cv=5 inside each outer fold) with
                    the regression, ordinal and softmax heads
+  best-regression-one-size   best-regression at one size (backbone.scales=null)
   best-regression-cv0   the same without cv (one 80/20 train/val split)
   defaults         beholder fine-tuning EfficientNet-Lite0's top blocks, head=regression
   random           a random ranking (the floor)
@@ -58,6 +61,7 @@ SYSTEMS = {
     "best-ordinal": f"{BEST} head=ordinal",
     "best-softmax": f"{BEST} head=softmax",
     "best-regression-cv0": f"{BEST} head=regression cv=0",
+    "best-regression-one-size": f"{BEST} head=regression backbone.scales=null",
     "defaults": "backbone=efficientnet_lite0 data.image_size=[288,288] trainer.max_epochs=6 head=regression data.score_column=beauty_mean",
 }
 
@@ -103,11 +107,13 @@ def score_with_checkpoint(ckpt, root, images):
     return {i: (scored[i][0], scored[i][1] >= POSITIVE_TIER, policy.band(scored[i][0])) for i in images}
 
 
-def probe_features(root, images, levels, work):
-    """View 0 of the frozen features experiment=best trains on (``levels``: every pooled level), from its cache."""
-    cfg = compose(["experiment=best", f"backbone.levels={levels}", "gallery=.", "labels=x", "output_dir=."])
+def probe_features(root, images, levels, work, one_size=False):
+    """View 0 of the frozen features experiment=best trains on (``levels``: every pooled level;
+    ``one_size``: at its input size alone), from its cache."""
+    overrides = ["backbone.scales=null"] if one_size else []
+    cfg = compose(["experiment=best", f"backbone.levels={levels}", "gallery=.", "labels=x", "output_dir=.", *overrides])
     net = ScoreNet(dict(cfg.backbone), {"_target_": "beholder.models.heads.RegressionHead"})
-    views = cfg.feature_views if levels else 1  # the levels' cache is the one the best-* systems read
+    views = cfg.feature_views if levels else 1  # the levels' caches are the ones the best-* systems read
     features, _ = cached_features(net, root, images, Store(), dict(cfg.data.augment), views, f"{work}/cache", cfg.data.max_pixels)
     return np.stack([features[i][0].numpy() for i in images]).astype(np.float64)
 
@@ -198,7 +204,7 @@ def main():
     if args.only is not None:
         systems = {name: o for name, o in systems.items() if name in args.only}
     systems.update(dict(v.split("=", 1) for v in args.variant))
-    scored = {name: {} for name in ["probe", "probe-levels", *systems, "random"]}
+    scored = {name: {} for name in ["probe", "probe-levels", "probe-levels-one-size", *systems, "random"]}
     timings = {name: 0.0 for name in scored}
     work = args.work or tempfile.mkdtemp(prefix="beholder-quality-")
     rng = np.random.default_rng(args.seed)
@@ -208,7 +214,8 @@ def main():
     features = {"probe-levels": probe_features(root, images, True, work)}
     extraction = time.perf_counter() - started
     views = compose(["experiment=best", "gallery=.", "labels=x", "output_dir=."]).feature_views
-    features["probe"] = probe_features(root, images, False, work)
+    features["probe-levels-one-size"] = probe_features(root, images, True, work, one_size=True)
+    features["probe"] = probe_features(root, images, False, work, one_size=True)
     alphas = {name: [] for name in features}
     for fold in args.folds:
         test = [i for i, f in enumerate(folds) if f == fold]
@@ -260,7 +267,7 @@ def main():
         f"OASIS: {len(covered)} photos scored out of fold ({len(args.folds)} of 5 stratified folds, seed {args.seed}); "
         f"{sum(r['tier'] >= POSITIVE_TIER for r in covered)} of them tier >= 2. beholder systems trained on the other folds "
         f"(their own 80/20 train/val split, or cv=5 over both). Frozen features of all {len(rows)} photos (3 networks x "
-        f"levels x {views} views, cache cold): {extraction:.0f} s once, not in the per-fold seconds. Ridge alpha per fold "
+        f"levels x 2 sizes x {views} views, cache cold): {extraction:.0f} s once, not in the per-fold seconds. Ridge alpha per fold "
         f"(inner 5-fold CV): {alphas}. Brackets: bootstrap 90 % intervals. Shipped threshold: predict.py's default "
         f"policy from the checkpoint (reject below the score that keeps >= 95 % of new top-tier photos with 90 % "
         f"confidence), applied to the held-out fold.\n\n"

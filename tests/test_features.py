@@ -39,6 +39,22 @@ def test_levels_pool_every_feature_level_of_every_network():
     assert torch.allclose(out[:, : plain.backbone.num_features], plain.backbone.eval()(images), atol=1e-5)
 
 
+def test_scales_average_each_networks_features_over_the_sizes_and_key_the_cache(tmp_path):
+    from beholder.models.features import network_key
+
+    torch.manual_seed(0)
+    one, two = tiny_net(levels=True), tiny_net(levels=True, scales=[1.0, 1.5])
+    two.load_state_dict(one.state_dict())
+    assert two.data_config["input_size"] == (3, 48, 96) and two.sizes == [(48, 96), (32, 64)]
+    large = torch.randn(2, 3, 48, 96)
+    small = torch.nn.functional.interpolate(large, size=(32, 64), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(two.eval().features(large), (one.eval().features(large) + one.features(small)) / 2, atol=1e-5)
+    assert network_key(one, {}) != network_key(two, {})
+    with pytest.raises(UserError, match=r"backbone.scales=\[1.0, 0.0\]"):
+        tiny_net(scales=[1.0, 0.0])
+
+
 def test_cached_features_are_the_networks_features_and_are_computed_once(gallery, tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = tiny_net(levels=True)

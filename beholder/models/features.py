@@ -32,14 +32,14 @@ CACHE_FORMAT = 1
 
 def network_key(net, augment: dict) -> str:
     """What a cached feature depends on besides the image: every weight and buffer of the frozen
-    networks, the input size and normalisation, the levels option and the augmentation of views >= 2."""
+    networks, the input sizes and normalisation, the levels option and the augmentation of views >= 2."""
     digest = hashlib.sha256()
     for module in (net.backbone, *net.extractors):
         for name, tensor in module.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     config = {k: v for k, v in net.data_config.items() if k in ("input_size", "mean", "std", "interpolation")}
-    digest.update(json.dumps([CACHE_FORMAT, config, net.levels, augment], sort_keys=True, default=list).encode())
+    digest.update(json.dumps([CACHE_FORMAT, config, net.levels, augment] + ([net.sizes] if len(net.sizes) > 1 else []), sort_keys=True, default=list).encode())
     return digest.hexdigest()[:20]
 
 

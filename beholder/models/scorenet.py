@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from beholder.core.errors import UserError
@@ -20,7 +21,10 @@ class ScoreNet(nn.Module):
     see the same input (the backbone's size and normalisation); their pooled features are
     concatenated to the backbone's before the head: several ImageNet views of a photo rank taste
     better than one. ``backbone.levels`` adds each network's pooled feature levels (both measured in
-    bench/RESULTS.md and bench/PILOTS.md).
+    bench/RESULTS.md and bench/PILOTS.md). ``backbone.scales`` has every network see the photo at several
+    sizes (multiples of the input size) and averages their features: a fine texture and the
+    composition each show best at one of them. The loader then gives the largest size, and the
+    network scales it down for the others.
     The standardisation (``feature_mean``, ``feature_std``) is set from the training images' features
     (:func:`beholder.train.probe.init_head_from_probe`), so that features of different networks weigh alike.
     """
@@ -53,6 +57,13 @@ class ScoreNet(nn.Module):
             self.data_config.update(mean=tuple(spec.mean), std=tuple(spec.std or spec.mean))
         if image_size:
             self.data_config["input_size"] = (3, *image_size)
+        self.sizes = [tuple(self.data_config["input_size"][1:])]
+        if spec.scales:
+            if min(spec.scales) <= 0:
+                raise UserError(f"backbone.scales={list(spec.scales)}: give sizes above 0 (1.0: the input size)")
+            height, width = self.data_config["input_size"][1:]
+            self.sizes = [(round(height * scale), round(width * scale)) for scale in sorted(spec.scales, reverse=True)]
+            self.data_config["input_size"] = (3, *self.sizes[0])
         self.train()
 
     def packaged_networks(self) -> dict[str, tuple[str, str]]:
@@ -79,8 +90,14 @@ class ScoreNet(nn.Module):
         return references
 
     def features(self, images):
-        """The pooled features of the backbone, then of each extractor (before standardisation)."""
-        return torch.cat([pooled_features(m, images, self.levels) for m in (self.backbone, *self.extractors)], dim=-1)
+        """The pooled features of the backbone, then of each extractor (before standardisation),
+        averaged over ``self.sizes`` (with ``backbone.scales``; the first is the size ``images`` come at)."""
+        total = 0
+        for size in self.sizes:
+            if len(self.sizes) > 1 and tuple(images.shape[-2:]) != size:
+                images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+            total = total + torch.cat([pooled_features(m, images, self.levels) for m in (self.backbone, *self.extractors)], dim=-1)
+        return total / len(self.sizes)
 
     def standardise(self, features):
         return (features - self.feature_mean) / self.feature_std

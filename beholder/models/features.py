@@ -39,7 +39,8 @@ def network_key(net, augment: dict) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     config = {k: v for k, v in net.data_config.items() if k in ("input_size", "mean", "std", "interpolation")}
-    digest.update(json.dumps([CACHE_FORMAT, config, net.levels, augment] + ([net.sizes] if len(net.sizes) > 1 else []), sort_keys=True, default=list).encode())
+    sizes = [net.sizes] if len(net.sizes) > 1 else []  # one size: the key it had before backbone.scales, so caches stay valid
+    digest.update(json.dumps([CACHE_FORMAT, config, net.levels, augment, *sizes], sort_keys=True, default=list).encode())
     return digest.hexdigest()[:20]
 
 

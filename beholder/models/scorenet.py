@@ -94,9 +94,10 @@ class ScoreNet(nn.Module):
         averaged over ``self.sizes`` (with ``backbone.scales``; the first is the size ``images`` come at)."""
         total = 0
         for size in self.sizes:
-            if len(self.sizes) > 1 and tuple(images.shape[-2:]) != size:
-                images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
-            total = total + torch.cat([pooled_features(m, images, self.levels) for m in (self.backbone, *self.extractors)], dim=-1)
+            seen = images
+            if len(self.sizes) > 1 and tuple(images.shape[-2:]) != size:  # each size from the loader's, not from the last
+                seen = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+            total = total + torch.cat([pooled_features(m, seen, self.levels) for m in (self.backbone, *self.extractors)], dim=-1)
         return total / len(self.sizes)
 
     def standardise(self, features):

@@ -210,6 +210,7 @@ def main():
     rng = np.random.default_rng(args.seed)
     beauty = np.array([r["beauty"] for r in rows])
 
+    cache = "cache warm: --work reused" if os.path.isdir(os.path.join(work, "cache")) else "cache cold"
     started = time.perf_counter()
     features = {"probe-levels": probe_features(root, images, True, work)}
     extraction = time.perf_counter() - started
@@ -268,7 +269,7 @@ def main():
         f"OASIS: {len(covered)} photos scored out of fold ({len(args.folds)} of 5 stratified folds, seed {args.seed}); "
         f"{sum(r['tier'] >= POSITIVE_TIER for r in covered)} of them tier >= 2. beholder systems trained on the other folds "
         f"(their own 80/20 train/val split, or cv=5 over both). Frozen features of all {len(rows)} photos (3 networks x "
-        f"levels x {sizes} sizes x {views} views, cache cold): {extraction:.0f} s once, not in the per-fold seconds. Ridge alpha per fold "
+        f"levels x {sizes} sizes x {views} views, {cache}): {extraction:.0f} s once, not in the per-fold seconds. Ridge alpha per fold "
         f"(inner 5-fold CV): {alphas}. Brackets: bootstrap 90 % intervals. Shipped threshold: predict.py's default "
         f"policy from the checkpoint (reject below the score that keeps >= 95 % of new top-tier photos with 90 % "
         f"confidence), applied to the held-out fold.\n\n"

@@ -121,8 +121,12 @@ def test_since_after_until_keeps_both_runs_in_the_manifest(site, tmp_path, capsy
     assert set(read_manifest((target / "beholder-manifest.csv").read_text())) == {f"{c}/thumbnail.jpg" for c in CAPTURES}
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default backlog of 5 drops a connect of ingest's 8 workers now and then: 1 s to retry, past --deadline 1
+
+
 def serve(handler):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"

@@ -5,14 +5,18 @@ OASIS's 86,080 individual beauty ratings (757 raters, ~114 photos each). The 458
 crowd model is beholder's experiment=best head=regression trained on the mean ratings of the
 training photos. The raters are split once: --raters *targets* (measured), the rest the
 *population*, whose first half builds the taste space (beholder/train/taste.py) and whose second
-half chooses, by simulated users, each fixed penalty and the taste space's k: no target rater ever
+half chooses, by simulated users, each fixed penalty and how a person is fitted in the taste space
+(their photos scored by a ridge on the crowd's means out of fold, as a person's new photos are): no target rater ever
 builds or tunes what it is measured with. For each target, with all their training ratings (~75)
 and with 20 of them (drawn at random, or chosen as the photos most informative about their taste):
   crowd                    the crowd model's score (rescaling does not change a Spearman)
   person-only ridge        ridge on the frozen features, the person's ratings alone (5-fold CV penalty)
   personal, own CV         the crowd rescaled plus a feature ridge, its penalty by 5-fold CV per person
   personal, pooled penalty the same with one penalty chosen on the population
-  personal, taste space    closed form over [1, crowd, taste coordinates], k and penalty from the population
+  personal, taste space    the shipped fit: closed form over [1, crowd, taste coordinates], the crowd
+                           slope shrunk toward the population's, blended with the feature ridge
+  ..., photos new to the crowd  the same, fitted against the crowd's scores of the person's photos
+                           out of fold (the crowd model was trained on them; a user's photos are new to it)
   other raters' mean       every other rater's mean rating of each held-out photo (an oracle)
 Reported per system: median and mean Spearman with each rater's held-out ratings, the paired median
 gain over the crowd with a bootstrap 90 % interval, the share improved and the share worse by more
@@ -41,8 +45,18 @@ from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.train.personal import base_head_linear  # noqa: E402
-from beholder.train.probe import ridge_cv, ridge_fits  # noqa: E402
-from beholder.train.taste import Deviation, build_taste_space, choose_settings, crowd_mean, fit_deviation, fit_taste, rho, simulated_users  # noqa: E402
+from beholder.train.probe import ridge_cv  # noqa: E402
+from beholder.train.taste import (  # noqa: E402
+    PersonalFit,
+    build_taste_space,
+    choose_settings,
+    crowd_mean,
+    crowd_out_of_fold,
+    fit_deviation,
+    population_slope,
+    rho,
+    simulated_users,
+)
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
 OWN_CV_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
@@ -74,7 +88,7 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
     return ckpt
 
 
-def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=OWN_CV_PENALTIES) -> tuple[Deviation, np.ndarray]:
+def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=OWN_CV_PENALTIES) -> tuple[PersonalFit, np.ndarray]:
     """The baseline: each person's own penalty, of least squared error over ``folds`` (row indices,
     :func:`beholder.data.labels.fold_rows`), and its out-of-fold predictions."""
     errors, out_of_fold = np.zeros(len(alphas)), np.zeros((len(alphas), len(y)))
@@ -155,7 +169,10 @@ def main():
     space = build_taste_space(x[train_rows], mean_rating[train_rows],
                               [{int(np.searchsorted(train_rows, row)): v for row, v in on_train[r].items()} for r in builders if len(on_train[r]) >= 20])
     tuning = [on_train[r] for r in tuners if len(on_train[r]) >= 30]
-    settings = {name: choose_settings(x, crowd, simulated_users(tuning, count, args.seed), space) for name, count in REGIMES.items()}
+    new_to_crowd = crowd.copy()  # the simulated users' photos as a person's are: not fitted by the crowd model
+    new_to_crowd[train_rows] = crowd_out_of_fold(x[train_rows], mean_rating[train_rows], args.seed)
+    space.slope = population_slope(new_to_crowd, tuning)
+    settings = {name: choose_settings(x, new_to_crowd, simulated_users(tuning, count, args.seed), space) for name, count in REGIMES.items()}
 
     totals = defaultdict(lambda: [0.0, 0])
     for rater, rated in ratings.items():
@@ -174,13 +191,14 @@ def main():
         others = np.array([(totals[p][0] - rated[p]) / (totals[p][1] - 1) for p in test_photos])
         for regime in results:
             chosen = settings["20" if regime.startswith("20") else "all"]
-            coordinates = space.coordinates(x, chosen["k"])
+            setting = chosen["setting"]
+            coordinates = space.coordinates(x, setting.k)
             if regime == "all":
                 fit = all_fit
             elif regime == "20":
                 fit = np.random.default_rng(int(rater)).choice(all_fit, 20, replace=False)
             else:
-                fit = all_fit[most_informative(crowd[all_fit], coordinates[all_fit], 20, chosen["penalty"])]
+                fit = all_fit[most_informative(crowd[all_fit], coordinates[all_fit], 20, setting.penalty)]
             y = np.array([rated[photos[i]] for i in fit])
             folds = fold_rows([0] * len(fit), None, 5, args.seed)  # OASIS photos are all different: no groups
             row = results[regime]
@@ -192,22 +210,22 @@ def main():
                 row["personal, own CV penalty"].append(rho(own.predict(x[held], crowd[held]), y_held))
                 pooled = fit_deviation(x[fit], crowd[fit], y, chosen["feature_penalty"])
                 row["personal, pooled penalty"].append(rho(pooled.predict(x[held], crowd[held]), y_held))
-            taste = fit_taste(crowd[fit], coordinates[fit], y, chosen["penalty"])
-            row["personal, taste space"].append(rho(taste.predict(crowd[held], coordinates[held]), y_held))
-            if regime != "20 chosen":  # then a feature ridge, with the pooled penalty, on what the taste space leaves
-                rest = y - taste.predict(crowd[fit], coordinates[fit])
-                (weight_rest, bias_rest), = ridge_fits(x[fit], rest[:, None], [chosen["feature_penalty"]])
-                both = taste.predict(crowd[held], coordinates[held]) + (x[held] @ weight_rest + bias_rest).ravel()
-                row["personal, taste space + features"].append(rho(both, y_held))
+            row["personal, taste space"].append(rho(space.fit(x[fit], crowd[fit], y, setting).predict(x[held], crowd[held]), y_held))
+            if regime != "20 chosen":  # the same, the person's photos scored as new to the crowd, as they are in use
+                row["personal, taste space, photos new to the crowd"].append(
+                    rho(space.fit(x[fit], new_to_crowd[fit], y, setting).predict(x[held], crowd[held]), y_held))
             row["other raters' mean (oracle)"].append(rho(others, y_held))
 
     body = (f"{len(targets)} target raters (of {len(eligible)} with >= 30 training and >= 20 held-out ratings; fixed seed); the other "
-            f"{len(population)} raters are the population: {len(builders)} build the taste space, {len(tuners)} choose the penalties and k "
-            f"(simulated users). {len(train_photos)} training photos / {len(photos) - len(train_photos)} held out; training ratings per "
+            f"{len(population)} raters are the population: {len(builders)} build the taste space, {len(tuners)} choose how a "
+            f"person is fitted (simulated users, scored against the crowd's ridge out of fold; crowd slope {space.slope:.2f} sd per point). "
+            f"{len(train_photos)} training photos / {len(photos) - len(train_photos)} held out; training ratings per "
             f"target {min(counts)}-{max(counts)} (median {int(np.median(counts))}). Spearman with each target's held-out ratings.\n\n")
     body += "Chosen on the population: " + "; ".join(
-        f"{name} ratings: feature penalty {s['feature_penalty']:g}, taste space k = {s['k']}, penalty {s['penalty']:g} "
-        f"(population gains {s['gain_feature']:+.3f} and {s['gain_taste']:+.3f})"
+        f"{name} ratings: feature penalty {s['feature_penalty']:g}; taste space k = {s['setting'].k}, penalty {s['setting'].penalty:g}, "
+        f"crowd slope worth {s['setting'].prior_ratings:g} ratings, {s['setting'].blend:.0%} from a feature ridge"
+        + (f" (penalty {s['setting'].feature_penalty:g})" if s['setting'].blend else "")
+        + f" (population gains {s['gain_feature']:+.3f} and {s['gain_taste']:+.3f})"
         for name, s in settings.items()) + ".\n"
     for regime, table in results.items():
         title = {"all": "all training ratings", "20": "20 ratings drawn at random", "20 chosen": "20 ratings chosen as most informative"}[regime]

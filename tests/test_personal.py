@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from beholder.data.labels import fold_rows, top_rating
 from beholder.models.metrics import spearman
 from beholder.predict.run import predict
 from beholder.train.personal import fit_in_features
+from beholder.train.probe import ridge_fits
 from beholder.train.run import train
-from beholder.train.taste import build_taste_space, choose_settings, fit_taste, simulated_users
+from beholder.train.taste import Setting, TasteSpace, build_taste_space, choose_settings, crowd_out_of_fold, fit_deviation, population_slope, simulated_users
 
 from conftest import TINY, compose_predict, compose_train, make_gallery, read_scores
 
@@ -47,19 +49,43 @@ def test_a_taste_the_population_shares_is_learnt_from_20_ratings_and_folds_into_
     space = build_taste_space(x, crowd_mean, raters, k=6)
     assert np.linalg.norm(space.directions[:, :3].T @ tastes, axis=0).min() > 0.8  # the three directions are found (their span)
     tuned = choose_settings(x, crowd_mean, simulated_users(raters[:60], 20, seed=0), space)  # as the default model chooses them
-    space.settings = [(20, tuned["k"], tuned["penalty"]), (75, 6, 1.0)]
-    assert space.setting(18) == (tuned["k"], tuned["penalty"]) and space.setting(90) == (6, 1.0) and tuned["gain_taste"] > 0.1
+    space.settings = [tuned["setting"], Setting(75, 6, 1.0, 0.0, 0.0, math.inf)]
+    assert space.chosen(18) == tuned["setting"] and space.chosen(90).k == 6 and tuned["gain_taste"] > 0.1
     person = crowd_mean + 1.5 * x @ tastes[:, 1]
-    k, penalty = space.setting(20)
-    coordinates = space.coordinates(x, k)
+    setting = space.chosen(20)
     asked = rng.choice(photos, 20, replace=False)
-    fit = fit_taste(crowd_mean[asked], coordinates[asked], person[asked], penalty)
-    weight, bias = space.fold(fit, k, np.eye(features)[0], 4.0)
-    assert np.allclose(x @ weight + bias, fit.predict(crowd_mean, coordinates))  # one linear head
+    fit = space.fit(x[asked], crowd_mean[asked], person[asked], setting)
+    weight, bias = fit.head(np.eye(features)[0], 4.0)
+    assert np.allclose(x @ weight + bias, fit.predict(x, crowd_mean))  # one linear head
     held = np.setdiff1d(np.arange(photos), asked)
-    assert spearman(fit.predict(crowd_mean[held], coordinates[held]), person[held]) > spearman(crowd_mean[held], person[held]) + 0.2
+    assert spearman(fit.predict(x[held], crowd_mean[held]), person[held]) > spearman(crowd_mean[held], person[held]) + 0.2
+    space.slope = population_slope(crowd_mean, raters)
     restored = type(space).from_state(space.state())
-    assert np.allclose(restored.coordinates(x, k), coordinates, atol=1e-4) and restored.settings == space.settings
+    assert np.allclose(restored.coordinates(x, setting.k), space.coordinates(x, setting.k), atol=1e-4)
+    assert restored.settings == space.settings and restored.slope == space.slope > 0
+
+
+def test_a_blend_is_the_taste_fit_and_the_feature_ridge_in_proportion_and_the_slope_prior_holds_few_ratings_to_the_population():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 30))
+    crowd = x[:, 0] + 4
+    space = TasteSpace(np.linalg.qr(rng.standard_normal((30, 4)))[0], np.ones(4), "digest", slope=1.0)
+    y = 2 - 0.3 * crowd + rng.standard_normal(40)  # these few ratings happen to run against the crowd
+    alone = space.fit(x, crowd, y, Setting(40, 4, 1.0, 0.0, 0.0, math.inf))
+    feature = fit_deviation(x, crowd, y, 100.0)
+    half = space.fit(x, crowd, y, Setting(40, 4, 1.0, 0.0, 0.5, 100.0))
+    assert np.allclose(half.predict(x, crowd), (alone.predict(x, crowd) + feature.predict(x, crowd)) / 2)
+    assert alone.slope < 0
+    held_to_it = space.fit(x, crowd, y, Setting(40, 4, 1.0, 1e6, 0.0, math.inf))
+    assert held_to_it.slope == pytest.approx(np.std(y), rel=1e-3)  # the population's 1 sd per point of crowd score
+
+
+def test_the_crowd_out_of_fold_cannot_fit_a_photos_own_rating():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((100, 300))
+    noise = rng.standard_normal(100)  # ratings the features cannot predict
+    in_sample = x @ ridge_fits(x, noise[:, None], [1.0])[0][0]
+    assert spearman(in_sample.ravel(), noise) > 0.9 and spearman(crowd_out_of_fold(x, noise), noise) < 0.3
 
 
 @pytest.fixture(scope="module")

@@ -49,8 +49,9 @@ rating; `gallery_reduction` is the share culled when every top-tier photo is kep
 ## Taste space (for personal models)
 How OASIS's raters (757; those with 30 or more ratings) depart from the crowd's mean rating, as principal directions in the
 model's features (beholder/train/taste.py); a personal model fits a person's ratings over
-[1, crowd score, taste coordinates]. The number of directions and the penalty were chosen on half
-of the raters as simulated users, the directions built from all of them:
+[1, crowd score, taste coordinates], blended with a ridge on the features. How (the number of
+directions, the penalties, the weight of the population's crowd slope, the blend) was chosen on
+half of the raters as simulated users, the directions built from all of them:
 {taste}
 
 ## Intended use
@@ -68,8 +69,9 @@ and the base that `experiment=personal` adapts to one person's ratings.
 
 def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
     """The taste space of OASIS's raters (beholder/train/taste.py), stored in the checkpoint: built
-    from half of them, its k and penalty chosen on the other half as simulated users (20 ratings,
-    and 60 % of theirs), then built again from all of them. Returns the model card's lines."""
+    from half of them, how a person is fitted in it chosen on the other half as simulated users (20
+    ratings, and 60 % of theirs) against the crowd's scores out of fold, then built again from all
+    of them. Returns the model card's lines."""
     import numpy as np
     import torch
 
@@ -77,15 +79,13 @@ def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
     from beholder.models import checkpoint
     from beholder.models.features import cached_features
     from beholder.models.load import load_checkpoint
-    from beholder.train.personal import base_head_linear
-    from beholder.train.taste import build_taste_space, choose_settings, crowd_mean, simulated_users
+    from beholder.train.taste import REGIMES, build_taste_space, choose_settings, crowd_mean, crowd_out_of_fold, population_slope, simulated_users
 
     module = load_checkpoint(str(target))
     photos = sorted(row["image"] for row in csv.DictReader(open(os.path.join(oasis, "labels.csv"))))
     row_of = {photo: i for i, photo in enumerate(photos)}
     features, _ = cached_features(module.net, os.path.join(oasis, "images"), photos, Store(), {}, 1, cache, 100_000_000)
     x = module.net.standardise(torch.stack([features[p][0] for p in photos]).to(module.net.feature_mean.dtype)).double().numpy()
-    w_crowd, c_crowd = base_head_linear(module)
     raters: dict[str, dict[int, float]] = {}
     for row in csv.DictReader(open(os.path.join(oasis, "ratings.csv"))):
         if row["image"] in row_of:
@@ -95,15 +95,15 @@ def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
     order = np.random.default_rng(seed).permutation(len(everyone))
     builders, tuners = [everyone[i] for i in order[: len(order) // 2]], [everyone[i] for i in order[len(order) // 2:]]
     half = build_taste_space(x, mean, builders)
-    crowd = x @ w_crowd + c_crowd
-    settings = []
-    for count in (20, None):
-        chosen = choose_settings(x, crowd, simulated_users(tuners, count, seed), half)
-        settings.append((count or int(0.6 * np.median([len(r) for r in tuners])), chosen["k"], chosen["penalty"]))
+    crowd = crowd_out_of_fold(x, mean, seed)  # a person's photos are new to the crowd model
+    half.slope = population_slope(crowd, tuners)
+    settings = [choose_settings(x, crowd, simulated_users(tuners, count, seed), half)["setting"] for count in REGIMES]
     space = build_taste_space(x, mean, everyone)
-    space.settings = settings
+    space.slope, space.settings = half.slope, settings
     checkpoint.annotate(str(target), taste_space=space.state())
-    return "\n".join(f"- with about {n} ratings: {k} directions, penalty {p:g}" for n, k, p in settings)
+    return "\n".join(f"- with about {s.ratings} ratings: {s.k} directions, penalty {s.penalty:g}; the crowd's slope worth "
+                     f"{s.prior_ratings:g} ratings; {s.blend:.0%} from a feature ridge" + (f" (penalty {s.feature_penalty:g})" if s.blend else "")
+                     for s in settings)
 
 
 def build(oasis: str, seed: int, feature_cache: str | None = None) -> Path:

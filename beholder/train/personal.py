@@ -7,8 +7,8 @@ Without ``base_ckpt`` the base is beholder's default crowd model (beholder/defau
 The base checkpoint's network is kept whole (frozen features, standardised as in the base); its
 linear regression head gives each photo the crowd's score s. A base that carries a taste space (the
 default model does: beholder/train/taste.py) fits the person's ratings y in closed form over
-[1, s, taste coordinates], with the number of directions and the penalty its population chose for
-this many ratings. Another base fits y ~ a + b*s (the person's scale) plus a ridge regression on
+[1, s, taste coordinates], the slope on s shrunk toward the population's, blended with a ridge on
+the features, everything as its population chose for this many ratings. Another base fits y ~ a + b*s (the person's scale) plus a ridge regression on
 what is left, shrunk toward the rescaled crowd with a penalty chosen once on OASIS's population.
 Either way the result is one linear head (b*w_base + the person's own weights): beholder predict,
 the labeller and similar read it as any checkpoint, which records its base (path and sha256); its
@@ -37,12 +37,13 @@ from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import spearman
-from beholder.train.taste import TasteSpace, fit_deviation, fit_taste
+from beholder.train.taste import TasteSpace, fit_deviation
 
 log = logging.getLogger(__name__)
 PERSONAL_FOLDS = 5
 # The feature ridge's penalty per feature (so per unit of prior variance, whatever the width), chosen
-# once on OASIS's population of raters (bench/personal.py: 1e4 on the default model's 5,424 features, for ~70 ratings).
+# once on OASIS's population of raters (bench/personal.py, on the default model's 5,424 features: 1e4
+# for 20 ratings, 3e4 for ~75; the smaller, since few ratings is where a person starts).
 PENALTY_PER_FEATURE = 1e4 / 5424
 
 
@@ -63,14 +64,14 @@ def out_of_fold(folds: list[np.ndarray], count: int, fit_and_predict) -> np.ndar
 
 
 def fit_in_taste_space(space: TasteSpace, x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, dict]:
-    """The person's ratings over [1, crowd score, taste coordinates] with the k and penalty the
-    population chose for this many ratings; folded into one linear head."""
-    chosen_for, k, penalty = space.chosen(len(y))
-    coordinates = space.coordinates(x, k)
-    predictions = out_of_fold(folds, len(y), lambda fit, part: fit_taste(base[fit], coordinates[fit], y[fit], penalty).predict(
-        base[part], coordinates[part]))
-    weight, bias = space.fold(fit_taste(base, coordinates, y, penalty), k, w_base, c_base)
-    return weight, bias, predictions, {"k": k, "penalty": penalty, "chosen_for": chosen_for}
+    """The person's ratings in the taste space (:meth:`TasteSpace.fit`), as its population chose
+    for this many ratings; folded into one linear head."""
+    setting = space.chosen(len(y))
+    predictions = out_of_fold(folds, len(y), lambda fit, part: space.fit(x[fit], base[fit], y[fit], setting).predict(x[part], base[part]))
+    weight, bias = space.fit(x, base, y, setting).head(w_base, c_base)
+    how = {"k": setting.k, "penalty": setting.penalty, "prior_ratings": setting.prior_ratings, "blend": setting.blend,
+           "chosen_for": setting.ratings}
+    return weight, bias, predictions, {**how, "feature_penalty": setting.feature_penalty} if setting.blend else how
 
 
 def fit_in_features(x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, dict]:
@@ -78,10 +79,14 @@ def fit_in_features(x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, floa
     with the penalty chosen once on OASIS's population, for every person."""
     penalty = PENALTY_PER_FEATURE * x.shape[1]
     predictions = out_of_fold(folds, len(y), lambda fit, part: fit_deviation(x[fit], base[fit], y[fit], penalty).predict(x[part], base[part]))
-    deviation = fit_deviation(x, base, y, penalty)
-    weight = deviation.scale * w_base + deviation.weight
-    bias = deviation.shift + deviation.scale * c_base + deviation.bias
+    weight, bias = fit_deviation(x, base, y, penalty).head(w_base, c_base)
     return weight, bias, predictions, {"penalty": penalty}
+
+
+def taste_summary(how: dict) -> str:
+    blend = f"; {how['blend']:.0%} from a feature ridge (penalty {how['feature_penalty']:g})" if how["blend"] else ""
+    return (f"taste space: {how['k']} directions, penalty {how['penalty']:g}; the crowd's slope worth {how['prior_ratings']:g} ratings"
+            f"{blend} (chosen on the population for {how['chosen_for']} ratings)")
 
 
 def train_personal(cfg: DictConfig) -> float:
@@ -137,8 +142,7 @@ def train_personal(cfg: DictConfig) -> float:
         line("base", base_name),
         line("spearman", f"{metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
                          f"(out of fold, {len(folds)} folds)"),
-        line("fit", f"taste space: {how['k']} directions, penalty {how['penalty']:g} (both chosen on the population for "
-                    f"{how['chosen_for']} ratings)" if "k" in how else f"the base's features, fixed penalty {how['penalty']:g}"),
+        line("fit", taste_summary(how) if "k" in how else f"the base's features, fixed penalty {how['penalty']:g}"),
         line("top tier", f"rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
                          "is calibrated on their out-of-fold scores"),
         line("checkpoint", best),

@@ -4,67 +4,76 @@ From a population of raters (each rating some photos), each rater's departure fr
 *mean* rating of each photo (after their own scale: a + b * mean) is fitted by a ridge regression on
 the photos' standardised features; the principal directions of those weight vectors, with the
 population's spread along each, are the taste space. A new person's ratings y are then fitted in
-closed form over [1, crowd score, taste coordinates] with a penalty chosen once on the population
-(by simulated users: some of a rater's ratings to fit, the rest to score), so 20 to 100 ratings give
-a stable model; the fit folds back into one linear head on the same features. Departures from the
-crowd *model*'s out-of-fold scores are not used: those mostly encode the crowd model's own error,
-which is the same for everyone.
+closed form over [1, crowd score, taste coordinates], the crowd slope shrunk toward the population's
+and the coordinates toward nothing, and blended with a plain feature ridge, everything in the
+blend chosen once on the population (by simulated users: some of a rater's ratings to fit, the rest
+to score), so 20 to 100 ratings give a stable model that folds back into one linear head on the
+same features. Departures from the crowd *model*'s out-of-fold scores are not used to build the
+space: those mostly encode the crowd model's own error, which is the same for everyone. They are
+what the simulated users are scored against, though: a person's photos are new to the crowd model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from beholder.data.labels import fold_rows
 from beholder.models.metrics import spearman
-from beholder.train.probe import ridge_fits
+from beholder.train.probe import PROBE_FOLDS, ridge_cv, ridge_fits
 
 RATER_PENALTY = 1e3  # each population rater's ridge: ~100 ratings against thousands of features
 KS = (2, 4, 8, 16, 32, 48, 64)
 PENALTIES = (0.3, 0.5, 1.0, 2.0, 3.0, 10.0)
+PRIOR_RATINGS = (0.0, 5.0, 20.0)  # how many ratings' worth the population's crowd slope is
+BLENDS = (0.0, 0.25, 0.5, 0.75)  # the feature ridge's share of a person's prediction
 FEATURE_PENALTIES = (1e3, 3e3, 1e4, 3e4, 1e5)
 HARM, MOST_HARMED = 0.05, 0.08  # a setting may leave at most 8 % of simulated users worse by more than 0.05
 REGIMES = (20, None)  # ratings a simulated user fits on: 20, or 60 % of theirs (~70 on OASIS)
 
 
 @dataclass
-class Deviation:
-    """A person's ratings as their rescaled crowd score plus a ridge on the features:
-    score = shift + scale * base + x . weight + bias"""
+class PersonalFit:
+    """A person's ratings as a linear model: score = bias + slope * crowd + x . weight (x: the
+    standardised features, crowd: the crowd model's score)."""
 
-    shift: float
-    scale: float
-    weight: np.ndarray
     bias: float
-    alpha: float
+    slope: float
+    weight: np.ndarray
 
-    def predict(self, x: np.ndarray, base: np.ndarray) -> np.ndarray:
-        return self.shift + self.scale * base + x @ self.weight + self.bias
+    def predict(self, x: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+        return self.bias + self.slope * crowd + x @ self.weight
+
+    def head(self, w_crowd: np.ndarray, c_crowd: float) -> tuple[np.ndarray, float]:
+        """As one linear head on the standardised features (the crowd's is ``w_crowd``, ``c_crowd``): (weights, bias)."""
+        return self.slope * w_crowd + self.weight, self.bias + self.slope * c_crowd
+
+    def blend(self, other: PersonalFit, share: float) -> PersonalFit:
+        """(1 - share) of this prediction plus ``share`` of ``other``'s: still one linear model."""
+        return PersonalFit((1 - share) * self.bias + share * other.bias, (1 - share) * self.slope + share * other.slope,
+                           (1 - share) * self.weight + share * other.weight)
 
 
-def fit_deviations(x: np.ndarray, base: np.ndarray, y: np.ndarray, alphas) -> list[Deviation]:
-    """``y`` rescaled from ``base`` (a + b * base), then a ridge on the features of what is left, for
-    each penalty in ``alphas`` (``inf``: none at all) from one SVD."""
-    scale, shift = np.polyfit(base, y, 1) if np.ptp(base) > 0 else (0.0, float(y.mean()))
-    residual = y - (shift + scale * base)
+def fit_deviations(x: np.ndarray, crowd: np.ndarray, y: np.ndarray, alphas) -> list[PersonalFit]:
+    """``y`` rescaled from ``crowd`` (a + b * crowd), then a ridge on the features of what is left,
+    for each penalty in ``alphas`` (``inf``: none at all) from one SVD."""
+    scale, shift = np.polyfit(crowd, y, 1) if np.ptp(crowd) > 0 else (0.0, float(y.mean()))
+    residual = y - (shift + scale * crowd)
     finite = [alpha for alpha in alphas if not math.isinf(alpha)]
     fits = iter(ridge_fits(x, residual[:, None], finite) if finite else [])
     deviations = []
     for alpha in alphas:
-        if math.isinf(alpha):
-            deviations.append(Deviation(float(shift), float(scale), np.zeros(x.shape[1]), 0.0, alpha))
-        else:
-            weight, bias = next(fits)
-            deviations.append(Deviation(float(shift), float(scale), weight[:, 0], float(bias[0]), alpha))
+        weight, bias = (np.zeros((x.shape[1], 1)), np.zeros(1)) if math.isinf(alpha) else next(fits)
+        deviations.append(PersonalFit(float(shift + bias[0]), float(scale), weight[:, 0]))
     return deviations
 
 
-def fit_deviation(x: np.ndarray, base: np.ndarray, y: np.ndarray, alpha: float) -> Deviation:
-    return fit_deviations(x, base, y, [alpha])[0]
+def fit_deviation(x: np.ndarray, crowd: np.ndarray, y: np.ndarray, alpha: float) -> PersonalFit:
+    return fit_deviations(x, crowd, y, [alpha])[0]
 
 
 @dataclass
@@ -79,13 +88,33 @@ class TasteFit:
         return self.intercept + self.slope * crowd + coordinates @ self.taste
 
 
-def fit_taste(crowd: np.ndarray, coordinates: np.ndarray, y: np.ndarray, penalty: float) -> TasteFit:
-    """Closed-form ridge over [1, crowd, taste coordinates]: intercept and crowd slope free, the
-    coordinates shrunk by ``penalty`` toward the plain rescaled crowd."""
+def fit_taste(crowd: np.ndarray, coordinates: np.ndarray, y: np.ndarray, penalty: float, slope: float = 0.0,
+              prior_ratings: float = 0.0) -> TasteFit:
+    """Closed-form ridge over [1, crowd, taste coordinates]: the intercept free; the crowd slope
+    shrunk toward ``slope`` standard deviations of the person's ratings per unit of crowd score, as
+    if that slope had been seen in ``prior_ratings`` more ratings (a person's 20 ratings alone can
+    find it near 0, or below, by chance); the coordinates shrunk by ``penalty`` toward the plain
+    rescaled crowd."""
     design = np.column_stack([np.ones(len(y)), crowd, coordinates])
-    shrink = np.diag([0.0, 1e-9, *([penalty] * coordinates.shape[1])])
-    beta = np.linalg.solve(design.T @ design + shrink, design.T @ y)
+    shrink = np.diag([0.0, 1e-9 + prior_ratings * np.var(crowd), *([penalty] * coordinates.shape[1])])
+    prior = np.zeros(design.shape[1])
+    prior[1] = slope * np.std(y)
+    beta = np.linalg.solve(design.T @ design + shrink, design.T @ y + shrink @ prior)
     return TasteFit(float(beta[0]), float(beta[1]), beta[2:])
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How a person's ratings are fitted, chosen on the population for about ``ratings`` of them: the
+    taste space's first ``k`` directions with ``penalty``; the crowd slope worth ``prior_ratings``;
+    a share ``blend`` of the prediction from a feature ridge with ``feature_penalty`` (inf: none)."""
+
+    ratings: int
+    k: int
+    penalty: float
+    prior_ratings: float
+    blend: float
+    feature_penalty: float
 
 
 @dataclass
@@ -93,7 +122,8 @@ class TasteSpace:
     directions: np.ndarray  # F x k, orthonormal, on the standardised features
     scales: np.ndarray  # k: the spread of the population's taste along each direction (a prior's sd)
     digest: str  # sha256 of the ratings and features it was built from
-    settings: list[tuple[int, int, float]] = field(default_factory=list)  # (ratings, k, penalty) chosen on the population
+    slope: float = 0.0  # the population's crowd slope, in sds of a person's ratings per unit of crowd score
+    settings: list[Setting] = field(default_factory=list)  # chosen on the population, for a few counts of ratings
 
     def coordinates(self, x: np.ndarray, k: int | None = None) -> np.ndarray:
         """Each photo's position in the first ``k`` directions, scaled by the population's spread
@@ -101,28 +131,27 @@ class TasteSpace:
         k = self.directions.shape[1] if k is None else k
         return (x @ self.directions[:, :k]) * self.scales[:k]
 
-    def chosen(self, ratings: int) -> tuple[int, int, float]:
-        """The settings (ratings, k, penalty) chosen for the count nearest a person's ``ratings``."""
-        return min(self.settings, key=lambda s: abs(np.log(s[0]) - np.log(max(ratings, 1))))
+    def chosen(self, ratings: int) -> Setting:
+        """The setting chosen for the count nearest a person's ``ratings``."""
+        return min(self.settings, key=lambda s: abs(np.log(s.ratings) - np.log(max(ratings, 1))))
 
-    def setting(self, ratings: int) -> tuple[int, float]:
-        """k and penalty for a person with this many ratings."""
-        return self.chosen(ratings)[1:]
-
-    def fold(self, fit: TasteFit, k: int, w_crowd: np.ndarray, c_crowd: float) -> tuple[np.ndarray, float]:
-        """A person's fit as one linear head on the standardised features: (weights, bias)."""
-        return fit.slope * w_crowd + self.directions[:, :k] @ (self.scales[:k] * fit.taste), fit.intercept + fit.slope * c_crowd
+    def fit(self, x: np.ndarray, crowd: np.ndarray, y: np.ndarray, setting: Setting) -> PersonalFit:
+        """A person's ratings ``y`` of photos with standardised features ``x`` and crowd scores ``crowd``."""
+        k = setting.k
+        taste = fit_taste(crowd, self.coordinates(x, k), y, setting.penalty, self.slope, setting.prior_ratings)
+        fit = PersonalFit(taste.intercept, taste.slope, self.directions[:, :k] @ (self.scales[:k] * taste.taste))
+        return fit.blend(fit_deviation(x, crowd, y, setting.feature_penalty), setting.blend) if setting.blend else fit
 
     def state(self) -> dict:
         """What a checkpoint stores: tensors and plain values (read with weights_only); the unit
         directions in float16 (64 of them on 5,424 features: under 700 KB)."""
         return {"directions": torch.from_numpy(self.directions.astype(np.float16)), "scales": self.scales.tolist(),
-                "digest": self.digest, "settings": [list(s) for s in self.settings]}
+                "digest": self.digest, "slope": self.slope, "settings": [asdict(s) for s in self.settings]}
 
     @classmethod
     def from_state(cls, state: dict) -> TasteSpace:
         return cls(state["directions"].double().numpy(), np.asarray(state["scales"], dtype=np.float64), str(state["digest"]),
-                   [(int(n), int(k), float(p)) for n, k, p in state["settings"]])
+                   float(state["slope"]), [Setting(**s) for s in state["settings"]])
 
 
 def crowd_mean(raters: list[dict[int, float]], count: int) -> np.ndarray:
@@ -173,23 +202,57 @@ def rho(a, b) -> float:
     return 0.0 if np.isnan(value) else value
 
 
+def crowd_out_of_fold(x: np.ndarray, mean: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each photo's crowd score from a ridge on the other folds' photos' ``mean`` ratings (penalty
+    by cross-validation): the crowd as it scores photos it was not fitted to, as a new person's are.
+    beholder's crowd heads rank about as well as this ridge out of fold (bench/RESULTS.md, quality)."""
+    folds = fold_rows([0] * len(mean), None, PROBE_FOLDS, seed)
+    *_, alpha = ridge_cv(x, mean, folds)
+    scores = np.zeros(len(mean))
+    for part in folds:
+        rest = np.setdiff1d(np.arange(len(mean)), part)
+        (weight, bias), = ridge_fits(x[rest], mean[rest, None], [alpha])
+        scores[part] = (x[part] @ weight + bias).ravel()
+    return scores
+
+
+def population_slope(crowd: np.ndarray, raters: list[dict[int, float]]) -> float:
+    """The median rater's slope of their ratings on the crowd score, in sds of their ratings: the
+    prior a person's slope is shrunk toward."""
+    slopes = []
+    for rated in raters:
+        rows = np.fromiter(rated, dtype=int)
+        y = np.array([rated[r] for r in rows])
+        if np.std(y) > 0 and np.ptp(crowd[rows]) > 0:
+            slopes.append(np.polyfit(crowd[rows], y / np.std(y), 1)[0])
+    return float(np.median(slopes))
+
+
 def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) -> dict:
-    """The taste space's k and penalty, and the plain feature ridge's fixed penalty, of largest mean
-    Spearman gain over the crowd on simulated users among those that harm few of them (with their
-    mean gains)."""
+    """The :class:`Setting` (and, for a base without a taste space, the plain feature ridge's
+    penalty) of largest mean Spearman gain over the crowd on simulated ``users`` among those that
+    harm few of them, with their mean gains. ``crowd``: the crowd's scores out of fold
+    (:func:`crowd_out_of_fold`), as a new person's photos get them."""
     gains: dict[tuple, list[float]] = {}
     coordinates = space.coordinates(x)
     for fit, y, held, y_held in users:
         base = rho(crowd[held], y_held)
-        for deviation in fit_deviations(x[fit], crowd[fit], y, FEATURE_PENALTIES):
-            gains.setdefault(("feature", deviation.alpha), []).append(rho(deviation.predict(x[held], crowd[held]), y_held) - base)
+        features = [deviation.predict(x[held], crowd[held]) for deviation in fit_deviations(x[fit], crowd[fit], y, FEATURE_PENALTIES)]
+        for alpha, predicted in zip(FEATURE_PENALTIES, features):
+            gains.setdefault(("feature", alpha), []).append(rho(predicted, y_held) - base)
         for k in KS:
             for penalty in PENALTIES:
-                model = fit_taste(crowd[fit], coordinates[fit, :k], y, penalty)
-                gains.setdefault(("taste", k, penalty), []).append(rho(model.predict(crowd[held], coordinates[held, :k]), y_held) - base)
+                for prior in PRIOR_RATINGS:
+                    taste = fit_taste(crowd[fit], coordinates[fit, :k], y, penalty, space.slope, prior).predict(crowd[held], coordinates[held, :k])
+                    gains.setdefault(("taste", k, penalty, prior, 0.0, math.inf), []).append(rho(taste, y_held) - base)
+                    for share in BLENDS[1:]:
+                        for alpha, predicted in zip(FEATURE_PENALTIES, features):
+                            gains.setdefault(("taste", k, penalty, prior, share, alpha), []).append(
+                                rho((1 - share) * taste + share * predicted, y_held) - base)
     mean = {key: float(np.mean(values)) for key, values in gains.items()}
     # among the settings that harm few people (worse by more than 0.05), the best on average
     safe = {key for key, values in gains.items() if np.mean(np.array(values) < -HARM) <= MOST_HARMED}
     feature = max((key for key in mean if key[0] == "feature"), key=lambda key: (key in safe, mean[key]))
     taste = max((key for key in mean if key[0] == "taste"), key=lambda key: (key in safe, mean[key]))
-    return {"feature_penalty": feature[1], "k": taste[1], "penalty": taste[2], "gain_feature": mean[feature], "gain_taste": mean[taste]}
+    ratings = int(np.median([len(user[0]) for user in users]))
+    return {"setting": Setting(ratings, *taste[1:]), "feature_penalty": feature[1], "gain_feature": mean[feature], "gain_taste": mean[taste]}

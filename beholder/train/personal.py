@@ -8,8 +8,9 @@ The base checkpoint's network is kept whole (frozen features, standardised as in
 linear regression head gives each photo the crowd's score s. A base that carries a taste space (the
 default model does: beholder/train/taste.py) fits the person's ratings y in closed form over
 [1, s, taste coordinates], the slope on s shrunk toward the population's, blended with a ridge on
-the features, everything as its population chose for this many ratings. Another base fits y ~ a + b*s (the person's scale) plus a ridge regression on
-what is left, shrunk toward the rescaled crowd with a penalty chosen once on OASIS's population.
+the features, everything as its population chose for this many ratings. Another base fits
+y ~ a + b*s (the person's scale) plus a ridge regression on what is left, shrunk toward the
+rescaled crowd with a penalty chosen once on OASIS's population.
 Either way the result is one linear head (b*w_base + the person's own weights): beholder predict,
 the labeller and similar read it as any checkpoint, which records its base (path and sha256); its
 out-of-fold scores on the person's photos calibrate its keep threshold.

@@ -56,17 +56,23 @@ def ridge_fits(x: np.ndarray, y: np.ndarray, alphas) -> list[tuple[np.ndarray, n
     return fits
 
 
-def ridge_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS):
-    """Ridge with the penalty chosen by cross-validation over ``folds`` (row indices,
-    :func:`beholder.data.labels.fold_rows`): (weight, bias, alpha)."""
+def ridge_out_of_fold(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS) -> tuple[np.ndarray, float]:
+    """Each row's ridge prediction (N x K) from the other ``folds`` (row indices,
+    :func:`beholder.data.labels.fold_rows`), at the penalty of least squared error over them: (predictions, alpha)."""
     y = y.reshape(len(y), -1)
-    errors = np.zeros(len(alphas))
+    predictions = np.zeros((len(alphas), *y.shape))
     for part in folds:
         fit = np.setdiff1d(np.arange(len(y)), part)
         for i, (weight, bias) in enumerate(ridge_fits(x[fit], y[fit], alphas)):
-            errors[i] += float(((x[part] @ weight + bias - y[part]) ** 2).sum())
-    alpha = alphas[int(np.argmin(errors))]
-    return (*ridge_fits(x, y, [alpha])[0], alpha)
+            predictions[i, part] = x[part] @ weight + bias
+    best = int(np.argmin(((predictions - y) ** 2).sum(axis=(1, 2))))
+    return predictions[best], alphas[best]
+
+
+def ridge_cv(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS):
+    """Ridge with the penalty chosen by cross-validation over ``folds`` (:func:`ridge_out_of_fold`): (weight, bias, alpha)."""
+    _, alpha = ridge_out_of_fold(x, y, folds, alphas)
+    return (*ridge_fits(x, y.reshape(len(y), -1), [alpha])[0], alpha)
 
 
 def set_feature_scale(net, features: torch.Tensor) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from beholder.data.labels import fold_rows
 from beholder.models.metrics import spearman
-from beholder.train.probe import PROBE_FOLDS, ridge_cv, ridge_fits
+from beholder.train.probe import PROBE_FOLDS, ridge_fits, ridge_out_of_fold
 
 RATER_PENALTY = 1e3  # each population rater's ridge: ~100 ratings against thousands of features
 KS = (2, 4, 8, 16, 32, 48, 64)
@@ -206,14 +206,8 @@ def crowd_out_of_fold(x: np.ndarray, mean: np.ndarray, seed: int = 0) -> np.ndar
     """Each photo's crowd score from a ridge on the other folds' photos' ``mean`` ratings (penalty
     by cross-validation): the crowd as it scores photos it was not fitted to, as a new person's are.
     beholder's crowd heads rank about as well as this ridge out of fold (bench/RESULTS.md, quality)."""
-    folds = fold_rows([0] * len(mean), None, PROBE_FOLDS, seed)
-    *_, alpha = ridge_cv(x, mean, folds)
-    scores = np.zeros(len(mean))
-    for part in folds:
-        rest = np.setdiff1d(np.arange(len(mean)), part)
-        (weight, bias), = ridge_fits(x[rest], mean[rest, None], [alpha])
-        scores[part] = (x[part] @ weight + bias).ravel()
-    return scores
+    scores, _ = ridge_out_of_fold(x, mean, fold_rows([0] * len(mean), None, PROBE_FOLDS, seed))
+    return scores.ravel()
 
 
 def population_slope(crowd: np.ndarray, raters: list[dict[int, float]]) -> float:

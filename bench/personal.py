@@ -49,13 +49,11 @@ from beholder.train.probe import ridge_cv  # noqa: E402
 from beholder.train.taste import (  # noqa: E402
     PersonalFit,
     build_taste_space,
-    choose_settings,
     crowd_mean,
     crowd_out_of_fold,
     fit_deviation,
-    population_slope,
     rho,
-    simulated_users,
+    tune,
 )
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 
@@ -171,8 +169,8 @@ def main():
     tuning = [on_train[r] for r in tuners if len(on_train[r]) >= 30]
     new_to_crowd = crowd.copy()  # the simulated users' photos as a person's are: not fitted by the crowd model
     new_to_crowd[train_rows] = crowd_out_of_fold(x[train_rows], mean_rating[train_rows], args.seed)
-    space.slope = population_slope(new_to_crowd, tuning)
-    settings = {name: choose_settings(x, new_to_crowd, simulated_users(tuning, count, args.seed), space) for name, count in REGIMES.items()}
+    chosen_for = tune(space, x, new_to_crowd, tuning, args.seed)
+    settings = {name: chosen_for[count] for name, count in REGIMES.items()}
 
     totals = defaultdict(lambda: [0.0, 0])
     for rater, rated in ratings.items():
@@ -192,13 +190,12 @@ def main():
         for regime in results:
             chosen = settings["20" if regime.startswith("20") else "all"]
             setting = chosen["setting"]
-            coordinates = space.coordinates(x, setting.k)
             if regime == "all":
                 fit = all_fit
             elif regime == "20":
                 fit = np.random.default_rng(int(rater)).choice(all_fit, 20, replace=False)
             else:
-                fit = all_fit[most_informative(crowd[all_fit], coordinates[all_fit], 20, setting.penalty)]
+                fit = all_fit[most_informative(crowd[all_fit], space.coordinates(x[all_fit], setting.k), 20, setting.penalty)]
             y = np.array([rated[photos[i]] for i in fit])
             folds = fold_rows([0] * len(fit), None, 5, args.seed)  # OASIS photos are all different: no groups
             row = results[regime]

@@ -79,7 +79,7 @@ def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
     from beholder.models import checkpoint
     from beholder.models.features import cached_features
     from beholder.models.load import load_checkpoint
-    from beholder.train.taste import REGIMES, build_taste_space, choose_settings, crowd_mean, crowd_out_of_fold, population_slope, simulated_users
+    from beholder.train.taste import build_taste_space, crowd_mean, crowd_out_of_fold, tune
 
     module = load_checkpoint(str(target))
     photos = sorted(row["image"] for row in csv.DictReader(open(os.path.join(oasis, "labels.csv"))))
@@ -96,8 +96,7 @@ def add_taste_space(target: Path, oasis: str, cache: str, seed: int) -> str:
     builders, tuners = [everyone[i] for i in order[: len(order) // 2]], [everyone[i] for i in order[len(order) // 2:]]
     half = build_taste_space(x, mean, builders)
     crowd = crowd_out_of_fold(x, mean, seed)  # a person's photos are new to the crowd model
-    half.slope = population_slope(crowd, tuners)
-    settings = [choose_settings(x, crowd, simulated_users(tuners, count, seed), half)["setting"] for count in REGIMES]
+    settings = [chosen["setting"] for chosen in tune(half, x, crowd, tuners, seed).values()]
     space = build_taste_space(x, mean, everyone)
     space.slope, space.settings = half.slope, settings
     checkpoint.annotate(str(target), taste_space=space.state())

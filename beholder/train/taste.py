@@ -250,3 +250,11 @@ def choose_settings(x: np.ndarray, crowd: np.ndarray, users, space: TasteSpace) 
     taste = max((key for key in mean if key[0] == "taste"), key=lambda key: (key in safe, mean[key]))
     ratings = int(np.median([len(user[0]) for user in users]))
     return {"setting": Setting(ratings, *taste[1:]), "feature_penalty": feature[1], "gain_feature": mean[feature], "gain_taste": mean[taste]}
+
+
+def tune(space: TasteSpace, x: np.ndarray, crowd: np.ndarray, raters: list[dict[int, float]], seed: int) -> dict:
+    """How a person is fitted in ``space``, chosen on ``raters`` as simulated users for each count
+    of ratings in REGIMES (:func:`choose_settings`' answer per count), against ``crowd``: the crowd's
+    scores out of fold (:func:`crowd_out_of_fold`). Sets ``space.slope`` from the same raters."""
+    space.slope = population_slope(crowd, raters)
+    return {count: choose_settings(x, crowd, simulated_users(raters, count, seed), space) for count in REGIMES}

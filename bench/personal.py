@@ -52,6 +52,7 @@ from beholder.train.taste import (  # noqa: E402
     crowd_mean,
     crowd_out_of_fold,
     fit_deviation,
+    fit_deviations,
     rho,
     tune,
 )
@@ -86,17 +87,15 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
     return ckpt
 
 
-def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=OWN_CV_PENALTIES) -> tuple[PersonalFit, np.ndarray]:
+def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=OWN_CV_PENALTIES) -> PersonalFit:
     """The baseline: each person's own penalty, of least squared error over ``folds`` (row indices,
-    :func:`beholder.data.labels.fold_rows`), and its out-of-fold predictions."""
-    errors, out_of_fold = np.zeros(len(alphas)), np.zeros((len(alphas), len(y)))
+    :func:`beholder.data.labels.fold_rows`)."""
+    out_of_fold = np.zeros((len(alphas), len(y)))
     for part in folds:
         fit = np.setdiff1d(np.arange(len(y)), part)
-        for i, alpha in enumerate(alphas):
-            out_of_fold[i, part] = fit_deviation(x[fit], base[fit], y[fit], alpha).predict(x[part], base[part])
-    errors = ((out_of_fold - y) ** 2).sum(1)
-    best = int(np.argmin(errors))
-    return fit_deviation(x, base, y, alphas[best]), out_of_fold[best]
+        for i, deviation in enumerate(fit_deviations(x[fit], base[fit], y[fit], alphas)):
+            out_of_fold[i, part] = deviation.predict(x[part], base[part])
+    return fit_deviation(x, base, y, alphas[int(np.argmin(((out_of_fold - y) ** 2).sum(1)))])
 
 
 def most_informative(crowd: np.ndarray, coordinates: np.ndarray, count: int, penalty: float, asked: list[int] | None = None) -> list[int]:
@@ -203,7 +202,7 @@ def main():
             if regime != "20 chosen":
                 alone_weight, alone_bias, _ = ridge_cv(x[fit], y, folds, alphas=(1e1, 1e2, 1e3, 1e4, 1e5, 1e6))
                 row["person-only ridge"].append(rho((x[held] @ alone_weight + alone_bias).ravel(), y_held))
-                own, _ = personal_fit(x[fit], crowd[fit], y, folds)
+                own = personal_fit(x[fit], crowd[fit], y, folds)
                 row["personal, own CV penalty"].append(rho(own.predict(x[held], crowd[held]), y_held))
                 pooled = fit_deviation(x[fit], crowd[fit], y, chosen["feature_penalty"])
                 row["personal, pooled penalty"].append(rho(pooled.predict(x[held], crowd[held]), y_held))

@@ -3,10 +3,17 @@ thin ``@hydra.main`` around a plain function (``train(cfg)``, ``predict(cfg)``) 
 
 The process-wide settings belong here, not in those functions: library chatter quietened, and glibc
 asked to keep freed memory for the next batch (beholder/core/memory.py). The configs are read from
-the installed package ``beholder.conf`` (the repository's ``conf/``)."""
+the installed package ``beholder.conf`` (the repository's ``conf/``).
+
+A path typed on the command line is taken as typed: photographers' folders are called ``Tom's
+wedding``, ``Trip [2024], day 2`` or ``day=1``, and a folder whose name holds ``${...}`` must not
+turn into another folder. Before Hydra reads the arguments, the value of every path option is
+quoted for Hydra's grammar and escaped for OmegaConf's interpolation (:func:`literal_paths`)."""
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Callable
 
 import hydra
@@ -15,6 +22,35 @@ from omegaconf import DictConfig
 from beholder.core.console import quiet_libraries
 from beholder.core.errors import exit_on_user_error
 from beholder.core.memory import keep_freed_memory
+
+# The options whose value is a file or folder (an old spelling too), and Hydra's own folders.
+PATH_OPTIONS = frozenset({
+    "gallery", "labels", "output", "ckpt", "ckpt_path", "ratings", "feature_cache", "base_ckpt", "resume", "runs_root", "output_dir",
+    "data.root", "data.labels", "data.cache_dir", "backbone.weights", "hydra.run.dir", "hydra.sweep.dir",
+})
+NOT_A_PATH = ("null", "last")  # feature_cache=null turns the cache off; resume=last finds the newest run
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted string of Hydra's override grammar that OmegaConf reads back as
+    exactly ``value``: ``${`` escaped for OmegaConf (with any backslashes before it), then
+    backslashes before a quote or the string's end doubled and quotes escaped for Hydra."""
+    value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
+    return f"'{value}'"
+
+
+def literal_paths(arguments: list[str]) -> list[str]:
+    """Hydra's command-line overrides with each path option's value quoted (:func:`quoted`); a
+    value the user quoted already is left as it is. A path option is thus never swept by ``-m``."""
+    out = []
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if equals and key.lstrip("+~") in PATH_OPTIONS and value not in NOT_A_PATH and not re.fullmatch(r"'.*'|\".*\"", value, re.S):
+            argument = f"{key}={quoted(value)}"
+        out.append(argument)
+    return out
 
 
 def hydra_application(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], object]:
@@ -25,4 +61,8 @@ def hydra_application(config_name: str, task: Callable[[DictConfig], object]) ->
         with exit_on_user_error():
             return task(cfg)
 
-    return main
+    def run():
+        sys.argv = [sys.argv[0], *literal_paths(sys.argv[1:])]
+        return main()
+
+    return run

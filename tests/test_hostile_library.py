@@ -1,0 +1,41 @@
+"""A photographer's library as it really is, and input nobody should trust: folders linked to another
+drive, folder and file names people use, an editor saving a sidecar while beholder merges, two runs at
+once, crafted checkpoints and damaged files. What the user typed is trusted; what comes from a photo
+folder, a checkpoint, a database or another process is not. Each test is one item of issue 30."""
+
+import os
+import shutil
+import subprocess
+
+from hydra import compose, initialize_config_dir
+
+from beholder.core.entry import literal_paths
+from beholder.ratings.xmp import NAMESPACES
+
+from conftest import CONF, PYTHON, ROOT, read_scores
+
+XMP = "{%s}" % NAMESPACES["xmp"]
+
+
+# --- 3, 4: folder names people use ---------------------------------------------------------------------------
+
+EVERYDAY = "Tom's wedding, Trip [2024] day=1 ${oc.env:HOME}"
+
+
+def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
+    ckpt, gallery = trained
+    photos = tmp_path / EVERYDAY / "photos"
+    shutil.copytree(gallery / "sub0", photos)
+    home = tmp_path / "home"
+    home.mkdir()
+    run = subprocess.run([PYTHON, "-m", "beholder", "predict", f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path / EVERYDAY}/culled",
+                          "num_workers=0", "feature_cache=null", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}/h"],
+                         cwd=ROOT, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(read_scores(tmp_path / EVERYDAY / "culled" / "scores.csv")) == 20
+    assert not list(home.iterdir())  # ${oc.env:HOME} was part of a name, not the home folder
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=literal_paths([f"gallery={photos}", f"labels={photos}/my labels.csv", "resume=last"]))
+    assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
+    assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
+        "gallery='quoted by the user'", "feature_cache=null", "head=regression"]

@@ -7,9 +7,12 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from beholder.core.entry import literal_paths
+from beholder.label.app import Thumbnails
 from beholder.ratings.xmp import NAMESPACES
 
 from conftest import CONF, PYTHON, ROOT, read_scores
@@ -39,3 +42,17 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
     assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
         "gallery='quoted by the user'", "feature_cache=null", "head=regression"]
+
+
+# --- 16: the labeller's memory -------------------------------------------------------------------------------
+
+def test_full_size_pictures_are_served_not_kept(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    data = (tmp_path / "big.png").read_bytes()
+    thumbnails = Thumbnails(lambda key: data, budget=4 << 20)
+    for i in range(8):
+        assert thumbnails.get(f"p{i}", "full")[:2] == b"\xff\xd8"
+        thumbnails.get(f"p{i}", "screen")
+    assert not [entry for entry in thumbnails.cache if entry[1] == "full"]
+    assert sum(map(len, thumbnails.cache.values())) == thumbnails.held <= 4 << 20

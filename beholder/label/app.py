@@ -25,6 +25,7 @@ MAX_IMAGE_ID = 2**63 - 1  # SQLite's largest integer
 MAX_BODY = 64 * 1024  # a request body: a set's ids or one decision are a few hundred bytes
 DECODES_AT_ONCE = 2  # full-size decodes in flight: each can take hundreds of MB for a huge PNG
 SIZES = {"screen": (900, 700), "large": (2560, 2560), "full": None}
+CACHE_BYTES = 64 << 20  # the served JPEGs kept: a few hundred screen-size ones
 
 
 STATIC = {"labeller.css": "text/css", "common.js": "text/javascript"}
@@ -76,11 +77,13 @@ def request_refusal(request: Request, allowed_hosts: set[str] | None) -> tuple[i
 
 class Thumbnails:
     """Each image decoded once, at display size, with at most ``DECODES_AT_ONCE`` decodes in
-    flight; the JPEGs are kept in a small cache. Concurrent requests for one image wait for one decode."""
+    flight; the JPEGs are kept in a cache of at most ``budget`` bytes (the newest; none larger than
+    an eighth of it, so a page asking for full-size pictures cannot grow the server). Concurrent
+    requests for one image wait for one decode."""
 
-    def __init__(self, read, size: int = 256):
-        self.read, self.size = read, size
-        self.cache: OrderedDict[str, bytes] = OrderedDict()
+    def __init__(self, read, budget: int = CACHE_BYTES):
+        self.read, self.budget, self.held = read, budget, 0
+        self.cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
         self.lock = threading.Lock()
         self.key_locks: dict[str, threading.Lock] = {}
@@ -99,10 +102,12 @@ class Thumbnails:
             try:
                 with self.decoding:
                     data = self.make(self.read(key), size)
-                with self.lock:
-                    self.cache[entry] = data
-                    if len(self.cache) > self.size:
-                        self.cache.popitem(last=False)
+                if len(data) <= self.budget // 8:  # a full-size picture is sent, not kept
+                    with self.lock:
+                        self.cache[entry] = data
+                        self.held += len(data)
+                        while self.held > self.budget:
+                            self.held -= len(self.cache.popitem(last=False)[1])
             finally:
                 with self.lock:
                     self.key_locks.pop(entry, None)

@@ -60,7 +60,7 @@ def test_a_personal_model_without_a_base_starts_from_the_default_model(library, 
     metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
     assert metrics["ratings"] == 24 and "default crowd model" in capsys.readouterr().out
     space = torch.load(default_model.checkpoint_path(), map_location="cpu", weights_only=True)["taste_space"]
-    assert metrics["k"] == TasteSpace.from_state(space).chosen(24).k  # fitted in the default model's taste space
+    assert metrics["k"] == TasteSpace.from_state(space, space["directions"].shape[0]).chosen(24).k  # fitted in the default model's taste space
     personal = torch.load(tmp_path / "me" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert "taste_space" not in personal and personal["group_similarity"] is not None  # the crowd's space stays behind; its threshold comes along
     assert (tmp_path / "me" / "checkpoints" / "best.ckpt").stat().st_size < 1_000_000

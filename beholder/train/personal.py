@@ -114,7 +114,7 @@ def train_personal(cfg: DictConfig) -> float:
     y = np.array([target_of(label, stats["tier_values"]) for label in labels])
     base = x @ w_base + c_base
     folds = fold_rows([label.tier for label in labels], [label.group for label in labels], PERSONAL_FOLDS, cfg.seed)
-    space = TasteSpace.from_state(module.taste_space) if module.taste_space is not None else None
+    space = TasteSpace.from_state(module.taste_space, x.shape[1]) if module.taste_space is not None else None
     weight, bias, out_of_fold, how = (fit_in_taste_space(space, x, base, y, folds, w_base, c_base) if space is not None
                                       else fit_in_features(x, base, y, folds, w_base, c_base))
 

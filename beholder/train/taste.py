@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from beholder.core.errors import UserError
 from beholder.data.labels import fold_rows
 from beholder.models.metrics import spearman
 from beholder.train.probe import PROBE_FOLDS, ridge_fits, ridge_out_of_fold
@@ -149,9 +150,18 @@ class TasteSpace:
                 "digest": self.digest, "slope": self.slope, "settings": [asdict(s) for s in self.settings]}
 
     @classmethod
-    def from_state(cls, state: dict) -> TasteSpace:
-        return cls(state["directions"].double().numpy(), np.asarray(state["scales"], dtype=np.float64), str(state["digest"]),
-                   float(state["slope"]), [Setting(**s) for s in state["settings"]])
+    def from_state(cls, state: dict, width: int) -> TasteSpace:
+        """The taste space a checkpoint stores, for features of ``width``; one line when it is none
+        that fits (its numbers' finiteness is checked as the checkpoint loads)."""
+        try:
+            space = cls(state["directions"].double().numpy(), np.asarray(state["scales"], dtype=np.float64), str(state["digest"]),
+                        float(state["slope"]), [Setting(**s) for s in state["settings"]])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UserError(f"taste_space: not one this beholder reads ({type(error).__name__}: {error})") from None
+        rows, k = space.directions.shape if space.directions.ndim == 2 else (None, None)
+        if rows != width or space.scales.shape != (k,) or not all(s.k >= 1 and s.ratings >= 1 for s in space.settings):
+            raise UserError(f"taste_space: its directions ({space.directions.shape}), scales or settings do not fit features of width {width}")
+        return space
 
 
 def crowd_mean(raters: list[dict[int, float]], count: int) -> np.ndarray:

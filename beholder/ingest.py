@@ -44,7 +44,7 @@ from tqdm import tqdm
 from beholder.core import storage
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3, join, split_s3
-from beholder.core.tables import csv_bytes
+from beholder.core.tables import csv_bytes, read_csv
 from beholder.data.images import capture_time as file_time
 
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")
@@ -321,10 +321,13 @@ class Destination:
             text = self.store.read(join(self.uri, MANIFEST)).decode("utf-8")
         except (FileNotFoundError, ClientError, UnicodeDecodeError):
             return {}
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames != MANIFEST_FIELDS:
+        try:
+            columns, rows = read_csv(text)
+        except csv.Error:
             return {}
-        return {row["key"]: row for row in reader}
+        if columns != MANIFEST_FIELDS:
+            return {}
+        return {row["key"]: row for row in rows}
 
 
 def write_manifest(destination: Destination, rows: dict[str, dict]) -> None:

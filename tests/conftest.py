@@ -35,6 +35,12 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cache_folder(tmp_path_factory):
+    """The user's cache (the default feature_cache) is the session's own, not the machine's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 def make_gallery(folder: Path, count: int = 60, size=(64, 32), seed: int = 0, split_column=False) -> Path:
     """``count`` small images whose brightness grows with their tier; ``labels.csv`` beside them.
 
@@ -151,6 +157,27 @@ def served(monkeypatch):
     return started
 
 
+XMP_RATED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+             '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"'
+             ' xmlns:digiKam="http://www.digikam.org/ns/1.0/" {attributes}>{elements}'
+             '</rdf:Description></rdf:RDF></x:xmpmeta>')
+
+
+def sidecar(attributes="", elements=""):
+    return XMP_RATED.format(attributes=attributes, elements=elements).encode()
+
+
+def photo(path, seed=0, xmp=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, **({"xmp": xmp} if xmp else {}))
+
+
+def labels(path):
+    with open(path) as f:
+        return {row["image"]: row for row in csv.DictReader(f)}
+
+
 def compose_predict(overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="predict", overrides=PREDICT_FAST + overrides)
@@ -158,5 +185,5 @@ def compose_predict(overrides):
 
 def read_scores(path):
     """The rows of a CSV written by predict (scores.csv, skipped.csv)."""
-    with open(path) as f:
+    with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -255,10 +255,10 @@ def test_full_disk_while_writing_results_fails_cleanly(trained, tmp_path, monkey
 
     real = storage.write_local_atomically
 
-    def disk_full(path, data):
+    def disk_full(path, data, *expect):
         if path.endswith("highlights.html"):
             raise OSError(28, "No space left on device", path)
-        return real(path, data)
+        return real(path, data, *expect)
 
     monkeypatch.setattr(storage, "write_local_atomically", disk_full)
     with pytest.raises(UserError, match=r"output=.*/out: writing the results failed .*No space left on device.*rerun to finish"):

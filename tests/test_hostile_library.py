@@ -6,6 +6,7 @@ folder, a checkpoint, a database or another process is not. Each test is one ite
 import os
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -13,15 +14,66 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+import beholder.ratings.xmp as xmp
 from beholder.core.entry import literal_paths
 from beholder.core.errors import exit_on_user_error
 from beholder.label.app import Thumbnails
+from beholder.label.review import Review
+from beholder.label.tournament import Tournament
 from beholder.models.load import load_checkpoint
-from beholder.ratings.xmp import NAMESPACES
+from beholder.ratings.cli import main as ratings
+from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, xmp_sidecar
 
-from conftest import CONF, PYTHON, ROOT, read_scores
+from conftest import CONF, PYTHON, ROOT, labels, photo, read_scores, sidecar
 
 XMP = "{%s}" % NAMESPACES["xmp"]
+
+
+def snapshot(folder):
+    """Every path under ``folder`` with its content (links as links)."""
+    found = {}
+    for directory, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = os.path.join(directory, name)
+            found[path] = os.readlink(path) if os.path.islink(path) else None if os.path.isdir(path) else open(path, "rb").read()
+    return found
+
+
+def description(path):
+    return ET.parse(path).getroot().find(".//{%s}Description" % NAMESPACES["rdf"])
+
+
+def scores_file(path, images):
+    path.write_text("image,score,band,rank\n" + "".join(f"{image},{0.9 - i / 100:.3f},keep,{i + 1}\n" for i, image in enumerate(images)))
+    return path
+
+
+def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "Pictures"
+    photo(root / "a.jpg")
+    photo(root / "b.jpg", 1)
+    mine = sidecar('xmp:Rating="2"')
+    (root / "a.xmp").write_bytes(mine)
+    (root / "b.xmp").write_bytes(mine)
+    real = xmp.xmp_sidecar
+    saves = {"a.xmp": 1, "b.xmp": 100}  # the editor saves a.xmp once while beholder merges; b.xmp on every attempt
+
+    def merge_while_the_editor_saves(rating, band, score, existing=None, overwrite_ratings=False):
+        merged = real(rating, band, score, existing, overwrite_ratings)
+        for name, left in saves.items():
+            if left and existing == (root / name).read_bytes():
+                saves[name] -= 1
+                (root / name).write_bytes(sidecar(f'xmp:Rating="4" xmp:Label="Blue" xmp:Nickname="save {left}"'))
+                break
+        return merged
+
+    monkeypatch.setattr(xmp, "xmp_sidecar", merge_while_the_editor_saves)
+    ratings(["write", "--scores", str(scores_file(tmp_path / "scores.csv", ["a.jpg", "b.jpg"])), "--gallery", str(root)])
+    merged = description(root / "a.xmp")
+    assert merged.get(XMP + "Rating") == "4" and merged.get(XMP + "Label") == "Blue"  # the editor's save stays ...
+    assert merged.get("{%s}Band" % NAMESPACES["beholder"]) == "keep"  # ... with beholder's decision merged into it
+    assert b"beholder" not in (root / "b.xmp").read_bytes()  # saved again on every attempt: left to the editor, and named
+    assert "b.xmp: changed by another program meanwhile" in capsys.readouterr().out
 
 
 # --- 3, 4: folder names people use ---------------------------------------------------------------------------
@@ -46,6 +98,73 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
     assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
         "gallery='quoted by the user'", "feature_cache=null", "head=regression"]
+
+
+# --- 6, 7: each photo its own sidecar; what the photographer cleared stays cleared -----------------------------
+
+def test_names_that_differ_in_case_and_photos_sharing_a_stem_keep_their_own_sidecars(tmp_path):
+    assert sidecar_targets(["IMG.JPG", "img.jpg"], ["img.jpg.xmp"]) == {"IMG.JPG": ["IMG.JPG.xmp"], "img.jpg": ["img.jpg.xmp"]}
+    assert sidecar_targets(["IMG_1.JPG"], ["img_1.xmp"]) == {"IMG_1.JPG": ["img_1.xmp"]}  # as a case-insensitive drive names it
+    root = tmp_path / "Pictures"
+    for i, name in enumerate(["IMG.JPG", "img.jpg", "pair.jpg", "pair.tif"]):
+        photo(root / name, i)
+    (root / "img.jpg.xmp").write_bytes(sidecar('xmp:Rating="2"'))
+    (root / "pair.xmp").write_bytes(sidecar('xmp:Rating="4"'))  # the photographer's stars for both
+    scores = scores_file(tmp_path / "scores.csv", ["IMG.JPG", "img.jpg", "pair.jpg", "pair.tif"])
+    ratings(["write", "--scores", str(scores), "--gallery", str(root)])
+    assert description(root / "img.jpg.xmp").get("{%s}Score" % NAMESPACES["beholder"]) == "0.890000"  # img.jpg's, not IMG.JPG's
+    assert description(root / "IMG.JPG.xmp").get("{%s}Score" % NAMESPACES["beholder"]) == "0.900000"
+    assert (root / "pair.jpg.xmp").exists() and (root / "pair.tif.xmp").exists() and b"beholder" not in (root / "pair.xmp").read_bytes()
+    ratings(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
+    assert {image: row["rating"] for image, row in labels(tmp_path / "labels.csv").items()} == {"img.jpg": "2", "pair.jpg": "4", "pair.tif": "4"}
+
+
+def test_what_the_photographer_cleared_stays_cleared():
+    first = xmp_sidecar(5, "keep", 0.9)
+    cleared = first.replace(b'xmp:Rating="5"', b'xmp:Rating="0"').replace(b'xmp:Label="Green"', b"")  # 0 stars, label removed
+    again = xmp_sidecar(4, "keep", 0.8, cleared)
+    for packet in (again, xmp_sidecar(3, "keep", 0.7, again)):
+        values = read_rating(packet)
+        assert values["rating"] == 0 and values["label"] == "" and values["pick"] == 3  # the pick beholder set stays beholder's
+    assert read_rating(xmp_sidecar(2, "review", 0.5, again, overwrite_ratings=True))["rating"] == 2  # unless asked
+
+
+# --- 8, 15: review decisions are paths from a file ---------------------------------------------------------------
+
+def test_review_decisions_name_only_photos_of_the_gallery_once_and_stars_win(tmp_path, capsys):
+    root = tmp_path / "Pictures"
+    for i, name in enumerate(["a.jpg", "sub/d.jpg", "e.jpg"]):
+        photo(root / name, i)
+    (root / "a.xmp").write_bytes(sidecar('xmp:Rating="2"'))
+    keys = ["a.jpg", "./a.jpg", "sub//d.jpg", "sub/d.jpg", "../../etc/passwd", "/etc/hostname", "sub/../../x.jpg", "gone.jpg", "./e.jpg"]
+    review = Review(str(tmp_path / "review.sqlite"))
+    review.load([{"image": key, "band": "review", "score": 0.5, "rank": i + 1} for i, key in enumerate(keys)])
+    for image_id, key in sorted(review.keys().items()):
+        review.decide("me", image_id, keep=key != "sub/d.jpg")  # sub//d.jpg kept first, then sub/d.jpg rejected
+    ratings(["import", str(root), "--gallery", str(root), "--review", str(tmp_path / "review.sqlite"), "--out", str(tmp_path / "l.csv")])
+    rows = labels(tmp_path / "l.csv")
+    assert {image: (row["rating"], row["source"]) for image, row in rows.items()} == {
+        "a.jpg": ("2", "photographer"), "sub/d.jpg": ("-1", "review"), "e.jpg": ("2", "review")}
+    printed = capsys.readouterr().out
+    assert "outside --gallery 3" in printed and "no longer there 1" in printed and "1 left out on photos you rated yourself" in printed
+
+
+def test_a_labellers_database_as_review_and_tiers_without_reject_are_one_line(tmp_path, capsys):
+    root = tmp_path / "Pictures"
+    photo(root / "a.jpg")
+    photo(root / "b.jpg", 1)
+    Tournament(str(tmp_path / "labels.sqlite")).sync_images(["a.jpg", "b.jpg"])
+    with pytest.raises(SystemExit) as stop:
+        ratings(["import", str(root), "--gallery", str(root), "--review", str(tmp_path / "labels.sqlite"), "--out", str(tmp_path / "l.csv")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "not a review database" in error and error.count("\n") == 1
+    review = Review(str(tmp_path / "review.sqlite"))
+    review.load([{"image": image, "band": "review", "score": 0.5, "rank": 1} for image in ("a.jpg", "b.jpg")])
+    review.decide("me", 1, keep=True)
+    review.decide("me", 2, keep=False)
+    ratings(["import", str(root), "--gallery", str(root), "--review", str(tmp_path / "review.sqlite"), "--tiers", "1:0,2:0,3:1,4:2,5:3",
+             "--out", str(tmp_path / "l.csv")])
+    assert list(labels(tmp_path / "l.csv")) == ["a.jpg"] and "rating not in --tiers 1" in capsys.readouterr().out
 
 
 def crafted(ckpt, target, change):
@@ -107,3 +226,13 @@ def test_full_size_pictures_are_served_not_kept(tmp_path):
         thumbnails.get(f"p{i}", "screen")
     assert not [entry for entry in thumbnails.cache if entry[1] == "full"]
     assert sum(map(len, thumbnails.cache.values())) == thumbnails.held <= 4 << 20
+
+
+def test_a_sidecar_that_is_a_link_stays_a_link(tmp_path):
+    root = tmp_path / "Pictures"
+    photo(root / "a.jpg")
+    (root / "sidecars").mkdir()
+    (root / "sidecars" / "a.xmp").write_bytes(sidecar('xmp:Rating="3"'))
+    os.symlink("sidecars/a.xmp", root / "a.xmp")
+    ratings(["write", "--scores", str(scores_file(tmp_path / "scores.csv", ["a.jpg"])), "--gallery", str(root)])
+    assert os.readlink(root / "a.xmp") == "sidecars/a.xmp" and b"beholder:Band" in (root / "sidecars" / "a.xmp").read_bytes()

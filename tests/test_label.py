@@ -562,8 +562,7 @@ def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_sho
 
     from beholder.predict.run import predict
 
-    from conftest import compose_predict
-    from test_ratings import sidecar
+    from conftest import compose_predict, sidecar
 
     ckpt, _ = trained
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored", "keep_top=0.25"]))

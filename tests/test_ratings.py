@@ -1,40 +1,17 @@
 """python -m beholder.ratings: ratings in from sidecars and catalogues, decisions out as merged XMP."""
 
-import csv
 import hashlib
 import shutil
 import sqlite3
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from beholder.predict.run import predict
 from beholder.ratings.cli import main
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, star_rating, xmp_sidecar
 
-from conftest import compose_predict, read_scores
-
-XMP_RATED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-             '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"'
-             ' xmlns:digiKam="http://www.digikam.org/ns/1.0/" {attributes}>{elements}'
-             '</rdf:Description></rdf:RDF></x:xmpmeta>')
-
-
-def sidecar(attributes="", elements=""):
-    return XMP_RATED.format(attributes=attributes, elements=elements).encode()
-
-
-def photo(path, seed=0, xmp=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, (24, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, **({"xmp": xmp} if xmp else {}))
-
-
-def labels(path):
-    with open(path) as f:
-        return {row["image"]: row for row in csv.DictReader(f)}
+from conftest import compose_predict, labels, photo, read_scores, sidecar
 
 
 def test_beholder_sets_a_rating_only_where_the_photographer_set_none():

@@ -28,13 +28,26 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control and format characters (an escape sequence in a file
+    name, a carriage return, a right-to-left override) and bytes that are not UTF-8 shown escaped."""
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name the file system gave as bytes that are not UTF-8
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def line(name: str, value: object, width: int = 15) -> str:
     """One line of a summary: its name in a column of its own, then what was counted."""
-    return f"  {name:<{width}} {value}"
+    return f"  {name:<{width}} {printable(value)}"
 
 
 def examples(items, shown: int = 3) -> str:
-    return "e.g. " + "; ".join(str(item) for item in list(items)[:shown])
+    return "e.g. " + "; ".join(printable(item) for item in list(items)[:shown])
 
 
 def listed(name: str, problems: list[str], shown: int = 10) -> list[str]:
@@ -45,4 +58,4 @@ def listed(name: str, problems: list[str], shown: int = 10) -> list[str]:
 
 def print_summary(title: str, lines: list[str]) -> None:
     """What a command did, after it: ``beholder: TITLE`` and its counted lines."""
-    print("\n".join(["", f"beholder: {title}", *lines]), flush=True)
+    print("\n".join(["", f"beholder: {printable(title)}", *(printable(text) for text in lines)]), flush=True)

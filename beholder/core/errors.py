@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
+from beholder.core.console import printable
 from beholder.core.redact import redact
 
 
@@ -28,5 +29,5 @@ def exit_on_user_error():
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
-        print("beholder: error: " + redact(" ".join(str(cause).split())), file=sys.stderr, flush=True)
+        print("beholder: error: " + printable(redact(" ".join(str(cause).split()))), file=sys.stderr, flush=True)
         sys.exit(2)

@@ -6,6 +6,8 @@ boto3 client on first use (boto3 clients must not cross a fork).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import secrets
@@ -25,6 +27,7 @@ S3_PREFIX = "s3://"
 READ_LIMIT = 1 << 30  # a local file larger than this is no photo, sidecar or table beholder reads
 TEMPORARY = ".beholder-tmp-"  # what an atomic write leaves behind only when the process is killed
 STALE_AFTER_S = 24 * 3600
+ANYTHING = object()  # write_local_with's expect: whatever the file holds
 _BODY_RETRIES = 5
 _CUT_SHORT = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError, ProtocolError)
 _S3_RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"}, connect_timeout=10, read_timeout=60, max_pool_connections=32)
@@ -57,13 +60,30 @@ def join(root: str, relative: str) -> str:
     return os.path.join(root, relative)
 
 
+def relative_key(relative: str) -> str | None:
+    """A path read from a file (a scores.csv row, a review database, a catalogue) as the gallery key
+    it names: ``/``-separated, without ``.`` or empty parts (``./a.jpg`` and ``sub//a.jpg`` name
+    ``a.jpg`` and ``sub/a.jpg``); None when it is absolute, names a drive, or climbs out with ``..``."""
+    text = str(relative)
+    parts = text.replace("\\", "/").split("/")
+    if not text or os.path.isabs(text) or text.startswith("\\") or os.path.splitdrive(text)[0] or ".." in parts:
+        return None
+    key = "/".join(part for part in text.split("/") if part not in ("", "."))
+    return key or None
+
+
 def inside(root: str, relative: str) -> str | None:
     """``relative`` joined onto ``root``, or None when it would leave ``root`` (an absolute path, a
     drive, or ``..`` climbing out): paths read from a file never name a place outside the folder given."""
-    parts = str(relative).replace("\\", "/").split("/")
-    if not relative or os.path.isabs(relative) or os.path.splitdrive(relative)[0] or ".." in parts:
-        return None
-    return join(root, relative)
+    key = relative_key(relative)
+    return None if key is None else join(root, key)
+
+
+def within(root: str, path: str) -> bool:
+    """Whether local ``path`` is really inside folder ``root``, links followed: a sub-folder that is a
+    link to another drive or library is not (what beholder writes stays in the folder named)."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
 class UnreadableFile(OSError):
@@ -158,9 +178,12 @@ class Store:
         """Paths under ``root`` relative to it, sorted; only those ending in ``suffixes`` (any case)."""
         return list(self.versions(root, suffixes))
 
-    def versions(self, root: str, suffixes: tuple[str, ...] | None = None) -> dict[str, str]:
+    def versions(self, root: str, suffixes: tuple[str, ...] | None = None, ignored: dict[str, list[str]] | None = None) -> dict[str, str]:
         """Like :meth:`list`, each path with its version: ``size:mtime_ns`` for a local file,
-        ``size:ETag`` for an S3 object. A file that changes gets another version."""
+        ``size:ETag`` for an S3 object. A file that changes gets another version. ``ignored``
+        gathers what is left out, by why: other file types (hidden files and sidecars aside),
+        dangling links, and names that are not UTF-8 (no table or sidecar could name them)."""
+        ignored = {} if ignored is None else ignored
         if is_s3(root):
             bucket, prefix = split_s3(root)
             prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -172,12 +195,20 @@ class Store:
                 raise FileNotFoundError(f"no such folder: {root}")
             found = {}
             for name in local_files(root):
+                if not utf8(name):
+                    ignored.setdefault("names not UTF-8", []).append(name)
+                    continue
                 try:
                     info = os.stat(os.path.join(root, name))
-                except OSError:  # a dangling link
+                except OSError:
+                    ignored.setdefault("dangling links", []).append(name)
                     continue
                 found[name] = f"{info.st_size}:{info.st_mtime_ns}"
         if suffixes:
+            others = [n for n in found if not n.lower().endswith(suffixes)]
+            ignored_types = [n for n in others if not os.path.basename(n).startswith(".") and not n.lower().endswith(".xmp")]
+            if ignored_types:
+                ignored.setdefault("other file types", []).extend(ignored_types)
             found = {n: v for n, v in found.items() if n.lower().endswith(suffixes)}
         return dict(sorted(found.items()))
 
@@ -210,13 +241,22 @@ class Store:
             if not is_s3(uri):
                 self.delete(uri)
 
-    def write(self, uri: str, data: bytes) -> None:
-        """Whole-or-nothing: a reader never sees a half-written file."""
+    def write(self, uri: str, data: bytes, expect=ANYTHING) -> None:
+        """Whole-or-nothing: a reader never sees a half-written file. ``expect`` (local files): what
+        the file must still hold, None for no file (:func:`write_local_with`)."""
         if is_s3(uri):
             bucket, key = split_s3(uri)
             self.s3.put_object(Bucket=bucket, Key=key, Body=data)
         else:
-            write_local_atomically(uri, data)
+            write_local_atomically(uri, data, expect)
+
+
+def utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def local_files(root: str) -> list[str]:
@@ -233,14 +273,24 @@ def local_files(root: str) -> list[str]:
     return names
 
 
-def write_local_atomically(path: str, data: bytes) -> None:
-    write_local_with(path, lambda f: f.write(data))
+def write_local_atomically(path: str, data: bytes, expect=ANYTHING) -> None:
+    write_local_with(path, lambda f: f.write(data), expect)
 
 
-def write_local_with(path: str, fill):
+class ChangedMeanwhile(OSError):
+    """Another program wrote the file between beholder's read of it and its write."""
+
+
+def write_local_with(path: str, fill, expect=ANYTHING):
     """``fill(file)`` writes a temporary file beside ``path``, which then replaces ``path`` whole
     (a reader never sees half a file; on failure nothing is left). A file replaced keeps its
-    permissions (and owner, where allowed); a new one gets the umask's. Returns what ``fill`` returns."""
+    permissions (and owner, where allowed); a new one gets the umask's. Returns what ``fill`` returns.
+
+    ``expect``: the bytes ``path`` must still hold (None: no file there), checked just before it is
+    replaced; else :class:`ChangedMeanwhile` and nothing is written. A merge into a file that another
+    program (the photographer's editor) may write at the same moment reads, merges and writes with
+    this, and merges again when it fails, so that no edit made meanwhile is undone. A new file is
+    linked into place, never over one that appeared meanwhile."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     try:
@@ -259,12 +309,83 @@ def write_local_with(path: str, fill):
                 os.chown(tmp, before.st_uid, before.st_gid)
             except OSError:  # only root may give a file away: it stays the writer's
                 pass
-        os.replace(tmp, path)
+        if expect is None:
+            try:
+                os.link(tmp, path)  # fails if a file appeared meanwhile
+                os.remove(tmp)
+            except FileExistsError:
+                raise ChangedMeanwhile(errno.EEXIST, "created by another program meanwhile", path) from None
+            except OSError:  # a file system without hard links (exFAT, some network shares): checked, then moved
+                if os.path.lexists(path):
+                    raise ChangedMeanwhile(errno.EEXIST, "created by another program meanwhile", path) from None
+                os.replace(tmp, path)
+        elif expect is ANYTHING:
+            os.replace(tmp, path)
+        else:
+            replace_if_unchanged(tmp, path, expect)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return result
+
+
+def replace_if_unchanged(tmp: str, path: str, expect: bytes) -> None:
+    """``tmp`` moved over ``path`` if ``path`` still holds ``expect``; else :class:`ChangedMeanwhile`,
+    with ``path`` as the other program left it.
+
+    Where the file system can swap two names in one step (Linux's ``renameat2(RENAME_EXCHANGE)``:
+    ext4, btrfs, xfs, tmpfs), the swap hands back exactly the file that was replaced, so an edit saved
+    between beholder's read and its write is found and put back, and so is any edit saved while it is
+    put back. Elsewhere the file is compared just before it is replaced, which leaves a window of
+    microseconds."""
+    ours = os.stat(tmp).st_ino
+    try:
+        swapped = exchange(tmp, path)
+    except FileNotFoundError:
+        raise ChangedMeanwhile(errno.ENOENT, "removed by another program meanwhile", path) from None
+    if not swapped:
+        if current_bytes(path) != expect:
+            raise ChangedMeanwhile(errno.EAGAIN, "changed by another program meanwhile", path)
+        os.replace(tmp, path)
+        return
+    if current_bytes(tmp) == expect:  # what was replaced is what was read
+        os.remove(tmp)
+        return
+    # An edit was saved meanwhile and now lies at tmp: swap it back. What comes out must be what was
+    # put in last; a newer save that comes out instead goes back in, until none does.
+    at_path, wanted = ours, os.stat(tmp).st_ino
+    for _ in range(1000):
+        exchange(tmp, path)
+        out = os.stat(tmp).st_ino
+        if out == at_path:
+            break
+        at_path, wanted = wanted, out
+    os.remove(tmp)
+    raise ChangedMeanwhile(errno.EAGAIN, "changed by another program meanwhile", path)
+
+
+RENAME_EXCHANGE, AT_FDCWD = 2, -100
+
+
+def exchange(first: str, second: str) -> bool:
+    """Swap two existing local files' names in one step; False where the system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+def current_bytes(path: str) -> bytes | None:
+    try:
+        return read_local_file(path)
+    except FileNotFoundError:
+        return None
 
 
 def _host() -> str:
@@ -300,6 +421,34 @@ def _running(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+class Busy(UserError):
+    """Another process holds the lock on what this one was about to write."""
+
+
+@contextmanager
+def exclusive_lock(path: str, what: str):
+    """An exclusive lock on local file ``path``, held inside the block (and dropped by the system
+    when the process dies, so a killed run never leaves it taken). Another holder: :class:`Busy`,
+    naming ``what`` and who holds it. A file system without locks (some network shares) runs unlocked."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise Busy(f"{what} is in use by another beholder run ({holder}); wait for it to finish, or give another folder") from None
+        except OSError:
+            pass
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def file_digest(path: str) -> str:

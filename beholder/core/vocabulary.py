@@ -8,12 +8,14 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from beholder.core.console import printable
+
 # command-line flags of the argparse commands: old -> new
 FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--output"}
 
 
 def note(text: str) -> None:
-    print(f"beholder: note: {text}", file=sys.stderr, flush=True)
+    print(f"beholder: note: {printable(text)}", file=sys.stderr, flush=True)
 
 
 def respell(argv: list[str], flags: tuple[str, ...]) -> list[str]:

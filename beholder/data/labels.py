@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import random
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from beholder.core.errors import UserError
+from beholder.core.tables import read_csv
 
 NUM_TIERS = 4
 SPLITS = ("train", "val", "test")
@@ -41,8 +41,10 @@ def parse_labels(text: str, source: str, score_column: str | None = None, group_
 
     ``group_by``: a column whose value (or the first match of ``group_pattern`` in it, e.g.
     ``\\d{4}-\\d{2}-\\d{2}`` for the day of a timestamp) names each row's group."""
-    reader = csv.DictReader(io.StringIO(text))
-    columns = reader.fieldnames or []
+    try:
+        columns, reader = read_csv(text)
+    except csv.Error as error:
+        raise LabelsError(f"{source}: not a CSV file ({error})") from None
     try:
         pattern = re.compile(group_pattern) if group_pattern else None
     except re.error as error:

@@ -7,13 +7,11 @@ the decisions are labels for a personal model.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 
 from beholder.core.errors import UserError
-from beholder.core.tables import csv_text
+from beholder.core.tables import csv_text, read_csv
 from beholder.label.tournament import SubmissionError, Tournament
 
 REVIEW_SCHEMA = """
@@ -37,8 +35,8 @@ def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dic
     by distance from the cut: the lowest kept and the highest rejected); or ``best``, kept best
     first, the review band, then rejected. Rows with the reason ``rated`` (the person's own verdict)
     are not asked about again."""
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
+    columns, rows = read_csv(text)
+    if not rows or not {"image", "score", "band", "rank"} <= set(columns):
         raise UserError(f"--scores {source}: not a scores.csv of beholder predict (image, score, band, rank)")
     decisions, seen = [], {}
     for line, r in enumerate(rows, start=2):
@@ -103,8 +101,7 @@ class Review(Tournament):
             self.db.execute("UPDATE reviews SET undone = 1 WHERE id = (SELECT MAX(id) FROM reviews WHERE rater = ? AND undone = 0)", (rater,))
 
     def has_reviews(self) -> bool:
-        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return "reviews" in tables and self.db.execute("SELECT 1 FROM reviews WHERE undone = 0 LIMIT 1").fetchone() is not None
+        return "reviews" in self.tables() and self.db.execute("SELECT 1 FROM reviews WHERE undone = 0 LIMIT 1").fetchone() is not None
 
     def review_progress(self, rater: str) -> dict:
         total = self.db.execute("SELECT COUNT(*) FROM review_items").fetchone()[0]
@@ -114,12 +111,15 @@ class Review(Tournament):
         return {"total": total, "decided": done, "agreed": agreed}
 
 
-def review_decisions(db: Review) -> dict[str, bool]:
-    """Every live decision by image (the latest when several raters decided): kept or not."""
+def review_decisions(db: Review, what: str) -> list[tuple[str, bool]]:
+    """Every live decision, oldest first, as (image key, kept); ``what`` names the database in the
+    one-line error when it holds no review (a labeller's database, say)."""
+    if not {"reviews", "review_items"} <= db.tables():
+        raise UserError(f"{what}: not a review database (beholder review writes one; a labeller's labels export with beholder label export)")
     rows = db.db.execute(
         "SELECT g.key, r.keep FROM reviews r JOIN images g ON g.id = r.image_id "
         "WHERE r.undone = 0 AND g.active = 1 ORDER BY r.id").fetchall()
-    return {key: bool(keep) for key, keep in rows}
+    return [(key, bool(keep)) for key, keep in rows]
 
 
 def review_labels(db: Review) -> tuple[str, int]:

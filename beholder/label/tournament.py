@@ -56,8 +56,9 @@ class Tournament:
     between processes (``BEGIN IMMEDIATE`` transactions). ``read_only`` opens it without writing
     anything, for export. ``targets``: None takes the stored ones (or the default for a new one)."""
 
-    def __init__(self, path: str, targets: list[float] | None = None, seed: int | None = None, read_only: bool = False):
-        self.path = str(path)
+    def __init__(self, path: str, targets: list[float] | None = None, seed: int | None = None, read_only: bool = False,
+                 option: str = "--db"):
+        self.path, self.option = str(path), option
         self.lock = threading.RLock()
         self.random = random.Random(seed)
         self.db = self._connect(read_only)
@@ -74,9 +75,9 @@ class Tournament:
 
     def _connect(self, read_only: bool) -> sqlite3.Connection:
         if os.path.isdir(self.path):
-            raise UserError(f"--db {self.path}: is a folder; give a file")
+            raise UserError(f"{self.option} {self.path}: is a folder; give a file")
         if read_only and not os.path.isfile(self.path):
-            raise UserError(f"--db {self.path}: no such file")
+            raise UserError(f"{self.option} {self.path}: no such file")
         fresh = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         try:
             if read_only:
@@ -87,7 +88,7 @@ class Tournament:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not fresh and not TABLES <= tables:
                 db.close()
-                raise UserError(f"--db {self.path}: not a beholder labeller database (its tables: "
+                raise UserError(f"{self.option} {self.path}: not a beholder labeller database (its tables: "
                                 f"{', '.join(sorted(tables)) or 'none'}); it was left as it is")
             if not read_only:
                 db.execute("PRAGMA journal_mode=WAL")
@@ -97,7 +98,7 @@ class Tournament:
                 if "active" not in columns:  # a database from before deleted images were tracked
                     db.execute("ALTER TABLE images ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
         except sqlite3.DatabaseError as error:
-            raise UserError(f"--db {self.path}: not a readable SQLite database ({error})") from None
+            raise UserError(f"{self.option} {self.path}: not a readable SQLite database ({error})") from None
         return db
 
     @contextmanager
@@ -112,6 +113,9 @@ class Tournament:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    def tables(self) -> set[str]:
+        return {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

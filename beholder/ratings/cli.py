@@ -12,15 +12,13 @@ tier (by --tiers), rating (-1 rejected, 1-5 stars: data.score_column=rating) and
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import sys
 
 from beholder.core.console import examples, line, listed
 from beholder.core.errors import UserError, exit_on_user_error
-from beholder.core.storage import Store, inside
-from beholder.core.tables import csv_bytes
+from beholder.core.storage import Store, inside, relative_key, utf8, within
+from beholder.core.tables import csv_bytes, read_csv
 from beholder.core.vocabulary import respell
 from beholder.data.images import IMAGE_SUFFIXES
 from beholder.data.labels import top_rating
@@ -70,26 +68,29 @@ def run_import(args) -> None:
     source = os.path.expanduser(args.source)
     for rated in read_source(source, root, problems, notes, args.with_beholder):
         path = os.path.abspath(rated["path"])
-        relative = os.path.relpath(path, root)
-        if rated["rating"] is None:  # its sidecar could not be read: named among the problems
-            unreadable.append(relative)
-        elif relative.startswith(".."):
+        image = relative_key(os.path.relpath(path, root).replace(os.sep, "/"))
+        if not utf8(path):
+            problems.append(f"{path}: the file name is not UTF-8 (no labels file could name it); rename it to have it rated")
+        elif rated["rating"] is None:  # its sidecar could not be read: named among the problems
+            unreadable.append(image or path)
+        elif image is None:
             outside.append(path)
         elif not os.path.isfile(path):
             missing.append(path)
         elif rated["rating"] == 0:
-            unrated.append(relative)
+            unrated.append(image)
         elif rated["rating"] not in tiers:
-            unmapped.append(relative)
+            unmapped.append(image)
         else:
-            image = relative.replace(os.sep, "/")
             rows[image] = {"image": image, "tier": tiers[rated["rating"]], "rating": rated["rating"], "label": rated["label"],
                            "source": rated["source"]}
     if args.review:
-        merge_review(args.review, rows, tiers)
+        stars_won = merge_review(args.review, root, rows, tiers, outside, missing, unmapped)
+        imported = sum(row["source"] == "review" for row in rows.values())
+        notes.append(f"review decisions: {imported} imported" + (f", {stars_won} left out on photos you rated yourself (your stars win)" if stars_won else ""))
     if os.path.isdir(source):  # every image of the folder that carries no rating is unrated too
-        known = set(rows) | {path.replace(os.sep, "/") for path in unrated + unmapped + unreadable}
-        unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image.replace(os.sep, "/") not in known]
+        known = set(rows) | set(unrated + unmapped + unreadable)
+        unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image not in known]
     Store().write(args.out, csv_bytes(["image", "tier", "rating", "label", "source"], (rows[image] for image in sorted(rows))))
     if args.unrated:
         Store().write(args.unrated, "".join(f"{image}\n" for image in sorted(unrated)).encode())
@@ -104,19 +105,39 @@ def run_import(args) -> None:
     print("\n".join(lines))
 
 
-def merge_review(db: str, rows: dict[str, dict], tiers: dict[int, int]) -> None:
-    """``label review`` decisions join the photographer's stars as labels of their own (``source``
-    review): a kept photo counts as one of the person's top-rated, a rejected one as rejected. Where a
-    photo has both, the stars win."""
+def merge_review(db: str, root: str, rows: dict[str, dict], tiers: dict[int, int], outside: list[str], missing: list[str],
+                 unmapped: list[str]) -> int:
+    """``beholder review`` decisions join the photographer's stars as labels of their own (``source``
+    review): a kept photo counts as one of the person's top-rated, a rejected one as rejected. A
+    decision is read like any path from a file: its key names a photo of ``root`` (respellings such
+    as ``./a.jpg`` name that photo; keys outside it, or of photos no longer there, are counted, not
+    labelled), each photo gets one label (its latest decision), and where the photographer rated it,
+    their stars win. Returns how many decisions the stars won over."""
     if not os.path.isfile(db):
         raise UserError(f"--review {db}: no such file")
-    decisions = review_decisions(Review(db, read_only=True))
+    decisions = review_decisions(Review(db, read_only=True, option="--review"), f"--review {db}")
     stars = [row["rating"] for row in rows.values() if row["rating"] > 0]
     top = int(top_rating(stars)) if len(stars) else 5
-    for image, keep in decisions.items():
-        if image not in rows:
-            rating = top if keep else -1
+    reviewed: dict[str, bool] = {}
+    for key, keep in decisions:
+        image = relative_key(key)
+        if image is None or not utf8(image) or not within(root, os.path.join(root, image)):
+            outside.append(key)
+        elif not os.path.isfile(os.path.join(root, image)):
+            missing.append(os.path.join(root, image))
+        else:
+            reviewed.pop(image, None)
+            reviewed[image] = keep  # the latest decision of the photo, however its key was spelled
+    stars_won = 0
+    for image, keep in reviewed.items():
+        rating = top if keep else -1
+        if image in rows:
+            stars_won += 1
+        elif rating not in tiers:
+            unmapped.append(image)
+        else:
             rows[image] = {"image": image, "tier": tiers[rating], "rating": rating, "label": "", "source": "review"}
+    return stars_won
 
 
 def run_write(args) -> None:
@@ -125,8 +146,8 @@ def run_write(args) -> None:
         text = store.read(args.scores).decode()
     except FileNotFoundError:
         raise UserError(f"--scores {args.scores}: no such file") from None
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows or not {"image", "score", "band", "rank"} <= set(rows[0]):
+    columns, rows = read_csv(text)
+    if not rows or not {"image", "score", "band", "rank"} <= set(columns):
         raise UserError(f"--scores {args.scores}: not a scores.csv of beholder predict (image, score, band, rank)")
     for number, row in enumerate(rows, start=2):
         try:
@@ -150,7 +171,7 @@ def run_write(args) -> None:
             gone.append(row["image"])
     present = [row for row in rows if row["image"] in targets]
     kept = sum(row["band"] == "keep" for row in rows)
-    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings, root)
+    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings, root, root)
     left_alone = written["left_alone"]
     print(f"beholder: {written['created'] + written['merged']} sidecars written beside the images in {root}: {written['created']} created, "
           f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")

@@ -42,10 +42,12 @@ def rated_from_xmp(path: str, values: dict, with_beholder: bool) -> Rated:
 
 def from_sidecars(folder: str, images_root: str, problems: list[str], with_beholder: bool = False) -> list[Rated]:
     """Sidecars under ``folder`` (``x.xmp`` or ``x.jpg.xmp``) name images under ``images_root`` by
-    the same relative path (where an image has both, ``x.jpg.xmp`` names it exactly and wins); images
-    there without a sidecar are read for an embedded packet."""
-    rated: dict[str, Rated] = {}
-    exact: set[str] = set()
+    the same relative path; images there without a sidecar are read for an embedded packet. Where an
+    image has both, ``x.jpg.xmp`` names it exactly and wins, except where it holds no rating or label
+    of the photographer's and ``x.xmp`` does (``x.xmp`` shared by ``x.jpg`` and ``x.tif``, whose own
+    sidecars beholder made later: the photographer's stars stay in the one they wrote)."""
+    exact: dict[str, Rated] = {}
+    shared: dict[str, Rated] = {}
     for directory, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if not name.lower().endswith(".xmp"):
@@ -60,10 +62,16 @@ def from_sidecars(folder: str, images_root: str, problems: list[str], with_behol
                 problems.append(f"{sidecar}: {reason(error)}; skipped")
                 values = None
             for target in targets or [stem]:  # no image: counted as missing
-                key = os.path.normcase(target)
-                if named or key not in exact:  # an unreadable sidecar's image is neither rated nor unrated
-                    rated[key] = rated_from_xmp(target, values, with_beholder) if values else Rated(path=target, rating=None)
-                    exact.update([key] if named else [])
+                found = rated_from_xmp(target, values, with_beholder) if values else Rated(path=target, rating=None)
+                (exact if named else shared)[os.path.normcase(target)] = found
+    rated: dict[str, Rated] = dict(shared)
+    for key, own in exact.items():  # an unreadable sidecar's image is neither rated nor unrated
+        other = shared.get(key)
+        if own["rating"] == 0 and other is not None and other["rating"]:
+            own = Rated(other, label=own["label"] or other["label"])
+        elif own["rating"] is not None and not own["label"] and other is not None and other["rating"] is not None:
+            own = Rated(own, label=other["label"])
+        rated[key] = own
     for directory, _, files in sorted(os.walk(images_root)):
         for name in sorted(files):
             path = os.path.join(directory, name)

@@ -11,7 +11,7 @@ import threading
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
-from beholder.core.storage import is_s3, read_local_file, regular_file, remove_stale_temporaries
+from beholder.core.storage import ChangedMeanwhile, is_s3, read_local_file, regular_file, remove_stale_temporaries, within
 from beholder.data.images import IMAGE_SUFFIXES, RAW_SUFFIXES
 
 NAMESPACES = {
@@ -47,34 +47,61 @@ def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto"
 
     ``<path>.xmp`` (darktable's and digiKam's form) always belongs to ``<path>``. ``<stem>.xmp``
     (Lightroom's) belongs to the image of that stem when no other image shares the stem, or to the
-    RAW of a RAW + JPEG pair. A new sidecar follows ``naming``: ``adobe`` (``<stem>.xmp``, or
+    RAW of a RAW + JPEG pair. Names match in their own case; in another case (``IMG_1.JPG`` and
+    ``img_1.xmp``, as a case-insensitive drive holds them) only where no other image could be meant,
+    and each sidecar has one owner. A new sidecar follows ``naming``: ``adobe`` (``<stem>.xmp``, or
     ``<path>.xmp`` where images share a stem), ``darktable`` (``<path>.xmp``), or ``auto``: the
-    convention most of the folder's sidecars already follow (``adobe`` in a folder without any)."""
+    convention most of the folder's sidecars already follow (``adobe`` in a folder without any).
+    An image both of whose names are other images' sidecars gets none."""
     if naming not in NAMING:
         raise ValueError(f"xmp_naming={naming!r}: give one of {', '.join(NAMING)}")
-    present = {name.lower(): name for name in existing}
-    stems: dict[str, list[str]] = {}
+    by_base: dict[str, list[str]] = {}  # a sidecar's name without .xmp, in any case -> the sidecars
+    for name in existing:
+        by_base.setdefault(name[:-4].lower(), []).append(name)
+    stems: dict[str, list[str]] = {}  # images sharing a stem, in any case
+    paths: dict[str, list[str]] = {}
     for image in images:
         stems.setdefault(os.path.splitext(image)[0].lower(), []).append(image)
+        paths.setdefault(image.lower(), []).append(image)
     styles: dict[str, list[int]] = {}  # folder -> [adobe, darktable] sidecars there
     for name in existing:
-        inner = name[:-4]
-        styles.setdefault(os.path.dirname(name), [0, 0])[int(inner.lower().endswith(IMAGE_SUFFIXES))] += 1
-    targets = {}
-    for image in images:
+        styles.setdefault(os.path.dirname(name), [0, 0])[int(name[:-4].lower().endswith(IMAGE_SUFFIXES))] += 1
+
+    def claims(image: str) -> list[tuple[str, list[str]]]:
+        """(name without .xmp, the images it could mean), the image's own path first."""
         stem = os.path.splitext(image)[0]
         sharing = stems[stem.lower()]
         raws = [other for other in sharing if other.lower().endswith(RAW_SUFFIXES)]
-        owns_stem = len(sharing) == 1 or raws == [image]
-        owned = [present[key] for key in ((image + ".xmp").lower(), (stem + ".xmp").lower() if owns_stem else None) if key in present]
-        if owned:
-            targets[image] = owned
+        owned = [(image, paths[image.lower()])]
+        if len(sharing) == 1 or raws == [image]:
+            owned.append((stem, sharing))
+        return owned
+
+    owners: dict[str, str] = {}  # sidecar -> its image
+    for exact in (True, False):  # names in their own case first, then unambiguous ones in another case
+        for image in images:
+            for base, meant in claims(image):
+                for name in by_base.get(base.lower(), []):
+                    if name not in owners and (name[:-4] == base if exact else len(meant) == 1):
+                        owners[name] = image
+    targets: dict[str, list[str]] = {image: [] for image in images}
+    for image in images:
+        targets[image] = sorted((name for name, owner in owners.items() if owner == image),
+                                key=lambda name: name[:-4].lower() != image.lower())
+    taken = set(existing) | {name for names in targets.values() for name in names}
+    for image in images:
+        if targets[image]:
             continue
+        stem = os.path.splitext(image)[0]
         style = naming
         if style == "auto":
             adobe, darktable = styles.get(os.path.dirname(image), [0, 0])
             style = "darktable" if darktable > adobe else "adobe"
-        targets[image] = [(stem if style == "adobe" and len(sharing) == 1 else image) + ".xmp"]
+        choices = ([stem + ".xmp"] if style == "adobe" and len(stems[stem.lower()]) == 1 else []) + [image + ".xmp"]
+        free = [name for name in choices if name not in taken]
+        if free:
+            targets[image] = free[:1]
+            taken.add(free[0])
     return targets
 
 
@@ -226,7 +253,8 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     0 none, 1 rejected) and beholder's own fields (score, band). Lightroom, darktable and digiKam read
     these. ``existing``: a sidecar already there. Everything in it stays; the rating, label and pick
     are set only where the photographer has set none (beholder remembers what it set, so a later run
-    updates its own), unless ``overwrite_ratings``."""
+    updates its own), unless ``overwrite_ratings``. One the photographer changed or cleared after
+    beholder set it is theirs from then on (``beholder:Yielded`` names it), cleared or not."""
     label, pick = BAND_LABELS[band]
     ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
     root, holder, (start, end), prefixes = parse(existing or EMPTY_XMP)
@@ -234,18 +262,26 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     if description is None:
         description = ET.SubElement(holder, tag("rdf", "Description"), {tag("rdf", "about"): ""})
     values = {("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
+    yielded = set((property_of(holder, "beholder", "Yielded") or "").split())
+    dropped = []
     for prefix, name in RATING_FIELDS:
         present, set_before = property_of(holder, prefix, name), property_of(holder, "beholder", f"Set{name}")
-        if overwrite_ratings or present in (None, "", *UNSET.get(name, ())) or present == set_before:
+        if overwrite_ratings or (name not in yielded and (present == set_before or (set_before is None and present in (None, "", *UNSET.get(name, ()))))):
             values[(prefix, name)] = values[("beholder", f"Set{name}")] = ours[(prefix, name)]
-        elif set_before is not None:  # the photographer changed what beholder had set: theirs from now on
-            for element in holder.iter(tag("rdf", "Description")):
-                element.attrib.pop(tag("beholder", f"Set{name}"), None)
-    for (prefix, name), value in values.items():
+            yielded.discard(name)
+        elif set_before is not None:  # the photographer changed or cleared what beholder had set: theirs from now on
+            dropped.append(("beholder", f"Set{name}"))
+            yielded.add(name)
+    if yielded:
+        values[("beholder", "Yielded")] = " ".join(sorted(yielded))
+    else:
+        dropped.append(("beholder", "Yielded"))
+    for prefix, name in [*values, *dropped]:
         for element in holder.iter(tag("rdf", "Description")):  # the same property in another form or Description
             element.attrib.pop(tag(prefix, name), None)
             for child in element.findall(tag(prefix, name)):
                 element.remove(child)
+    for (prefix, name), value in values.items():
         description.set(tag(prefix, name), value)
     body = serialise(root, {**prefixes, **NAMESPACES})
     if not existing:
@@ -255,30 +291,60 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
             + (after if b"<?xpacket" in after else WRAPPER[1].encode() + after))
 
 
+MERGE_ATTEMPTS = 5  # reads and merges of one sidecar that another program keeps writing meanwhile
+
+
 def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept: int, overwrite_ratings: bool = False,
-                   gallery: str | None = None) -> dict:
+                   gallery: str | None = None, folder: str | None = None) -> dict:
     """Each row's (image, rank, band, score) decision merged into each of its sidecars at
     ``targets[image]`` (written whole or not at all, keeping the file's permissions). A new sidecar
     of an image in a local ``gallery`` starts from the XMP inside the image, so the rating and
     keywords the photographer put there are the sidecar's too (tools that read the sidecar would
     otherwise see beholder's stars instead). Returns how many were ``created`` and ``merged`` into,
-    and why each one ``left_alone`` was: not XMP, read-only, not a regular file, or not writable.
+    and why each one ``left_alone`` was: not XMP, read-only, not a regular file, not writable,
+    outside ``folder`` (a local folder every write stays in, links followed), or written by another
+    program on every attempt to merge into it. A sidecar that is a link is written where it points.
     Temporary files that an earlier, killed run left in these folders are removed first."""
     left_alone, cleaned, counts = [], set(), {"created": 0, "merged": 0}
     for row in rows:
         for target in targets[row["image"]]:
             try:
-                if not is_s3(target) and os.path.dirname(target) not in cleaned:
-                    cleaned.add(os.path.dirname(target))
-                    remove_stale_temporaries(os.path.dirname(target) or ".")
-                existing = read_existing(store, target)
-                base = existing or (inside_packet(os.path.join(gallery, row["image"])) if gallery and not is_s3(gallery) else None)
-                packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings)
-                store.write(target, packet)
-                counts["merged" if existing else "created"] += 1
+                if not is_s3(target):
+                    target = real_target(target, folder)
+                    if os.path.dirname(target) not in cleaned:
+                        cleaned.add(os.path.dirname(target))
+                        remove_stale_temporaries(os.path.dirname(target) or ".")
+                image = os.path.join(gallery, row["image"]) if gallery and not is_s3(gallery) else None
+                created = merge_sidecar(store, target, row, kept, overwrite_ratings, image)
+                counts["created" if created else "merged"] += 1
             except (UnreadableSidecar, OSError, RecursionError) as error:
                 left_alone.append(f"{target}: {reason(error)}")
     return {**counts, "left_alone": left_alone}
+
+
+def real_target(target: str, folder: str | None) -> str:
+    """Where a local sidecar is really written: a link's target (the link stays a link), refused when
+    that is outside ``folder`` (a sub-folder linked to another library, a sidecar linked elsewhere)."""
+    if folder is not None and not within(folder, target):
+        raise UnreadableSidecar(f"reached through a link to {os.path.dirname(os.path.realpath(target))}, outside {folder}; "
+                                "nothing is written there")
+    return os.path.realpath(target) if os.path.islink(target) else target
+
+
+def merge_sidecar(store, target: str, row: dict, kept: int, overwrite_ratings: bool, image: str | None) -> bool:
+    """Read, merge and write one sidecar, and again when another program wrote it meanwhile (the
+    write checks the file still holds what was read). True when it was created."""
+    for attempt in range(MERGE_ATTEMPTS):
+        existing = read_existing(store, target)
+        base = existing or (inside_packet(image) if image else None)
+        packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings)
+        try:
+            store.write(target, packet, expect=existing)
+            return existing is None
+        except ChangedMeanwhile:
+            if attempt == MERGE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def inside_packet(image: str) -> bytes | None:

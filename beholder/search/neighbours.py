@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import sys
 import tempfile
@@ -14,6 +12,7 @@ import torch
 
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.storage import Store, file_digest, is_s3, join
+from beholder.core.tables import read_csv
 from beholder.data.gallery import build_transform
 from beholder.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from beholder.search.embeddings import FILE, ROWS_PER_GROUP, read_images, read_parquet, vector_batches
@@ -130,6 +129,6 @@ def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.nd
 
 def bands(store: Store, index: str) -> dict[str, str]:
     try:
-        return {row["image"]: row["band"] for row in csv.DictReader(io.StringIO(store.read(join(index, "scores.csv")).decode()))}
+        return {row["image"]: row["band"] for row in read_csv(store.read(join(index, "scores.csv")).decode())[1]}
     except (FileNotFoundError, KeyError):
         return {}

@@ -3,6 +3,7 @@ drive, folder and file names people use, an editor saving a sidecar while behold
 once, crafted checkpoints and damaged files. What the user typed is trusted; what comes from a photo
 folder, a checkpoint, a database or another process is not. Each test is one item of issue 30."""
 
+import base64
 import os
 import shutil
 import subprocess
@@ -16,15 +17,17 @@ from PIL import Image
 
 import beholder.ratings.xmp as xmp
 from beholder.core.entry import literal_paths
-from beholder.core.errors import exit_on_user_error
+from beholder.core.errors import UserError, exit_on_user_error
+from beholder.core.storage import Store, exclusive_lock, file_digest
 from beholder.label.app import Thumbnails
 from beholder.label.review import Review
 from beholder.label.tournament import Tournament
 from beholder.models.load import load_checkpoint
+from beholder.predict.run import predict
 from beholder.ratings.cli import main as ratings
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, xmp_sidecar
 
-from conftest import CONF, PYTHON, ROOT, labels, photo, read_scores, sidecar
+from conftest import CONF, PYTHON, ROOT, compose_predict, labels, photo, read_scores, sidecar
 
 XMP = "{%s}" % NAMESPACES["xmp"]
 
@@ -46,6 +49,28 @@ def description(path):
 def scores_file(path, images):
     path.write_text("image,score,band,rank\n" + "".join(f"{image},{0.9 - i / 100:.3f},keep,{i + 1}\n" for i, image in enumerate(images)))
     return path
+
+
+def run_predict(ckpt, gallery, output, *extra):
+    return predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={output}", *extra]))
+
+
+# --- 1, 2: nothing written outside what the user named; no edit made meanwhile undone --------------------
+
+def test_a_sub_folder_linked_to_another_library_gets_no_sidecar_there(trained, photos, tmp_path, capsys):
+    ckpt, _ = trained
+    other = tmp_path / "Other drive" / "2019"
+    photo(other / "beach.jpg", 3)
+    (other / "beach.xmp").write_bytes(sidecar('xmp:Rating="5"'))
+    os.symlink(other, photos / "linked")
+    before = snapshot(tmp_path / "Other drive")
+    summary = run_predict(ckpt, photos, tmp_path / "out", "xmp=true", "xmp_beside_images=true")
+    assert summary["scored"] == 61  # the linked photo is scored ...
+    assert snapshot(tmp_path / "Other drive") == before  # ... but nothing is written into the other library
+    assert [p for p in summary["sidecars"]["left_alone"] if "linked" in p and "outside" in p]
+    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
+    assert snapshot(tmp_path / "Other drive") == before and "reached through a link" in capsys.readouterr().out
+    assert len(list(photos.glob("sub*/*.xmp"))) == 60
 
 
 def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, capsys):
@@ -98,6 +123,33 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
     assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
         "gallery='quoted by the user'", "feature_cache=null", "head=regression"]
+
+
+# --- 5: two runs into one output --------------------------------------------------------------------------
+
+def other_model(ckpt, target):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    bias = next(k for k in checkpoint["state_dict"] if k.startswith("net.head") and k.endswith("bias"))
+    checkpoint["state_dict"][bias] += torch.linspace(-2, 2, checkpoint["state_dict"][bias].numel())
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_two_predicts_into_one_output_never_mix_their_models(trained, photos, tmp_path):
+    ckpt, _ = trained
+    with exclusive_lock(str(tmp_path / "out" / ".beholder-partial" / "lock"), "a run"):  # a predict running into out/
+        with pytest.raises(UserError, match=r"output=.*/out is in use by another beholder run \(pid \d+"):
+            run_predict(ckpt, photos, tmp_path / "out")
+    assert not (tmp_path / "out" / "scores.csv").exists()
+
+    run_predict(ckpt, photos, tmp_path / "out")  # model A's rows in the shards ...
+    second = other_model(ckpt, tmp_path / "b.ckpt")
+    run_json = tmp_path / "out" / ".beholder-partial" / "run.json"  # ... when model B's run has just bound the output
+    run_json.write_text(run_json.read_text().replace(file_digest(str(ckpt)), file_digest(str(second))))
+    summary = run_predict(second, photos, tmp_path / "out")
+    alone = {row["image"]: row["score"] for row in read_scores(run_predict(second, photos, tmp_path / "b-alone")["output"] + "/scores.csv")}
+    assert summary["newly_scored"] == 60 and "their earlier rows another model's" in summary["rescored"]
+    assert {row["image"]: row["score"] for row in read_scores(tmp_path / "out" / "scores.csv")} == alone
 
 
 # --- 6, 7: each photo its own sidecar; what the photographer cleared stays cleared -----------------------------
@@ -167,6 +219,64 @@ def test_a_labellers_database_as_review_and_tiers_without_reject_are_one_line(tm
     assert list(labels(tmp_path / "l.csv")) == ["a.jpg"] and "rating not in --tiers 1" in capsys.readouterr().out
 
 
+# --- 9, 10: caches and earlier runs --------------------------------------------------------------------------
+
+def test_the_default_feature_cache_is_the_users_own_not_the_working_folders():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for name, overrides in (("predict", ["gallery=.", "output=o"]), ("train", ["experiment=personal", "gallery=.", "labels=l.csv"])):
+            folder = compose(config_name=name, overrides=overrides).feature_cache
+            assert folder == os.path.join(os.environ["XDG_CACHE_HOME"], "beholder", "features")
+
+
+def test_a_photo_unreadable_on_the_first_run_is_scored_once_readable(trained, photos, tmp_path, monkeypatch):
+    ckpt, _ = trained
+    real = Store.read
+
+    def no_permission(self, uri):
+        if uri.endswith("img_007.jpg"):
+            raise PermissionError(13, "Permission denied", uri)
+        return real(self, uri)
+
+    monkeypatch.setattr(Store, "read", no_permission)
+    first = run_predict(ckpt, photos, tmp_path / "out")
+    assert first["skipped"] == 1 and first["scored"] == 59
+    monkeypatch.setattr(Store, "read", real)
+    again = run_predict(ckpt, photos, tmp_path / "out")
+    assert again["skipped"] == 0 and again["scored"] == 60 and again["newly_scored"] == 1
+    assert again["rescored"] == {"could not be read before": 1}
+
+
+# --- 11, 13: results from earlier runs and checkpoints are checked ------------------------------------------------
+
+def shard(output):
+    return next((output / ".beholder-partial").glob("scores-*.csv"))
+
+
+def test_damaged_or_absurd_rows_of_earlier_results_are_scored_again(trained, photos, tmp_path):
+    ckpt, _ = trained
+    run_predict(ckpt, photos, tmp_path / "out")
+    good = {row["image"]: float(row["score"]) for row in read_scores(tmp_path / "out" / "scores.csv")}
+    lines = shard(tmp_path / "out").read_bytes().split(b"\n")
+    header = lines[0].split(b",")
+    score, embedding = header.index(b"score"), header.index(b"embedding")
+
+    def damage(line, column, value):
+        cells = line.split(b",")
+        cells[column] = value
+        return b",".join(cells)
+
+    lines[1] = damage(lines[1], score, b"1e308")
+    lines[2] = damage(lines[2], score, b"nan")
+    lines[3] = damage(lines[3], score, b"abc")
+    lines[4] = damage(lines[4], embedding, b"not base64!")
+    lines[5] = damage(lines[5], score, b"0.5\xff\xfe")
+    shard(tmp_path / "out").write_bytes(b"\n".join(lines))
+    summary = run_predict(ckpt, photos, tmp_path / "out")
+    assert summary["newly_scored"] == 5 and summary["rescored"] == {"their earlier rows damaged": 5}
+    again = {row["image"]: float(row["score"]) for row in read_scores(tmp_path / "out" / "scores.csv")}
+    assert again == pytest.approx(good, abs=1e-5)  # 1e308 is no score; the photo ranks where it did
+
+
 def crafted(ckpt, target, change):
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     change(checkpoint)
@@ -214,6 +324,31 @@ def test_crafted_checkpoints_are_refused_in_one_line_before_anything_is_built(tr
         assert expected[case] in error, (case, error)
 
 
+# --- 12, 18: one bad name or path stops nothing, and says what is wrong -----------------------------------------
+
+def test_names_that_are_not_utf8_or_hold_a_carriage_return_stop_no_run(trained, photos, tmp_path, capsys):
+    ckpt, _ = trained
+    shutil.copy(photos / "sub0" / "img_000.jpg", os.path.join(os.fsencode(photos), b"caf\xe9.jpg"))
+    shutil.copy(photos / "sub0" / "img_000.jpg", photos / "line\rbreak.jpg")
+    for _ in range(2):  # the second run over the same names too
+        summary = run_predict(ckpt, photos, tmp_path / "out")
+        assert summary["scored"] == 61 and summary["ignored"] == {"names not UTF-8": 1}
+    assert "line\rbreak.jpg" in {row["image"] for row in read_scores(tmp_path / "out" / "scores.csv")}
+    printed = capsys.readouterr().out
+    assert "caf\\xe9.jpg" in printed and "\r" not in printed
+    with open(os.path.join(os.fsencode(photos), b"caf\xe9.xmp"), "wb") as f:
+        f.write(sidecar('xmp:Rating="5"'))
+    ratings(["import", str(photos), "--gallery", str(photos), "--out", str(tmp_path / "l.csv")])
+    assert "the file name is not UTF-8" in capsys.readouterr().out and (tmp_path / "l.csv").exists()
+
+
+def test_a_gallery_that_does_not_exist_is_one_line_and_makes_nothing(trained, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(UserError) as refused:
+        run_predict(ckpt, tmp_path / "nope", tmp_path / "x")
+    assert str(refused.value) == f"gallery={tmp_path}/nope: no such folder" and not (tmp_path / "x").exists()
+
+
 # --- 16: the labeller's memory -------------------------------------------------------------------------------
 
 def test_full_size_pictures_are_served_not_kept(tmp_path):
@@ -228,6 +363,29 @@ def test_full_size_pictures_are_served_not_kept(tmp_path):
     assert sum(map(len, thumbnails.cache.values())) == thumbnails.held <= 4 << 20
 
 
+# --- what was only untidy ------------------------------------------------------------------------------------------
+
+def test_odd_names_links_and_left_overs_are_said_and_tidied(trained, photos, tmp_path, capsys):
+    ckpt, _ = trained
+    (photos / "\x1b[31mred.jpg").write_bytes(b"not a photo")  # skipped, and named
+    shutil.copy(photos / "sub0" / "img_000.jpg", photos / "=HYPERLINK(evil).jpg")
+    (photos / "anim.gif").write_bytes(b"GIF89a")
+    os.symlink(photos / "nowhere.jpg", photos / "dangling.jpg")
+    summary = run_predict(ckpt, photos, tmp_path / "out", "xmp=true")
+    assert summary["ignored"] == {"other file types": 1, "dangling links": 1}
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\\x1b[31mred.jpg" in printed and "other file types (.gif 1)" in printed
+    text = (tmp_path / "out" / "scores.csv").read_text()
+    assert "\n'=HYPERLINK(evil).jpg," in text and "\n=HYPERLINK" not in text  # a spreadsheet shows it, runs nothing
+    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
+    assert (photos / "=HYPERLINK(evil).xmp").exists()  # beholder reads its own cell back
+
+    (photos / "sub1" / "img_001.jpg").unlink()  # deleted since: its sidecar in out/xmp goes, the others stay
+    again = run_predict(ckpt, photos, tmp_path / "out", "xmp=true")
+    assert again["sidecars"]["removed"] == 1 and not (tmp_path / "out" / "xmp" / "sub1" / "img_001.xmp").exists()
+    assert "nothing new to score" in capsys.readouterr().out and len(list((tmp_path / "out" / "xmp").rglob("*.xmp"))) == 60
+
+
 def test_a_sidecar_that_is_a_link_stays_a_link(tmp_path):
     root = tmp_path / "Pictures"
     photo(root / "a.jpg")
@@ -236,3 +394,16 @@ def test_a_sidecar_that_is_a_link_stays_a_link(tmp_path):
     os.symlink("sidecars/a.xmp", root / "a.xmp")
     ratings(["write", "--scores", str(scores_file(tmp_path / "scores.csv", ["a.jpg"])), "--gallery", str(root)])
     assert os.readlink(root / "a.xmp") == "sidecars/a.xmp" and b"beholder:Band" in (root / "sidecars" / "a.xmp").read_bytes()
+
+
+def test_a_planted_row_cannot_decode_to_another_shape(trained, photos, tmp_path):
+    ckpt, _ = trained
+    run_predict(ckpt, photos, tmp_path / "out")
+    path = shard(tmp_path / "out")
+    text = path.read_text().split("\n")
+    header = text[0].split(",")
+    cells = text[1].split(",")
+    cells[header.index("embedding")] = base64.b64encode(np.ones(3, np.float16).tobytes()).decode()  # a vector of another width
+    text[1] = ",".join(cells)
+    path.write_text("\n".join(text))
+    assert run_predict(ckpt, photos, tmp_path / "out")["rescored"] == {"their earlier rows damaged": 1}

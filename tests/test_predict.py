@@ -53,7 +53,7 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
         assert f"data-image='{row['image']}'" in page or f'data-image="{row["image"]}"' in page
     assert "Highest-scoring rejected" in page and "Lowest-scoring kept" in page
     kept_shards = sorted(p.name.split("-")[0] for p in (tmp_path / "out" / ".beholder-partial").iterdir())
-    assert kept_shards == ["run.json", "scores", "skipped"]  # compacted, for the next run into this output
+    assert kept_shards == ["lock", "run.json", "scores", "skipped"]  # compacted, for the next run into this output
 
     # embeddings.parquet: each scored image once, the head's input L2-normalised, float16
     images, vectors, metadata = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())

@@ -79,8 +79,8 @@ class GalleryDataset(Dataset):
                 if cached is not None:
                     return {**sample, "features": torch.from_numpy(cached), "taken": capture_time(image, data)}
             picture = decode_image(data, self.max_pixels, self.min_size)
-        except (UnreadableImage, OSError) as error:
-            return {**sample, "error": str(error) or type(error).__name__}
+        except (UnreadableImage, OSError) as error:  # the file's content is for good; a failed read (permissions) may pass
+            return {**sample, "error": str(error) or type(error).__name__, "retry": isinstance(error, OSError)}
         sample["image"], sample["taken"] = self.transform(picture), capture_time(image, data)
         if self.targets is not None:
             sample["tier"], sample["target"] = self.targets[index]
@@ -97,12 +97,14 @@ def raw_safe_workers(images, num_workers: int) -> dict:
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack the good samples; list the bad ones under ``skipped`` as (image path, reason). Samples
+    """Stack the good samples; list the bad ones under ``skipped`` as (image path, reason), and
+    under ``retry`` those whose reading failed for a reason that may pass. Samples
     with cached features come first (``cached``), then the pictures (``image``, and their ``content``)."""
     cached = [s for s in samples if "features" in s]
     pictures = [s for s in samples if "image" in s]
     good = cached + pictures
-    batch = {"skipped": [(s["image_path"], s["error"]) for s in samples if "error" in s]}
+    batch = {"skipped": [(s["image_path"], s["error"]) for s in samples if "error" in s],
+             "retry": [s["image_path"] for s in samples if s.get("retry")]}
     batch["index"] = torch.tensor([s["index"] for s in good], dtype=torch.long)
     batch["image_path"] = [s["image_path"] for s in good]
     batch["taken"] = [s.get("taken") for s in good]
@@ -228,11 +230,12 @@ class GalleryDataModule(pl.LightningDataModule):
         return self._loader(self.dataset("test", train=False))
 
 
-def list_gallery(store: Store, root: str, option: str = "gallery") -> dict[str, str]:
+def list_gallery(store: Store, root: str, option: str = "gallery", ignored: dict[str, list[str]] | None = None) -> dict[str, str]:
     """Every image file under ``root`` (jpg, jpeg, png, webp, tif; any case), sorted, each with its
-    version (:meth:`Store.versions`); an error naming ``option`` when the folder is missing or holds none."""
+    version (:meth:`Store.versions`, which fills ``ignored`` with what it leaves out); an error
+    naming ``option`` when the folder is missing or holds none."""
     try:
-        images = store.versions(root, IMAGE_SUFFIXES)
+        images = store.versions(root, IMAGE_SUFFIXES, ignored)
     except FileNotFoundError:
         raise MissingInput(f"{option}={root}: no such folder") from None
     if not images:

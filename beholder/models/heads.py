@@ -41,6 +41,10 @@ class SoftmaxHead(nn.Module):
     def probabilities(self, outputs):
         return outputs.float().softmax(dim=-1)
 
+    def score_range(self) -> tuple[float, float]:
+        """What ``score`` can give: a probability."""
+        return 0.0, 1.0
+
     def score(self, outputs):
         p = self.probabilities(outputs)
         return p[:, 1] if self.num_classes == 2 else p[:, self.positive_tier:].sum(dim=-1)
@@ -90,6 +94,11 @@ class RegressionHead(nn.Module):
 
     def probe_targets(self, batch):
         return self.standardise(batch["target"].double())[:, None]
+
+    def score_range(self) -> tuple[float, float]:
+        """Scores as far as a thousand standard deviations of the target from its mean: no
+        prediction of this head is further (a row claiming one was not written by it)."""
+        return self.target_mean - 1e3 * abs(self.target_std), self.target_mean + 1e3 * abs(self.target_std)
 
     def score(self, outputs):
         return outputs.float() * self.target_std + self.target_mean
@@ -142,6 +151,10 @@ class OrdinalHead(nn.Module):
         above = self.above(outputs)
         ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
         return torch.cat([ones, above], dim=-1) - torch.cat([above, zeros], dim=-1)
+
+    def score_range(self) -> tuple[float, float]:
+        """What ``score`` can give: an expected tier (0-3) or a probability."""
+        return (0.0, 3.0) if self.score_kind == "expected_tier" else (0.0, 1.0)
 
     def score(self, outputs):
         above = self.above(outputs)

@@ -125,7 +125,8 @@ class BeholderModule(pl.LightningModule):
         return F.normalize(head_inputs.float(), dim=-1)
 
     def predict_step(self, batch, batch_idx):
-        result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"], "taken": batch.get("taken")}
+        result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"], "retry": batch.get("retry", []),
+                  "taken": batch.get("taken")}
         inputs = self.head_inputs(batch)
         if inputs is not None:
             # The head in full precision under bf16-mixed: 8-bit mantissas would tie many scores.

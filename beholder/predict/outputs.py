@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 
+from botocore.exceptions import ClientError
+
 from beholder.core.storage import is_s3, join
 from beholder.models.module import BeholderModule
 from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
-from beholder.ratings.xmp import sidecar_targets, write_sidecars
+from beholder.ratings.xmp import NAMESPACES, sidecar_targets, write_sidecars
 from beholder.search.embeddings import CHECKPOINT, parquet_bytes
 from beholder.search.embeddings import FILE as EMBEDDINGS
+
+BEHOLDER_MARK = NAMESPACES["beholder"].encode()  # in every sidecar beholder wrote
 
 
 def probability_names(module: BeholderModule) -> list[str]:
@@ -67,5 +71,18 @@ def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
         existing = []
     names = sidecar_targets([row["image"] for row in ranked] + skipped, existing, cfg.xmp_naming)
     targets = {row["image"]: [join(root, name) for name in names[row["image"]]] for row in ranked}
-    summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings), gallery)
+    summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings), gallery,
+                                         None if is_s3(root) else root)
     summary["sidecars"]["folder"] = root
+    if not cfg.xmp_beside_images or is_s3(gallery):  # beholder's own folder: the sidecars of photos no longer in the gallery go
+        wanted = {name for owned in names.values() for name in owned}
+        gone = [join(root, name) for name in existing if name not in wanted and written_by_beholder(store, join(root, name))]
+        store.delete_many(gone)
+        summary["sidecars"]["removed"] = len(gone)
+
+
+def written_by_beholder(store, uri: str) -> bool:
+    try:
+        return BEHOLDER_MARK in store.read(uri)
+    except (OSError, ClientError):
+        return False

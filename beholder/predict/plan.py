@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -12,11 +13,14 @@ from torch.utils.data import DataLoader
 
 from beholder.core.errors import UserError
 from beholder.core.launch import check_shared_folder, pin_memory
-from beholder.core.storage import Store, file_digest, is_s3, join
+from beholder.core.storage import Store, exclusive_lock, file_digest, is_s3, join
 from beholder.data.gallery import collate, list_gallery, raw_safe_workers
-from beholder.predict.shards import bind_run, read_shards
+from beholder.predict.shards import RowCheck, bind_run, model_of, read_shards
 
 PARTIAL = ".beholder-partial"
+
+
+LOCK = "lock"  # in PARTIAL: held by the run writing into the output
 
 
 @dataclass
@@ -30,18 +34,30 @@ class Plan:
     checkpoint: str
     gone: int  # images earlier results of this run name that are no longer in the gallery
     known: int  # images earlier results name at all (0: the first run into this output)
+    ignored: dict[str, list[str]]  # files of the gallery that are not scored, by why (other types, dangling links, names)
+    retried: int  # images skipped by an earlier run for a reason that may have passed (permissions), tried again
+    damaged: int  # rows of earlier results that were not what beholder writes: their images scored again
+    foreign: int  # rows another model scored into the same output meanwhile: their images scored again
 
 
-def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: str, ckpt_path: str) -> Plan:
-    versions = list_gallery(store, gallery)
+def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: str, ckpt_path: str, check: RowCheck,
+             lock: ExitStack) -> Plan:
+    """The plan; from the moment the output is known to be writable, ``lock`` holds it (a local output):
+    a second predict into the same output stops at once instead of mixing its rows with this one's."""
+    ignored: dict[str, list[str]] = {}
+    versions = list_gallery(store, gallery, ignored=ignored)
     check_writable(store, output)
+    if not is_s3(output):
+        lock.enter_context(exclusive_lock(join(partial, LOCK), f"output={output}"))
     # Results so far count only for this checkpoint, this gallery and each file as it is now.
     checkpoint = file_digest(ckpt_path)
     restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
     seen: set[str] = set()
-    done, skipped, outdated = read_shards(store, partial, versions, seen)
-    return Plan(versions, [image for image in versions if image not in done and image not in skipped], restarted, outdated, checkpoint,
-                len(seen - set(versions)), len(seen))
+    rows = read_shards(store, partial, versions, model_of(checkpoint), check, seen)
+    retry = rows.retry & set(versions)
+    todo = [image for image in versions if image not in rows.scored and (image not in rows.skipped or image in retry)]
+    return Plan(versions, todo, restarted, rows.outdated, checkpoint, len(seen - set(versions)), len(seen), ignored, len(retry),
+                rows.damaged, rows.foreign)
 
 
 class PendingImages(pl.LightningDataModule):
@@ -54,6 +70,7 @@ class PendingImages(pl.LightningDataModule):
         self.output, self.make_plan, self.dataset = output, plan, dataset
         self.batch_size, self.num_workers = batch_size, num_workers
         self.plan, self.planned_at = None, None
+        self.lock = ExitStack()  # the output's lock, held by the first process from the plan to the end of the run
 
     @property
     def versions(self) -> dict[str, str]:
@@ -63,7 +80,7 @@ class PendingImages(pl.LightningDataModule):
         state, failure = None, None
         if self.trainer.is_global_zero:
             try:
-                state = ("plan", self.make_plan())
+                state = ("plan", self.make_plan(self.lock))
             except Exception as error:
                 failure = error
                 state = ("error", str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}")

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from beholder import default_model
-from beholder.core.errors import UserError
+from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch, loader_workers
-from beholder.core.storage import Store, check_uri, join
+from beholder.core.storage import Store, check_uri, is_s3, join
 from beholder.core.vocabulary import respell_config
 from beholder.data.gallery import GalleryDataset, build_transform
 from beholder.models.features import FeatureCache, network_key
@@ -25,7 +25,7 @@ from beholder.predict.options import check_group_options, check_threshold_option
 from beholder.predict.outputs import write_results
 from beholder.predict.plan import PARTIAL, PendingImages, plan_run
 from beholder.predict.policy import BANDS
-from beholder.predict.shards import ShardWriter, compact_shards, read_shards
+from beholder.predict.shards import RowCheck, ShardWriter, compact_shards, model_of, read_shards
 from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
 from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
 from beholder.search.embeddings import decode
@@ -49,6 +49,8 @@ def predict(cfg: DictConfig) -> dict | None:
     """Returns the summary (None on the other processes of a multi-process run)."""
     respell_config(cfg, {"ckpt_path": "ckpt"})
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
+    if not is_s3(gallery) and not os.path.isdir(gallery):
+        raise MissingInput(f"gallery={gallery}: no such folder")
     check_threshold_options(cfg)
     check_group_options(cfg)
     check_launch(cfg.trainer)
@@ -62,22 +64,31 @@ def predict(cfg: DictConfig) -> dict | None:
     transform = build_transform(module.net.data_config, train=False)
     if cfg.feature_cache and module.net.frozen:  # the features a personal model trained on, or an earlier model's run
         module.feature_cache = FeatureCache(str(cfg.feature_cache), network_key(module.net, {}), module.net.feature_mean.numel())
-    pending = PendingImages(output, lambda: plan_run(cfg, store, gallery, output, partial, ckpt_path),
+    check = RowCheck(*module.net.head.score_range(), module.net.feature_mean.numel())
+    pending = PendingImages(output, lambda lock: plan_run(cfg, store, gallery, output, partial, ckpt_path, check, lock),
                             lambda images: GalleryDataset(gallery, images, store, transform, cache=module.feature_cache),
                             cfg.batch_size, workers)
+    with pending.lock:
+        return score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check)
+
+
+def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check: RowCheck) -> dict | None:
     bar, lines = progress(cfg.trainer)
     trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings)), *lines], logger=False, **bar)
     try:
         trainer.predict(module, datamodule=pending, return_predictions=False)
         trainer.strategy.barrier()
     except OSError as error:
+        if isinstance(error, UserError):
+            raise
         raise UserError(f"scoring stopped: {error}; the scores so far are kept in {partial}; rerun to finish") from None
     if not trainer.is_global_zero:
         return None
     plan, seconds = pending.plan, time.perf_counter() - pending.planned_at
     versions, todo = plan.versions, plan.todo
 
-    scored, skipped, _ = read_shards(store, partial, versions)
+    rows = read_shards(store, partial, versions, model_of(plan.checkpoint), check)
+    scored, skipped = rows.scored, rows.skipped
     if len(scored) + len(skipped) < len(versions):
         missing = len(versions) - len(scored) - len(skipped)
         raise Incomplete(f"{missing} of {len(versions)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
@@ -119,9 +130,14 @@ def predict(cfg: DictConfig) -> dict | None:
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),
         "processes": trainer.world_size,
-        "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated))) if reason and count},
-        "since_last_run": ({"new": len(todo) - len(plan.outdated), "changed": len(plan.outdated), "gone": plan.gone}
+        "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated)),
+                                                         ("could not be read before", plan.retried),
+                                                         ("their earlier rows damaged", plan.damaged),
+                                                         ("their earlier rows another model's", plan.foreign))
+                     if reason and count},
+        "since_last_run": ({"new": max(len(todo) - len(plan.outdated) - plan.retried, 0), "changed": len(plan.outdated), "gone": plan.gone}
                            if plan.known and not plan.restarted else None),
+        "ignored": {why: len(names) for why, names in plan.ignored.items()},
         "output": output,
         "checkpoint": plan.checkpoint,
         "model": ckpt_path if cfg.ckpt else default_model.NAME,
@@ -133,8 +149,8 @@ def predict(cfg: DictConfig) -> dict | None:
         write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path)
     except (OSError, ClientError) as error:
         raise UserError(f"output={output}: writing the results failed ({error}); the scores are kept in {partial}; rerun to finish") from None
-    compact_shards(store, partial, {row["image"]: row for row in ranked}, skipped, versions)
-    print_summary(summary, ranked, skipped)
+    compact_shards(store, partial, {row["image"]: row for row in ranked}, skipped, rows.retry, versions, model_of(plan.checkpoint))
+    print_summary(summary, ranked, skipped, plan.ignored)
     return summary
 
 

@@ -7,15 +7,19 @@ flushed to disk as it ends. S3 cannot append, so each process writes a new small
 ``FLUSH_ROWS`` rows or ``FLUSH_SECONDS`` seconds, whichever comes first (never one object rewritten).
 
 Shards belong to one run: ``run.json`` names the checkpoint (by content) and the gallery, and each
-row the version of its file (size and mtime, or ETag). A rerun with another checkpoint or gallery
-starts over; a file changed since it was scored is scored again. A complete run compacts its shards
+row the version of its file (size and mtime, or ETag) and the model that scored it (so that rows of
+another run writing into the same output at once are never taken for this one's). A rerun with another checkpoint or gallery
+starts over; a file changed since it was scored is scored again, and so is a file that could not
+be read for a reason that may pass (no permission). A row that is not what beholder writes (a
+score no model of this kind gives, bytes that are not numbers) is named and its image scored again.
+A complete run compacts its shards
 into one of each kind holding the gallery as it was scored, so that the next run into the same
 output (a new shoot added to the library, the webcam's next day) scores only what was added or changed."""
 
 from __future__ import annotations
 
+import binascii
 import csv
-import io
 import json
 import math
 import os
@@ -23,21 +27,66 @@ import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
+import numpy as np
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from beholder.core.storage import Store, is_s3, join
-from beholder.core.tables import csv_text
-from beholder.search.embeddings import encode
+from beholder.core.tables import csv_text, read_csv
+from beholder.search.embeddings import decode, encode
 
 FIELDS = {
-    "scores": ["image", "version", "score", "tier", "probabilities", "taken", "embedding"],
-    "skipped": ["image", "version", "reason"],
+    "scores": ["image", "version", "model", "score", "tier", "probabilities", "taken", "embedding"],
+    "skipped": ["image", "version", "model", "reason", "retry"],
 }
+# Shards of beholder before each row named its model: read as the bound run's own.
+FORMER_FIELDS = {"scores": ["image", "version", "score", "tier", "probabilities", "taken", "embedding"], "skipped": ["image", "version", "reason"]}
 RUN_FILE = "run.json"
 SHARD_NAME = re.compile(r"(scores|skipped)-rank\d+(-[0-9a-f]+-\d+)?\.csv")
 FLUSH_ROWS = 512
 FLUSH_SECONDS = 30.0
+MODEL_DIGITS = 16  # of the checkpoint's sha256, in each row: which model scored it
+
+
+def model_of(checkpoint: str) -> str:
+    return checkpoint[:MODEL_DIGITS]
+
+
+@dataclass
+class RowCheck:
+    """What a scores row of this model can hold: a score in the head's range, an embedding of
+    the head's width. A row that holds anything else was not written by beholder (a damaged or
+    planted shard): its image is scored again."""
+    low: float
+    high: float
+    dimension: int | None
+
+    def accepts(self, row: dict) -> bool:
+        try:
+            score, tier = float(row["score"]), int(row["tier"])
+            probabilities = [float(v) for v in row["probabilities"].split()]
+            taken = float(row["taken"]) if row["taken"] else 0.0
+            embedding = decode(row["embedding"]) if row["embedding"] else None
+        except (ValueError, TypeError, binascii.Error):
+            return False
+        numbers = np.array([score, taken, *probabilities], dtype=np.float64)
+        if not np.isfinite(numbers).all() or not self.low <= score <= self.high or not 0 <= tier <= 3:
+            return False
+        if not all(0 <= p <= 1 for p in probabilities):
+            return False
+        return embedding is None or ((self.dimension is None or embedding.size == self.dimension) and bool(np.isfinite(embedding).all()))
+
+
+@dataclass
+class ShardRows:
+    """What a run's shards hold for the gallery as it is now."""
+    scored: dict[str, dict]  # image -> its scores row
+    skipped: dict[str, str]  # image -> why it could not be read
+    retry: set[str]  # skipped images whose failure may pass (no permission, a read error): the next run tries them again
+    outdated: set[str]  # images scored or skipped in an older version: scored again
+    damaged: int = 0  # rows that are no rows beholder writes (cut short, not numbers, out of range): their images scored again
+    foreign: int = 0  # rows another model scored (another run writing into the same output): their images scored again
 
 
 def shard_names(store: Store, folder: str) -> list[str]:
@@ -82,11 +131,16 @@ def append_rows(path: str, fields: list[str], rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def score_row(image: str, version: str, score: float, tier: int, probabilities: list[float], taken: float | None, embedding: str) -> dict:
+def score_row(image: str, version: str, model: str, score: float, tier: int, probabilities: list[float], taken: float | None,
+              embedding: str) -> dict:
     """A scores shard's row, as written after each batch and as kept after a complete run."""
-    return {"image": image, "version": version, "score": f"{score:.6f}", "tier": tier,
+    return {"image": image, "version": version, "model": model, "score": f"{score:.6f}", "tier": tier,
             "probabilities": " ".join(f"{v:.6f}" for v in probabilities),
             "taken": "" if taken is None or math.isnan(taken) else f"{taken:.0f}", "embedding": embedding}
+
+
+def skip_row(image: str, version: str, model: str, reason: str, retry: bool) -> dict:
+    return {"image": image, "version": version, "model": model, "reason": reason, "retry": "1" if retry else ""}
 
 
 class ShardWriter(BasePredictionWriter):
@@ -100,16 +154,17 @@ class ShardWriter(BasePredictionWriter):
         self.launch, self.objects, self.flushed_at = uuid.uuid4().hex[:12], 0, time.monotonic()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        versions = trainer.datamodule.versions
+        versions, model = trainer.datamodule.versions, model_of(trainer.datamodule.plan.checkpoint)
         if "scores" in prediction:
             probabilities = prediction.get("probabilities")
             taken = prediction.get("taken") or [None] * len(prediction["image_path"])
             for i, image in enumerate(prediction["image_path"]):
                 self.pending["scores"].append(score_row(
-                    image, versions[image], float(prediction["scores"][i]), int(prediction["tiers"][i]),
+                    image, versions[image], model, float(prediction["scores"][i]), int(prediction["tiers"][i]),
                     probabilities[i].tolist() if probabilities is not None else [], taken[i],
                     encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""))
-        self.pending["skipped"] += [{"image": image, "version": versions[image], "reason": reason} for image, reason in prediction["skipped"]]
+        retry = set(prediction.get("retry", []))
+        self.pending["skipped"] += [skip_row(image, versions[image], model, reason, image in retry) for image, reason in prediction["skipped"]]
         held = sum(map(len, self.pending.values()))
         if not is_s3(self.folder) or held >= FLUSH_ROWS or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
             self.flush(trainer.global_rank)
@@ -135,11 +190,24 @@ class ShardWriter(BasePredictionWriter):
         self.flush(trainer.global_rank)
 
 
-def _read(text: str, fields: list[str], versions: dict[str, str], rows: dict[str, dict], outdated: set[str], seen: set[str]) -> None:
+def _read(text: str, kind: str, versions: dict[str, str], model: str, check: RowCheck | None, found: ShardRows,
+          rows: dict[str, dict], outdated: set[str], seen: set[str]) -> None:
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # drop a line cut short by a crash
-    for row in csv.DictReader(io.StringIO(text)):
-        if list(row) != fields or None in row.values():
+    try:
+        columns, table = read_csv(text)
+    except csv.Error:
+        found.damaged += 1
+        return
+    if columns not in (FIELDS[kind], FORMER_FIELDS[kind]):
+        found.damaged += len(table)
+        return
+    for row in table:
+        if None in row or None in row.values() or (kind == "scores" and check is not None and not check.accepts(row)):
+            found.damaged += 1
+            continue
+        if row.setdefault("model", model) != model:
+            found.foreign += 1
             continue
         seen.add(row["image"])
         if row["image"] not in versions:
@@ -150,20 +218,24 @@ def _read(text: str, fields: list[str], versions: dict[str, str], rows: dict[str
             outdated.add(row["image"])
 
 
-def read_shards(store: Store, folder: str, versions: dict[str, str], seen: set[str] | None = None) -> tuple[dict[str, dict], dict[str, str], set[str]]:
-    """What the shards hold for the files in ``versions`` as they are now: scored rows by image,
-    skipped images with their reasons, and the images scored or skipped in an older version (to
-    score again). Each image once, whichever shard, process or run it came from. ``seen`` gathers
-    every image the shards name, the gallery's or not (those no longer in it are gone)."""
+def read_shards(store: Store, folder: str, versions: dict[str, str], model: str, check: RowCheck | None = None,
+                seen: set[str] | None = None) -> ShardRows:
+    """What the shards hold for the files in ``versions`` as they are now, scored by ``model``
+    (:func:`model_of` the checkpoint's digest): scored rows by image, skipped images with their
+    reasons, and the images scored or skipped in an older version (to score again). Each image
+    once, whichever shard, process or run it came from. A row that ``check`` refuses, or that
+    another model scored, counts as not there. ``seen`` gathers every image the shards name, the
+    gallery's or not (those no longer in it are gone)."""
     names = shard_names(store, folder)
     seen = set() if seen is None else seen
+    found = ShardRows({}, {}, set(), set())
+    by_kind = {kind: ({}, set()) for kind in FIELDS}
     with ThreadPoolExecutor(16 if is_s3(folder) else 1) as pool:
-        texts = pool.map(lambda name: store.read(join(folder, name)).decode(), names)
-        found = {kind: ({}, set()) for kind in FIELDS}
+        texts = pool.map(lambda name: store.read(join(folder, name)).decode("utf-8", "replace"), names)
         for name, text in zip(names, texts):
             kind = name.split("-", 1)[0]
-            _read(text, FIELDS[kind], versions, *found[kind], seen)
-    (scored, outdated), (skipped_rows, outdated_skips) = found["scores"], found["skipped"]
+            _read(text, kind, versions, model, check, found, *by_kind[kind], seen)
+    (scored, outdated), (skipped_rows, outdated_skips) = by_kind["scores"], by_kind["skipped"]
     outdated -= set(scored)
     outdated_skips -= set(skipped_rows)
     for row in scored.values():
@@ -171,20 +243,24 @@ def read_shards(store: Store, folder: str, versions: dict[str, str], seen: set[s
         row["tier"] = int(row["tier"])
         row["probabilities"] = [float(v) for v in row["probabilities"].split()]
         row["taken"] = float(row["taken"]) if row["taken"] else math.nan
-    skipped = {image: row["reason"] for image, row in skipped_rows.items() if image not in scored}
-    return scored, skipped, (outdated | outdated_skips) - set(scored) - set(skipped)
+    found.scored = scored
+    found.skipped = {image: row["reason"] for image, row in skipped_rows.items() if image not in scored}
+    found.retry = {image for image, row in skipped_rows.items() if image in found.skipped and row.get("retry")}
+    found.outdated = (outdated | outdated_skips) - set(scored) - set(found.skipped)
+    return found
 
 
-def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: dict[str, str], versions: dict[str, str]) -> None:
+def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: dict[str, str], retry: set[str],
+                   versions: dict[str, str], model: str) -> None:
     """After a complete run: the shards replaced by one of each kind holding exactly the gallery
     as it is now (the new ones written before the old ones go, so a crash between leaves both,
     which read as one)."""
     old = shard_names(store, folder)
     launch = uuid.uuid4().hex[:12]
     rows = {
-        "scores": [score_row(image, versions[image], row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"])
+        "scores": [score_row(image, versions[image], model, row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"])
                    for image, row in sorted(scored.items())],
-        "skipped": [{"image": image, "version": versions[image], "reason": reason} for image, reason in sorted(skipped.items())],
+        "skipped": [skip_row(image, versions[image], model, reason, image in retry) for image, reason in sorted(skipped.items())],
     }
     for kind, kind_rows in rows.items():
         store.write(join(folder, f"{kind}-rank0-{launch}-0.csv"), csv_text(FIELDS[kind], kind_rows, header=True).encode())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 
 from omegaconf import DictConfig
 
@@ -58,21 +60,39 @@ def sidecar_lines(sidecars: dict | None) -> list[str]:
     if sidecars is None:
         return []
     left = sidecars["left_alone"]
-    return [line("sidecars", f"{sidecars['created']} created, {sidecars['merged']} merged into, {len(left)} left as they were ({sidecars['folder']})"),
+    removed = f", {sidecars['removed']} removed (their photos are gone)" if sidecars.get("removed") else ""
+    return [line("sidecars", f"{sidecars['created']} created, {sidecars['merged']} merged into, {len(left)} left as they were{removed} "
+                             f"({sidecars['folder']})"),
             *listed("left as it was", left)]
 
 
-def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str]) -> None:
+def ignored_lines(ignored: dict[str, list[str]]) -> list[str]:
+    """What the gallery holds that was not scored, by why: file types counted by suffix."""
+    lines = []
+    for why, names in ignored.items():
+        if why == "other file types":
+            suffixes = Counter(os.path.splitext(name)[1].lower() or "no suffix" for name in names)
+            why = f"other file types ({', '.join(f'{suffix} {count}' for suffix, count in suffixes.most_common(4))}" \
+                  + (", ..." if len(suffixes) > 4 else "") + ")"
+        elif why == "names not UTF-8":
+            why += " (rename them to have them scored)"
+        lines.append(line("not scored", f"{len(names)} {why}  {examples(names)}"))
+    return lines
+
+
+def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ignored: dict[str, list[str]]) -> None:
     since, rated = summary["since_last_run"], summary["rated"]
     processes = f"{summary['processes']} process{'es' if summary['processes'] != 1 else ''}"
+    speed = f"{summary['images_per_second']:.1f} images/s, {processes}" if summary["newly_scored"] else "nothing new to score"
     review = f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"] else "(no review band: one threshold)"
     lines = [
         line("model", summary["model"]),
         line("images found", summary["found"]),
-        line("scored", f"{summary['scored']}  ({summary['newly_scored']} in this run, {summary['images_per_second']:.1f} images/s, {processes})"),
+        line("scored", f"{summary['scored']}  ({summary['newly_scored']} in this run, {speed})"),
         *[line("rescored", f"{count}  ({reason})") for reason, count in summary["rescored"].items()],
         *([line("since last run", f"{since['new']} new, {since['changed']} changed, {since['gone']} gone (the rest's scores kept)")] if since else []),
         line("skipped", f"{summary['skipped']}" + (f"  {examples(f'{i}: {r}' for i, r in skipped.items())}" if skipped else "")),
+        *ignored_lines(ignored),
         line("kept", f"{summary['kept']}  (score >= {summary['threshold']:.4f})"),
         line("to review", f"{summary['review']}  {review}"),
         line("rejected", f"{summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})"),

@@ -25,7 +25,8 @@ def encode(vector) -> str:
 
 
 def decode(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype=np.float16)
+    """An embedding from its base64 text; ValueError (binascii.Error) for text that is none."""
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype=np.float16)
 
 
 def parquet_bytes(rows: list[dict], checkpoint: str, gallery: str) -> bytes:

@@ -12,21 +12,26 @@
             dribbling download, an endless listing) and of one 268 MB file: what was refused, written
             outside, fetched elsewhere, and the ingester's peak memory
   surfaces  hostile and careless input on ratings, sidecars, review, search, the feature cache and
-            checkpoints, each through its command: files written outside, images served outside,
-            runs stopped by one bad file, NaN results
+            checkpoints, and a photographer's library as it is (a folder linked to another drive,
+            everyday folder and file names, an editor saving while beholder merges, two runs into
+            one output, crafted checkpoints, damaged earlier results), each through its command:
+            files written outside, images served outside, photographer's fields changed, runs
+            stopped by one bad input, NaN or false results, mixed-model results
 Results replace the "faults" section of bench/RESULTS.md ("faults-surfaces" for the last).
 
     python bench/faults.py                   # about 6 minutes on 2 CPU cores
-    python bench/faults.py --only surfaces   # about a minute
+    python bench/faults.py --only surfaces   # about 4 minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -35,14 +40,16 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beholder.demo import make_gallery  # noqa: E402
+from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from bench.fault_proxy import FaultProxy  # noqa: E402
-from bench.throughput import fill_gallery, make_module, save_checkpoint  # noqa: E402
+from bench.throughput import HEAD, OPTIMIZER, fill_gallery, make_module, save_checkpoint  # noqa: E402
 
 PYTHON = sys.executable
 FAST = ["batch_size=8", "num_workers=2", "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4"]
@@ -168,9 +175,13 @@ def bad_files_experiment(work, ckpt, photos):
     return [[len(files), len(scored), len(skipped), ", ".join(sorted(skipped)), "0" if result.returncode == 0 else "crash", f"{peak:.0f}"]]
 
 
-def rss_peak_mb(pid: int) -> float:
+def rss_peak_mb(pid: int, field: str = "VmHWM") -> float:
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def rss_mb(pid: int) -> float:
+    return rss_peak_mb(pid, "VmRSS")
 
 
 def labeller_experiment(work):
@@ -370,10 +381,7 @@ def surfaces_experiment(work, ckpt, photos):
         f.write(b"\xff\xd8" + b"<x:xmpmeta " * 100_000)
     outside_before = snapshot(private)
     rows = []
-
-    def row(surface, hostile, code, output, seconds, written=0, served=0, nan=0, stopped=None):
-        stopped = int(code != 0) if stopped is None else stopped
-        rows.append([surface, hostile, f"{code}: {last_line(output)}", written, served, stopped, nan, f"{seconds:.1f}"])
+    row = functools.partial(surface_row, rows)
 
     started = time.perf_counter()  # the photographer's ratings, before beholder writes any
     code, output = beholder_cli(["beholder", "ratings", "import", gallery, "--gallery", gallery, "--out", os.path.join(home, "labels.csv")], timeout=300)
@@ -437,8 +445,9 @@ def surfaces_experiment(work, ckpt, photos):
     huge_body = http_post(f"{base}/api/review/decide", b"{" + b" " * (1 << 20), declared=200 << 20)
     server.terminate()
     output = server.communicate()[0]
+    listed = re.search(r"(\d+) decisions", output or "")  # the rows of the gallery, less the photographer's own rated ones
     row("label review", f"the same rows; image_id 2^70 (HTTP {huge_id}); a 200 MB body (HTTP {huge_body})",
-        0 if answers.count(200) == 10 else 1, output or "served", time.perf_counter() - started, served=served)
+        0 if listed and answers.count(200) == int(listed.group(1)) else 1, output or "served", time.perf_counter() - started, served=served)
 
     started = time.perf_counter()
     parquet = os.path.join(out, "embeddings.parquet")
@@ -507,6 +516,330 @@ def surfaces_experiment(work, ckpt, photos):
     written = os.path.join(home, "personal", "checkpoints", "best.ckpt")
     row("train.py experiment=personal", "a base checkpoint with one NaN head weight (one line, exit 2)", code, output,
         time.perf_counter() - started, nan=int(os.path.exists(written)), stopped=0)
+    return rows
+
+
+EDITOR = """
+import os, re, sys, time
+path, edits = sys.argv[1], int(sys.argv[2])
+undone = 0
+for k in range(1, edits + 1):
+    with open(path, "rb") as f:
+        data = f.read()
+    if k > 1 and b'xmp:Nickname="edit %d"' % (k - 1) not in data:
+        undone += 1  # the edit this editor saved last is gone: another program replaced it with an older merge
+    data = re.sub(rb'xmp:Nickname="[^"]*"', b'xmp:Nickname="edit %d"' % k, data)
+    with open(path + ".editor-tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".editor-tmp", path)  # saved whole, as editors save
+    time.sleep(0.002)
+print(undone)
+"""
+
+PEAK = """
+import atexit, resource, runpy, sys
+atexit.register(lambda: print(f"peak RSS MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", file=sys.stderr))
+sys.argv = ["beholder", *sys.argv[1:]]
+runpy.run_module("beholder", run_name="__main__")
+"""
+
+
+def peak_cli(args, **kwargs):
+    """A beholder command as a user runs it, and its peak memory: (exit code, output, MB)."""
+    run = subprocess.run([PYTHON, "-c", PEAK, *args], env=env(), capture_output=True, text=True, cwd=kwargs.pop("cwd", REPO), **kwargs)
+    peak = next((float(line.split()[-1]) for line in run.stderr.splitlines() if line.startswith("peak RSS MB")), math.nan)
+    return run.returncode, run.stdout + run.stderr.replace(f"peak RSS MB {peak:.0f}", ""), peak
+
+
+def scores_by_image(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {row["image"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+def differing(scores, reference, tolerance=1e-4):
+    """Photos whose score is not the reference run's (absent ones count too)."""
+    return sum(abs(scores.get(image, math.inf) - score) > tolerance for image, score in reference.items())
+
+
+def rating_of(path):
+    from beholder.ratings.xmp import read_rating
+
+    with open(path, "rb") as f:
+        values = read_rating(f.read())
+    return values["rating"], values["label"]
+
+
+def variant(ckpt, target, shift):
+    """The same network with another head bias: another model, other scores."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    bias = next(k for k in checkpoint["state_dict"] if k.startswith("net.head") and k.endswith("bias"))
+    checkpoint["state_dict"][bias] += shift
+    torch.save(checkpoint, target)
+    return target
+
+
+def library_experiment(work, ckpt, photos):
+    """A photographer's library as it is (issue 30): folders linked to another drive, everyday folder
+    and file names, an editor saving while beholder merges, two runs at once, crafted checkpoints and
+    damaged earlier results, each through its command on real photos."""
+    from PIL import Image
+
+    from beholder.core.storage import Store, file_digest
+    from beholder.label.review import Review
+    from beholder.label.tournament import Tournament
+    from beholder.ratings.xmp import sidecar_targets, write_sidecars
+
+    home = os.path.join(work, "library")
+    gallery, other, fake_home = os.path.join(home, "Pictures"), os.path.join(home, "Other drive", "2019"), os.path.join(home, "home")
+    names = sorted(os.listdir(photos))
+    for i, name in enumerate(names[:40]):
+        os.makedirs(os.path.join(gallery, f"2026/0{i % 3 + 1}"), exist_ok=True)
+        shutil.copy(os.path.join(photos, name), os.path.join(gallery, f"2026/0{i % 3 + 1}", name))
+    os.makedirs(other)
+    os.makedirs(fake_home)
+    shutil.copy(os.path.join(photos, names[40]), os.path.join(other, "beach.jpg"))
+    rated = ("<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+             "<rdf:Description rdf:about='' xmlns:xmp='http://ns.adobe.com/xap/1.0/' {}/></rdf:RDF></x:xmpmeta>")
+    with open(os.path.join(other, "beach.xmp"), "w") as f:
+        f.write(rated.format('xmp:Rating="5"'))
+    os.symlink(other, os.path.join(gallery, "from the other drive"))
+    outside = snapshot(os.path.join(home, "Other drive"))
+    rows = []
+    row = functools.partial(surface_row, rows)
+    clean = os.path.join(home, "clean")
+    beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={clean}", "feature_cache=null",
+                  f"hydra.run.dir={work}/h-clean"], timeout=600)
+    reference = scores_by_image(os.path.join(clean, "scores.csv"))
+
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={home}/beside", "xmp=true",
+                                 "xmp_beside_images=true", "feature_cache=null", f"hydra.run.dir={work}/h-link"], timeout=600)
+    row("predict.py xmp_beside_images=true", "a sub-folder linked to another library holding a rated sidecar", code, output,
+        time.perf_counter() - started, changed(outside, snapshot(os.path.join(home, "Other drive"))))
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder", "ratings", "write", "--scores", f"{home}/beside/scores.csv", "--gallery", gallery], timeout=300)
+    row("ratings write", "the same linked sub-folder", code, output, time.perf_counter() - started,
+        changed(outside, snapshot(os.path.join(home, "Other drive"))))
+
+    def photos_in(folder):
+        return sorted(n for n in os.listdir(os.path.join(gallery, folder)) if not n.endswith(".xmp"))
+
+    image = "2026/01/" + photos_in("2026/01")[0]
+    sidecar = os.path.join(gallery, os.path.splitext(image)[0] + ".xmp")
+    with open(sidecar, "w") as f:
+        f.write(rated.format('xmp:Rating="3" xmp:Nickname="edit 0"'))
+    targets = sidecar_targets([image], [os.path.relpath(sidecar, gallery)])
+    editor = subprocess.Popen([PYTHON, "-c", EDITOR, sidecar, "300"], stdout=subprocess.PIPE, text=True)
+    started, merges, store = time.perf_counter(), 0, Store()
+    while editor.poll() is None:  # merge as often as beholder can while the editor saves its 300 edits
+        write_sidecars(store, [{"image": image, "rank": 1, "band": "keep", "score": 0.9}], {image: [os.path.join(gallery, n) for n in targets[image]]},
+                       1, False, gallery, gallery)
+        merges += 1
+    undone = int(editor.communicate()[0])
+    row("ratings write (merge into sidecars)", f"an editor saving one sidecar 300 times while beholder merged into it {merges} times", 0,
+        f"beholder: {undone} of the editor's 300 edits undone", time.perf_counter() - started, fields=undone)
+
+    cases = os.path.join(home, "Cases")
+    sources = [os.path.join(photos, n) for n in names[41:45]]
+    for name, source in zip(["IMG.JPG", "img.jpg", "pair.jpg", "pair.tif"], sources):
+        Image.open(source).convert("RGB").save(os.path.join(os.makedirs(cases, exist_ok=True) or cases, name))
+    with open(os.path.join(cases, "img.jpg.xmp"), "w") as f:
+        f.write(rated.format('xmp:Rating="2"'))
+    with open(os.path.join(cases, "pair.xmp"), "w") as f:
+        f.write(rated.format('xmp:Rating="4"'))
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={cases}", f"output={home}/cases", "xmp=true",
+                                 "xmp_beside_images=true", "feature_cache=null", f"hydra.run.dir={work}/h-cases"], timeout=600)
+    beholder_cli(["beholder", "ratings", "import", cases, "--gallery", cases, "--out", f"{home}/cases.csv"], timeout=300)
+    with open(f"{home}/cases.csv") as f:
+        imported = {r["image"]: r["rating"] for r in csv.DictReader(f)}
+    wrong = sum(imported.get(k) != v for k, v in {"img.jpg": "2", "pair.jpg": "4", "pair.tif": "4"}.items()) + int("IMG.JPG" in imported)
+    row("predict.py xmp_beside_images=true; ratings import", "IMG.JPG + img.jpg + img.jpg.xmp (2 stars); pair.jpg + pair.tif + pair.xmp (4 stars)",
+        code, output, time.perf_counter() - started, fields=wrong)
+
+    folder = os.path.join(gallery, "2026/02")
+    mine = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".xmp")][:5]
+    for path in mine:  # the photographer clears the stars and the label beholder set
+        with open(path, "rb") as f:
+            data = f.read()
+        data = re.sub(rb'xmp:Rating="\d"', b'xmp:Rating="0"', data)
+        with open(path, "wb") as f:
+            f.write(re.sub(rb' xmp:Label="\w+"', b"", data))
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={home}/beside", "xmp=true",
+                                 "xmp_beside_images=true", "feature_cache=null", f"hydra.run.dir={work}/h-cleared"], timeout=600)
+    row("predict.py xmp_beside_images=true (again)", "5 sidecars whose stars and label the photographer cleared since", code, output,
+        time.perf_counter() - started, fields=sum(rating_of(path) != (0, "") for path in mine))
+
+    everyday = os.path.join(home, "Tom's wedding, Trip [2024] day=1 ${oc.env:HOME}")
+    shutil.copytree(os.path.join(gallery, "2026/03"), os.path.join(everyday, "photos"))
+    before_home = snapshot(fake_home)
+    started = time.perf_counter()
+    run = subprocess.run([PYTHON, "-m", "beholder", "predict", *FAST, f"ckpt={ckpt}", f"gallery={everyday}/photos", f"output={everyday}/culled",
+                          "feature_cache=null", f"hydra.run.dir={work}/h-everyday"], env={**env(), "HOME": fake_home},
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    row("beholder predict", "gallery= and output= in a folder named Tom's wedding, Trip [2024] day=1 ${oc.env:HOME}", run.returncode,
+        run.stdout + run.stderr, time.perf_counter() - started, changed(before_home, snapshot(fake_home)),
+        stopped=int(run.returncode != 0 or not os.path.exists(f"{everyday}/culled/scores.csv")))
+
+    second = variant(ckpt, os.path.join(home, "other.ckpt"), 1.0)
+    alone = {}
+    for name, model in (("first", ckpt), ("second", second)):
+        beholder_cli(["predict.py", *FAST, f"ckpt={model}", f"gallery={gallery}", f"output={home}/{name}-alone", "feature_cache=null",
+                      f"hydra.run.dir={work}/h-{name}"], timeout=600)
+        alone[name] = scores_by_image(f"{home}/{name}-alone/scores.csv")
+    started = time.perf_counter()
+    both = [subprocess.Popen([PYTHON, os.path.join(REPO, "predict.py"), *FAST, f"ckpt={model}", f"gallery={gallery}", f"output={home}/shared",
+                              "feature_cache=null", f"hydra.run.dir={work}/h-both{i}"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for i, model in enumerate((ckpt, second))]
+    outputs = [process.communicate()[0] for process in both]
+    final = scores_by_image(f"{home}/shared/scores.csv")
+    mixed = min(differing(final, alone["first"]), differing(final, alone["second"]))
+    refused = next((o for p, o in zip(both, outputs) if p.returncode), "")
+    row("predict.py, twice at once", "two checkpoints into one local output at the same time", max(p.returncode for p in both),
+        refused or outputs[0], time.perf_counter() - started, mixed=mixed, stopped=0)
+    run_json = f"{home}/shared/.beholder-partial/run.json"
+    with open(run_json) as f:
+        bound = f.read()
+    winner = ckpt if differing(final, alone["first"]) == 0 else second
+    loser = second if winner == ckpt else ckpt
+    with open(run_json, "w") as f:  # the other run has just bound the output (an S3 output has no lock)
+        f.write(bound.replace(file_digest(str(winner)), file_digest(str(loser))))
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={loser}", f"gallery={gallery}", f"output={home}/shared", "feature_cache=null",
+                                 f"hydra.run.dir={work}/h-rebound"], timeout=600)
+    row("predict.py", "an output whose earlier rows another model scored, bound to this model meanwhile", code, output,
+        time.perf_counter() - started, mixed=differing(scores_by_image(f"{home}/shared/scores.csv"), alone["first" if loser == ckpt else "second"]))
+
+    review = Review(os.path.join(home, "review.sqlite"))
+    keys = ["2026/01/" + photos_in("2026/01")[1], "../../etc/passwd", "/etc/hostname", "2026/../../x.jpg", "./2026/02/" + photos_in("2026/02")[0],
+            "2026//03/" + photos_in("2026/03")[0], "2026/01/deleted.jpg"]
+    review.load([{"image": key, "band": "review", "score": 0.5, "rank": i + 1} for i, key in enumerate(keys)])
+    for image_id in review.keys():
+        review.decide("me", image_id, keep=True)
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder", "ratings", "import", gallery, "--gallery", gallery, "--review", os.path.join(home, "review.sqlite"),
+                                 "--out", f"{home}/reviewed.csv"], timeout=300)
+    with open(f"{home}/reviewed.csv") if code == 0 else open(os.devnull) as f:
+        labelled = [r["image"] for r in csv.DictReader(f) if r["source"] == "review"]
+    false = sum(not os.path.isfile(os.path.join(gallery, image)) or image != os.path.normpath(image) for image in labelled) + len(labelled) - len(set(labelled))
+    row("ratings import --review", "keys ../../etc/passwd, /etc/hostname, 2026/../../x.jpg, ./2026/02/…, 2026//03/…, a deleted photo", code, output,
+        time.perf_counter() - started, nan=false)
+    Tournament(os.path.join(home, "labels.sqlite")).sync_images(keys[:1])
+    started = time.perf_counter()
+    code, output = beholder_cli(["beholder", "ratings", "import", gallery, "--gallery", gallery, "--review", os.path.join(home, "labels.sqlite"),
+                                 "--out", f"{home}/x.csv"], timeout=300)
+    row("ratings import --review", "a labeller's database instead of a review's (one line, exit 2)", code, output, time.perf_counter() - started,
+        stopped=int(code != 2 or output.strip().count("\n") > 0))
+    code, output = beholder_cli(["beholder", "ratings", "import", gallery, "--gallery", gallery, "--review", os.path.join(home, "review.sqlite"),
+                                 "--tiers", "1:0,2:0,3:1,4:2,5:3", "--out", f"{home}/y.csv"], timeout=300)
+    row("ratings import --review --tiers", "tiers without reject", code, output, time.perf_counter() - started)
+
+    frozen = os.path.join(home, "frozen.ckpt")
+    save_checkpoint(BeholderModule({"name": "efficientnet_lite0", "pretrained": False, "trainable_blocks": 0}, HEAD, OPTIMIZER, [224, 224]), frozen)
+    planted = os.path.join(home, "work-folder")
+    os.makedirs(planted)
+    beholder_cli(["predict.py", *FAST, f"ckpt={frozen}", f"gallery={gallery}", f"output={home}/frozen-clean", "feature_cache=null",
+                  f"hydra.run.dir={work}/h-frozen"], timeout=600)
+    beholder_cli(["predict.py", *FAST, f"ckpt={frozen}", f"gallery={gallery}", f"output={home}/frozen-plant", f"feature_cache={planted}/outputs/feature_cache",
+                  f"hydra.run.dir={work}/h-plant"], timeout=600)
+    entries = sorted(os.path.join(d, n) for d, _, fs in os.walk(os.path.join(planted, "outputs")) for n in fs if n.endswith(".npy"))
+    vectors = [np.load(e) for e in entries]
+    for entry, vector in zip(entries, vectors[1:] + vectors[:1]):  # every photo given another's features
+        np.save(entry, vector)
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={frozen}", f"gallery={gallery}", f"output={home}/frozen-default",
+                                 f"hydra.run.dir={work}/h-default"], cwd=planted, timeout=600)
+    row("predict.py (default feature_cache)", f"run from a folder holding a planted outputs/feature_cache ({len(entries)} entries, each another photo's)",
+        code, output, time.perf_counter() - started,
+        nan=differing(scores_by_image(f"{home}/frozen-default/scores.csv"), scores_by_image(f"{home}/frozen-clean/scores.csv")))
+
+    partial = f"{home}/clean/.beholder-partial"
+    shard = next(os.path.join(partial, n) for n in os.listdir(partial) if n.startswith("scores-"))
+    with open(shard, "rb") as f:
+        lines = f.read().split(b"\n")
+    header = lines[0].split(b",")
+    for number, (column, value) in enumerate([(b"score", b"1e308"), (b"score", b"nan"), (b"score", b"abc"), (b"embedding", b"not base64!"),
+                                              (b"score", b"0.5\xff\xfe")], start=1):
+        cells = lines[number].split(b",")
+        cells[header.index(column)] = value
+        lines[number] = b",".join(cells)
+    with open(shard, "wb") as f:
+        f.write(b"\n".join(lines))
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={home}/clean", "feature_cache=null",
+                                 f"hydra.run.dir={work}/h-damaged"], timeout=600)
+    row("predict.py (rerun)", "rows of .beholder-partial with score 1e308, nan, abc, an embedding not base64, bytes not UTF-8", code, output,
+        time.perf_counter() - started, nan=differing(scores_by_image(f"{home}/clean/scores.csv"), reference))
+
+    names_folder = os.path.join(home, "Names")
+    shutil.copytree(os.path.join(gallery, "2026/01"), names_folder)
+    shutil.copy(os.path.join(photos, names[0]), os.path.join(os.fsencode(names_folder), b"caf\xe9.jpg"))
+    shutil.copy(os.path.join(photos, names[1]), os.path.join(names_folder, "line\rbreak.jpg"))
+    with open(os.path.join(os.fsencode(names_folder), b"caf\xe9.xmp"), "w") as f:
+        f.write(rated.format('xmp:Rating="5"'))
+    started, codes = time.perf_counter(), []
+    for attempt in range(2):
+        code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={names_folder}", f"output={home}/names", "feature_cache=null",
+                                     f"hydra.run.dir={work}/h-names{attempt}"], timeout=600)
+        codes.append(code)
+    imported, printed = beholder_cli(["beholder", "ratings", "import", names_folder, "--gallery", names_folder, "--out", f"{home}/names.csv"], timeout=300)
+    row("predict.py twice; ratings import", "a file name that is not UTF-8 (caf\\xe9.jpg, with a sidecar) and one holding a CR", max(codes + [imported]),
+        output, time.perf_counter() - started, stopped=sum(c != 0 for c in codes + [imported]))
+
+    crafted = {
+        "weights from a file": lambda c: c.update(weight_references={"net.backbone.": {"name": "efficientnet_lite0", "weights": "/etc/passwd"}}),
+        "weights from the model hub": lambda c: c.update(weight_references={"net.backbone.": {"name": "efficientnet_lite0", "weights": ""}}),
+        "references as a list": lambda c: c.update(weight_references=["net.backbone."]),
+        "references as a string": lambda c: c.update(weight_references="net.backbone."),
+        "a giant timm network": lambda c: c["hyper_parameters"]["backbone"].update(name="vit_giant_patch14_clip_224"),
+        "image_size 60000x60000": lambda c: c["hyper_parameters"].update(image_size=[60000, 60000]),
+        "group_similarity -1": lambda c: c.update(group_similarity=-1.0),
+        "group_similarity NaN": lambda c: c.update(group_similarity=math.nan),
+    }
+    for what, change in crafted.items():
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        change(checkpoint)
+        path = os.path.join(home, "crafted.ckpt")
+        torch.save(checkpoint, path)
+        started = time.perf_counter()
+        code, output, peak = peak_cli(["predict", *FAST, f"ckpt={path}", f"gallery={gallery}", f"output={home}/crafted", f"hydra.run.dir={work}/h-crafted"],
+                                      timeout=600)
+        one_line = code == 2 and output.strip().count("\n") == 0
+        row("beholder predict", f"a checkpoint with {what} (one line, exit 2; peak RSS {peak:.0f} MB)", code, output, time.perf_counter() - started,
+            stopped=int(not one_line))
+
+    big = os.path.join(home, "Big")
+    os.makedirs(big)
+    for i in range(8):
+        Image.open(os.path.join(photos, names[i])).convert("RGB").resize((6000, 4000)).save(os.path.join(big, f"big{i}.jpg"), quality=92)
+    with open(f"{home}/big-scores.csv", "w") as f:
+        f.write("image,score,band,rank\n" + "".join(f"big{i}.jpg,0.5,review,{i + 1}\n" for i in range(8)))
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-m", "beholder", "review", "--scores", f"{home}/big-scores.csv", "--gallery", big, "--db",
+                               os.path.join(home, "big.sqlite"), "--port", str(port)], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: port_open(port) or server.poll() is not None, timeout=120)
+    started = time.perf_counter()
+    http_get(f"http://127.0.0.1:{port}/image/1")
+    before = rss_mb(server.pid)
+    answered = sum(http_get(f"http://127.0.0.1:{port}/image/{i}?size=full")[0] == 200 for i in range(1, 9))
+    after_eight = rss_mb(server.pid)
+    for _ in range(2):  # again: nothing full-size was kept, so each is decoded again and memory stays where it was
+        for i in range(1, 9):
+            http_get(f"http://127.0.0.1:{port}/image/{i}?size=full")
+    resident = rss_mb(server.pid)
+    server.terminate()
+    server.communicate()
+    row("beholder review", f"24 requests for 8 full-size 24-MP photos ({answered} answered; RSS {before:.0f} MB before, "
+        f"{after_eight:.0f} MB after 8, {resident:.0f} MB after 24)", 0, "served", time.perf_counter() - started)
+
+    started = time.perf_counter()
+    code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={home}/no such folder", f"output={home}/never-made",
+                                 f"hydra.run.dir={work}/h-missing"], timeout=600)
+    row("predict.py", "a gallery that does not exist (one line, exit 2, output not made)", code, output, time.perf_counter() - started,
+        written=int(os.path.exists(f"{home}/never-made")), stopped=int(code != 2 or output.strip().count("\n") > 0))
     return rows
 
 
@@ -593,7 +926,13 @@ def http_post(url, body: bytes, declared: int | None = None) -> int:
 
 
 SURFACE_HEADER = ["surface", "hostile input", "exit: last line", "files written outside", "images served outside",
-                  "runs stopped by one bad file", "NaN results", "seconds"]
+                  "photographer's fields changed", "runs stopped by one bad input", "NaN or false results", "mixed-model results", "seconds"]
+
+
+def surface_row(rows, surface, hostile, code, output, seconds, written=0, served=0, fields=0, nan=0, mixed=0, stopped=None):
+    """One row of the surfaces table: a refusal (exit 2, one line) stops no run unless ``stopped`` says so."""
+    stopped = int(code != 0) if stopped is None else stopped
+    rows.append([surface, hostile, f"{code}: {last_line(output)}", written, served, fields, stopped, nan, mixed, f"{seconds:.1f}"])
 
 
 def main():
@@ -606,10 +945,10 @@ def main():
     ckpt = os.path.join(work, "lite0.ckpt")
     save_checkpoint(make_module("efficientnet_lite0", [224, 224]), ckpt)
 
-    surfaces = surfaces_experiment(work, ckpt, photos)
+    surfaces = surfaces_experiment(work, ckpt, photos) + library_experiment(work, ckpt, photos)
     publish("faults-surfaces", "Hostile input on ratings, sidecars, review, search, caches (bench/faults.py)",
             "Each hostile input through its command on a folder of 40 real photos (shared/data/photos) with a private "
-            "folder beside it; a one-line refusal with exit 2 is the right answer where a row says so:\n\n"
+            "folder and another library beside it; a one-line refusal with exit 2 is the right answer where a row says so:\n\n"
             + markdown_table(SURFACE_HEADER, surfaces), write=not args.no_write)
     if args.only:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+import beholder.core.storage as storage
 import beholder.ratings.xmp as xmp
 from beholder.core.entry import literal_paths
 from beholder.core.errors import UserError, exit_on_user_error
@@ -73,7 +74,10 @@ def test_a_sub_folder_linked_to_another_library_gets_no_sidecar_there(trained, p
     assert len(list(photos.glob("sub*/*.xmp"))) == 60
 
 
-def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("swap", [True, False], ids=["swapped in one step", "compared, then replaced"])
+def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, capsys, swap):
+    if not swap:  # a file system that cannot swap two names in one step
+        monkeypatch.setattr(storage, "exchange", lambda first, second: False)
     root = tmp_path / "Pictures"
     photo(root / "a.jpg")
     photo(root / "b.jpg", 1)

@@ -286,8 +286,9 @@ def write_local_with(path: str, fill, expect=ANYTHING):
     (a reader never sees half a file; on failure nothing is left). A file replaced keeps its
     permissions (and owner, where allowed); a new one gets the umask's. Returns what ``fill`` returns.
 
-    ``expect``: the bytes ``path`` must still hold (None: no file there), checked just before it is
-    replaced; else :class:`ChangedMeanwhile` and nothing is written. A merge into a file that another
+    ``expect``: the bytes ``path`` must still hold (None: no file there), checked as it is replaced
+    (:func:`replace_if_unchanged`); else :class:`ChangedMeanwhile` and the file stays as the other
+    program left it. A merge into a file that another
     program (the photographer's editor) may write at the same moment reads, merges and writes with
     this, and merges again when it fails, so that no edit made meanwhile is undone. A new file is
     linked into place, never over one that appeared meanwhile."""
@@ -312,13 +313,14 @@ def write_local_with(path: str, fill, expect=ANYTHING):
         if expect is None:
             try:
                 os.link(tmp, path)  # fails if a file appeared meanwhile
-                os.remove(tmp)
             except FileExistsError:
                 raise ChangedMeanwhile(errno.EEXIST, "created by another program meanwhile", path) from None
             except OSError:  # a file system without hard links (exFAT, some network shares): checked, then moved
                 if os.path.lexists(path):
                     raise ChangedMeanwhile(errno.EEXIST, "created by another program meanwhile", path) from None
                 os.replace(tmp, path)
+            else:
+                os.remove(tmp)
         elif expect is ANYTHING:
             os.replace(tmp, path)
         else:
@@ -432,7 +434,7 @@ def exclusive_lock(path: str, what: str):
     """An exclusive lock on local file ``path``, held inside the block (and dropped by the system
     when the process dies, so a killed run never leaves it taken). Another holder: :class:`Busy`,
     naming ``what`` and who holds it. A file system without locks (some network shares) runs unlocked."""
-    import fcntl
+    import fcntl  # POSIX only: imported where it is used
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)

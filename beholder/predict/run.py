@@ -73,6 +73,8 @@ def predict(cfg: DictConfig) -> dict | None:
 
 
 def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check: RowCheck) -> dict | None:
+    """predict's body, with the output locked: ``pending``'s images scored into the shards, then the
+    decisions over the whole gallery, the results written and the summary printed."""
     bar, lines = progress(cfg.trainer)
     trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings)), *lines], logger=False, **bar)
     try:

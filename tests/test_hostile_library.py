@@ -72,6 +72,8 @@ def test_a_sub_folder_linked_to_another_library_gets_no_sidecar_there(trained, p
     ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
     assert snapshot(tmp_path / "Other drive") == before and "reached through a link" in capsys.readouterr().out
     assert len(list(photos.glob("sub*/*.xmp"))) == 60
+    ratings(["import", str(photos), "--gallery", str(photos), "--out", str(tmp_path / "labels.csv")])
+    assert labels(tmp_path / "labels.csv")["linked/beach.jpg"]["rating"] == "5"  # read through the link, as predict lists it
 
 
 @pytest.mark.parametrize("swap", [True, False], ids=["swapped in one step", "compared, then replaced"])

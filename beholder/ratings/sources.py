@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 
 from beholder.core.errors import UserError
-from beholder.core.storage import read_local_file
+from beholder.core.storage import local_files, read_local_file
 from beholder.data.images import IMAGE_SUFFIXES
 from beholder.ratings.xmp import MAX_BYTES, UnreadableSidecar, packet_in_file, read_rating, reason
 
@@ -42,28 +42,28 @@ def rated_from_xmp(path: str, values: dict, with_beholder: bool) -> Rated:
 
 def from_sidecars(folder: str, images_root: str, problems: list[str], with_beholder: bool = False) -> list[Rated]:
     """Sidecars under ``folder`` (``x.xmp`` or ``x.jpg.xmp``) name images under ``images_root`` by
-    the same relative path; images there without a sidecar are read for an embedded packet. Where an
+    the same relative path; images there without a sidecar are read for an embedded packet. Linked
+    sub-folders are read as predict lists them (each real folder once). Where an
     image has both, ``x.jpg.xmp`` names it exactly and wins, except where it holds no rating or label
     of the photographer's and ``x.xmp`` does (``x.xmp`` shared by ``x.jpg`` and ``x.tif``, whose own
     sidecars beholder made later: the photographer's stars stay in the one they wrote)."""
     exact: dict[str, Rated] = {}
     shared: dict[str, Rated] = {}
-    for directory, _, files in sorted(os.walk(folder)):
-        for name in sorted(files):
-            if not name.lower().endswith(".xmp"):
-                continue
-            sidecar = os.path.join(directory, name)
-            stem = os.path.join(images_root, os.path.relpath(sidecar, folder))[:-4]
-            named = stem.lower().endswith(IMAGE_SUFFIXES)
-            targets = [stem] if named else images_with_stem(stem)
-            try:
-                values = read_rating(read_local_file(sidecar, MAX_BYTES))
-            except (UnreadableSidecar, OSError) as error:
-                problems.append(f"{sidecar}: {reason(error)}; skipped")
-                values = None
-            for target in targets or [stem]:  # no image: counted as missing
-                found = rated_from_xmp(target, values, with_beholder) if values else Rated(path=target, rating=None)
-                (exact if named else shared)[os.path.normcase(target)] = found
+    for name in sorted(local_files(folder)):
+        if not name.lower().endswith(".xmp"):
+            continue
+        sidecar = os.path.join(folder, name)
+        stem = os.path.join(images_root, name)[:-4]
+        named = stem.lower().endswith(IMAGE_SUFFIXES)
+        targets = [stem] if named else images_with_stem(stem)
+        try:
+            values = read_rating(read_local_file(sidecar, MAX_BYTES))
+        except (UnreadableSidecar, OSError) as error:
+            problems.append(f"{sidecar}: {reason(error)}; skipped")
+            values = None
+        for target in targets or [stem]:  # no image: counted as missing
+            found = rated_from_xmp(target, values, with_beholder) if values else Rated(path=target, rating=None)
+            (exact if named else shared)[os.path.normcase(target)] = found
     rated: dict[str, Rated] = dict(shared)
     for key, own in exact.items():  # an unreadable sidecar's image is neither rated nor unrated
         other = shared.get(key)
@@ -72,18 +72,17 @@ def from_sidecars(folder: str, images_root: str, problems: list[str], with_behol
         elif own["rating"] is not None and not own["label"] and other is not None and other["rating"] is not None:
             own = Rated(own, label=other["label"])
         rated[key] = own
-    for directory, _, files in sorted(os.walk(images_root)):
-        for name in sorted(files):
-            path = os.path.join(directory, name)
-            if name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".dng")) and os.path.normcase(path) not in rated:
-                try:
-                    packet = packet_in_file(path)
-                    values = read_rating(packet) if packet else None
-                except (UnreadableSidecar, OSError) as error:
-                    problems.append(f"{path}: embedded XMP {reason(error)}; skipped")
-                    continue
-                if values:
-                    rated[os.path.normcase(path)] = rated_from_xmp(path, values, with_beholder)
+    for name in sorted(local_files(images_root)):
+        path = os.path.join(images_root, name)
+        if name.lower().endswith((".jpg", ".jpeg", ".tif", ".tiff", ".dng")) and os.path.normcase(path) not in rated:
+            try:
+                packet = packet_in_file(path)
+                values = read_rating(packet) if packet else None
+            except (UnreadableSidecar, OSError) as error:
+                problems.append(f"{path}: embedded XMP {reason(error)}; skipped")
+                continue
+            if values:
+                rated[os.path.normcase(path)] = rated_from_xmp(path, values, with_beholder)
     return list(rated.values())
 
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BEHOLDER := $(VENV)/bin/beholder
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-gpu
+.PHONY: install demo test test-fast lint clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-technical bench-gpu
 
 install: $(STAMP)
 
@@ -54,6 +54,9 @@ bench-library: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(PY) bench/scale.py
+
+bench-technical: $(STAMP)
+	$(PY) bench/technical.py
 
 bench-gpu: $(STAMP)
 	bash bench/gpu.sh

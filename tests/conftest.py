@@ -121,7 +121,7 @@ PYTHON = sys.executable
 
 
 PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6",
-                "feature_cache=null"]
+                "feature_cache=null", "technical=off"]  # the fixtures are noise: the technical tests use photos of their own
 
 
 @pytest.fixture(scope="session")

@@ -147,7 +147,7 @@ def test_training_augmentation_keeps_shape_and_evaluation_is_deterministic():
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (237, 1820, 3), dtype=np.uint8))
     config = {**DATA_CONFIG, "input_size": (3, 48, 368)}
     train, evaluate = build_transform(config, True), build_transform(config, False)
-    assert train(picture).shape == (3, 48, 368)
+    assert train(picture).shape == (1, 3, 48, 368)  # a panorama of about the input's shape: one tile
     assert not torch.equal(train(picture), train(picture))
     assert torch.equal(evaluate(picture), evaluate(picture))
 

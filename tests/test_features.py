@@ -71,8 +71,8 @@ def test_cached_features_are_the_networks_features_and_are_computed_once(gallery
 
     picture = GalleryDataset(str(gallery), images[:1], Store(), build_transform(net.data_config, train=False))[0]["image"]
     with torch.no_grad():
-        assert torch.allclose(first[images[0]][0], features_of(picture[None])[0], atol=1e-4)
-        assert torch.allclose(first[images[0]][1], features_of(picture.flip(-1)[None])[0], atol=1e-4)
+        assert torch.allclose(first[images[0]][0], features_of(picture)[0], atol=1e-4)
+        assert torch.allclose(first[images[0]][1], features_of(picture.flip(-1))[0], atol=1e-4)
 
     calls.clear()
     again, _ = cached_features(net, str(gallery), images, Store(), {}, 3, str(tmp_path / "cache"), 10**8, num_workers=0)

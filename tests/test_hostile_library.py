@@ -89,8 +89,8 @@ def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, caps
     real = xmp.xmp_sidecar
     saves = {"a.xmp": 1, "b.xmp": 100}  # the editor saves a.xmp once while beholder merges; b.xmp on every attempt
 
-    def merge_while_the_editor_saves(rating, band, score, existing=None, overwrite_ratings=False):
-        merged = real(rating, band, score, existing, overwrite_ratings)
+    def merge_while_the_editor_saves(rating, band, score, existing=None, *options):
+        merged = real(rating, band, score, existing, *options)
         for name, left in saves.items():
             if left and existing == (root / name).read_bytes():
                 saves[name] -= 1

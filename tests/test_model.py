@@ -87,7 +87,7 @@ def test_offline_efficientnet_lite_weights_name_a_real_photo(option):
     config = {**timm.data.resolve_model_data_config(classifier), "mean": cfg.backbone.mean, "std": cfg.backbone.std}
     image = build_transform(config, train=False)(Image.open(HERE / "data" / "acorns.jpg").convert("RGB"))
     with torch.no_grad():
-        probabilities = classifier(image[None]).softmax(-1)[0]
+        probabilities = classifier(image).softmax(-1)[0]  # the transform gives the photo's tiles: one here
     top = int(probabilities.argmax())
     assert ImageNetInfo().index_to_description(top) == "acorn"
     assert probabilities[top] > 0.5

@@ -63,7 +63,7 @@ def test_scores_every_image_and_lists_the_skipped(trained, tmp_path):
     assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1, atol=2e-3)
     picture = GalleryDataset(str(photos), [images[0]], Store(), build_transform(module.net.data_config, train=False))[0]["image"]
     with torch.no_grad():
-        expected = torch.nn.functional.normalize(module.net.standardise(module.net.features(picture[None])), dim=-1)[0].numpy()
+        expected = torch.nn.functional.normalize(module.net.standardise(module.net.features(picture)), dim=-1)[0].numpy()
     assert np.allclose(vectors[0].astype(np.float32), expected, atol=2e-3)
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/plain", "embeddings=false"]))
     assert not (tmp_path / "plain" / "embeddings.parquet").exists() and (tmp_path / "plain" / "scores.csv").exists()

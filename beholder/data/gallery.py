@@ -7,6 +7,7 @@ import logging
 import math
 from collections import Counter
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
@@ -18,12 +19,43 @@ from beholder.core.launch import pin_memory
 from beholder.core.storage import Store, check_uri, join
 from beholder.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, RAW_SUFFIXES, UnreadableImage, capture_time, decode_image
 from beholder.data.labels import Label, drop_missing, parse_labels, regression_stats, split_labels, target_of
+from beholder.technical.measures import ANALYSIS_SIDE, measure
 
 log = logging.getLogger(__name__)
 
 
-def build_transform(data_config: dict, train: bool, augment: dict | None = None) -> T.Compose:
-    """Resize to the network's input size; on training batches also flip, crop and jitter.
+TILING_ASPECT = 2.0  # a photo this many times wider (or taller) than the network's input is seen as tiles
+
+
+def tile_boxes(width: int, height: int, input_width: int, input_height: int) -> list[tuple[int, int, int, int]]:
+    """Where to cut a photo into tiles of about the network input's shape along its long side: a
+    panorama ``TILING_ASPECT`` times wider than the input, or more, is seen whole at the network's
+    own resolution instead of squashed; anything closer is one tile, squashed as training saw it."""
+    ratio = (width / height) / (input_width / input_height)
+    count = round(max(ratio, 1 / ratio)) if max(ratio, 1 / ratio) >= TILING_ASPECT else 1
+    if ratio >= 1:
+        return [(round(i * width / count), 0, round((i + 1) * width / count), height) for i in range(count)]
+    return [(0, round(i * height / count), width, round((i + 1) * height / count)) for i in range(count)]
+
+
+class Tiled:
+    """A photo into the network's inputs: (tiles, 3, H, W), each tile transformed by ``per_tile``
+    (:func:`tile_boxes`; one tile for most photos). The network's features of the tiles are averaged."""
+
+    def __init__(self, per_tile: T.Compose, height: int, width: int):
+        self.per_tile, self.height, self.width = per_tile, height, width
+        self.transforms = per_tile.transforms
+
+    def __call__(self, picture) -> torch.Tensor:
+        boxes = tile_boxes(*picture.size, self.width, self.height)
+        if len(boxes) == 1:
+            return self.per_tile(picture)[None]
+        return torch.stack([self.per_tile(picture.crop(box)) for box in boxes])
+
+
+def build_transform(data_config: dict, train: bool, augment: dict | None = None) -> Tiled:
+    """Resize to the network's input size; on training batches also flip, crop and jitter. A photo
+    far wider or taller than the input is cut into tiles first (:class:`Tiled`).
 
     The crop keeps the input's aspect ratio (a panorama stays a panorama) and covers at least
     ``augment.min_crop`` of it.
@@ -48,7 +80,7 @@ def build_transform(data_config: dict, train: bool, augment: dict | None = None)
         if jitter:
             steps.append(T.ColorJitter(brightness=jitter, contrast=jitter))
     steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])]
-    return T.Compose(steps)
+    return Tiled(T.Compose(steps), height, width)
 
 
 class GalleryDataset(Dataset):
@@ -56,12 +88,17 @@ class GalleryDataset(Dataset):
 
     ``targets`` (optional) gives each image's (tier, regression target). ``cache`` (optional, a
     :class:`beholder.models.features.FeatureCache` of the network's frozen features): an image whose
-    features it holds yields them (``features``) instead of its picture, which is not even decoded.
+    features it holds yields them (``features``) instead of its picture. ``measures``: each image's
+    technical measures too (``technical``; :mod:`beholder.technical.measures`), from the same decode,
+    kept in ``measures_cache`` (a FeatureCache) when given. A photo whose features and measures are
+    both cached is not even decoded.
     """
 
-    def __init__(self, root, images, store, transform, targets=None, max_pixels=DEFAULT_MAX_PIXELS, cache=None):
+    def __init__(self, root, images, store, transform, targets=None, max_pixels=DEFAULT_MAX_PIXELS, cache=None, measures=False,
+                 measures_cache=None):
         self.root, self.images, self.store, self.transform = root, list(images), store, transform
         self.targets, self.max_pixels, self.cache = targets, max_pixels, cache
+        self.measures, self.measures_cache = measures, measures_cache
         resize = next((t for t in transform.transforms if isinstance(t, T.Resize)), None)
         self.min_size = (resize.size[1], resize.size[0]) if resize else None  # JPEGs may decode at a reduced scale down to this
 
@@ -71,17 +108,30 @@ class GalleryDataset(Dataset):
     def __getitem__(self, index):
         image = self.images[index]
         sample = {"index": index, "image_path": image}
+        features = measured = None
         try:
             data = self.store.read(join(self.root, image))
-            if self.cache is not None:
+            if self.cache is not None or self.measures_cache is not None:
                 sample["content"] = hashlib.sha256(data).hexdigest()
-                cached, _ = self.cache.get(sample["content"], 0)
-                if cached is not None:
-                    return {**sample, "features": torch.from_numpy(cached), "taken": capture_time(image, data)}
-            picture = decode_image(data, self.max_pixels, self.min_size)
+            if self.cache is not None:
+                features, _ = self.cache.get(sample["content"], 0)
+            if self.measures and self.measures_cache is not None:
+                measured, _ = self.measures_cache.get(sample["content"], 0)
+            if features is None or (self.measures and measured is None):
+                picture = decode_image(data, self.max_pixels, self.min_size, ANALYSIS_SIDE if self.measures else 0)
         except (UnreadableImage, OSError) as error:  # the file's content is for good; a failed read (permissions) may pass
             return {**sample, "error": str(error) or type(error).__name__, "retry": isinstance(error, OSError)}
-        sample["image"], sample["taken"] = self.transform(picture), capture_time(image, data)
+        if self.measures and measured is None:
+            measured = measure(picture)
+            if self.measures_cache is not None:
+                self.measures_cache.put(sample["content"], 0, measured)
+        if self.measures:
+            sample["technical"] = torch.from_numpy(np.asarray(measured, dtype=np.float32))
+        if features is not None:
+            sample["features"] = torch.from_numpy(features)
+        else:
+            sample["image"] = self.transform(picture)
+        sample["taken"] = capture_time(image, data)
         if self.targets is not None:
             sample["tier"], sample["target"] = self.targets[index]
         return sample
@@ -99,7 +149,9 @@ def raw_safe_workers(images, num_workers: int) -> dict:
 def collate(samples: list[dict]) -> dict:
     """Stack the good samples; list the bad ones under ``skipped`` as (image path, reason), and
     under ``retry`` those whose reading failed for a reason that may pass. Samples
-    with cached features come first (``cached``), then the pictures (``image``, and their ``content``)."""
+    with cached features come first (``cached``), then the pictures (``image``: every picture's tiles
+    one after the other, ``tiles``: how many each has, and their ``content``); ``technical``: the
+    measures of each, in the same order."""
     cached = [s for s in samples if "features" in s]
     pictures = [s for s in samples if "image" in s]
     good = cached + pictures
@@ -111,8 +163,11 @@ def collate(samples: list[dict]) -> dict:
     if cached:
         batch["cached"] = torch.stack([s["features"] for s in cached])
     if pictures:
-        batch["image"] = torch.stack([s["image"] for s in pictures])
+        batch["image"] = torch.cat([s["image"] for s in pictures])
+        batch["tiles"] = torch.tensor([len(s["image"]) for s in pictures], dtype=torch.long)
         batch["content"] = [s.get("content") for s in pictures]
+    if good and "technical" in good[0]:
+        batch["technical"] = torch.stack([s["technical"] for s in good])
     if good:
         if "tier" in good[0]:
             batch["tier"] = torch.tensor([s["tier"] for s in good], dtype=torch.long)

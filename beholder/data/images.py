@@ -32,17 +32,21 @@ class UnreadableImage(Exception):
     """The file is not an image we can use; the message says why."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tuple[int, int] | None = None) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tuple[int, int] | None = None,
+                 min_long: int = 0) -> Image.Image:
     """Decode ``data`` to an RGB image with its EXIF orientation applied.
 
     Grayscale, palette, CMYK, RGBA and 16-bit images become RGB. A file declaring more than
     ``max_pixels`` pixels is refused before it is decoded (decompression bombs). ``min_size``
-    (width, height) lets JPEG decode at a reduced scale that is still at least that big.
+    (width, height) lets JPEG decode at a reduced scale that is still at least that big, and whose
+    long side is still at least ``min_long`` (the technical measures' size); a RAW file gives its
+    embedded preview when that is as large.
     """
     if not data:
         raise UnreadableImage("empty file")
     if data.startswith(RAW_MAGIC) or data[4:11] == b"ftypcrx":
-        picture = raw_picture(data, max_pixels, min_size)
+        needed = max(*(min_size or (0, 0)), min_long)
+        picture = raw_picture(data, max_pixels, (needed, needed) if needed else None)
         if picture is not None:
             return to_rgb(picture)
     try:
@@ -53,7 +57,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tu
             if width * height > max_pixels:
                 raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
             if min_size and image.format == "JPEG":
-                scale = min(width / min_size[0], height / min_size[1])
+                scale = min(width / min_size[0], height / min_size[1], max(width, height) / max(min_long, 1))
                 if scale >= 2:
                     image.draft("RGB", (int(width / scale), int(height / scale)))
             image.load()

@@ -17,7 +17,7 @@ from beholder.label.tournament import SubmissionError, Tournament
 REVIEW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_items (
     image_id INTEGER PRIMARY KEY REFERENCES images(id), position INTEGER NOT NULL, band TEXT NOT NULL,
-    score REAL NOT NULL, rank INTEGER NOT NULL);
+    score REAL NOT NULL, rank INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS reviews (
     id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id), rater TEXT NOT NULL,
     keep INTEGER NOT NULL, at REAL NOT NULL, undone INTEGER NOT NULL DEFAULT 0);
@@ -41,7 +41,7 @@ def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dic
     decisions, seen = [], {}
     for line, r in enumerate(rows, start=2):
         try:
-            decision = {"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"])}
+            decision = {"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"]), "reason": r.get("reason") or ""}
         except (TypeError, ValueError) as error:
             raise UserError(f"--scores {source}: line {line}: {error}") from None
         if decision["band"] not in BAND_ORDER:
@@ -64,6 +64,8 @@ class Review(Tournament):
         db = super()._connect(read_only)
         if not read_only:
             db.executescript(REVIEW_SCHEMA)
+            if "reason" not in {row[1] for row in db.execute("PRAGMA table_info(review_items)")}:  # a database from before reasons
+                db.execute("ALTER TABLE review_items ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
         return db
 
     def load(self, decisions: list[dict]) -> None:
@@ -73,8 +75,9 @@ class Review(Tournament):
         ids = {key: i for i, key in self.keys().items()}
         with self._write():
             self.db.execute("DELETE FROM review_items")
-            self.db.executemany("INSERT INTO review_items VALUES (?, ?, ?, ?, ?)",
-                                [(ids[d["image"]], position, d["band"], d["score"], d["rank"]) for position, d in enumerate(decisions)])
+            self.db.executemany("INSERT INTO review_items (image_id, position, band, score, rank, reason) VALUES (?, ?, ?, ?, ?, ?)",
+                                [(ids[d["image"]], position, d["band"], d["score"], d["rank"], d.get("reason", ""))
+                                 for position, d in enumerate(decisions)])
 
     def next_item(self, rater: str) -> dict | None:
         upcoming = self.upcoming(rater, 1)
@@ -83,10 +86,10 @@ class Review(Tournament):
     def upcoming(self, rater: str, count: int) -> list[dict]:
         """The next ``count`` items ``rater`` has not decided, in queue order."""
         rows = self.db.execute(
-            "SELECT i.image_id, i.band, i.score, i.rank, g.key FROM review_items i JOIN images g ON g.id = i.image_id "
+            "SELECT i.image_id, i.band, i.score, i.rank, i.reason, g.key FROM review_items i JOIN images g ON g.id = i.image_id "
             "WHERE g.active = 1 AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.image_id = i.image_id AND r.rater = ? AND r.undone = 0) "
             "ORDER BY i.position LIMIT ?", (rater, count)).fetchall()
-        return [dict(zip(("id", "band", "score", "rank", "image"), row)) for row in rows]
+        return [dict(zip(("id", "band", "score", "rank", "reason", "image"), row)) for row in rows]
 
     def decide(self, rater: str, image_id: int, keep: bool) -> None:
         with self._write():

@@ -88,6 +88,7 @@ class ViewImages(Dataset):
         return len(self.images)
 
     def view(self, picture, content: str, view: int) -> torch.Tensor:
+        """One view of the photo: its tiles (:class:`beholder.data.gallery.Tiled`), tiles x 3 x H x W."""
         if view == 0:
             return self.plain(picture)
         if view == 1:
@@ -132,7 +133,8 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
             skipped.update((s["image_path"], s["error"]) for s in samples if "error" in s)
             pictures = [p for s in good for p in s["pictures"]]
             if pictures:
-                vectors = net.features(torch.stack(pictures)).float().numpy()
+                tiles = torch.tensor([len(p) for p in pictures])
+                vectors = net.photo_features(torch.cat(pictures), tiles).float().numpy()
                 computed += len(pictures)
                 row = 0
                 for s in good:

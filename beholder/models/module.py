@@ -67,7 +67,7 @@ class BeholderModule(pl.LightningModule):
         parts = [batch["cached"].float()] if "cached" in batch else []
         if "image" in batch:
             images = batch["image"].contiguous(memory_format=torch.channels_last) if self.channels_last else batch["image"]
-            computed = self.net.features(images).float()
+            computed = self.net.photo_features(images, batch.get("tiles")).float()
             if self.feature_cache is not None:
                 for content, vector in zip(batch["content"], computed.detach().cpu().numpy()):
                     if np.isfinite(vector).all():
@@ -126,7 +126,7 @@ class BeholderModule(pl.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         result = {"index": batch["index"], "image_path": batch["image_path"], "skipped": batch["skipped"], "retry": batch.get("retry", []),
-                  "taken": batch.get("taken")}
+                  "taken": batch.get("taken"), "technical": batch.get("technical")}
         inputs = self.head_inputs(batch)
         if inputs is not None:
             # The head in full precision under bf16-mixed: 8-bit mantissas would tie many scores.

@@ -111,6 +111,14 @@ class ScoreNet(nn.Module):
             total = total + torch.cat([pooled_features(m, seen, self.levels) for m in (self.backbone, *self.extractors)], dim=-1)
         return total / len(self.sizes)
 
+    def photo_features(self, images, tiles=None):
+        """:meth:`features` of each photo: with ``tiles`` (how many consecutive rows of ``images``
+        each photo has), the mean of its tiles' features."""
+        features = self.features(images)
+        if tiles is None or len(tiles) == len(images):
+            return features
+        return torch.stack([part.mean(dim=0) for part in torch.split(features, tiles.tolist())])
+
     def standardise(self, features):
         return (features - self.feature_mean) / self.feature_std
 

@@ -16,6 +16,7 @@ from beholder.core.launch import check_shared_folder, pin_memory
 from beholder.core.storage import Store, exclusive_lock, file_digest, is_s3, join
 from beholder.data.gallery import collate, list_gallery, raw_safe_workers
 from beholder.predict.shards import RowCheck, bind_run, model_of, read_shards
+from beholder.technical.measures import measures_version
 
 PARTIAL = ".beholder-partial"
 
@@ -51,7 +52,8 @@ def plan_run(cfg: DictConfig, store: Store, gallery: str, output: str, partial: 
         lock.enter_context(exclusive_lock(join(partial, LOCK), f"output={output}"))
     # Results so far count only for this checkpoint, this gallery and each file as it is now.
     checkpoint = file_digest(ckpt_path)
-    restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings)})
+    technical = measures_version() if cfg.technical.enabled else None
+    restarted = bind_run(store, partial, {"checkpoint": checkpoint, "gallery": gallery, "embeddings": bool(cfg.embeddings), "technical": technical})
     seen: set[str] = set()
     rows = read_shards(store, partial, versions, model_of(checkpoint), check, seen)
     retry = rows.retry & set(versions)

@@ -14,12 +14,17 @@ GROUP_FIELDS = ["group", "group_rank", "group_size"]
 
 
 def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
-    """``ranked``: rows best first, each with image, score, tier, probabilities, band, reason (of a
-    reject: ``score`` or ``burst``), rank, and when grouped, group, group_rank, group_size (``keep``
-    is the band ``keep``)."""
+    """``ranked``: rows best first, each with image, score (taste), technical (its quality, 0-1,
+    when the technical checks ran), tier, probabilities, band, reason (of a reject: ``score``,
+    ``burst`` or a technical failure such as ``out of focus``; of a photo sent to review for one,
+    that), rank (the final order), and when grouped, group, group_rank, group_size (``keep`` is the
+    band ``keep``)."""
     grouped = bool(ranked) and "group" in ranked[0]
-    fields = ["image", "score", "tier", *probability_names, "band", "keep", "reason", "rank", *(GROUP_FIELDS if grouped else [])]
-    rows = ({"image": row["image"], "score": f"{row['score']:.6f}", "tier": row["tier"],
+    technical = bool(ranked) and "technical" in ranked[0]
+    fields = ["image", "score", *(["technical"] if technical else []), "tier", *probability_names, "band", "keep", "reason", "rank",
+              *(GROUP_FIELDS if grouped else [])]
+    rows = ({"image": row["image"], "score": f"{row['score']:.6f}", **({"technical": f"{row['technical']:.4f}"} if technical else {}),
+             "tier": row["tier"],
              **({name: f"{p:.4f}" for name, p in zip(probability_names, row["probabilities"])} if probability_names else {}),
              "band": row["band"], "keep": str(row["band"] == "keep").lower(), "reason": row["reason"], "rank": row["rank"],
              **({field: row[field] for field in GROUP_FIELDS} if grouped else {})} for row in ranked)
@@ -102,7 +107,8 @@ def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, 
             uri, width, height = picture
             wide = " wide" if width > 2.5 * height else ""
             hidden = f" · +{row['hidden']} near-cop{'y' if row['hidden'] == 1 else 'ies'} hidden" if row.get("hidden") else ""
-            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']}{hidden} · {row['image']}"
+            why = f" · {row['reason']}" if row.get("reason") not in ("", "score", None) else ""
+            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']}{why}{hidden} · {row['image']}"
             parts.append(
                 f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"
                 f"<img src='{uri}' alt={quoteattr(row['image'])}><figcaption>{html.escape(caption)}</figcaption></figure>"

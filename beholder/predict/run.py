@@ -27,8 +27,11 @@ from beholder.predict.plan import PARTIAL, PendingImages, plan_run
 from beholder.predict.policy import BANDS
 from beholder.predict.shards import RowCheck, ShardWriter, compact_shards, model_of, read_shards
 from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
+from beholder.predict.technical import Checks, burst_preference, final_order, judge
 from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
 from beholder.search.embeddings import decode
+from beholder.technical import REASONS
+from beholder.technical.measures import FEATURES, measures_version
 from beholder.train.callbacks import progress
 
 
@@ -64,15 +67,19 @@ def predict(cfg: DictConfig) -> dict | None:
     transform = build_transform(module.net.data_config, train=False)
     if cfg.feature_cache and module.net.frozen:  # the features a personal model trained on, or an earlier model's run
         module.feature_cache = FeatureCache(str(cfg.feature_cache), network_key(module.net, {}), module.net.feature_mean.numel())
-    check = RowCheck(*module.net.head.score_range(), module.net.feature_mean.numel())
+    checks = Checks.of(cfg.technical)
+    measures_cache = FeatureCache(str(cfg.feature_cache), f"technical-{measures_version()}", len(FEATURES)) if checks and cfg.feature_cache else None
+    check = RowCheck(*module.net.head.score_range(), module.net.feature_mean.numel(), len(FEATURES) if checks else 0)
     pending = PendingImages(output, lambda lock: plan_run(cfg, store, gallery, output, partial, ckpt_path, check, lock),
-                            lambda images: GalleryDataset(gallery, images, store, transform, cache=module.feature_cache),
+                            lambda images: GalleryDataset(gallery, images, store, transform, cache=module.feature_cache, measures=checks is not None,
+                                                          measures_cache=measures_cache),
                             cfg.batch_size, workers)
     with pending.lock:
-        return score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check)
+        return score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check, checks)
 
 
-def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check: RowCheck) -> dict | None:
+def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check: RowCheck,
+                     checks: Checks | None) -> dict | None:
     """predict's body, with the output locked: ``pending``'s images scored into the shards, then the
     decisions over the whole gallery, the results written and the summary printed."""
     bar, lines = progress(cfg.trainer)
@@ -94,15 +101,19 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
     if len(scored) + len(skipped) < len(versions):
         missing = len(versions) - len(scored) - len(skipped)
         raise Incomplete(f"{missing} of {len(versions)} images are not processed yet; rerun the same command to finish (results so far are kept in {partial})")
-    ranked = sorted(scored.values(), key=lambda row: (-row["score"], row["image"]))
+    ranked = final_order(list(scored.values()))  # by taste: the policy's order
     if not ranked:
         raise UserError(f"gallery={gallery}: none of the {len(versions)} files could be read (see the warnings)")
-    for rank, row in enumerate(ranked, start=1):
-        row["rank"] = rank
     policy = decision_policy(cfg, module, len(ranked), ckpt_path)
     for row in ranked:
         row["band"] = policy.band(row["score"], row["rank"])
         row["reason"] = "score" if row["band"] == "reject" else ""
+    # keep_top cuts by rank: both thresholds are the score of the last one kept
+    keep_at, reject_below = (ranked[sum(row["band"] == "keep" for row in ranked) - 1]["score"],) * 2 if policy.keep_count \
+        else (policy.keep_at, policy.reject_below)
+    if checks is not None:
+        judge(ranked, checks)
+        ranked = final_order(ranked)
     before_bursts = sum(row["band"] == "reject" for row in ranked) / len(ranked)
     if cfg.embeddings:
         for row in ranked:
@@ -113,8 +124,6 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         if row["image"] in verdicts:
             row["band"], row["reason"] = verdicts[row["image"]], "rated"
     bands = {band: sum(row["band"] == band for row in ranked) for band in BANDS}
-    # keep_top cuts by rank: both thresholds are the score of the last one kept
-    keep_at, reject_below = (ranked[bands["keep"] - 1]["score"],) * 2 if policy.keep_count else (policy.keep_at, policy.reject_below)
 
     summary = {
         "found": len(versions),
@@ -145,6 +154,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         "model": ckpt_path if cfg.ckpt else default_model.NAME,
         "embeddings": bool(cfg.embeddings),
         "rated": {band: sum(row["reason"] == "rated" and row["band"] == band for row in ranked) for band in ("keep", "reject")},
+        "technical": technical_summary(ranked) if checks is not None else None,
     }
     summary["warning"] = small_reduction_warning(cfg, summary, policy, ranked, module.calibration_photos)
     try:
@@ -172,9 +182,24 @@ def group_bursts(cfg: DictConfig, ranked: list[dict], similarity: float) -> int:
     vectors = np.stack([row["vector"] for row in ranked])
     times = np.array([row["taken"] for row in ranked], dtype=np.float64)
     window = None if cfg.group_window is None else float(cfg.group_window)
-    groups, ranks, sizes = burst_groups(vectors, similarity, times, window)
-    for row, group, rank, size in zip(ranked, groups.tolist(), ranks.tolist(), sizes.tolist()):
-        row["group"], row["group_rank"], row["group_size"] = group, rank, size
+    groups, _, sizes = burst_groups(vectors, similarity, times, window)
+    members: dict[int, list[dict]] = {}
+    for row, group, size in zip(ranked, groups.tolist(), sizes.tolist()):
+        row["group"], row["group_size"] = group, size
+        members.setdefault(group, []).append(row)
+    for rows in members.values():  # the sharpest well-exposed frame first, then by taste
+        for rank, row in enumerate(burst_preference(rows), start=1):
+            row["group_rank"] = rank
     return cull_bursts(ranked, int(cfg.keep_per_group)) if cfg.keep_per_group is not None else 0
+
+
+def technical_summary(ranked: list[dict]) -> dict:
+    """How many the technical checks rejected and sent to review, by reason (before the person's own verdicts)."""
+    counted = {band: {} for band in ("reject", "review")}
+    for row in ranked:
+        if row.get("technical_band"):
+            reasons = counted[row["technical_band"]]
+            reasons[REASONS[row["failure"]]] = reasons.get(REASONS[row["failure"]], 0) + 1
+    return counted
 
 

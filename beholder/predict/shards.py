@@ -37,10 +37,10 @@ from beholder.core.tables import csv_text, read_csv
 from beholder.search.embeddings import decode, encode
 
 FIELDS = {
-    "scores": ["image", "version", "model", "score", "tier", "probabilities", "taken", "embedding"],
+    "scores": ["image", "version", "model", "score", "tier", "probabilities", "taken", "embedding", "technical"],
     "skipped": ["image", "version", "model", "reason", "retry"],
 }
-# Shards of beholder before each row named its model: read as the bound run's own.
+# Shards of beholder before each row named its model and carried its technical measures: read as the bound run's own.
 FORMER_FIELDS = {"scores": ["image", "version", "score", "tier", "probabilities", "taken", "embedding"], "skipped": ["image", "version", "reason"]}
 RUN_FILE = "run.json"
 SHARD_NAME = re.compile(r"(scores|skipped)-rank\d+(-[0-9a-f]+-\d+)?\.csv")
@@ -56,11 +56,13 @@ def model_of(checkpoint: str) -> str:
 @dataclass
 class RowCheck:
     """What a scores row of this model can hold: a score in the head's range, an embedding of
-    the head's width. A row that holds anything else was not written by beholder (a damaged or
-    planted shard): its image is scored again."""
+    the head's width, ``measures`` technical measures (none when the technical checks are off). A
+    row that holds anything else was not written by beholder (a damaged or planted shard): its image
+    is scored again."""
     low: float
     high: float
     dimension: int | None
+    measures: int = 0
 
     def accepts(self, row: dict) -> bool:
         try:
@@ -68,9 +70,12 @@ class RowCheck:
             probabilities = [float(v) for v in row["probabilities"].split()]
             taken = float(row["taken"]) if row["taken"] else 0.0
             embedding = decode(row["embedding"]) if row["embedding"] else None
+            measured = [float(v) for v in row.get("technical", "").split()]
         except (ValueError, TypeError, binascii.Error):
             return False
-        numbers = np.array([score, taken, *probabilities], dtype=np.float64)
+        if len(measured) != self.measures:
+            return False
+        numbers = np.array([score, taken, *probabilities, *measured], dtype=np.float64)
         if not np.isfinite(numbers).all() or not self.low <= score <= self.high or not 0 <= tier <= 3:
             return False
         if not all(0 <= p <= 1 for p in probabilities):
@@ -132,11 +137,13 @@ def append_rows(path: str, fields: list[str], rows: list[dict]) -> None:
 
 
 def score_row(image: str, version: str, model: str, score: float, tier: int, probabilities: list[float], taken: float | None,
-              embedding: str) -> dict:
-    """A scores shard's row, as written after each batch and as kept after a complete run."""
+              embedding: str, measured) -> dict:
+    """A scores shard's row, as written after each batch and as kept after a complete run;
+    ``measured``: the technical measures (None when the checks are off)."""
     return {"image": image, "version": version, "model": model, "score": f"{score:.6f}", "tier": tier,
             "probabilities": " ".join(f"{v:.6f}" for v in probabilities),
-            "taken": "" if taken is None or math.isnan(taken) else f"{taken:.0f}", "embedding": embedding}
+            "taken": "" if taken is None or math.isnan(taken) else f"{taken:.0f}", "embedding": embedding,
+            "technical": "" if measured is None else " ".join(f"{float(v):.6g}" for v in measured)}
 
 
 def skip_row(image: str, version: str, model: str, reason: str, retry: bool) -> dict:
@@ -156,13 +163,14 @@ class ShardWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         versions, model = trainer.datamodule.versions, model_of(trainer.datamodule.plan.checkpoint)
         if "scores" in prediction:
-            probabilities = prediction.get("probabilities")
+            probabilities, measured = prediction.get("probabilities"), prediction.get("technical")
             taken = prediction.get("taken") or [None] * len(prediction["image_path"])
             for i, image in enumerate(prediction["image_path"]):
                 self.pending["scores"].append(score_row(
                     image, versions[image], model, float(prediction["scores"][i]), int(prediction["tiers"][i]),
                     probabilities[i].tolist() if probabilities is not None else [], taken[i],
-                    encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else ""))
+                    encode(prediction["embeddings"][i].cpu().numpy()) if self.embeddings else "",
+                    measured[i].tolist() if measured is not None else None))
         retry = set(prediction.get("retry", []))
         self.pending["skipped"] += [skip_row(image, versions[image], model, reason, image in retry) for image, reason in prediction["skipped"]]
         held = sum(map(len, self.pending.values()))
@@ -243,6 +251,8 @@ def read_shards(store: Store, folder: str, versions: dict[str, str], model: str,
         row["tier"] = int(row["tier"])
         row["probabilities"] = [float(v) for v in row["probabilities"].split()]
         row["taken"] = float(row["taken"]) if row["taken"] else math.nan
+        measured = row.pop("technical", "")
+        row["measured"] = np.array(measured.split(), dtype=np.float64) if measured else None
     found.scored = scored
     found.skipped = {image: row["reason"] for image, row in skipped_rows.items() if image not in scored}
     found.retry = {image for image, row in skipped_rows.items() if image in found.skipped and row.get("retry")}
@@ -258,8 +268,8 @@ def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: 
     old = shard_names(store, folder)
     launch = uuid.uuid4().hex[:12]
     rows = {
-        "scores": [score_row(image, versions[image], model, row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"])
-                   for image, row in sorted(scored.items())],
+        "scores": [score_row(image, versions[image], model, row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"],
+                             row["measured"]) for image, row in sorted(scored.items())],
         "skipped": [skip_row(image, versions[image], model, reason, image in retry) for image, reason in sorted(skipped.items())],
     }
     for kind, kind_rows in rows.items():

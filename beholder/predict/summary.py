@@ -66,6 +66,15 @@ def sidecar_lines(sidecars: dict | None) -> list[str]:
             *listed("left as it was", left)]
 
 
+def technical_lines(counted: dict | None) -> list[str]:
+    if counted is None:
+        return []
+    said = lambda reasons: ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items(), key=lambda item: -item[1]))  # noqa: E731
+    rejected, review = sum(counted["reject"].values()), sum(counted["review"].values())
+    return [line("technical", f"{rejected} rejected" + (f" ({said(counted['reject'])})" if rejected else "")
+                 + f", {review} borderline to review" + (f" ({said(counted['review'])})" if review else ""))]
+
+
 def ignored_lines(ignored: dict[str, list[str]]) -> list[str]:
     """What the gallery holds that was not scored, by why: file types counted by suffix."""
     lines = []
@@ -98,6 +107,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
         line("rejected", f"{summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})"),
         *([line("rated", f"{sum(rated.values())} keep the person's own verdict ({rated['keep']} keep, {rated['reject']} reject)")]
           if sum(rated.values()) else []),
+        *technical_lines(summary.get("technical")),
         *([line("warning", summary["warning"])] if summary["warning"] else []),
         *group_lines(summary),
         line("thresholds", summary["threshold_source"]),

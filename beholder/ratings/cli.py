@@ -25,6 +25,7 @@ from beholder.data.labels import top_rating
 from beholder.label.review import Review, review_decisions
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
+from beholder.technical import REASONS
 
 DEFAULT_TIERS = "reject:0,1:0,2:1,3:1,4:2,5:3"
 
@@ -156,6 +157,7 @@ def run_write(args) -> None:
             raise UserError(f"--scores {args.scores}: line {number}: score {row['score']!r} / rank {row['rank']!r} are not numbers") from None
         if row["band"] not in ("keep", "review", "reject"):
             raise UserError(f"--scores {args.scores}: line {number}: band {row['band']!r} is not keep, review or reject")
+        row["keywords"] = [row["reason"]] if row.get("reason") in REASONS.values() else []
     root = os.path.expanduser(args.gallery)
     if not os.path.isdir(root):
         raise UserError(f"--gallery {args.gallery}: no such folder")

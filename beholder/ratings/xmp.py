@@ -21,7 +21,12 @@ NAMESPACES = {
     "xmpDM": "http://ns.adobe.com/xmp/1.0/DynamicMedia/",
     "digiKam": "http://www.digikam.org/ns/1.0/",
     "beholder": "https://github.com/beholder/ns/1.0/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "lr": "http://ns.adobe.com/lightroom/1.0/",
 }
+# beholder's keywords, in the bags each tool filters on: (bag, how a keyword is written there). Each
+# is under beholder's own name, so none is ever the photographer's; each run replaces those alone.
+KEYWORD_BAGS = ((("lr", "hierarchicalSubject"), "beholder|{}"), (("digiKam", "TagsList"), "beholder/{}"), (("dc", "subject"), "beholder: {}"))
 EMPTY_XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
 BAND_LABELS = {"keep": ("Green", 3), "review": ("Yellow", 0), "reject": ("Red", 1)}  # colour, digiKam pick
 # The photographer's fields that beholder sets only where none is set (or where it set them itself).
@@ -247,14 +252,40 @@ def star_rating(rank: int, kept: int, band: str) -> int:
     return 5 if share < 0.1 else 4 if share < 0.3 else 3
 
 
-def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None, overwrite_ratings: bool = False) -> bytes:
+def set_keywords(holder: ET.Element, description: ET.Element, keywords) -> None:
+    """beholder's ``keywords`` in each of :data:`KEYWORD_BAGS` (an rdf:Bag, made where there is none),
+    replacing the ones of an earlier run; every other entry stays as it is."""
+    for (prefix, name), form in KEYWORD_BAGS:
+        ours = form.format("")
+        bags = [bag for element in holder.iter(tag(prefix, name)) for bag in element.findall(tag("rdf", "Bag"))]
+        for bag in bags:
+            for item in bag.findall(tag("rdf", "li")):
+                if (item.text or "").startswith(ours):
+                    bag.remove(item)
+        if not keywords:
+            continue
+        if not bags:
+            bags = [ET.SubElement(ET.SubElement(description, tag(prefix, name)), tag("rdf", "Bag"))]
+        for keyword in keywords:
+            ET.SubElement(bags[0], tag("rdf", "li")).text = form.format(keyword)
+    for prefix, name in (bag for bag, _ in KEYWORD_BAGS):  # a bag left empty by beholder goes
+        for element in holder.iter(tag("rdf", "Description")):
+            for child in element.findall(tag(prefix, name)):
+                if all(len(bag) == 0 for bag in child.findall(tag("rdf", "Bag"))) and not (child.text or "").strip() and len(child):
+                    element.remove(child)
+
+
+def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None, overwrite_ratings: bool = False,
+                keywords: tuple[str, ...] = ()) -> bytes:
     """An XMP packet with beholder's decision: the star rating (``xmp:Rating``), a colour label
     (Green = keep, Yellow = review, Red = reject; ``xmp:Label``), digiKam's pick label (3 accepted,
     0 none, 1 rejected) and beholder's own fields (score, band). Lightroom, darktable and digiKam read
     these. ``existing``: a sidecar already there. Everything in it stays; the rating, label and pick
     are set only where the photographer has set none (beholder remembers what it set, so a later run
     updates its own), unless ``overwrite_ratings``. One the photographer changed or cleared after
-    beholder set it is theirs from then on (``beholder:Yielded`` names it), cleared or not."""
+    beholder set it is theirs from then on (``beholder:Yielded`` names it), cleared or not.
+    ``keywords``: why beholder judged it so (``out of focus``), under its own name in the keyword
+    bags the tools filter on (:func:`set_keywords`)."""
     label, pick = BAND_LABELS[band]
     ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
     root, holder, (start, end), prefixes = parse(existing or EMPTY_XMP)
@@ -283,6 +314,7 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
                 element.remove(child)
     for (prefix, name), value in values.items():
         description.set(tag(prefix, name), value)
+    set_keywords(holder, description, keywords)
     body = serialise(root, {**prefixes, **NAMESPACES})
     if not existing:
         return WRAPPER[0].encode() + body + WRAPPER[1].encode()
@@ -337,7 +369,8 @@ def merge_sidecar(store, target: str, row: dict, kept: int, overwrite_ratings: b
     for attempt in range(MERGE_ATTEMPTS):
         existing = read_existing(store, target)
         base = existing or (inside_packet(image) if image else None)
-        packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings)
+        packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings,
+                             tuple(row.get("keywords", ())))
         try:
             store.write(target, packet, expect=existing)
             return existing is None

@@ -139,12 +139,12 @@ def pair_counts(groups: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
 
 
 def cull_bursts(ranked: list[dict], per_group: int) -> int:
-    """Of each near-duplicate group (``group``), only the best ``per_group`` of the images the
-    thresholds let through stay; the rest are rejected with the reason ``burst``. ``ranked`` is best
-    first. Returns how many were rejected."""
+    """Of each near-duplicate group (``group``), only the best ``per_group`` (by ``group_rank``) of
+    the images the thresholds let through stay; the rest are rejected with the reason ``burst``.
+    Returns how many were rejected."""
     passed: dict[int, int] = {}
     culled = 0
-    for row in ranked:
+    for row in sorted(ranked, key=lambda row: (row["group"], row["group_rank"])):
         if row["band"] == "reject":
             continue
         passed[row["group"]] = passed.get(row["group"], 0) + 1

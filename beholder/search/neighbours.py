@@ -120,7 +120,8 @@ def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.nd
     except (UnreadableImage, OSError) as error:
         raise UserError(f"--query {path}: {error}") from None
     with torch.no_grad():
-        inputs = module.head_inputs({"image": build_transform(module.net.data_config, train=False)(picture)[None]})
+        tiles = build_transform(module.net.data_config, train=False)(picture)
+        inputs = module.head_inputs({"image": tiles, "tiles": torch.tensor([len(tiles)])})
     vector = module.embedding(inputs)[0].numpy()
     if str(len(vector)) != metadata.get("beholder.dimension"):
         raise UserError(f"--ckpt {ckpt}: {len(vector)} features, the index {metadata.get('beholder.dimension')}")

@@ -32,7 +32,7 @@ def extract_features(net: torch.nn.Module, dataset, batch_size: int = 32, num_wo
                                 **raw_safe_workers(dataset.images, num_workers)):
             if "image" not in batch:
                 continue
-            features.append(net.features(batch["image"]).float())
+            features.append(net.photo_features(batch["image"], batch.get("tiles")).float())
             paths += batch["image_path"]
             if "tier" in batch:
                 tiers.append(batch["tier"])

@@ -25,10 +25,11 @@ FEATURES = (
     "focus", "focus_median", "fine",
     # shake: how much the fine detail's gradients share one direction, and the coarse detail's
     "coherence_fine", "coherence_coarse",
-    # noise: luma and colour noise in the flattest third of the frame (log1p of 0-255 levels)
-    "noise", "colour_noise",
+    # noise: luma and colour noise in the flattest third of the frame (log1p of 0-255 levels), and how
+    # much of it is left at half size: about half of noise (independent pixel to pixel), more of texture
+    "noise", "colour_noise", "noise_scaling",
     # exposure
-    "clipped", "clipped_centre", "near_clipped", "highlight_saturation", "crushed", "dark_detail", "bright_flat",
+    "clipped", "clipped_centre", "near_clipped", "highlight_saturation", "clipped_colour", "bright", "crushed", "dark_detail", "bright_flat",
     "p01", "p10", "p50", "p90", "p99", *(f"histogram{i}" for i in range(8)),
 )
 
@@ -91,6 +92,10 @@ def measure(picture) -> np.ndarray:
     slope = cv2.magnitude(cv2.Sobel(once, cv2.CV_32F, 1, 0), cv2.Sobel(once, cv2.CV_32F, 0, 1))
     flat = slope <= np.percentile(slope[::4, ::4], 30)
     noise = NOISE_SCALE * float(residual[flat].mean()) if flat.any() else 0.0
+    half_gray = cv2.resize(gray, ((width + 1) // 2, (height + 1) // 2), interpolation=cv2.INTER_AREA)
+    half_flat = cv2.resize(flat.astype(np.uint8), half_gray.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+    half_residual = np.abs(cv2.filter2D(half_gray, -1, NOISE_KERNEL, borderType=cv2.BORDER_REFLECT))
+    noise_half = NOISE_SCALE * float(half_residual[half_flat].mean()) if half_flat.any() else 0.0
     red, green, blue = (rgb[:, :, i].astype(np.float32) for i in range(3))
     colour = [NOISE_SCALE * float(np.abs(cv2.filter2D(c, -1, NOISE_KERNEL, borderType=cv2.BORDER_REFLECT))[flat].mean()) if flat.any() else 0.0
               for c in (red - green, blue - green)]
@@ -116,8 +121,9 @@ def measure(picture) -> np.ndarray:
     return np.array([
         np.percentile(mid_to_coarse[busy], 90), np.median(mid_to_coarse[busy]), np.percentile(fine_to_mid[busy], 90),
         coherence(fine + middle), coherence(coarse),
-        np.log1p(noise), np.log1p(float(np.mean(colour))),
+        np.log1p(noise), np.log1p(float(np.mean(colour))), np.log((noise_half + 0.05) / (noise + 0.05)),
         clipped.mean(), clipped[top:height - top, left:width - left].mean(), ((brightest >= 235) & ~clipped).mean(), saturation.mean(),
+        (clipped & (darkest < 200)).mean(), (gray8 >= 240).mean(),
         (gray8 <= 6).mean(), np.mean(level[detailed] < 40), np.mean((level > 215) & (clipped_tiles > 0.5)),
         *quantiles(gray8), *histogram,
     ], dtype=np.float32)

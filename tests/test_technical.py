@@ -16,7 +16,7 @@ from beholder.core.storage import Store
 from beholder.data.gallery import GalleryDataset, build_transform, collate, tile_boxes
 from beholder.models.features import FeatureCache
 from beholder.predict.run import predict
-from beholder.predict.technical import SHARPNESS_TOLERANCE, burst_preference
+from beholder.predict.technical import SHARPNESS_TOLERANCE, burst_preference, final_order
 from beholder.ratings.xmp import NAMESPACES, xmp_sidecar
 from beholder.technical import REASONS
 from beholder.technical.degrade import DEGRADATIONS
@@ -123,6 +123,18 @@ def test_keywords_replace_beholders_own_and_leave_the_photographers():
                                   .iter("{%s}li" % NAMESPACES["rdf"]))
     assert items(again) == ["Tom", "beholder/too dark", "beholder: too dark", "beholder|too dark", "wedding"]
     assert items(later) == ["Tom", "wedding"]
+
+
+def test_the_order_puts_the_fine_first_and_within_a_tier_weighs_technical_quality_against_taste():
+    rows = [{"image": "liked, likely blown", "score": 0.62, "technical": 0.3, "technical_band": None},
+            {"image": "clean", "score": 0.60, "technical": 0.95, "technical_band": None},
+            {"image": "well liked, rejected", "score": 0.99, "technical": 0.01, "technical_band": "reject"},
+            {"image": "borderline", "score": 0.90, "technical": 0.2, "technical_band": "review"},
+            {"image": "less liked, clean", "score": 0.1, "technical": 0.99, "technical_band": None}]
+    assert [row["image"] for row in final_order(rows)] == ["clean", "liked, likely blown", "less liked, clean", "borderline", "well liked, rejected"]
+    assert [row["rank"] for row in rows] == [2, 1, 5, 4, 3]
+    untouched = [{"image": name, "score": score} for name, score in (("b", 0.2), ("a", 0.9))]
+    assert [row["image"] for row in final_order(untouched)] == ["a", "b"]  # without the checks: taste alone
 
 
 def test_the_best_frame_of_a_burst_is_the_sharpest_well_exposed_one_then_the_best_liked():

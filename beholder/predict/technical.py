@@ -17,6 +17,10 @@ from beholder.technical.measures import FEATURES
 TIERS = {None: 0, "review": 1, "reject": 2}  # the final order: technically fine, borderline, failed; each by taste
 FOCUS = FEATURES.index("focus")
 SHARPNESS_TOLERANCE = 0.15  # of the focus measure (a log ratio of detail): burst frames this close to the sharpest are as sharp
+# How much technical quality moves the order within a tier, in sds of the gallery's taste scores per
+# e-fold of quality: chosen on calibration-half photos through predict, where the original above its
+# moderately over-exposed copy rose from 78 % (0) to 92 % (1) and no further (2: 93 %), bench/PILOTS.md
+QUALITY_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,17 @@ def judge(rows: list[dict], checks: Checks) -> None:
 
 
 def final_order(rows: list[dict]) -> list[dict]:
-    """Best first: the technically fine by taste, then the borderline, then the failed (each by
-    taste), numbered ``rank``. Without the checks, taste alone."""
-    ordered = sorted(rows, key=lambda row: (TIERS[row.get("technical_band")], -row["score"], row["image"]))
+    """Best first: the technically fine, then the borderline, then the failed; within each, taste
+    lowered by the log of the technical quality (``QUALITY_WEIGHT`` taste sds per e-fold), so that a
+    copy likely but not surely blown out still sinks below its original; numbered ``rank``. Without
+    the checks, taste alone."""
+    spread = float(np.std([row["score"] for row in rows])) if len(rows) > 1 else 0.0
+
+    def combined(row):
+        quality = row.get("technical")
+        return row["score"] + (QUALITY_WEIGHT * spread * np.log(max(quality, 1e-6)) if quality is not None else 0.0)
+
+    ordered = sorted(rows, key=lambda row: (TIERS[row.get("technical_band")], -combined(row), row["image"]))
     for rank, row in enumerate(ordered, start=1):
         row["rank"] = rank
     return ordered

@@ -12,6 +12,8 @@ flat. Results replace the "throughput" section of bench/RESULTS.md.
 
     python bench/throughput.py                  # about 6 minutes on 2 CPU cores
     python bench/throughput.py --quick          # smaller counts, to check it runs
+    python bench/throughput.py --only technical # the default model with the technical checks off and on,
+                                                # real photos and 24-MP JPEGs ("throughput-technical")
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,14 +136,73 @@ def run_predict(ckpt, gallery, output, batch, extra=()):
     return json.loads(line[0][len("RESULT "):])
 
 
+def big_jpegs(sources: list[str], folder: str, count: int, size=(6000, 4000)) -> str:
+    """``count`` 24-MP JPEGs made by upscaling real photos (a camera's full-size files to decode)."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as picture:
+            picture.convert("RGB").resize(size, Image.LANCZOS).save(os.path.join(folder, f"big_{i:03d}.jpg"), quality=90)
+    return folder
+
+
+def technical_rows(work: str, quick: bool) -> tuple[list[list], list[list]]:
+    """The default model's predict with the technical checks and without, in one run on the same
+    photos (real ones, and 24-MP JPEGs), and its own path against a bare forward of its networks."""
+    from beholder import default_model
+    from beholder.models.load import load_checkpoint
+
+    ckpt = default_model.checkpoint_path()
+    photos = os.path.join(SHARED, "photos")
+    sources = [os.path.join(photos, name) for name in list_gallery(Store(), photos)]
+    galleries = {"real photos (shared/data/photos, 256-1024 px)": fill_gallery(sources[: 24 if quick else 96], os.path.join(work, "real"),
+                                                                              24 if quick else 96),
+                 "24-MP JPEGs (6000x4000, upscaled real photos)": big_jpegs(sources, os.path.join(work, "big"), 6 if quick else 24)}
+    rows = []
+    for label, gallery in galleries.items():
+        rates = {"off": [], "default": []}
+        for round_ in range(2):  # off, on, off, on: a drift of the machine falls on both
+            for checks in rates:
+                result = run_predict(ckpt, gallery, os.path.join(work, f"out-{checks}-{len(rows)}-{round_}"), 16,
+                                     ["feature_cache=null", f"technical={checks}"])
+                rates[checks].append(result["ips"])
+        off, on = (float(np.median(rates[checks])) for checks in rates)
+        rows.append([label, f"{off:.2f} ({', '.join(f'{r:.2f}' for r in rates['off'])})", f"{on:.2f} ({', '.join(f'{r:.2f}' for r in rates['default'])})",
+                     f"**{on / off:.2f}**"])
+        print(rows[-1], flush=True)
+    module = load_checkpoint(ckpt)
+    size = list(module.net.data_config["input_size"][1:])
+    forward = forward_rate(module, size, 16, 2 if quick else 6)
+    plain = float(rows[0][1].split()[0])
+    path = [[f"default model ({len(module.net.extractors) + 1} frozen networks, sizes {[list(s) for s in module.net.sizes]})",
+             f"{plain:.2f}", f"{forward:.2f}", f"**{plain / forward:.2f}**"]]
+    return rows, path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--only", choices=["technical"], help="run only this experiment (and publish only its section)")
     args = parser.parse_args()
     torch.manual_seed(0)
     keep_freed_memory()  # as train() and predict() do: the step and forward rates are the best this CPU gives
     work = tempfile.mkdtemp(prefix="beholder-throughput-")
+    if args.only == "technical":
+        rows, path = technical_rows(work, args.quick)
+        body = ("`beholder predict` with the default model (`feature_cache=null`, batch 16, 2 loader workers), the technical "
+                "checks off and on, alternately twice on the same photos, medians (each run's rate in brackets; target: on >= 0.85 x "
+                "off). With them on, each "
+                "photo is decoded once at a JPEG scale whose long side is at least 1,024 px, for both:\n\n"
+                + markdown_table(["photos", "images/s, checks off", "images/s, checks on", "on / off"], rows)
+                + "\n\nThe default model's own path: `beholder predict` (checks off, the real photos above) against a bare "
+                "forward of the same networks on preloaded tensors of its input size, batch 16:\n\n"
+                + markdown_table(["model", "predict images/s", "bare forward images/s", "predict / forward"], path))
+        publish("throughput-technical", "Throughput with the technical checks (bench/throughput.py --only technical)", body,
+                write=not args.no_write)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     photos = os.path.join(SHARED, "photos")
     panoramas = os.path.join(SHARED, "needle", "panoramas")
     store = Store()

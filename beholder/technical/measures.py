@@ -72,7 +72,9 @@ def quantiles(gray: np.ndarray, shares=(0.01, 0.10, 0.50, 0.90, 0.99)) -> list[f
 
 
 def measure(picture) -> np.ndarray:
-    """The :data:`FEATURES` of one photo, float32."""
+    """The :data:`FEATURES` of one photo, float32. OpenCV works on one thread here: the measures run
+    in the loader's workers, beside the network's threads, and more threads only contend."""
+    cv2.setNumThreads(1)
     rgb = analysis_view(picture)
     gray8 = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     gray = gray8.astype(np.float32)

@@ -20,12 +20,17 @@ def test_beholder_sets_a_rating_only_where_the_photographer_set_none():
     assert fields(fresh) == {"rating": 5, "label": "Green", "pick": 3}
     updated = xmp_sidecar(1, "reject", 0.1, fresh)  # its own earlier rating: updated
     assert fields(updated) == {"rating": 1, "label": "Red", "pick": 1}
-    hand = sidecar('xmp:Rating="4" crs:Exposure2012="+0.35"', "<xmp:Label>Blue</xmp:Label>")
-    merged = xmp_sidecar(1, "reject", 0.1, hand)
-    assert fields(merged) == {"rating": 4, "label": "Blue", "pick": 1}  # the unset pick is beholder's
+    labelled = sidecar('crs:Exposure2012="+0.35"', "<xmp:Label>Blue</xmp:Label>")
+    merged = xmp_sidecar(1, "reject", 0.1, labelled)
+    assert fields(merged) == {"rating": 1, "label": "Blue", "pick": 1}  # the unset rating and pick are beholder's
     assert b'crs:Exposure2012="+0.35"' in merged and b"beholder:Band=\"reject\"" in merged
     touched = merged.replace(b'digiKam:PickLabel="1"', b'digiKam:PickLabel="3"')  # the photographer accepts it
     assert fields(xmp_sidecar(1, "reject", 0.1, touched))["pick"] == 3  # ... and it stays theirs
+    hand = sidecar('xmp:Rating="5" crs:Exposure2012="+0.35"')  # rated by the photographer: their verdict, not beholder's
+    assert fields(xmp_sidecar(1, "reject", 0.1, hand)) == {"rating": 5, "label": "", "pick": None}
+    assert b"beholder:Band=\"reject\"" in xmp_sidecar(1, "reject", 0.1, hand)  # what beholder thought is still there
+    rated_later = fresh.replace(b'xmp:Rating="5"', b'xmp:Rating="2"')  # they rate a photo beholder had kept
+    assert fields(xmp_sidecar(3, "keep", 0.8, rated_later)) == {"rating": 2, "label": "", "pick": None}
     assert fields(xmp_sidecar(2, "review", 0.4, hand, overwrite_ratings=True)) == {"rating": 2, "label": "Yellow", "pick": 0}
 
 

@@ -17,7 +17,7 @@ from beholder.data.gallery import GalleryDataset, build_transform, collate, tile
 from beholder.models.features import FeatureCache
 from beholder.predict.run import predict
 from beholder.predict.technical import SHARPNESS_TOLERANCE, burst_preference, final_order
-from beholder.ratings.xmp import NAMESPACES, xmp_sidecar
+from beholder.ratings.xmp import NAMESPACES, read_rating, xmp_sidecar
 from beholder.technical import REASONS
 from beholder.technical.degrade import DEGRADATIONS
 from beholder.technical.judge import shipped_head, verdicts
@@ -93,9 +93,12 @@ def test_predict_rejects_the_technical_failures_with_a_reason_and_the_persons_st
     assert rows["IMG_0001.jpg"]["band"] == "keep" and rows["IMG_0001.jpg"]["rank"] == "1"  # threshold=-1 keeps by taste; first of the clean
     assert rows["IMG_0009.jpg"]["band"] == "keep" and rows["IMG_0009.jpg"]["reason"] == "rated"  # soft, but theirs
     assert float(rows["IMG_0001.jpg"]["technical"]) > 0.5 > max(float(rows[image]["technical"]) for image in expected)
-    assert summary["technical"]["reject"] == {REASONS[kind]: 1 for kind in DEGRADATIONS} | {"out of focus": 2}
+    assert summary["technical"]["reject"] == {REASONS[kind]: 1 for kind in DEGRADATIONS} and summary["technical"]["rated"] == 1
     printed = capsys.readouterr().out
-    assert "technical       6 rejected (out of focus 2" in printed
+    assert "technical       5 rejected (" in printed and "; 1 more failed but keep the person's own verdict" in printed
+    theirs = read_rating((shoot / "IMG_0009.xmp").read_bytes())
+    assert (theirs["rating"], theirs["label"], theirs["pick"]) == (5, "", None)  # not marked rejected in their tools
+    assert "beholder|out of focus" in (shoot / "IMG_0009.xmp").read_text()  # yet the reason is there to filter on
     blurred = ET.parse(shoot / "IMG_0002.xmp").getroot()
     keywords = {(bag, li.text) for bag in ("hierarchicalSubject", "TagsList", "subject") for element in blurred.iter()
                 if element.tag.endswith("}" + bag) for li in element.iter("{%s}li" % NAMESPACES["rdf"])}

@@ -194,10 +194,13 @@ def group_bursts(cfg: DictConfig, ranked: list[dict], similarity: float) -> int:
 
 
 def technical_summary(ranked: list[dict]) -> dict:
-    """How many the technical checks rejected and sent to review, by reason (before the person's own verdicts)."""
-    counted = {band: {} for band in ("reject", "review")}
+    """How many the technical checks rejected and sent to review, by reason, and how many they would
+    have that keep the person's own verdict (``rated``)."""
+    counted = {"reject": {}, "review": {}, "rated": 0}
     for row in ranked:
-        if row.get("technical_band"):
+        if row.get("technical_band") and row["reason"] == "rated":
+            counted["rated"] += 1
+        elif row.get("technical_band"):
             reasons = counted[row["technical_band"]]
             reasons[REASONS[row["failure"]]] = reasons.get(REASONS[row["failure"]], 0) + 1
     return counted

@@ -72,7 +72,8 @@ def technical_lines(counted: dict | None) -> list[str]:
     said = lambda reasons: ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items(), key=lambda item: -item[1]))  # noqa: E731
     rejected, review = sum(counted["reject"].values()), sum(counted["review"].values())
     return [line("technical", f"{rejected} rejected" + (f" ({said(counted['reject'])})" if rejected else "")
-                 + f", {review} borderline to review" + (f" ({said(counted['review'])})" if review else ""))]
+                 + f", {review} borderline to review" + (f" ({said(counted['review'])})" if review else "")
+                 + (f"; {counted['rated']} more failed but keep the person's own verdict" if counted.get("rated") else ""))]
 
 
 def ignored_lines(ignored: dict[str, list[str]]) -> list[str]:

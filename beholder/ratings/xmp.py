@@ -283,7 +283,10 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     these. ``existing``: a sidecar already there. Everything in it stays; the rating, label and pick
     are set only where the photographer has set none (beholder remembers what it set, so a later run
     updates its own), unless ``overwrite_ratings``. One the photographer changed or cleared after
-    beholder set it is theirs from then on (``beholder:Yielded`` names it), cleared or not.
+    beholder set it is theirs from then on (``beholder:Yielded`` names it), cleared or not. A photo
+    the photographer rated is theirs to judge: beholder gives it no label or pick of its own (and
+    takes back one it gave before they rated it), so a soft photo they rated 5 stars is not marked
+    rejected, nor their 2 stars marked kept.
     ``keywords``: why beholder judged it so (``out of focus``), under its own name in the keyword
     bags the tools filter on (:func:`set_keywords`)."""
     label, pick = BAND_LABELS[band]
@@ -295,8 +298,14 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     values = {("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
     yielded = set((property_of(holder, "beholder", "Yielded") or "").split())
     dropped = []
+    stars, stars_set_before = property_of(holder, "xmp", "Rating"), property_of(holder, "beholder", "SetRating")
+    rated = stars not in (None, "", *UNSET["Rating"]) and (stars != stars_set_before or "Rating" in yielded)
     for prefix, name in RATING_FIELDS:
         present, set_before = property_of(holder, prefix, name), property_of(holder, "beholder", f"Set{name}")
+        if rated and name != "Rating" and not overwrite_ratings and name not in yielded:
+            if set_before is not None:  # beholder's own from before the photographer rated it goes; theirs stays
+                dropped += [("beholder", f"Set{name}")] + ([(prefix, name)] if present == set_before else [])
+            continue
         if overwrite_ratings or (name not in yielded and (present == set_before or (set_before is None and present in (None, "", *UNSET.get(name, ()))))):
             values[(prefix, name)] = values[("beholder", f"Set{name}")] = ours[(prefix, name)]
             yielded.discard(name)

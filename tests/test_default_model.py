@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -35,13 +36,20 @@ def library(tmp_path_factory):
 
 def test_predict_without_a_checkpoint_uses_the_default_model_and_says_so(library, tmp_path, capsys, monkeypatch):
     summary = predict(compose_predict([f"gallery={library}", f"output={tmp_path}/out", f"feature_cache={tmp_path}/cache"]))
-    assert summary["scored"] == 24 and summary["model"] == default_model.NAME
-    assert "default crowd model" in capsys.readouterr().out and len(read_scores(tmp_path / "out" / "scores.csv")) == 24
+    assert summary["scored"] == 24 and summary["model"] == default_model.name() and summary["from_cache"] is None
+    printed = capsys.readouterr().out
+    assert "default crowd model" in printed and len(read_scores(tmp_path / "out" / "scores.csv")) == 24
+    card = printed.split("its card: ", 1)[1].split(")", 1)[0]
+    assert os.path.isfile(card)  # a path that exists wherever beholder is installed
+    assert "scored 8 of 24 photos (33%)" in printed and "scored 24 of 24 photos (100%)" in printed  # in photos, not batches
+    assert "from the feature cache" not in printed
 
     monkeypatch.setattr(data, "decode_image", refuse_to_decode)  # a second pass: every feature from the cache
     again = predict(compose_predict([f"gallery={library}", f"output={tmp_path}/again", f"feature_cache={tmp_path}/cache"]))
     scores = {row["image"]: row["score"] for row in read_scores(tmp_path / "out" / "scores.csv")}
     assert again["scored"] == 24 and {row["image"]: row["score"] for row in read_scores(tmp_path / "again" / "scores.csv")} == scores
+    assert again["from_cache"] == {"photos": 24, "folder": f"{tmp_path}/cache"}
+    assert f"24 of them from the feature cache {tmp_path}/cache" in capsys.readouterr().out  # why this run was fast
 
 
 def refuse_to_decode(*args, **kwargs):

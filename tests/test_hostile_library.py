@@ -116,14 +116,15 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     ckpt, gallery = trained
     photos = tmp_path / EVERYDAY / "photos"
     shutil.copytree(gallery / "sub0", photos)
-    home = tmp_path / "home"
-    home.mkdir()
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir(), here.mkdir()
     run = subprocess.run([PYTHON, "-m", "beholder", "predict", f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path / EVERYDAY}/culled",
-                          "num_workers=0", "feature_cache=null", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}/h"],
-                         cwd=ROOT, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=300)
+                          "num_workers=0", "feature_cache=null", "trainer.enable_progress_bar=false"],
+                         cwd=here, env={**os.environ, "HOME": str(home), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert len(read_scores(tmp_path / EVERYDAY / "culled" / "scores.csv")) == 20
     assert not list(home.iterdir())  # ${oc.env:HOME} was part of a name, not the home folder
+    assert not list(here.iterdir())  # nothing outside output=: no Hydra run folder, no predict.log
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="train", overrides=literal_paths([f"gallery={photos}", f"labels={photos}/my labels.csv", "resume=last"]))
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"

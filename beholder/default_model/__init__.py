@@ -12,7 +12,12 @@ from importlib import resources
 from beholder.core.errors import MissingInput
 
 CHECKPOINT = "crowd.ckpt"
-NAME = "beholder's default crowd model (OASIS beauty ratings; beholder/default_model/MODEL_CARD.md)"
+CARD = "MODEL_CARD.md"
+
+
+def name() -> str:
+    """How summaries name the default model: what it learnt, and where its card is in this installation."""
+    return f"beholder's default crowd model (OASIS beauty ratings; its card: {resources.files(__name__).joinpath(CARD)})"
 
 
 def checkpoint_path() -> str:

@@ -83,9 +83,11 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
     """predict's body, with the output locked: ``pending``'s images scored into the shards, then the
     decisions over the whole gallery, the results written and the summary printed."""
     bar, lines = progress(cfg.trainer)
-    trainer = instantiate(cfg.trainer, callbacks=[ShardWriter(store, partial, bool(cfg.embeddings)), *lines], logger=False, **bar)
+    writer = ShardWriter(store, partial, bool(cfg.embeddings))
+    trainer = instantiate(cfg.trainer, callbacks=[writer, *lines], logger=False, **bar)
     try:
         trainer.predict(module, datamodule=pending, return_predictions=False)
+        from_cache = int(trainer.strategy.reduce(torch.tensor(writer.from_cache), reduce_op="sum"))
         trainer.strategy.barrier()
     except OSError as error:
         if isinstance(error, UserError):
@@ -140,6 +142,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         "threshold_source": policy.summary,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
         "newly_scored": len(todo),
+        "from_cache": {"photos": from_cache, "folder": str(cfg.feature_cache)} if from_cache else None,
         "processes": trainer.world_size,
         "rescored": {reason: count for reason, count in ((plan.restarted, len(todo)), ("changed since scored", len(plan.outdated)),
                                                          ("could not be read before", plan.retried),
@@ -151,7 +154,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         "ignored": {why: len(names) for why, names in plan.ignored.items()},
         "output": output,
         "checkpoint": plan.checkpoint,
-        "model": ckpt_path if cfg.ckpt else default_model.NAME,
+        "model": ckpt_path if cfg.ckpt else default_model.name(),
         "embeddings": bool(cfg.embeddings),
         "rated": {band: sum(row["reason"] == "rated" and row["band"] == band for row in ranked) for band in ("keep", "reject")},
         "technical": technical_summary(ranked) if checks is not None else None,

@@ -159,9 +159,11 @@ class ShardWriter(BasePredictionWriter):
         self.store, self.folder, self.embeddings = store, folder, embeddings
         self.pending = {kind: [] for kind in FIELDS}
         self.launch, self.objects, self.flushed_at = uuid.uuid4().hex[:12], 0, time.monotonic()
+        self.from_cache = 0  # photos of this process whose features the feature cache held
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         versions, model = trainer.datamodule.versions, model_of(trainer.datamodule.plan.checkpoint)
+        self.from_cache += len(batch.get("cached", ()))
         if "scores" in prediction:
             probabilities, measured = prediction.get("probabilities"), prediction.get("technical")
             taken = prediction.get("taken") or [None] * len(prediction["image_path"])

@@ -94,6 +94,8 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
     since, rated = summary["since_last_run"], summary["rated"]
     processes = f"{summary['processes']} process{'es' if summary['processes'] != 1 else ''}"
     speed = f"{summary['images_per_second']:.1f} images/s, {processes}" if summary["newly_scored"] else "nothing new to score"
+    if summary.get("from_cache"):
+        speed += f"; {summary['from_cache']['photos']} of them from the feature cache {os.path.expanduser(summary['from_cache']['folder'])}"
     review = f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"] else "(no review band: one threshold)"
     lines = [
         line("model", summary["model"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -39,11 +40,39 @@ class PlainProgress(pl.Callback):
             shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k in watched}
             print(f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())), flush=True)
 
+    def on_predict_start(self, trainer, pl_module):
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        self.total = len(loader.sampler) if loader is not None else 0
+        self.done, self.started = 0, time.monotonic()
+        self.said = self.started
+
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        total = sum(trainer.num_predict_batches)
-        if trainer.is_global_zero and total and (batch_idx + 1) * 10 // total > batch_idx * 10 // total:
-            share = "" if trainer.world_size == 1 else " of this process's share"
-            print(f"  scored {100 * (batch_idx + 1) // total}%{share} ({batch_idx + 1} of {total} batches)", flush=True)
+        """In photos, with the rate and the time left: each tenth of the run, and at least every
+        half minute."""
+        before, self.done = self.done, self.done + len(batch["image_path"]) + len(batch["skipped"])
+        now = time.monotonic()
+        tenth = self.total and self.done * 10 // self.total > before * 10 // self.total
+        if not trainer.is_global_zero or not self.total or not (tenth or now - self.said >= PLAIN_PROGRESS_SECONDS):
+            return
+        self.said = now
+        rate = self.done / max(now - self.started, 1e-9)
+        share = "" if trainer.world_size == 1 else " of this process's share"
+        left = f", about {duration((self.total - self.done) / rate)} left" if self.done < self.total else ""
+        print(f"  scored {self.done} of {self.total} photos{share} ({100 * self.done // self.total}%), {rate:.1f} photos/s{left}",
+              flush=True)
+
+
+PLAIN_PROGRESS_SECONDS = 30
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person says it: 40 s, 3 min, 1 h 20 min."""
+    if seconds < 90:
+        return f"{max(round(seconds), 1)} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
 
 
 def progress(trainer_cfg) -> tuple[dict, list]:

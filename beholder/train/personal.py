@@ -93,7 +93,7 @@ def taste_summary(how: dict) -> str:
 def train_personal(cfg: DictConfig) -> float:
     """Fit the personal head on every labelled photo; returns the out-of-fold Spearman."""
     base_path = os.path.expanduser(str(cfg.base_ckpt)) if cfg.base_ckpt else default_model.checkpoint_path()
-    base_name = base_path if cfg.base_ckpt else default_model.NAME
+    base_name = base_path if cfg.base_ckpt else default_model.name()
     if not cfg.feature_cache:
         raise UserError("base_ckpt: a personal model reads cached features; set feature_cache=FOLDER (experiment=personal does)")
     module = load_checkpoint(base_path)

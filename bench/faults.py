@@ -615,11 +615,11 @@ def library_experiment(work, ckpt, photos):
 
     started = time.perf_counter()
     code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={home}/beside", "xmp=true",
-                                 "xmp_beside_images=true", "feature_cache=null", f"hydra.run.dir={work}/h-link"], timeout=600)
+                                 "xmp_beside_images=true", "xmp_stars=true", "feature_cache=null", f"hydra.run.dir={work}/h-link"], timeout=600)
     row("predict.py xmp_beside_images=true", "a sub-folder linked to another library holding a rated sidecar", code, output,
         time.perf_counter() - started, changed(outside, snapshot(os.path.join(home, "Other drive"))))
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder", "ratings", "write", "--scores", f"{home}/beside/scores.csv", "--gallery", gallery], timeout=300)
+    code, output = beholder_cli(["beholder", "ratings", "write", "--scores", f"{home}/beside/scores.csv", "--gallery", gallery, "--stars"], timeout=300)
     row("ratings write", "the same linked sub-folder", code, output, time.perf_counter() - started,
         changed(outside, snapshot(os.path.join(home, "Other drive"))))
 
@@ -669,7 +669,7 @@ def library_experiment(work, ckpt, photos):
             f.write(re.sub(rb' xmp:Label="\w+"', b"", data))
     started = time.perf_counter()
     code, output = beholder_cli(["predict.py", *FAST, f"ckpt={ckpt}", f"gallery={gallery}", f"output={home}/beside", "xmp=true",
-                                 "xmp_beside_images=true", "feature_cache=null", f"hydra.run.dir={work}/h-cleared"], timeout=600)
+                                 "xmp_beside_images=true", "xmp_stars=true", "feature_cache=null", f"hydra.run.dir={work}/h-cleared"], timeout=600)
     row("predict.py xmp_beside_images=true (again)", "5 sidecars whose stars and label the photographer cleared since", code, output,
         time.perf_counter() - started, fields=sum(rating_of(path) != (0, "") for path in mine))
 

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder import default_model  # noqa: E402
 from beholder.data.labels import top_rating  # noqa: E402
 from beholder.models.metrics import spearman  # noqa: E402
-from beholder.ratings.xmp import NAMESPACES  # noqa: E402
+from beholder.ratings.xmp import KEYWORD_BAGS, NAMESPACES  # noqa: E402
 from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
 from bench.personal import crowd_checkpoint  # noqa: E402
 
@@ -108,7 +108,8 @@ def photographers_fields(path: Path) -> tuple:
     """What must never change in a photographer's sidecar: rating, keywords, develop settings."""
     description = ET.parse(path).getroot().find(f".//{{{NAMESPACES['rdf']}}}Description")
     crs = "http://ns.adobe.com/camera-raw-settings/1.0/"
-    keywords = [li.text for li in description.iter(f"{{{NAMESPACES['rdf']}}}li")]
+    ours = tuple(form.format("") for _, form in KEYWORD_BAGS)  # beholder's reasons are its own, not the photographer's
+    keywords = [li.text for li in description.iter(f"{{{NAMESPACES['rdf']}}}li") if not (li.text or "").startswith(ours)]
     develop = sorted((k, v) for k, v in description.attrib.items() if k.startswith(f"{{{crs}}}"))
     return description.get(f"{{{NAMESPACES['xmp']}}}Rating"), keywords, develop
 

@@ -179,13 +179,13 @@ def test_names_that_differ_in_case_and_photos_sharing_a_stem_keep_their_own_side
 
 
 def test_what_the_photographer_cleared_stays_cleared():
-    first = xmp_sidecar(5, "keep", 0.9)
+    first = xmp_sidecar(5, "keep", 0.9, stars=True)
     cleared = first.replace(b'xmp:Rating="5"', b'xmp:Rating="0"').replace(b'xmp:Label="Green"', b"")  # 0 stars, label removed
-    again = xmp_sidecar(4, "keep", 0.8, cleared)
-    for packet in (again, xmp_sidecar(3, "keep", 0.7, again)):
+    again = xmp_sidecar(4, "keep", 0.8, cleared, stars=True)
+    for packet in (again, xmp_sidecar(3, "keep", 0.7, again, stars=True)):
         values = read_rating(packet)
         assert values["rating"] == 0 and values["label"] == "" and values["pick"] == 3  # the pick beholder set stays beholder's
-    assert read_rating(xmp_sidecar(2, "review", 0.5, again, overwrite_ratings=True))["rating"] == 2  # unless asked
+    assert read_rating(xmp_sidecar(2, "review", 0.5, again, overwrite_ratings=True, stars=True))["rating"] == 2  # unless asked
 
 
 # --- 8, 15: review decisions are paths from a file ---------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp
 def test_xmp_sidecars_carry_the_rating(trained, tmp_path):
     ckpt, gallery = trained
     photos = copy_gallery(gallery, tmp_path / "photos")
-    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "keep_top=0.5"]))
+    predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "keep_top=0.5", "xmp_stars=true"]))
     rows = read_scores(tmp_path / "out" / "scores.csv")
     ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/"}
     for row in (rows[0], rows[-1]):
@@ -302,7 +302,7 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
     broken = second.with_suffix(".xmp")
     broken.write_text("my own notes, not XMP")
     summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true",
-                                       "xmp_beside_images=true"]))
+                                       "xmp_beside_images=true", "xmp_stars=true"]))
     rows = {r["image"]: r for r in read_scores(tmp_path / "out" / "scores.csv")}
     ns = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "xmp": "http://ns.adobe.com/xap/1.0/", "dc": "http://purl.org/dc/elements/1.1/"}
     for image in (first, first.with_suffix(".png")):
@@ -322,7 +322,7 @@ def test_same_stem_images_get_their_own_sidecars_and_existing_ones_are_merged(tr
     assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
     assert merged.find("xmp:Rating", ns).text == "2" and merged.get("{https://github.com/beholder/ns/1.0/}Band")  # the hand rating stays
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out3", "xmp=true", "xmp_beside_images=true",
-                             "xmp_overwrite_ratings=true"]))
+                             "xmp_overwrite_ratings=true", "xmp_stars=true"]))
     merged = ET.parse(third.with_suffix(".xmp")).getroot().find(".//rdf:Description", ns)
     assert merged.find("dc:subject/rdf:Bag/rdf:li", ns).text == "needle"
     assert merged.find("xmp:Rating", ns) is None and merged.get(f"{{{ns['xmp']}}}Rating") in {"1", "2", "3", "4", "5"}
@@ -347,7 +347,7 @@ def test_review_band_between_the_promised_and_the_plain_threshold(trained, tmp_p
     assert "with 90% confidence, calibrated on 300 photos" in summary["threshold_source"]
     review = next(r for r in rows if r["band"] == "review")
     packet = (tmp_path / "out" / "xmp" / (os.path.splitext(review["image"])[0] + ".xmp")).read_text()
-    assert 'xmp:Label="Yellow"' in packet and 'xmp:Rating="2"' in packet
+    assert 'xmp:Label="Yellow"' in packet and "xmp:Rating" not in packet  # stars only with xmp_stars=true
     page = (tmp_path / "out" / "highlights.html").read_text()
     assert page.index("<svg") < page.index("<h2>") and f"To review: {summary['review']} between the thresholds" in page
 

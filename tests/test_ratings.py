@@ -16,22 +16,40 @@ from conftest import compose_predict, labels, photo, read_scores, sidecar
 
 def test_beholder_sets_a_rating_only_where_the_photographer_set_none():
     fields = lambda packet: {k: v for k, v in read_rating(packet).items() if k != "set_by_beholder"}  # noqa: E731
-    fresh = xmp_sidecar(5, "keep", 0.9)
+    fresh = xmp_sidecar(5, "keep", 0.9, stars=True)
     assert fields(fresh) == {"rating": 5, "label": "Green", "pick": 3}
-    updated = xmp_sidecar(1, "reject", 0.1, fresh)  # its own earlier rating: updated
+    updated = xmp_sidecar(1, "reject", 0.1, fresh, stars=True)  # its own earlier rating: updated
     assert fields(updated) == {"rating": 1, "label": "Red", "pick": 1}
     labelled = sidecar('crs:Exposure2012="+0.35"', "<xmp:Label>Blue</xmp:Label>")
-    merged = xmp_sidecar(1, "reject", 0.1, labelled)
+    merged = xmp_sidecar(1, "reject", 0.1, labelled, stars=True)
     assert fields(merged) == {"rating": 1, "label": "Blue", "pick": 1}  # the unset rating and pick are beholder's
     assert b'crs:Exposure2012="+0.35"' in merged and b"beholder:Band=\"reject\"" in merged
     touched = merged.replace(b'digiKam:PickLabel="1"', b'digiKam:PickLabel="3"')  # the photographer accepts it
-    assert fields(xmp_sidecar(1, "reject", 0.1, touched))["pick"] == 3  # ... and it stays theirs
+    assert fields(xmp_sidecar(1, "reject", 0.1, touched, stars=True))["pick"] == 3  # ... and it stays theirs
     hand = sidecar('xmp:Rating="5" crs:Exposure2012="+0.35"')  # rated by the photographer: their verdict, not beholder's
-    assert fields(xmp_sidecar(1, "reject", 0.1, hand)) == {"rating": 5, "label": "", "pick": None}
-    assert b"beholder:Band=\"reject\"" in xmp_sidecar(1, "reject", 0.1, hand)  # what beholder thought is still there
+    assert fields(xmp_sidecar(1, "reject", 0.1, hand, stars=True)) == {"rating": 5, "label": "", "pick": None}
+    assert b"beholder:Band=\"reject\"" in xmp_sidecar(1, "reject", 0.1, hand, stars=True)  # what beholder thought is still there
     rated_later = fresh.replace(b'xmp:Rating="5"', b'xmp:Rating="2"')  # they rate a photo beholder had kept
-    assert fields(xmp_sidecar(3, "keep", 0.8, rated_later)) == {"rating": 2, "label": "", "pick": None}
-    assert fields(xmp_sidecar(2, "review", 0.4, hand, overwrite_ratings=True)) == {"rating": 2, "label": "Yellow", "pick": 0}
+    assert fields(xmp_sidecar(3, "keep", 0.8, rated_later, stars=True)) == {"rating": 2, "label": "", "pick": None}
+    assert fields(xmp_sidecar(2, "review", 0.4, hand, overwrite_ratings=True, stars=True)) == {"rating": 2, "label": "Yellow", "pick": 0}
+
+
+def test_by_default_beholder_writes_no_stars_and_takes_back_those_it_wrote():
+    fields = lambda packet: {k: v for k, v in read_rating(packet).items() if k != "set_by_beholder"}  # noqa: E731
+    fresh = xmp_sidecar(5, "keep", 0.9)
+    assert fields(fresh) == {"rating": None, "label": "Green", "pick": 3}  # a star filter shows the photographer's stars only
+    earlier = xmp_sidecar(5, "keep", 0.9, stars=True)  # a sidecar of a run that wrote stars
+    assert fields(xmp_sidecar(4, "keep", 0.8, earlier)) == {"rating": None, "label": "Green", "pick": 3}
+    theirs = sidecar('xmp:Rating="3"')
+    assert fields(xmp_sidecar(5, "keep", 0.9, theirs))["rating"] == 3
+
+
+def test_a_captions_line_ends_survive_every_write():
+    caption = '<dc:description xmlns:dc="http://purl.org/dc/elements/1.1/"><rdf:Alt><rdf:li xml:lang="x-default">'
+    theirs = sidecar("", caption + "Tom&#13;and Ann&#13;&#10;2024</rdf:li></rdf:Alt></dc:description>")
+    twice = xmp_sidecar(1, "reject", 0.2, xmp_sidecar(3, "keep", 0.5, theirs))
+    text = ET.fromstring(twice.split(b"?>", 1)[1].rsplit(b"<?", 1)[0]).find(".//{%s}li" % NAMESPACES["rdf"]).text
+    assert text == "Tom\rand Ann\r\n2024"  # as the photographer's tool wrote it, not a line feed for each CR
 
 
 def test_import_sidecars_and_embedded_xmp(tmp_path, capsys):
@@ -137,12 +155,12 @@ def test_a_catalogue_that_is_not_one_gives_one_line(tmp_path, capsys, make, mess
     assert not (tmp_path / "l.csv").exists()
 
 
-def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained, tmp_path):
+def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained, tmp_path, capsys):
     ckpt, gallery = trained
     photos = tmp_path / "photos"
     shutil.copytree(gallery, photos)
     (photos / "labels.csv").unlink()
-    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true"]))
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_stars=true"]))
     main(["import", str(tmp_path / "out" / "xmp"), "--gallery", str(photos), "--out", str(tmp_path / "mine.csv")])
     assert labels(tmp_path / "mine.csv") == {}  # beholder's own guesses are not the photographer's ratings ...
     main(["import", str(tmp_path / "out" / "xmp"), "--gallery", str(photos), "--out", str(tmp_path / "back.csv"), "--with-beholder"])
@@ -159,11 +177,16 @@ def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained
     mine = photos / "sub0" / "img_000.xmp"
     mine.write_bytes(sidecar('xmp:Rating="4" crs:Exposure2012="+0.35"', "<dc:subject xmlns:dc='http://purl.org/dc/elements/1.1/'>"
                                                                         "<rdf:Bag><rdf:li>needle</rdf:li></rdf:Bag></dc:subject>"))
-    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
+    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos), "--stars"])
     assert len(list(photos.rglob("*.xmp"))) == 60
     description = ET.parse(mine).getroot().find(".//{%s}Description" % NAMESPACES["rdf"])
     assert description.get("{%s}Rating" % NAMESPACES["xmp"]) == "4" and "+0.35" in mine.read_text() and "needle" in mine.read_text()
     assert description.get("{%s}Band" % NAMESPACES["beholder"]) in ("keep", "review", "reject")
+    capsys.readouterr()
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in photos.rglob("*.xmp")}
+    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos), "--stars"])  # the same again
+    assert "0 created, 0 merged into (ratings the photographer set kept); 60 unchanged" in capsys.readouterr().out
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in photos.rglob("*.xmp")} == before  # not even rewritten
 
 
 def test_each_image_gets_the_sidecar_its_tools_read_and_never_a_second():
@@ -189,7 +212,7 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
     lightroom.write_bytes(sidecar('xmp:Rating="5"'))
     (photos / "sub2" / "img_002.jpg.xmp").write_bytes(sidecar('xmp:Rating="0"'))  # darktable's "no stars"
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_beside_images=true",
-                             "threshold=0.0"]))  # every photo kept: 3+ stars, Green, accepted, where the photographer set none
+                             "threshold=0.0", "xmp_stars=true"]))  # every photo kept: 3+ stars, Green, accepted, where the photographer set none
     assert not (photos / "sub0" / "img_000.xmp").exists() and not (photos / "sub1" / "img_001.jpg.xmp").exists()
     assert len(list(photos.rglob("*.xmp"))) == 60
     assert read_rating(darktable.read_bytes())["rating"] == 1 and read_rating(lightroom.read_bytes())["rating"] == 5

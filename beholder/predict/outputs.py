@@ -72,7 +72,7 @@ def write_xmp(cfg, store, gallery, output, ranked, skipped, summary) -> None:
     names = sidecar_targets([row["image"] for row in ranked] + skipped, existing, cfg.xmp_naming)
     targets = {row["image"]: [join(root, name) for name in names[row["image"]]] for row in ranked}
     summary["sidecars"] = write_sidecars(store, ranked, targets, summary["kept"], bool(cfg.xmp_overwrite_ratings), gallery,
-                                         None if is_s3(root) else root)
+                                         None if is_s3(root) else root, bool(cfg.xmp_stars))
     summary["sidecars"]["folder"] = root
     if not cfg.xmp_beside_images or is_s3(gallery):  # beholder's own folder: the sidecars of photos no longer in the gallery go
         wanted = {name for owned in names.values() for name in owned}

@@ -61,9 +61,10 @@ def sidecar_lines(sidecars: dict | None) -> list[str]:
         return []
     left = sidecars["left_alone"]
     removed = f", {sidecars['removed']} removed (their photos are gone)" if sidecars.get("removed") else ""
-    return [line("sidecars", f"{sidecars['created']} created, {sidecars['merged']} merged into, {len(left)} left as they were{removed} "
+    return [line("sidecars", f"{sidecars['created']} created, {sidecars['merged']} merged into, {sidecars['unchanged']} unchanged "
+                             f"(already held this decision), {len(left)} left alone{removed} "
                              f"({sidecars['folder']})"),
-            *listed("left as it was", left)]
+            *listed("left alone", left)]
 
 
 def technical_lines(counted: dict | None) -> list[str]:

@@ -173,15 +173,16 @@ def run_write(args) -> None:
             gone.append(row["image"])
     present = [row for row in rows if row["image"] in targets]
     kept = sum(row["band"] == "keep" for row in rows)
-    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings, root, root)
+    written = write_sidecars(store, present, targets, kept, args.overwrite_ratings, root, root, args.stars)
     left_alone = written["left_alone"]
     print(f"beholder: {written['created'] + written['merged']} sidecars written beside the images in {root}: {written['created']} created, "
-          f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'})")
+          f"{written['merged']} merged into (ratings the photographer set {'replaced' if args.overwrite_ratings else 'kept'}); "
+          f"{written['unchanged']} unchanged (already held this decision), {len(written['left_alone'])} left alone")
     for name, images in (("no longer there", gone), ("outside --gallery", outside)):
         if images:
             why = "  (left out: nothing is written outside --gallery)" if name == "outside --gallery" else ""
             print(line(name, f"{len(images)}  {examples(images)}{why}"))
-    print("\n".join(listed("left as it was", left_alone)))
+    print("\n".join(listed("left alone", left_alone)))
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")
     writing.add_argument("--scores", required=True, help="beholder predict's scores.csv (any model's)")
     writing.add_argument("--gallery", required=True, help="the folder the scored images live in")
+    writing.add_argument("--stars", action="store_true", help="also star ratings for the photos the photographer has not rated "
+                         "(default: a pick, a colour label and keywords only, so a star filter shows only theirs)")
     writing.add_argument("--overwrite-ratings", action="store_true", help="also replace ratings, labels and picks the photographer set")
     writing.add_argument("--naming", choices=NAMING, default="auto", help="new sidecars: IMG_1.xmp (adobe), IMG_1.jpg.xmp (darktable), "
                          "or auto: as the folder's other sidecars (default); existing ones are always merged into")

@@ -135,13 +135,14 @@ def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None], 
 def serialise(root: ET.Element, prefixes: dict[str, str]) -> bytes:
     """``root`` as XML with these prefixes. ElementTree keeps prefixes in one map for the whole
     process, so they are set for this call only and the map put back after: one file's prefixes
-    never leak into how the next is written."""
+    never leak into how the next is written. A carriage return in a value (a caption's line ends,
+    written ``&#13;``) is written as ``&#13;`` again: XML reads a bare one as a line feed."""
     with SERIALISING:
         saved = dict(ET._namespace_map)
         try:
             for prefix, uri in prefixes.items():
                 ET.register_namespace(prefix, uri)
-            return ET.tostring(root, encoding="unicode").encode()
+            return ET.tostring(root, encoding="unicode").replace("\r", "&#13;").encode()
         finally:
             ET._namespace_map.clear()
             ET._namespace_map.update(saved)
@@ -276,7 +277,7 @@ def set_keywords(holder: ET.Element, description: ET.Element, keywords) -> None:
 
 
 def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = None, overwrite_ratings: bool = False,
-                keywords: tuple[str, ...] = ()) -> bytes:
+                keywords: tuple[str, ...] = (), stars: bool = False) -> bytes:
     """An XMP packet with beholder's decision: the star rating (``xmp:Rating``), a colour label
     (Green = keep, Yellow = review, Red = reject; ``xmp:Label``), digiKam's pick label (3 accepted,
     0 none, 1 rejected) and beholder's own fields (score, band). Lightroom, darktable and digiKam read
@@ -288,7 +289,9 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     takes back one it gave before they rated it), so a soft photo they rated 5 stars is not marked
     rejected, nor their 2 stars marked kept.
     ``keywords``: why beholder judged it so (``out of focus``), under its own name in the keyword
-    bags the tools filter on (:func:`set_keywords`)."""
+    bags the tools filter on (:func:`set_keywords`). ``stars=False`` (what predict and ``ratings
+    write`` do unless asked): no star rating from beholder, and one it wrote before is taken back,
+    so that a star filter in the photographer's tool shows their own stars only."""
     label, pick = BAND_LABELS[band]
     ours = dict(zip(RATING_FIELDS, (str(rating), label, str(pick))))
     root, holder, (start, end), prefixes = parse(existing or EMPTY_XMP)
@@ -298,10 +301,14 @@ def xmp_sidecar(rating: int, band: str, score: float, existing: bytes | None = N
     values = {("beholder", "Score"): f"{score:.6f}", ("beholder", "Band"): band, ("beholder", "Keep"): str(band == "keep").lower()}
     yielded = set((property_of(holder, "beholder", "Yielded") or "").split())
     dropped = []
-    stars, stars_set_before = property_of(holder, "xmp", "Rating"), property_of(holder, "beholder", "SetRating")
-    rated = stars not in (None, "", *UNSET["Rating"]) and (stars != stars_set_before or "Rating" in yielded)
+    their_stars, stars_set_before = property_of(holder, "xmp", "Rating"), property_of(holder, "beholder", "SetRating")
+    rated = their_stars not in (None, "", *UNSET["Rating"]) and (their_stars != stars_set_before or "Rating" in yielded)
     for prefix, name in RATING_FIELDS:
         present, set_before = property_of(holder, prefix, name), property_of(holder, "beholder", f"Set{name}")
+        if name == "Rating" and not stars:
+            if set_before is not None:  # beholder's stars of an earlier run go; the photographer's stay
+                dropped += [("beholder", "SetRating")] + ([(prefix, name)] if present == set_before else [])
+            continue
         if rated and name != "Rating" and not overwrite_ratings and name not in yielded:
             if set_before is not None:  # beholder's own from before the photographer rated it goes; theirs stays
                 dropped += [("beholder", f"Set{name}")] + ([(prefix, name)] if present == set_before else [])
@@ -336,7 +343,7 @@ MERGE_ATTEMPTS = 5  # reads and merges of one sidecar that another program keeps
 
 
 def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept: int, overwrite_ratings: bool = False,
-                   gallery: str | None = None, folder: str | None = None) -> dict:
+                   gallery: str | None = None, folder: str | None = None, stars: bool = False) -> dict:
     """Each row's (image, rank, band, score) decision merged into each of its sidecars at
     ``targets[image]`` (written whole or not at all, keeping the file's permissions). A new sidecar
     of an image in a local ``gallery`` starts from the XMP inside the image, so the rating and
@@ -344,9 +351,11 @@ def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept:
     otherwise see beholder's stars instead). Returns how many were ``created`` and ``merged`` into,
     and why each one ``left_alone`` was: not XMP, read-only, not a regular file, not writable,
     outside ``folder`` (a local folder every write stays in, links followed), or written by another
-    program on every attempt to merge into it. A sidecar that is a link is written where it points.
+    program on every attempt to merge into it. A sidecar that already holds exactly this decision is
+    ``unchanged`` (not written again). ``stars``: also star ratings for the unrated (:func:`xmp_sidecar`).
+    A sidecar that is a link is written where it points.
     Temporary files that an earlier, killed run left in these folders are removed first."""
-    left_alone, cleaned, counts = [], set(), {"created": 0, "merged": 0}
+    left_alone, cleaned, counts = [], set(), {"created": 0, "merged": 0, "unchanged": 0}
     for row in rows:
         for target in targets[row["image"]]:
             try:
@@ -356,8 +365,7 @@ def write_sidecars(store, rows: list[dict], targets: dict[str, list[str]], kept:
                         cleaned.add(os.path.dirname(target))
                         remove_stale_temporaries(os.path.dirname(target) or ".")
                 image = os.path.join(gallery, row["image"]) if gallery and not is_s3(gallery) else None
-                created = merge_sidecar(store, target, row, kept, overwrite_ratings, image)
-                counts["created" if created else "merged"] += 1
+                counts[merge_sidecar(store, target, row, kept, overwrite_ratings, image, stars)] += 1
             except (UnreadableSidecar, OSError, RecursionError) as error:
                 left_alone.append(f"{target}: {reason(error)}")
     return {**counts, "left_alone": left_alone}
@@ -372,17 +380,19 @@ def real_target(target: str, folder: str | None) -> str:
     return os.path.realpath(target) if os.path.islink(target) else target
 
 
-def merge_sidecar(store, target: str, row: dict, kept: int, overwrite_ratings: bool, image: str | None) -> bool:
+def merge_sidecar(store, target: str, row: dict, kept: int, overwrite_ratings: bool, image: str | None, stars: bool = False) -> str:
     """Read, merge and write one sidecar, and again when another program wrote it meanwhile (the
-    write checks the file still holds what was read). True when it was created."""
+    write checks the file still holds what was read): ``created``, ``merged`` or ``unchanged``."""
     for attempt in range(MERGE_ATTEMPTS):
         existing = read_existing(store, target)
         base = existing or (inside_packet(image) if image else None)
         packet = xmp_sidecar(star_rating(row["rank"], kept, row["band"]), row["band"], row["score"], base, overwrite_ratings,
-                             tuple(row.get("keywords", ())))
+                             tuple(row.get("keywords", ())), stars)
+        if packet == existing:
+            return "unchanged"
         try:
             store.write(target, packet, expect=existing)
-            return existing is None
+            return "created" if existing is None else "merged"
         except ChangedMeanwhile:
             if attempt == MERGE_ATTEMPTS - 1:
                 raise

@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
+from beholder.core.errors import UserError
 from beholder.predict.run import predict
-from beholder.search.cli import main
+from beholder.search.cli import index_key, main
 
 from conftest import compose_predict
 
@@ -29,7 +30,18 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     similarities = [float(r["similarity"]) for r in rows]
     assert similarities == sorted(similarities, reverse=True) and all(r["band"] in ("keep", "review", "reject") for r in rows)
     page = (tmp_path / "like" / "similar.html").read_text()
-    assert page.count("<img src='data:image/jpeg;base64,") == 5 and "more like this" in page
+    assert page.count("<img src='data:image/jpeg;base64,") == 6 and "more like this" in page  # the query, then its 5
+    assert page.index("The query") < page.index("data-image=\"sub0/img_000.jpg\"") < page.index("Most like")
+
+    # the README's form: a bare file name the index has, or a full path into the gallery, is that image of the index
+    for query in ("twin.jpg", str(photos / "twin.jpg")):
+        capsys.readouterr()
+        main(["--output", str(out), "--query", query, "--k", "24"])
+        printed = capsys.readouterr().out.splitlines()
+        assert printed[0].startswith("beholder: the 24 images most like twin.jpg (") and printed[0].endswith("; the first 10")
+        assert printed[1].split()[2] == "sub0/img_000.jpg" and "twin.jpg" not in " ".join(printed[1:])  # not itself first
+    with pytest.raises(UserError, match=r"--query a.jpg: 2 images of the index have this name \(e.g. day1/a.jpg; day2/a.jpg\)"):
+        index_key("a.jpg", ["day1/a.jpg", "day2/a.jpg", "b.jpg"], str(photos))
 
     # a photo outside the gallery, embedded by the same checkpoint: its copy in the gallery comes first
     outside = tmp_path / "new.jpg"

@@ -83,7 +83,7 @@ def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float
 
 def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "", title: str = "beholder highlights") -> bytes:
     """A self-contained contact sheet: the score histogram, then each section a title and rows
-    (image, score, rank, band, and ``hidden``: near-copies culled); ``read(image)`` gives an image's bytes
+    (image, score, rank, band, and ``hidden``: near-copies culled; or a ``caption`` of its own); ``read(image)`` gives an image's bytes
     (None: not shown). Wide images (panoramas) take a whole row."""
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
@@ -108,7 +108,7 @@ def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, 
             wide = " wide" if width > 2.5 * height else ""
             hidden = f" · +{row['hidden']} near-cop{'y' if row['hidden'] == 1 else 'ies'} hidden" if row.get("hidden") else ""
             why = f" · {row['reason']}" if row.get("reason") not in ("", "score", None) else ""
-            caption = f"#{row['rank']} · {row['score']:.3f} · {row['band']}{why}{hidden} · {row['image']}"
+            caption = row.get("caption") or f"#{row['rank']} · {row['score']:.3f} · {row['band']}{why}{hidden} · {row['image']}"
             parts.append(
                 f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"
                 f"<img src='{uri}' alt={quoteattr(row['image'])}><figcaption>{html.escape(caption)}</figcaption></figure>"

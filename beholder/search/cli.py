@@ -8,11 +8,12 @@ beholder predict wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for larg
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from beholder.core.console import examples, line
 from beholder.core.errors import UserError, exit_on_user_error
-from beholder.core.storage import Store, inside, join
+from beholder.core.storage import Store, inside, is_s3, join, within
 from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import respell
 from beholder.predict.report import highlights_html
@@ -36,28 +37,61 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
         store = Store(args.endpoint_url)
         images, index, metadata, usable = load_index(store, args.output, args.method)
         neighbours = Neighbours(images, index, usable)
-        if args.query in images and not neighbours.knows(args.query):
+        gallery = metadata.get("beholder.gallery", "")
+        key = index_key(args.query, images, gallery)
+        if key is not None and not neighbours.knows(key):
             raise UserError(f"--query {args.query}: its vector in {FILE} is not finite; rerun beholder predict to write it again")
-        if neighbours.knows(args.query):
-            found = neighbours.of(args.query, args.k)
+        if key is not None:
+            found = neighbours.of(key, args.k)
         else:
             query = centred(embed(args.query, args.ckpt or join(args.output, CHECKPOINT), metadata, store)[None], index.mean)[0]
             found = neighbours.search(query, args.k)
     band = bands(store, args.output)
     rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
-    print(f"beholder: the {len(rows)} images most like {args.query} ({index.kind} search of {len(images)})")
-    for row in rows[:10]:
+    named = key or args.query
+    shown = f"; the first {PRINTED}" if len(rows) > PRINTED else ""
+    print(f"beholder: the {len(rows)} images most like {named} ({index.kind} search of {len(images)}){shown}")
+    for row in rows[:PRINTED]:
         print(f"  {row['rank']:>3}. {row['score']:.3f}  {row['image']}")
     if args.out:
         store.write(join(args.out, "similar.csv"), csv_bytes(["rank", "image", "similarity", "band"],
                     ({"rank": r["rank"], "image": r["image"], "similarity": f"{r['score']:.4f}", "band": r["band"]} for r in rows)))
-        gallery = metadata.get("beholder.gallery", "")
         missing: list[str] = []
-        page = highlights_html([(f"Most like {args.query}", rows)], lambda image: gallery_image(store, gallery, image, missing),
+
+        def picture(image: str) -> bytes | None:
+            if image == named and key is None:  # a photo outside the gallery
+                return store.read(args.query if is_s3(args.query) else os.path.expanduser(args.query))
+            return gallery_image(store, gallery, image, missing)
+
+        query = {"image": named, "caption": f"the query · {band.get(named, 'outside the gallery')} · {named}", "band": band.get(named, "")}
+        page = highlights_html([("The query", [query]), (f"Most like {named}", rows)], picture,
                                f"cosine similarity of the embeddings in {join(args.output, FILE)}", title="beholder: more like this")
         store.write(join(args.out, "similar.html"), page)
         print("\n".join([line("results", join(args.out, "similar.csv")), line("contact sheet", join(args.out, "similar.html")),
                          *([line("not shown", f"{len(missing)} (no longer in {gallery}, or not in it): {examples(missing)}")] if missing else [])]))
+
+
+PRINTED = 10  # neighbours printed; --out has them all
+
+
+def index_key(query: str, images: list[str], gallery: str) -> str | None:
+    """The index's name for ``query``: as given; a file of the local gallery, by its path from
+    anywhere; or a bare file name that one image of the index has (``IMG_0015.JPG``). None for a
+    photo outside the gallery; a bare name that several images have is refused, naming them."""
+    if query in images:
+        return query
+    path = os.path.expanduser(query)
+    if gallery and not is_s3(gallery) and os.path.isfile(path) and within(gallery, path):
+        key = os.path.relpath(os.path.realpath(path), os.path.realpath(gallery)).replace(os.sep, "/")
+        if key in images:
+            return key
+    if "/" not in query and os.sep not in query:
+        named = [image for image in images if image.rsplit("/", 1)[-1] == query]
+        if len(named) > 1:
+            raise UserError(f"--query {query}: {len(named)} images of the index have this name ({examples(named)}); give its path in the gallery")
+        if named:
+            return named[0]
+    return None
 
 
 def gallery_image(store: Store, gallery: str, image: str, missing: list[str]) -> bytes | None:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from beholder.core.errors import UserError
 from beholder.data.labels import fold_rows, top_rating
 from beholder.models.metrics import spearman
 from beholder.predict.run import predict
-from beholder.train.personal import fit_in_features
+from beholder.train.personal import better_of, fit_in_features
 from beholder.train.probe import ridge_fits
 from beholder.train.run import train
 from beholder.train.taste import Setting, TasteSpace, build_taste_space, choose_settings, crowd_out_of_fold, fit_deviation, population_slope, simulated_users
@@ -31,6 +32,21 @@ def test_the_deviation_stays_at_the_rescaled_base_unless_the_ratings_differ():
     differing = 3 + 2 * base + 3 * x[:, 5]  # the person also cares, as much, about something the crowd does not
     weight, _, out_of_fold, _ = fit_in_features(x, base, differing, folds, w_base, 0.0)
     assert np.std(x @ (weight - 2 * w_base)) > 1 and spearman(out_of_fold, differing) > spearman(base, differing) + 0.2
+
+
+def test_a_personal_model_worse_than_the_crowd_on_the_persons_own_ratings_is_not_shipped():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 8))
+    w_base, c_base = np.eye(8)[0], 4.0
+    base = x @ w_base + c_base
+    y = 2 * base + 1 + 0.2 * rng.standard_normal(40)  # the person rates much as the crowd does
+    overfitted = rng.standard_normal(40)  # a personal model's out-of-fold scores that miss it
+    weight, bias, scores, shipped = better_of(y, base, overfitted, (np.ones(8), 0.0), w_base, c_base)
+    assert shipped == "crowd" and spearman(scores, y) == spearman(base, y)  # the crowd's order ...
+    assert np.allclose(x @ weight + bias, scores) and abs(np.mean(scores) - np.mean(y)) < 0.1  # ... on the person's scale, one head
+    better = y + 0.01 * rng.standard_normal(40)
+    weight, bias, scores, shipped = better_of(y, base, better, (np.ones(8), 0.5), w_base, c_base)
+    assert shipped == "personal" and bias == 0.5 and scores is better
 
 
 def test_a_taste_the_population_shares_is_learnt_from_20_ratings_and_folds_into_one_head():
@@ -108,12 +124,16 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
         for row in rows:
             stars = 5 - int(row["tier"]) - (float(row["beauty_mean"]) > 2.5)
             writer.writerow([row["image"], {5: 3, 4: 2}.get(stars, 1 if stars >= 2 else 0), stars])
-    cfg = compose_train(TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"gallery={gallery}", f"labels={tmp_path}/mine.csv",
-                                "data.score_column=rating", f"feature_cache={cache}", f"output_dir={tmp_path}/me"])
-    train(cfg)
+    options = TINY + ["experiment=personal", f"base_ckpt={ckpt}", f"gallery={gallery}", f"labels={tmp_path}/mine.csv",
+                      "data.score_column=rating", f"feature_cache={cache}", f"output_dir={tmp_path}/me"]
+    with pytest.raises(UserError, match=r"save=.*: give a file in a folder that exists"):
+        train(compose_train(options + [f"save={tmp_path}"]))
+    train(compose_train(options + [f"save={tmp_path}/my-taste.ckpt"]))
     metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
     assert metrics["ratings"] == 60 and metrics["cv/spearman_base"] < 0 < 0.5 < metrics["cv/spearman_personal"]
+    assert metrics["shipped"] == "personal"
     personal = tmp_path / "me" / "checkpoints" / "best.ckpt"
+    assert (tmp_path / "my-taste.ckpt").read_bytes() == personal.read_bytes()  # the stable name predict's ckpt= is given
     saved = torch.load(personal, map_location="cpu", weights_only=True)
     assert saved["personal"]["base_ckpt"] == str(ckpt) and len(saved["personal"]["base_sha256"]) == 64
 

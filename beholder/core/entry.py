@@ -25,7 +25,7 @@ from beholder.core.memory import keep_freed_memory
 
 # The options whose value is a file or folder (an old spelling too), and Hydra's own folders.
 PATH_OPTIONS = frozenset({
-    "gallery", "labels", "output", "ckpt", "ckpt_path", "ratings", "feature_cache", "base_ckpt", "resume", "runs_root", "output_dir",
+    "gallery", "labels", "output", "ckpt", "ckpt_path", "ratings", "feature_cache", "base_ckpt", "resume", "save", "runs_root", "output_dir",
     "data.root", "data.labels", "data.cache_dir", "backbone.weights", "hydra.run.dir", "hydra.sweep.dir",
 })
 NOT_A_PATH = ("null", "last")  # feature_cache=null turns the cache off; resume=last finds the newest run

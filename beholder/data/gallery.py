@@ -233,8 +233,6 @@ class GalleryDataModule(pl.LightningDataModule):
         for name, rows in self.splits.items():
             if not rows:
                 raise UserError(f"{self.labels_uri}: the {name} split is empty ({len(labels)} labelled images)")
-        counts = {name: dict(sorted(Counter(lb.tier for lb in rows).items())) for name, rows in self.splits.items()}
-        log.info("labels %s: tiers per split %s", self.labels_uri, counts)
 
     def regression_stats(self) -> dict:
         self.setup()

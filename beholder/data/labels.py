@@ -171,6 +171,11 @@ def drop_missing(labels: list[Label], available: set[str], source: str, on_missi
     return [lb for lb in labels if lb.image in available]
 
 
+def tier_counts(labels: list[Label]) -> dict[int, int]:
+    """How many labels each tier has, lowest tier first."""
+    return dict(sorted(Counter(label.tier for label in labels).items()))
+
+
 def tier_midpoints(labels: list[Label]) -> list[float]:
     """Each tier's mid-percentile in the label distribution, e.g. 0.288/0.763/0.966/0.991.
 

@@ -16,6 +16,9 @@ the file) is still read.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
 
 from beholder.core.errors import MissingInput, UserError
@@ -93,6 +96,26 @@ def annotate(path: str, **fields) -> None:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint.update(fields)
     write_local_with(path, lambda f: torch.save(checkpoint, f))
+
+
+def save_target(path: str | None) -> str | None:
+    """Where ``save=`` puts a copy of the best checkpoint (checked before training), or None."""
+    if not path:
+        return None
+    target = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.isdir(target) or not os.path.isdir(os.path.dirname(target)):
+        raise UserError(f"save={path}: give a file in a folder that exists, e.g. save=my-taste.ckpt")
+    return target
+
+
+def save_copy(best: str, path: str | None) -> str | None:
+    """The best checkpoint also at ``path`` (``save=my-taste.ckpt``: a name to give predict's
+    ``ckpt=`` that stays the newest model), replaced whole; the path written, or None."""
+    target = save_target(path)
+    if target is not None:
+        with open(best, "rb") as source:
+            write_local_with(target, lambda f: shutil.copyfileobj(source, f))
+    return target
 
 
 def write(path: str, module, **extra) -> None:

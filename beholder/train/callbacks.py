@@ -82,6 +82,12 @@ def progress(trainer_cfg) -> tuple[dict, list]:
     return {"enable_progress_bar": bar}, ([] if bar else [PlainProgress()])
 
 
+def logging_interval(trainer_cfg, photos: int, batch_size: int) -> int:
+    """``trainer.log_every_n_steps``, lowered for a small gallery (fewer batches an epoch than the
+    interval) so that its training is logged at least once an epoch."""
+    return max(1, min(int(trainer_cfg.log_every_n_steps), photos // batch_size))
+
+
 class SharedRunFolder(pl.Callback):
     """On several processes, the first writes the checkpoints and every one reads the best back
     for the test: the run folder must be one they all see."""

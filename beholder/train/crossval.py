@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 
 import pytorch_lightning as pl
@@ -21,7 +22,7 @@ from beholder.data.labels import fold_labels
 from beholder.models.features import CachedFeatureDataModule
 from beholder.models.metrics import GalleryMetrics
 from beholder.models.module import BeholderModule
-from beholder.train.callbacks import BestHead, progress
+from beholder.train.callbacks import BestHead, logging_interval, progress
 from beholder.train.probe import fit_probe, set_feature_scale
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
         best = BestHead(cfg.optimized_metric, mode)
         logger = TensorBoardLogger(cfg.output_dir, name="tensorboard", version=f"fold{k}", default_hp_metric=False)
         trainer = instantiate(cfg.trainer, callbacks=[best], logger=logger, default_root_dir=cfg.output_dir, enable_checkpointing=False,
+                              log_every_n_steps=logging_interval(cfg.trainer, len(rest), int(cfg.data.batch_size)),
                               **progress(cfg.trainer)[0])  # fold heads train in seconds: a bar on a terminal, else no lines
         trainer.fit(fold_module, datamodule=fold_data)
         fold_module.net.head.load_state_dict(best.state)
@@ -56,7 +58,11 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
             values = batch["target"] if cfg.data.score_column else None
             out_of_fold.update(head.score(outputs), batch["tier"], head.tier(outputs), values)
             loss += float(head.loss(outputs, batch)) * len(fold_features)
-        log.info("fold %d of %d: best %s %.4f", k + 1, cfg.cv, cfg.optimized_metric, best.best)
+        if math.isfinite(best.best):
+            log.info("fold %d of %d: best %s %.4f", k + 1, cfg.cv, cfg.optimized_metric, best.best)
+        else:
+            log.info("fold %d of %d: %s undefined on its %d validation photos (none of the top tier?); its last head is kept",
+                     k + 1, cfg.cv, cfg.optimized_metric, len(fold))
 
     module.net.head.load_state_dict({name: torch.stack([h[name] for h in heads]).mean(0) for name in heads[0]})
     module.val_positive_scores = out_of_fold.positive_scores().cpu()

@@ -33,7 +33,7 @@ from beholder.core import console
 from beholder.core.console import line
 from beholder.core.errors import UserError
 from beholder.core.storage import file_digest
-from beholder.data.labels import fold_rows, regression_stats, target_of, top_rating
+from beholder.data.labels import fold_rows, regression_stats, target_of, tier_counts, top_rating
 from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
@@ -84,6 +84,17 @@ def fit_in_features(x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, floa
     return weight, bias, predictions, {"penalty": penalty}
 
 
+def better_of(y, base, personal: np.ndarray, personal_head: tuple[np.ndarray, float], w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, str]:
+    """The head to ship, its out-of-fold scores, and whose order it is: the personal model's, unless
+    the crowd's (``base``, rescaled to the person's ratings) ranks the person's own ratings better
+    out of fold; then the crowd's order, until more ratings make the personal model better."""
+    if spearman(personal, y) >= spearman(base, y):
+        return *personal_head, personal, "personal"
+    slope, intercept = np.polyfit(base, y, 1)
+    slope = max(float(slope), 1e-6)  # the crowd's order, never reversed
+    return slope * w_base, slope * c_base + intercept, slope * base + intercept, "crowd"
+
+
 def taste_summary(how: dict) -> str:
     blend = f"; {how['blend']:.0%} from a feature ridge (penalty {how['feature_penalty']:g})" if how["blend"] else ""
     return (f"taste space: {how['k']} directions, penalty {how['penalty']:g}; the crowd's slope worth {how['prior_ratings']:g} ratings"
@@ -96,6 +107,7 @@ def train_personal(cfg: DictConfig) -> float:
     base_name = base_path if cfg.base_ckpt else default_model.name()
     if not cfg.feature_cache:
         raise UserError("base_ckpt: a personal model reads cached features; set feature_cache=FOLDER (experiment=personal does)")
+    checkpoint.save_target(cfg.save)
     module = load_checkpoint(base_path)
     if not module.net.frozen:
         raise UserError(f"base_ckpt={base_name}: its backbone was fine-tuned; a personal model needs frozen features "
@@ -106,6 +118,7 @@ def train_personal(cfg: DictConfig) -> float:
     labels = [label for split in ("train", "val", "test") for label in gallery.splits[split]]
     if len(labels) < 10:
         raise UserError(f"labels={cfg.data.labels}: {len(labels)} rated photos; a personal model needs 10 or more")
+    log.info("labels %s: tiers %s in %d folds", gallery.labels_uri, tier_counts(labels), PERSONAL_FOLDS)
     stats = regression_stats(labels)
     features, skipped = cached_features(module.net, gallery.root, [label.image for label in labels], gallery.store,
                                         {}, 1, cfg.feature_cache, gallery.max_pixels, num_workers=cfg.data.num_workers)
@@ -117,6 +130,7 @@ def train_personal(cfg: DictConfig) -> float:
     space = TasteSpace.from_state(module.taste_space, x.shape[1]) if module.taste_space is not None else None
     weight, bias, out_of_fold, how = (fit_in_taste_space(space, x, base, y, folds, w_base, c_base) if space is not None
                                       else fit_in_features(x, base, y, folds, w_base, c_base))
+    weight, bias, shipped_scores, shipped = better_of(y, base, out_of_fold, (weight, bias), w_base, c_base)
 
     head = module.net.head
     head.target_mean, head.target_std = float(stats["target_mean"]), float(stats["target_std"])
@@ -126,7 +140,7 @@ def train_personal(cfg: DictConfig) -> float:
         head.fc.bias.fill_((bias - head.target_mean) / head.target_std)
     module.taste_space = None  # the crowd's, not this person's: the personal checkpoint stays small
     top = top_rating(y)
-    positive = [float(score) for score, rating in zip(out_of_fold, y) if rating >= top]
+    positive = [float(score) for score, rating in zip(shipped_scores, y) if rating >= top]
     module.calibrated_on = f"top-rated (>= {top:g}: {len(positive)} of the person's {len(y)})"
     module.hparams["head"] = {**module.hparams["head"], "target_mean": head.target_mean, "target_std": head.target_std,
                               "tier_values": stats["tier_values"]}
@@ -134,8 +148,13 @@ def train_personal(cfg: DictConfig) -> float:
     module.val_positive_scores = torch.tensor(positive)
     best = os.path.join(cfg.output_dir, "checkpoints", "best.ckpt")
     checkpoint.write(best, module, personal={"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels), **how})
-    metrics = {"cv/spearman_base": float(spearman(base, y)), "cv/spearman_personal": float(spearman(out_of_fold, y)),
+    saved = checkpoint.save_copy(best, cfg.save)
+    metrics = {"cv/spearman_base": float(spearman(base, y)), "cv/spearman_personal": float(spearman(out_of_fold, y)), "shipped": shipped,
                "ratings": len(labels), **how, "best_checkpoint": best, "skipped_images": len(skipped)}
+    if shipped == "crowd":
+        log.warning("the personal model ranks your own ratings worse than the crowd's order (Spearman %.3f against %.3f, out of fold): "
+                    "the crowd's order is kept, on your rating scale; rate more photos and train again", metrics["cv/spearman_personal"],
+                    metrics["cv/spearman_base"])
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     console.print_summary("personal model trained", [
@@ -144,8 +163,12 @@ def train_personal(cfg: DictConfig) -> float:
         line("spearman", f"{metrics['cv/spearman_base']:.3f} base (rescaled crowd), {metrics['cv/spearman_personal']:.3f} personal "
                          f"(out of fold, {len(folds)} folds)"),
         line("fit", taste_summary(how) if "k" in how else f"the base's features, fixed penalty {how['penalty']:g}"),
+        line("shipped", "the personal model" if shipped == "personal" else
+             "the crowd's order (rescaled to your ratings): it ranks your own ratings better than this personal model does; "
+             "rate more photos and train again"),
         line("top tier", f"rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
                          "is calibrated on their out-of-fold scores"),
         line("checkpoint", best),
+        *([line("saved as", f"{saved}  (predict ckpt={saved})")] if saved else []),
     ])
     return metrics["cv/spearman_personal"]

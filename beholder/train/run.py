@@ -20,7 +20,7 @@ from beholder.core.console import examples, line
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
 from beholder.core.vocabulary import respell_config
-from beholder.data.labels import regression_stats
+from beholder.data.labels import regression_stats, tier_counts
 from beholder.models import checkpoint
 from beholder.models.backbones import BackboneSpec, require_timm_model
 from beholder.models.features import CachedFeatureDataModule
@@ -28,7 +28,7 @@ from beholder.models.heads import build_head
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer
-from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, progress
+from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, logging_interval, progress
 from beholder.train.crossval import train_folds
 from beholder.train.near_copies import GROUP_PRECISION, GROUP_RECALL, calibrate_group_similarity
 from beholder.train.personal import train_personal
@@ -132,6 +132,7 @@ def train(cfg: DictConfig) -> float:
     if cfg.get("personal") or cfg.get("base_ckpt"):
         return train_personal(cfg)
     check_options(cfg)
+    checkpoint.save_target(cfg.save)
     check_launch(cfg.trainer)
     mode = metric_mode(cfg.optimized_metric, cfg.optimized_mode)
     ckpt_path = resolve_checkpoint(cfg)
@@ -139,6 +140,12 @@ def train(cfg: DictConfig) -> float:
     output_dir = cfg.output_dir
     gallery = instantiate(cfg.data)
     gallery.setup()  # reads and checks the labels before anything expensive
+    splits = gallery.splits
+    if cfg.cv:
+        log.info("labels %s: tiers %s in %d folds (train and val), %s held out for the test", gallery.labels_uri,
+                 tier_counts(splits["train"] + splits["val"]), cfg.cv, tier_counts(splits["test"]))
+    else:
+        log.info("labels %s: tiers per split %s", gallery.labels_uri, {name: tier_counts(rows) for name, rows in splits.items()})
     stats = regression_stats(gallery.splits["train"] + gallery.splits["val"]) if cfg.cv else gallery.regression_stats()
     module = build_module(cfg, stats)
     gallery.data_config = module.net.data_config
@@ -160,17 +167,18 @@ def train(cfg: DictConfig) -> float:
                              {label.image: label.group for label in gallery.splits["train"]})
 
     checkpoints = os.path.join(output_dir, "checkpoints")
-    checkpoint = ResumableCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode=mode, enable_version_counter=False)
+    best_kept = ResumableCheckpoint(checkpoints, "best", monitor=cfg.optimized_metric, mode=mode, enable_version_counter=False)
     # A second callback for last.ckpt: Lightning's save_last=True skips epochs that set no new best.
     last = ResumableCheckpoint(checkpoints, "last", enable_version_counter=False)
     skipped = SkippedImages()
     bar, lines = progress(cfg.trainer)
-    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), checkpoint, last, skipped, ValidationImages(), *lines],
-                          logger=logger, default_root_dir=output_dir, **bar)
+    steps = logging_interval(cfg.trainer, len(gallery.splits["train"]), int(cfg.data.batch_size))
+    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), best_kept, last, skipped, ValidationImages(), *lines],
+                          logger=logger, default_root_dir=output_dir, log_every_n_steps=steps, **bar)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    best = checkpoint.best_model_path or last.best_model_path
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
+    best = best_kept.best_model_path or last.best_model_path
+    best_score = float(best_kept.best_model_score) if best_kept.best_model_score is not None else math.nan
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
 
     unreadable = {**getattr(datamodule, "skipped", {}), **skipped.skipped}
@@ -199,6 +207,9 @@ def calibrate_near_copies(cfg: DictConfig, gallery, best: str) -> float | None:
 def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, processes: int) -> None:
     """metrics.json, the TensorBoard hparams metric and the summary a user reads."""
     result = {**metrics, "best_checkpoint": best, "skipped_images": len(skipped), "processes": processes}
+    saved = checkpoint.save_copy(best, cfg.save)
+    if saved:
+        result["saved_as"] = saved
     logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): metrics[cfg.optimized_metric]})
     with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -207,8 +218,10 @@ def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, pro
 
 def print_summary(result: dict, skipped: dict, output_dir: str) -> None:
     lines = [line("run folder", output_dir), line("processes", result["processes"]),
-             *[line(name, f"{value:.4f}", width=26) for name, value in result.items() if isinstance(value, float)],
+             *[line(name, f"{value:.4f}" if math.isfinite(value) else "undefined on these photos (none of the top tier?)", width=26)
+               for name, value in result.items() if isinstance(value, float)],
              line("best checkpoint", result["best_checkpoint"]),
+             *([line("saved as", f"{result['saved_as']}  (predict ckpt={result['saved_as']})")] if result.get("saved_as") else []),
              *([line("skipped", f"{len(skipped)} unreadable images: {examples(f'{i} ({r})' for i, r in skipped.items())}")] if skipped else []),
              f"  tensorboard --logdir {os.path.dirname(output_dir.rstrip('/')) or '.'}"]
     console.print_summary("training finished", lines)

@@ -228,7 +228,7 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
         "sub0/img_000.jpg": ("2", "photographer"), "sub1/img_001.jpg": ("5", "photographer")}
 
 
-def test_stars_and_review_decisions_make_one_labels_file(tmp_path):
+def test_stars_and_review_decisions_make_one_labels_file(tmp_path, capsys):
     from beholder.label.review import Review
 
     root = tmp_path / "Pictures"
@@ -236,6 +236,7 @@ def test_stars_and_review_decisions_make_one_labels_file(tmp_path):
         photo(root / name, i)
     (root / "a.xmp").write_bytes(sidecar('xmp:Rating="5"'))
     (root / "b.xmp").write_bytes(sidecar('xmp:Rating="2"'))
+    (root / "c.xmp").write_bytes(xmp_sidecar(3, "review", 0.5))  # beholder's marks, no stars: unrated until reviewed
     review = Review(str(tmp_path / "review.sqlite"))
     review.load([{"image": image, "score": 0.5, "band": "review", "rank": i} for i, image in enumerate(["a.jpg", "c.jpg", "d.jpg"], 1)])
     ids = {key: i for i, key in review.keys().items()}
@@ -246,7 +247,10 @@ def test_stars_and_review_decisions_make_one_labels_file(tmp_path):
     rows = labels(tmp_path / "all.csv")
     assert {image: (row["rating"], row["tier"], row["source"]) for image, row in rows.items()} == {
         "a.jpg": ("5", "3", "photographer"), "b.jpg": ("2", "1", "photographer"),
-        "c.jpg": ("5", "3", "review"), "d.jpg": ("-1", "0", "review")}  # kept: the person's top rating
+        "c.jpg": ("2", "1", "review"), "d.jpg": ("-1", "0", "review")}  # kept: "not junk", the person's typical stars, not their top
+    printed = capsys.readouterr().out
+    assert "4 labelled images" in printed and "2 by your stars, 2 by review decisions" in printed
+    assert "unrated         0" in printed  # every count adds up to the 4 photos: c.jpg is not also unrated
 
 
 def test_a_new_sidecar_keeps_the_rating_inside_the_image_and_reimport_is_unchanged(tmp_path):

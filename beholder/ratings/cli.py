@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 from beholder.core.console import examples, line, listed
@@ -21,7 +22,6 @@ from beholder.core.storage import Store, inside, relative_key, utf8, within
 from beholder.core.tables import csv_bytes, read_csv
 from beholder.core.vocabulary import respell
 from beholder.data.images import IMAGE_SUFFIXES
-from beholder.data.labels import top_rating
 from beholder.label.review import Review, review_decisions
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
@@ -89,6 +89,7 @@ def run_import(args) -> None:
         stars_won = merge_review(args.review, root, rows, tiers, outside, missing, unmapped)
         imported = sum(row["source"] == "review" for row in rows.values())
         notes.append(f"review decisions: {imported} imported" + (f", {stars_won} left out on photos you rated yourself (your stars win)" if stars_won else ""))
+    unrated = [image for image in unrated if image not in rows]  # a photo without stars that a review decision labelled
     if os.path.isdir(source):  # every image of the folder that carries no rating is unrated too
         known = set(rows) | set(unrated + unmapped + unreadable)
         unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image not in known]
@@ -96,7 +97,11 @@ def run_import(args) -> None:
     if args.unrated:
         Store().write(args.unrated, "".join(f"{image}\n" for image in sorted(unrated)).encode())
     counts = {tier: sum(row["tier"] == tier for row in rows.values()) for tier in range(4)}
-    lines = [f"beholder: {len(rows)} rated images -> {args.out} (tiers 0-3: {', '.join(str(counts[t]) for t in range(4))})",
+    by_source = {source: sum(row["source"] == source for row in rows.values()) for source in ("photographer", "beholder", "review")}
+    said = ", ".join(f"{count} {name}" for name, count in (("by your stars", by_source["photographer"]), ("by beholder's marks", by_source["beholder"]),
+                                                           ("by review decisions", by_source["review"])) if count)
+    lines = [f"beholder: {len(rows)} labelled images -> {args.out} (tiers 0-3: {', '.join(str(counts[t]) for t in range(4))})",
+             *([line("labelled", said)] if said else []),
              line("unrated", f"{len(unrated)}" + (f"  (listed in {args.unrated})" if args.unrated else "  (left out; --unrated FILE lists them)"))]
     for name, paths in (("no longer there", missing), ("outside --gallery", outside), ("rating not in --tiers", unmapped)):
         if paths:
@@ -109,7 +114,9 @@ def run_import(args) -> None:
 def merge_review(db: str, root: str, rows: dict[str, dict], tiers: dict[int, int], outside: list[str], missing: list[str],
                  unmapped: list[str]) -> int:
     """``beholder review`` decisions join the photographer's stars as labels of their own (``source``
-    review): a kept photo counts as one of the person's top-rated, a rejected one as rejected. A
+    review): a kept photo is "not junk", the person's typical rating (the median of their stars; 3
+    without any), never their top tier, so that a handful of decisions moves neither the model nor
+    its keep threshold much; a rejected one is rejected. A
     decision is read like any path from a file: its key names a photo of ``root`` (respellings such
     as ``./a.jpg`` name that photo; keys outside it, or of photos no longer there, are counted, not
     labelled), each photo gets one label (its latest decision), and where the photographer rated it,
@@ -118,7 +125,7 @@ def merge_review(db: str, root: str, rows: dict[str, dict], tiers: dict[int, int
         raise UserError(f"--review {db}: no such file")
     decisions = review_decisions(Review(db, read_only=True, option="--review"), f"--review {db}")
     stars = [row["rating"] for row in rows.values() if row["rating"] > 0]
-    top = int(top_rating(stars)) if len(stars) else 5
+    typical = statistics.median_low(stars) if stars else 3
     reviewed: dict[str, bool] = {}
     for key, keep in decisions:
         image = relative_key(key)
@@ -131,7 +138,7 @@ def merge_review(db: str, root: str, rows: dict[str, dict], tiers: dict[int, int
             reviewed[image] = keep  # the latest decision of the photo, however its key was spelled
     stars_won = 0
     for image, keep in reviewed.items():
-        rating = top if keep else -1
+        rating = typical if keep else -1
         if image in rows:
             stars_won += 1
         elif rating not in tiers:

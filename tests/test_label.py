@@ -567,11 +567,16 @@ def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_sho
     ckpt, _ = trained
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/scored", "keep_top=0.25"]))
     scores = {row["image"]: row for row in csv.DictReader(open(tmp_path / "scored" / "scores.csv"))}
-    mine = sorted(scores)[:2]  # the photographer rated these two already
-    for image in mine:
+    mine = sorted(scores)[:3]  # the photographer rated these already: two in sidecars, one in the labels predict was given
+    for image in mine[:2]:
         (photos / (image + ".xmp")).write_bytes(sidecar('xmp:Rating="4"'))
+    scores[mine[2]]["reason"] = "rated"
+    with open(tmp_path / "scored" / "scores.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(scores[mine[2]]))
+        writer.writeheader()
+        writer.writerows(scores.values())
     beholder_cli(["review", "--scores", str(tmp_path / "scored" / "scores.csv"), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
-    assert "2 photos you rated yourself are not asked about" in capsys.readouterr().out and "least certain" in served["what"]
+    assert "3 photos you rated yourself are not asked about" in capsys.readouterr().out and "least certain" in served["what"]
     review = served["review"]
     assert set(review.keys().values()) == set(scores) - set(mine)
     queue = [item["image"] for item in review.upcoming("me", 100)]

@@ -90,10 +90,10 @@ def serve_review(args) -> None:
         print(f"beholder: {len(outside)} rows of {args.scores} name no image of {gallery}, left out: e.g. "
               + "; ".join(outside[:3]), flush=True)
     stars = photographers_stars(gallery)
-    rated = [d for d in decisions if stars.get(d["image"], 0)]
-    if rated:  # the person has judged these already: their stars are their decision
+    rated = [d for d in decisions if stars.get(d["image"], 0) or d["reason"] == "rated"]
+    if rated:  # the person has judged these already (in their sidecars, or predict's ratings=): theirs is the decision
         print(f"beholder: {len(rated)} photos you rated yourself are not asked about", flush=True)
-        decisions = [d for d in decisions if not stars.get(d["image"], 0)]
+        decisions = [d for d in decisions if not (stars.get(d["image"], 0) or d["reason"] == "rated")]
     review = Review(args.db)
     review.load(decisions)
     listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {args.scores} to confirm or overturn, "

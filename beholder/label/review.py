@@ -34,7 +34,7 @@ def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dic
     """scores.csv rows in review order: ``uncertain``, the least certain first (the review band, then
     by distance from the cut: the lowest kept and the highest rejected); or ``best``, kept best
     first, the review band, then rejected. Rows with the reason ``rated`` (the person's own verdict)
-    are not asked about again."""
+    are kept, for the caller to leave out and count."""
     columns, rows = read_csv(text)
     if not rows or not {"image", "score", "band", "rank"} <= set(columns):
         raise UserError(f"--scores {source}: not a scores.csv of beholder predict (image, score, band, rank)")
@@ -49,8 +49,7 @@ def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dic
         if decision["image"] in seen:
             raise UserError(f"--scores {source}: line {line}: {decision['image']} again (first on line {seen[decision['image']]})")
         seen[decision["image"]] = line
-        if r.get("reason") != "rated":
-            decisions.append(decision)
+        decisions.append(decision)
     if order == "best":
         return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
     keep_at = min((d["score"] for d in decisions if d["band"] != "reject"), default=math.inf)

@@ -133,7 +133,7 @@ def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_
     out = subprocess.run([PYTHON, "predict.py", f"ckpt={run}/checkpoints/best.ckpt", f"gallery={gallery}", f"output={tmp_path}/out",
                           "num_workers=0", "trainer.enable_progress_bar=false"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "calibrated on" in out.stdout and (tmp_path / "out" / "scores.csv").exists()
+    assert f"of the {len(top)} calibration photos (tier >= 2, scored out of training)" in out.stdout and (tmp_path / "out" / "scores.csv").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

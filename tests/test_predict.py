@@ -344,7 +344,8 @@ def test_review_band_between_the_promised_and_the_plain_threshold(trained, tmp_p
     assert min(bands["keep"]) >= summary["threshold"] - 1e-6 > max(bands["review"])
     assert min(bands["review"]) >= summary["reject_below"] - 1e-6 > max(bands["reject"], default=-1e9)
     assert summary["gallery_reduction"] == len(bands["reject"]) / 60
-    assert "with 90% confidence, calibrated on 300 photos" in summary["threshold_source"]
+    assert "of the 300 calibration photos (tier >= 2, scored out of training)" in summary["threshold_source"]
+    assert summary["threshold_source"].endswith("keeps >= 95% of new photos (tier >= 2) with 90% confidence")
     review = next(r for r in rows if r["band"] == "review")
     packet = (tmp_path / "out" / "xmp" / (os.path.splitext(review["image"])[0] + ".xmp")).read_text()
     assert 'xmp:Label="Yellow"' in packet and "xmp:Rating" not in packet  # stars only with xmp_stars=true

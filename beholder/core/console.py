@@ -9,6 +9,7 @@ show; its model summary too, when ``trainer.enable_model_summary`` asks for it.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 CHATTY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "botocore", "boto3")
@@ -59,3 +60,36 @@ def listed(name: str, problems: list[str], shown: int = 10) -> list[str]:
 def print_summary(title: str, lines: list[str]) -> None:
     """What a command did, after it: ``beholder: TITLE`` and its counted lines."""
     print("\n".join(["", f"beholder: {printable(title)}", *(printable(text) for text in lines)]), flush=True)
+
+
+class ProgressLines:
+    """Progress where no bar is drawn (a log, a pipe): ``verb N of TOTAL photos (P%), R photos/s,
+    about T left``, each tenth of the work and at least every ``every`` seconds, so that a long
+    step is never silent and a log is not flooded; nothing in the first ``quiet_for`` seconds (a
+    step that the caches make quick says nothing)."""
+
+    def __init__(self, total: int, verb: str, every: float = 30.0, note: str = "", quiet_for: float = 0.0):
+        self.total, self.verb, self.every, self.note, self.quiet_for = total, verb, every, note, quiet_for
+        self.done, self.started = 0, time.monotonic()
+        self.said = self.started
+
+    def advance(self, count: int) -> None:
+        before, self.done = self.done, self.done + count
+        now = time.monotonic()
+        tenth = self.total and self.done * 10 // self.total > before * 10 // self.total
+        if not self.total or now - self.started < self.quiet_for or not (tenth or now - self.said >= self.every):
+            return
+        self.said = now
+        rate = self.done / max(now - self.started, 1e-9)
+        left = f", about {duration((self.total - self.done) / rate)} left" if self.done < self.total else ""
+        print(f"  {self.verb} {self.done} of {self.total} photos{self.note} ({100 * self.done // self.total}%), {rate:.1f} photos/s{left}",
+              flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person says it: 40 s, 3 min, 1 h 20 min."""
+    if seconds < 90:
+        return f"{max(round(seconds), 1)} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"

@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from beholder.core.console import ProgressLines
 from beholder.core.errors import UserError
 from beholder.core.storage import join, write_local_with
 from beholder.data.gallery import GalleryDataModule, build_transform, raw_safe_workers, tier_weights
@@ -126,6 +127,7 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
     dataset = ViewImages(root, images, store, net.data_config, augment, views, cache, max_pixels)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list, **raw_safe_workers(images, num_workers))
     features, skipped, computed, damaged = {}, {}, 0, 0
+    lines = ProgressLines(len(images), "features of", quiet_for=10.0)
     with evaluation_mode(net):
         for samples in loader:
             good = [s for s in samples if "error" not in s]
@@ -144,6 +146,7 @@ def cached_features(net, root, images, store, augment: dict, views: int, cache_d
                         row += 1
             for s in good:
                 features[s["image_path"]] = torch.from_numpy(np.stack([s["cached"][v] for v in range(views)]))
+            lines.advance(len(samples))
     log.info("features of %d images x %d views: %d computed, the rest from %s", len(features), views, computed, cache.folder)
     if damaged:
         print(f"beholder: {damaged} damaged entries of the feature cache {cache.folder} (cut short, wrong length or not finite) "

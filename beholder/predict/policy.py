@@ -94,16 +94,16 @@ class Policy:
         values = torch.tensor(scores, dtype=torch.float64)
         plain = keep_threshold(values, torch.ones_like(values, dtype=torch.bool), keep_recall)
         promised, reached = promised_threshold(scores, recall, confidence)
-        seen = f"kept {keep_recall:.0%} of the {len(scores)} {tiers} validation photos"
+        seen = f"kept {keep_recall:.0%} of the {len(scores)} calibration photos ({tiers}, scored out of training)"
         normal = normal_tolerance_bound(scores, recall, confidence)
         if reached >= confidence:
-            promise = f"keeps >= {recall:.0%} of new {tiers} photos with {confidence:.0%} confidence, calibrated on {len(scores)} photos"
+            promise = f"keeps >= {recall:.0%} of new photos ({tiers}) with {confidence:.0%} confidence"
         elif not math.isnan(normal):  # the lowest score keeps at least what the bound keeps
             promised = min(promised, normal)
-            promise = (f"keeps >= {recall:.0%} of new {tiers} photos with {confidence:.0%} confidence if their scores are normal, "
-                       f"calibrated on {len(scores)} photos ({photos_needed(recall, confidence)} are needed without that assumption)")
+            promise = (f"keeps >= {recall:.0%} of new photos ({tiers}) with {confidence:.0%} confidence if their scores are normal "
+                       f"({photos_needed(recall, confidence)} calibration photos are needed without that assumption)")
         else:
-            promise = (f"keeps >= {recall:.0%} of new {tiers} photos with only {reached:.0%} confidence "
+            promise = (f"keeps >= {recall:.0%} of new photos ({tiers}) with only {reached:.0%} confidence "
                        f"({photos_needed(recall, confidence)} calibration photos are needed for {confidence:.0%})")
         (keep_at, keep_why), (reject_below, reject_why) = sorted([(plain, seen), (promised, promise)], reverse=True)
         if keep_at == reject_below:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
+from beholder.core.console import ProgressLines
 from beholder.core.launch import check_shared_folder
 
 log = logging.getLogger(__name__)
@@ -43,36 +43,11 @@ class PlainProgress(pl.Callback):
     def on_predict_start(self, trainer, pl_module):
         loaders = trainer.predict_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        self.total = len(loader.sampler) if loader is not None else 0
-        self.done, self.started = 0, time.monotonic()
-        self.said = self.started
+        share = "" if trainer.world_size == 1 else " of this process's share"
+        self.lines = ProgressLines(len(loader.sampler) if loader is not None and trainer.is_global_zero else 0, "scored", note=share)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        """In photos, with the rate and the time left: each tenth of the run, and at least every
-        half minute."""
-        before, self.done = self.done, self.done + len(batch["image_path"]) + len(batch["skipped"])
-        now = time.monotonic()
-        tenth = self.total and self.done * 10 // self.total > before * 10 // self.total
-        if not trainer.is_global_zero or not self.total or not (tenth or now - self.said >= PLAIN_PROGRESS_SECONDS):
-            return
-        self.said = now
-        rate = self.done / max(now - self.started, 1e-9)
-        share = "" if trainer.world_size == 1 else " of this process's share"
-        left = f", about {duration((self.total - self.done) / rate)} left" if self.done < self.total else ""
-        print(f"  scored {self.done} of {self.total} photos{share} ({100 * self.done // self.total}%), {rate:.1f} photos/s{left}",
-              flush=True)
-
-
-PLAIN_PROGRESS_SECONDS = 30
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as a person says it: 40 s, 3 min, 1 h 20 min."""
-    if seconds < 90:
-        return f"{max(round(seconds), 1)} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
+        self.lines.advance(len(batch["image_path"]) + len(batch["skipped"]))
 
 
 def progress(trainer_cfg) -> tuple[dict, list]:

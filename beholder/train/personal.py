@@ -141,7 +141,7 @@ def train_personal(cfg: DictConfig) -> float:
     module.taste_space = None  # the crowd's, not this person's: the personal checkpoint stays small
     top = top_rating(y)
     positive = [float(score) for score, rating in zip(shipped_scores, y) if rating >= top]
-    module.calibrated_on = f"top-rated (>= {top:g}: {len(positive)} of the person's {len(y)})"
+    module.calibrated_on = f"rated {top:g} or more"
     module.hparams["head"] = {**module.hparams["head"], "target_mean": head.target_mean, "target_std": head.target_std,
                               "tier_values": stats["tier_values"]}
     module.hparams["score_column"] = cfg.data.score_column

@@ -198,9 +198,10 @@ def calibrate_near_copies(cfg: DictConfig, gallery, best: str) -> float | None:
     similarity, precision, recall = found
     checkpoint.annotate(best, group_similarity=similarity)
     if precision < GROUP_PRECISION or recall < GROUP_RECALL:
-        log.warning("near-copies: this model's embeddings do not tell copies from different photos well: at similarity %.2f its "
-                    "groups of near-copies of its training photos are %.0f%% right and hold %.0f%% of the copies; check the groups "
-                    "before keep_per_group, or give predict group_similarity=", similarity, 100 * precision, 100 * recall)
+        log.warning("near-copies: this model's embeddings do not tell copies of a photo from different photos well: at similarity "
+                    "%.2f, %.0f%% of the pairs its groups join are copies of one photo (the rest are different photos) and they hold "
+                    "%.0f%% of the copies; look at the groups before keep_per_group, or give predict group_similarity=",
+                    similarity, 100 * precision, 100 * recall)
     return similarity
 
 

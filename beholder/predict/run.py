@@ -134,6 +134,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         "kept": bands["keep"],
         "review": bands["review"],
         "rejected": bands["reject"],
+        "rejected_for": rejected_for(ranked),
         "gallery_reduction": bands["reject"] / len(ranked),
         "gallery_reduction_before_bursts": before_bursts,
         "groups": groups_summary(cfg, ranked, culled, similarity, similarity_source),
@@ -194,6 +195,18 @@ def group_bursts(cfg: DictConfig, ranked: list[dict], similarity: float) -> int:
         for rank, row in enumerate(burst_preference(rows), start=1):
             row["group_rank"] = rank
     return cull_bursts(ranked, int(cfg.keep_per_group)) if cfg.keep_per_group is not None else 0
+
+
+def rejected_for(ranked: list[dict]) -> dict[str, int]:
+    """The rejected, by why, junk first: technical failures, the lesser frames of a burst, the
+    person's own rejects, then the taste score."""
+    reasons = {"technical failure": 0, "lesser frame of a burst": 0, "the person's own verdict": 0, "taste score": 0}
+    for row in ranked:
+        if row["band"] == "reject":
+            reason = {"burst": "lesser frame of a burst", "rated": "the person's own verdict", "score": "taste score"}.get(row["reason"],
+                                                                                                                        "technical failure")
+            reasons[reason] += 1
+    return reasons
 
 
 def technical_summary(ranked: list[dict]) -> dict:

@@ -108,7 +108,9 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
         *ignored_lines(ignored),
         line("kept", f"{summary['kept']}  (score >= {summary['threshold']:.4f})"),
         line("to review", f"{summary['review']}  {review}"),
-        line("rejected", f"{summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%})"),
+        line("rejected", f"{summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%}"
+                         + "".join(f"{'; ' if i else ': '}{why} {count}" for i, (why, count) in
+                                   enumerate((why, count) for why, count in summary["rejected_for"].items() if count)) + ")"),
         *([line("rated", f"{sum(rated.values())} keep the person's own verdict ({rated['keep']} keep, {rated['reject']} reject)")]
           if sum(rated.values()) else []),
         *technical_lines(summary.get("technical")),

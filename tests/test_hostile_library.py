@@ -309,6 +309,10 @@ def test_a_checkpoints_thresholds_and_taste_space_must_be_numbers_that_make_sens
     space = {"directions": directions, "scales": [1.0, 1.0], "digest": "x", "slope": 0.5, "settings": []}
     path = crafted(ckpt, tmp_path / "taste.ckpt", lambda c: c.update(taste_space=space))
     assert "taste_space.directions holds numbers that are not finite" in refusal(path, capsys)
+    for rated in ({"scores": [1.0, float("nan")], "ratings": [5.0, 4.0]}, {"scores": [1.0], "ratings": [5.0, 4.0]}, [1.0, 5.0],
+                  {"scores": [1.0], "ratings": ["5"]}):
+        path = crafted(ckpt, tmp_path / "rated.ckpt", lambda c: c.update(rated_scores=rated))
+        assert "rated_scores: not two lists of numbers of one length" in refusal(path, capsys)
 
 
 def test_crafted_checkpoints_are_refused_in_one_line_before_anything_is_built(trained, tmp_path, capsys):

@@ -114,7 +114,7 @@ def crowd(tmp_path_factory):
     return root / "run" / "checkpoints" / "best.ckpt", gallery, root / "cache"
 
 
-def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
+def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path, capsys):
     ckpt, gallery, cache = crowd
     with open(gallery / "labels.csv") as f:
         rows = list(csv.DictReader(f))
@@ -128,7 +128,10 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
                       "data.score_column=rating", f"feature_cache={cache}", f"output_dir={tmp_path}/me"]
     with pytest.raises(UserError, match=r"save=.*: give a file in a folder that exists"):
         train(compose_train(options + [f"save={tmp_path}"]))
+    capsys.readouterr()
     train(compose_train(options + [f"save={tmp_path}/my-taste.ckpt"]))
+    printed = capsys.readouterr().out
+    assert "cull            gentle keeps about" in printed and "normal keeps about" in printed and "hard   keeps about" in printed
     metrics = json.loads((tmp_path / "me" / "metrics.json").read_text())
     assert metrics["ratings"] == 60 and metrics["cv/spearman_base"] < 0 < 0.5 < metrics["cv/spearman_personal"]
     assert metrics["shipped"] == "personal"
@@ -137,7 +140,17 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path):
     saved = torch.load(personal, map_location="cpu", weights_only=True)
     assert saved["personal"]["base_ckpt"] == str(ckpt) and len(saved["personal"]["base_sha256"]) == 64
 
-    predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/scored"]))
+    summary = predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/scored"]))
+    assert summary["threshold_source"].startswith("cull=normal: ")  # a personal model's default: their best photos' share
+    sheet = (tmp_path / "scored" / "highlights.html").read_text()
+    assert "aria-label='what a cull costs'" in sheet and all(f">{level}</text>" in sheet for level in ("gentle", "normal", "hard"))
+    cuts = {level: predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/{level}", f"cull={level}"]))
+            for level in ("gentle", "hard")}
+    assert cuts["gentle"]["rejected"] <= summary["rejected"] <= cuts["hard"]["rejected"] and cuts["gentle"]["rejected"] < cuts["hard"]["rejected"]
+    with pytest.raises(UserError, match=r"cull=hard: the cull levels are calibrated on a person's ratings"):
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/crowd", "cull=hard"]))
+    with pytest.raises(UserError, match=r"cull=hard is a cut of its own; leave out keep_top"):
+        predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/x", "cull=hard", "keep_top=0.5"]))
     scored = {row["image"]: float(row["score"]) for row in read_scores(tmp_path / "scored" / "scores.csv")}
     brightness = {row["image"]: float(row["beauty_mean"]) for row in rows}
     images = sorted(scored)

@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 
+from beholder.data.labels import best_rating
+from beholder.models.metrics import CULL_LEVELS, cull_curve
 from beholder.predict.policy import Policy, binomial_tail, photos_needed, promised_threshold
 
 
@@ -57,3 +59,19 @@ def test_with_fewer_photos_than_the_promise_needs_it_rests_on_normal_scores():
         kept_promise += 1 - normal_cdf(policy.reject_below) >= 0.95
     assert 0.86 <= kept_promise / trials <= 0.95  # Natrella's factor is 1.3 % below the exact one at n = 19
     assert "only" in Policy.calibrated(list(rng.normal(size=9))).summary  # below 10 scores no normal promise
+
+
+def test_cull_levels_keep_their_share_of_the_persons_best_and_cut_harder_in_turn():
+    """A generous rater: a third of their photos at 5 stars. Out of fold, their best score higher,
+    with noise. Each level keeps about its share of what they rated 4 or more, and a harder one cuts more."""
+    rng = np.random.default_rng(3)
+    ratings = rng.choice([1, 2, 3, 4, 5], size=300, p=[0.05, 0.1, 0.25, 0.27, 0.33]).astype(float)
+    scores = list(ratings + rng.normal(0, 1.2, 300))
+    assert best_rating(list(ratings)) == 4 and best_rating([3.0, 3.0]) == 3 and best_rating([-1.0, 2.0, 5.0]) == 2
+    curve = cull_curve(scores, list(ratings))
+    assert [level for level, _, _ in curve] == list(CULL_LEVELS)
+    for (level, kept, cut), share in zip(curve, CULL_LEVELS.values()):
+        assert share <= kept < share + 0.01  # at least the level's share, by one photo at most
+    assert curve[0][2] < curve[1][2] < curve[2][2] and curve[1][2] > 0.25  # it does cut a generous rater's photos
+    policy = Policy.cull(scores, list(ratings), "normal")
+    assert policy.keep_at == policy.reject_below and "cull=normal" in policy.summary and "rated 4 or more" in policy.summary

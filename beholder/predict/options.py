@@ -9,11 +9,13 @@ from omegaconf import DictConfig
 from beholder.core.errors import UserError
 from beholder.core.storage import Store, check_uri
 from beholder.data.labels import parse_labels
+from beholder.models.metrics import CULL_LEVELS
 from beholder.models.module import BeholderModule
 from beholder.predict.policy import Policy
 from beholder.ratings.xmp import NAMING
 
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
+CULL_OPTIONS = ("auto", "promise", *CULL_LEVELS)
 
 
 def check_threshold_options(cfg: DictConfig) -> None:
@@ -29,6 +31,11 @@ def check_threshold_options(cfg: DictConfig) -> None:
     for name in ("promise_recall", "promise_confidence"):
         if not (isinstance(cfg.get(name), (int, float)) and 0 < cfg.get(name) < 1):
             raise UserError(f"{name}={cfg.get(name)!r}: give a share in (0, 1)")
+    cull = cfg.get("cull")
+    if cull not in CULL_OPTIONS:
+        raise UserError(f"cull={cull!r}: give one of {', '.join(CULL_OPTIONS)}")
+    if cull in CULL_LEVELS and given:
+        raise UserError(f"cull={cull} is a cut of its own; leave out {given[0]} (or give cull=auto)")
 
 
 def check_group_options(cfg: DictConfig) -> None:
@@ -58,8 +65,18 @@ def read_verdicts(store: Store, path: str | None) -> dict[str, str]:
 
 
 def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: str) -> Policy:
-    """Keep / review / reject for this run: by default calibrated on the checkpoint's top-tier
-    validation scores; ``keep_top`` or ``threshold`` fix a plain cut (no review band)."""
+    """Keep / review / reject for this run: ``cull=gentle|normal|hard`` (a personal model's default,
+    ``normal``), the share of the person's best photos kept; else (``cull=promise``, the crowd
+    model's default) calibrated on the checkpoint's top-tier validation scores; ``keep_top`` or
+    ``threshold`` fix a plain cut (no review band)."""
+    level = cfg.get("cull")
+    if level == "auto":
+        level = "normal" if module.rated_scores and not any(cfg.get(name) is not None for name in THRESHOLD_OPTIONS) else "promise"
+    if level in CULL_LEVELS:
+        if not module.rated_scores:
+            raise UserError(f"cull={level}: the cull levels are calibrated on a person's ratings, which only a personal model "
+                            f"(experiment=personal) carries; ckpt={model} keeps by cull=promise, keep_recall=, threshold= or keep_top=")
+        return Policy.cull(module.rated_scores["scores"], module.rated_scores["ratings"], level)
     if cfg.get("keep_top") is not None:
         keep = max(math.ceil(float(cfg.keep_top) * count - 1e-9), 1)  # exactly this many, ties or not
         return Policy.top(keep, f"keep_top={cfg.keep_top} of this gallery")

@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError
 
 from beholder.core.storage import is_s3, join
 from beholder.models.module import BeholderModule
-from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv
+from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv, trade_off_svg
 from beholder.ratings.xmp import NAMESPACES, sidecar_targets, write_sidecars
 from beholder.search.embeddings import CHECKPOINT, parquet_bytes
 from beholder.search.embeddings import FILE as EMBEDDINGS
@@ -52,6 +52,8 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary,
             store.write(join(output, CHECKPOINT), f.read())
         store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
+    if module.rated_scores:  # a personal model: what a harder or gentler cull would cost, in the person's own ratings
+        histogram += " " + trade_off_svg(module.rated_scores["scores"], module.rated_scores["ratings"], summary["threshold"])
     store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
     # scores.csv last of the results: its presence says the run is complete; the sidecars follow,
     # so that no sidecar, however broken, costs the results

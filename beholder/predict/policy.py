@@ -16,6 +16,10 @@ stored in the checkpoint):
 
 Photos between the two are the review band: worth a person's look. Only rejected ones are out of
 sight, so the gallery reduction is the rejected share.
+
+A cull level (``gentle``, ``normal``, ``hard``) instead trades gems for a harder cut, in the person's
+own terms: the threshold keeps about 95 %, 85 % or 70 % of the photos they rated best (their two
+highest ratings, e.g. 4 and 5 stars), by a personal model's out-of-fold scores of those photos.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from statistics import NormalDist, fmean, stdev
 
 import torch
 
-from beholder.models.metrics import keep_threshold
+from beholder.models.metrics import CULL_LEVELS, cull_cut, keep_threshold
 
 BANDS = ("keep", "review", "reject")
 # Scores are recomputed in other batch sizes than at calibration; count float noise as a tie.
@@ -111,6 +115,15 @@ class Policy:
         return cls(keep_at, reject_below, f"keep from {keep_at:.4f}: {keep_why}; review down to {reject_below:.4f}: {reject_why}")
 
     @classmethod
+    def cull(cls, scores: list[float], ratings: list[float], level: str) -> Policy:
+        """One cut at ``level`` of :data:`CULL_LEVELS`, calibrated on the out-of-fold ``scores`` of
+        the person's rated photos: the score that keeps that share of their best (:func:`best_rating`
+        or more); no review band."""
+        cut, kept, best, count = cull_cut(scores, ratings, CULL_LEVELS[level])
+        return cls(cut, cut, f"cull={level}: {cut:.4f} kept {kept:.0%} of the {count} photos the person rated {best:g} or more "
+                             "(scored out of fold): about what it keeps of their best new photos")
+
+    @classmethod
     def fixed(cls, threshold: float, summary: str) -> Policy:
         return cls(threshold, threshold, summary)
 
@@ -130,3 +143,4 @@ class Policy:
         if self.reject_below - SCORE_TOLERANCE <= score < self.keep_at:
             return 0.0
         return min(abs(score - self.keep_at), abs(score - self.reject_below))
+

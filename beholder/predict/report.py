@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from xml.sax.saxutils import quoteattr
 
 from beholder.core.tables import csv_bytes
 from beholder.data.images import UnreadableImage, decode_image
+from beholder.data.labels import best_rating
+from beholder.models.metrics import CULL_LEVELS, cull_cut
 
 GROUP_FIELDS = ["group", "group_rank", "group_size"]
 
@@ -78,6 +81,37 @@ def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float
                          f"<text x='{x + (-3 if anchor == 'end' else 3):.1f}' y='{y}' text-anchor='{anchor}' fill='#eee' "
                          f"font-size='11'>{name} {value:.3f}</text>")
     parts.append("</svg>")
+    return "".join(parts)
+
+
+def trade_off_svg(scores: list[float], ratings: list[float], threshold: float) -> str:
+    """The person's trade-off, from a personal model's out-of-fold scores of their rated photos: the
+    share of their best photos kept (up) against the share of all they rated that is cut (across),
+    for every threshold; each cull level marked, and this run's threshold."""
+    width, height, pad = 360, 220, 36
+    best = best_rating(ratings)
+    top = [score for score, rating in zip(scores, ratings) if rating >= best]
+
+    def point(cut: float) -> tuple[float, float]:
+        return sum(s < cut for s in scores) / len(scores), sum(s >= cut for s in top) / len(top)
+
+    def xy(share_cut: float, share_kept: float) -> str:
+        return f"{pad + share_cut * (width - pad - 8):.1f},{8 + (1 - share_kept) * (height - pad - 8):.1f}"
+
+    curve = " ".join(xy(*point(cut)) for cut in sorted(set(scores)) + [math.inf])
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='what a cull costs'>"
+             "<rect width='100%' height='100%' fill='#2a2a2a'/>",
+             f"<polyline points='{curve}' fill='none' stroke='#9cf' stroke-width='2'/>",
+             f"<text x='{pad}' y='{height - 8}' fill='#ccc' font-size='11'>share of the photos you rated that is cut →</text>",
+             f"<text x='10' y='{height - pad}' fill='#ccc' font-size='11' transform='rotate(-90 10 {height - pad})'>"
+             f"share of your {best:g}+ photos kept →</text>"]
+    for i, (level, share) in enumerate(CULL_LEVELS.items()):  # labels a line apart: two levels may share a point
+        x, y = xy(*point(cull_cut(scores, ratings, share)[0])).split(",")
+        parts.append(f"<circle cx='{x}' cy='{y}' r='4' fill='#eee'/><text x='{float(x) + 6:.1f}' y='{float(y) + 4 + 12 * i:.1f}' "
+                     f"fill='#eee' font-size='11'>{level}</text>")
+    x, y = xy(*point(threshold)).split(",")
+    parts.append(f"<circle cx='{x}' cy='{y}' r='6' fill='none' stroke='#f90' stroke-width='2'><title>this run's threshold "
+                 f"{threshold:.3f}</title></circle></svg>")
     return "".join(parts)
 
 

@@ -21,8 +21,8 @@ def small_reduction_warning(cfg: DictConfig, summary: dict, policy: Policy, rank
         return None
     reaching = sum(row["score"] >= policy.reject_below for row in ranked) / len(ranked)
     return (f"only {summary['gallery_reduction']:.0%} of the gallery is culled: the model's calibration photos ({calibration}) "
-            f"score down to {policy.reject_below:.4f}, and {reaching:.0%} of this gallery scores that high; keep_recall=0.9 or "
-            "keep_top=0.3 cut harder, at the cost of some photos like those")
+            f"score down to {policy.reject_below:.4f}, and {reaching:.0%} of this gallery scores that high; cull=hard (a personal "
+            "model: keeps about 70% of the photos you rated best) or keep_top=0.3 cut harder, at the cost of some photos like those")
 
 
 def groups_summary(cfg: DictConfig, ranked: list[dict], culled: int, similarity: float, source: str) -> dict | None:

@@ -33,11 +33,11 @@ from beholder.core import console
 from beholder.core.console import line
 from beholder.core.errors import UserError
 from beholder.core.storage import file_digest
-from beholder.data.labels import fold_rows, regression_stats, target_of, tier_counts, top_rating
+from beholder.data.labels import best_rating, fold_rows, regression_stats, target_of, tier_counts, top_rating
 from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
-from beholder.models.metrics import spearman
+from beholder.models.metrics import cull_curve, spearman
 from beholder.train.taste import TasteSpace, fit_deviation
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,14 @@ def better_of(y, base, personal: np.ndarray, personal_head: tuple[np.ndarray, fl
     return slope * w_base, slope * c_base + intercept, slope * base + intercept, "crowd"
 
 
+def cull_lines(scores: list[float], ratings: list[float]) -> list[str]:
+    """What each cull level costs, in the person's own terms, from their ratings out of fold."""
+    best = best_rating(ratings)
+    return [line("cull" if i == 0 else "", f"{level:<7}keeps about {kept:.0%} of the photos you rated {best:g} or more, and cuts "
+                                          f"{cut:.0%} of all you rated" + ("  (predict's default: cull=normal)" if level == "normal" else ""))
+            for i, (level, kept, cut) in enumerate(cull_curve(scores, ratings))]
+
+
 def taste_summary(how: dict) -> str:
     blend = f"; {how['blend']:.0%} from a feature ridge (penalty {how['feature_penalty']:g})" if how["blend"] else ""
     return (f"taste space: {how['k']} directions, penalty {how['penalty']:g}; the crowd's slope worth {how['prior_ratings']:g} ratings"
@@ -146,6 +154,7 @@ def train_personal(cfg: DictConfig) -> float:
                               "tier_values": stats["tier_values"]}
     module.hparams["score_column"] = cfg.data.score_column
     module.val_positive_scores = torch.tensor(positive)
+    module.rated_scores = {"scores": [float(v) for v in shipped_scores], "ratings": [float(v) for v in y]}
     best = os.path.join(cfg.output_dir, "checkpoints", "best.ckpt")
     checkpoint.write(best, module, personal={"base_ckpt": base_path, "base_sha256": file_digest(base_path), "ratings": len(labels), **how})
     saved = checkpoint.save_copy(best, cfg.save)
@@ -166,8 +175,9 @@ def train_personal(cfg: DictConfig) -> float:
         line("shipped", "the personal model" if shipped == "personal" else
              "the crowd's order (rescaled to your ratings): it ranks your own ratings better than this personal model does; "
              "rate more photos and train again"),
-        line("top tier", f"rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); the keep threshold "
-                         "is calibrated on their out-of-fold scores"),
+        line("top tier", f"rated {top:g} or more: {len(positive)} of {len(y)} photos ({len(positive) / len(y):.0%}); cull=promise "
+                         "calibrates its keep threshold on their out-of-fold scores"),
+        *cull_lines(shipped_scores.tolist(), y.tolist()),
         line("checkpoint", best),
         *([line("saved as", f"{saved}  (predict ckpt={saved})")] if saved else []),
     ])

@@ -393,6 +393,6 @@ def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photo
     assert summary["rated"] == {"keep": 1, "reject": 1} and summary["rejected"] == 1
     printed = capsys.readouterr().out
     assert "rated           2 keep the person's own verdict (1 keep, 1 reject)" in printed
-    assert "warning         only 2% of the gallery is culled" in printed and "keep_recall=0.9" in printed
+    assert "warning         only 2% of the gallery is culled" in printed and "cull=hard (a personal model" in printed and "keep_top=0.3" in printed
     with pytest.raises(UserError, match="ratings=.*no such file"):
         predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"ratings={tmp_path}/none.csv"]))

@@ -197,7 +197,11 @@ def calibrate_near_copies(cfg: DictConfig, gallery, best: str) -> float | None:
         return None
     similarity, precision, recall = found
     checkpoint.annotate(best, group_similarity=similarity)
-    if precision < GROUP_PRECISION or recall < GROUP_RECALL:
+    if recall == 0:
+        log.warning("near-copies: this model's embeddings group none of the near-copies of its training photos at a similarity that "
+                    "keeps different photos apart (%.2f); keep_per_group would cull nothing; give predict group_similarity= to "
+                    "group anyway", similarity)
+    elif precision < GROUP_PRECISION or recall < GROUP_RECALL:
         log.warning("near-copies: this model's embeddings do not tell copies of a photo from different photos well: at similarity "
                     "%.2f, %.0f%% of the pairs its groups join are copies of one photo (the rest are different photos) and they hold "
                     "%.0f%% of the copies; look at the groups before keep_per_group, or give predict group_similarity=",

@@ -1,3 +1,4 @@
+import csv
 import os
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from beholder.predict.run import Incomplete, predict
 from beholder.ratings.xmp import star_rating
 from beholder.search.embeddings import read_parquet
 
-from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, upload_folder
+from conftest import PREDICT_FAST, PYTHON, ROOT, compose_predict, read_scores, sidecar, upload_folder
 
 
 def copy_gallery(gallery, target):
@@ -396,3 +397,30 @@ def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photo
     assert "warning         only 2% of the gallery is culled" in printed and "cull=hard (a personal model" in printed and "keep_top=0.3" in printed
     with pytest.raises(UserError, match="ratings=.*no such file"):
         predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"ratings={tmp_path}/none.csv"]))
+
+
+def test_the_summarys_counts_add_up_and_match_the_files_on_disk(trained, photos, tmp_path, capsys):
+    ckpt, _ = trained
+    (photos / "sub0" / "broken.jpg").write_bytes(b"not a photo")
+    (photos / "notes.txt").write_text("the photographer's notes")
+    (photos / "sub1" / "img_001.xmp").write_bytes(sidecar('xmp:Rating="4"'))  # the photographer's, merged into
+    args = [f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_beside_images=true", "keep_top=0.3",
+            f"ratings={tmp_path}/mine.csv"]
+    with open(tmp_path / "mine.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "tier", "rating"], ["sub1/img_001.jpg", 2, 4], ["sub2/img_002.jpg", 0, -1]])
+    summary = predict(compose_predict(args))
+    scores, skipped = read_scores(tmp_path / "out" / "scores.csv"), read_scores(tmp_path / "out" / "skipped.csv")
+    assert summary["found"] == summary["scored"] + summary["skipped"] == 61 and summary["ignored"] == {"other file types": 1}
+    assert (summary["scored"], summary["skipped"]) == (len(scores), len(skipped)) == (60, 1)
+    bands = {band: sum(row["band"] == band for row in scores) for band in ("keep", "review", "reject")}
+    assert (summary["kept"], summary["review"], summary["rejected"]) == (bands["keep"], bands["review"], bands["reject"])
+    assert sum(summary["rejected_for"].values()) == summary["rejected"] and summary["rejected_for"]["the person's own verdict"] == 1
+    assert summary["rated"] == {"keep": 1, "reject": 1} == {band: sum(r["reason"] == "rated" and r["band"] == band for r in scores)
+                                                              for band in ("keep", "reject")}
+    sidecars = summary["sidecars"]
+    assert (sidecars["created"], sidecars["merged"], sidecars["unchanged"], len(sidecars["left_alone"])) == (59, 1, 0, 0)
+    assert len(list(photos.rglob("*.xmp"))) == 60  # one per scored photo, the photographer's among them
+    printed = capsys.readouterr().out
+    assert "images found    61" in printed and "scored          60" in printed and "skipped         1" in printed
+    again = predict(compose_predict(args))["sidecars"]
+    assert (again["created"], again["merged"], again["unchanged"]) == (0, 0, 60) and len(list(photos.rglob("*.xmp"))) == 60

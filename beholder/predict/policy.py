@@ -143,4 +143,3 @@ class Policy:
         if self.reject_below - SCORE_TOLERANCE <= score < self.keep_at:
             return 0.0
         return min(abs(score - self.keep_at), abs(score - self.reject_below))
-

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import math
+from bisect import bisect_left
 from xml.sax.saxutils import quoteattr
 
 from beholder.core.tables import csv_bytes
@@ -90,10 +91,11 @@ def trade_off_svg(scores: list[float], ratings: list[float], threshold: float) -
     for every threshold; each cull level marked, and this run's threshold."""
     width, height, pad = 360, 220, 36
     best = best_rating(ratings)
-    top = [score for score, rating in zip(scores, ratings) if rating >= best]
+    ascending = sorted(scores)
+    top = sorted(score for score, rating in zip(scores, ratings) if rating >= best)
 
-    def point(cut: float) -> tuple[float, float]:
-        return sum(s < cut for s in scores) / len(scores), sum(s >= cut for s in top) / len(top)
+    def point(cut: float) -> tuple[float, float]:  # by bisection: years of ratings draw a curve of thousands of points
+        return bisect_left(ascending, cut) / len(ascending), 1 - bisect_left(top, cut) / len(top)
 
     def xy(share_cut: float, share_kept: float) -> str:
         return f"{pad + share_cut * (width - pad - 8):.1f},{8 + (1 - share_kept) * (height - pad - 8):.1f}"

@@ -220,5 +220,3 @@ def technical_summary(ranked: list[dict]) -> dict:
             reasons = counted[row["technical_band"]]
             reasons[REASONS[row["failure"]]] = reasons.get(REASONS[row["failure"]], 0) + 1
     return counted
-
-

@@ -98,6 +98,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
     if summary.get("from_cache"):
         speed += f"; {summary['from_cache']['photos']} of them from the feature cache {os.path.expanduser(summary['from_cache']['folder'])}"
     review = f"(score >= {summary['reject_below']:.4f})" if summary["reject_below"] < summary["threshold"] else "(no review band: one threshold)"
+    why_rejected = "; ".join(f"{why} {count}" for why, count in summary["rejected_for"].items() if count)
     lines = [
         line("model", summary["model"]),
         line("images found", summary["found"]),
@@ -109,8 +110,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
         line("kept", f"{summary['kept']}  (score >= {summary['threshold']:.4f})"),
         line("to review", f"{summary['review']}  {review}"),
         line("rejected", f"{summary['rejected']}  (gallery reduction {summary['gallery_reduction']:.1%}"
-                         + "".join(f"{'; ' if i else ': '}{why} {count}" for i, (why, count) in
-                                   enumerate((why, count) for why, count in summary["rejected_for"].items() if count)) + ")"),
+                         + (f": {why_rejected})" if why_rejected else ")")),
         *([line("rated", f"{sum(rated.values())} keep the person's own verdict ({rated['keep']} keep, {rated['reject']} reject)")]
           if sum(rated.values()) else []),
         *technical_lines(summary.get("technical")),

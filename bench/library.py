@@ -10,6 +10,7 @@ the other 40 % held out ("their unrated photos"). Then, each step timed:
   personal   python train.py experiment=personal base_ckpt=CROWD labels=my_labels.csv save=PERSONAL ...
   predict    python predict.py ckpt=PERSONAL gallery=LIB output=OUT xmp=true xmp_beside_images=true ratings=my_labels.csv
   rerun      the same predict again (nothing new in the library)
+  hard       predict at cull=hard, the harder level, writing no sidecars
   re-import  the import again, after beholder wrote its sidecars
   review     10 decisions of the review queue answered from the held-out truth, imported, trained and predicted again
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -216,7 +218,7 @@ def main():
         personal = work / f"personal-{rater}.ckpt"
         train = ["train.py", "experiment=personal", f"base_ckpt={crowd}", f"gallery={lib}", f"labels={labels}", "data.score_column=rating",
                  f"feature_cache={cache}", f"output_dir={work}/personal-{rater}", f"save={personal}", *QUIET]
-        steps["personal"], trained = run(train)
+        steps["personal"], _ = run(train)
         loop = [f"ckpt={personal}", f"gallery={lib}", f"output={work}/out-{rater}", "xmp=true", "xmp_beside_images=true",
                 f"ratings={labels}", f"feature_cache={cache}", *QUIET]
         steps["predict"], _ = run(["predict.py", *loop])
@@ -228,22 +230,29 @@ def main():
         record = {"rater": rater, "rated": len(shown), "held": len(hidden),
                   "doubled": sum(1 for image in paths.values() if image + ".xmp" in sidecars and os.path.splitext(image)[0] + ".xmp" in sidecars),
                   "changed": sum(photographers_fields(path) != fields for path, fields in before.items()),
-                  "same": labels.read_text() == (lib / "again.csv").read_text(), "shipped": "crowd" if "the crowd's order" in trained else "personal",
+                  "same": labels.read_text() == (lib / "again.csv").read_text(),
+                  "shipped": json.loads((work / f"personal-{rater}" / "metrics.json").read_text())["shipped"],
                   "generous": float(np.mean([stars_of(rated[n]) >= 4 for n in names]))}
         scores = scores_of(work / f"out-{rater}" / "scores.csv")
         unrated = {k: v for k, v in scores.items() if v["reason"] != "rated"}
         best = [paths[n] for n in hidden if stars_of(rated[n]) >= 4]
         five = [paths[n] for n in hidden if stars_of(rated[n]) == 5]
         y = np.array([rated[n] for n in hidden])
+        lowest = [n for n in hidden if scores[paths[n]]["reason"] == "lowest"]
+        record.update(lowest=float(np.mean([row["reason"] == "lowest" for row in unrated.values()])), lowest_held=len(lowest),
+                      lowest_best=sum(stars_of(rated[n]) >= 4 for n in lowest), lowest_three=sum(stars_of(rated[n]) >= 3 for n in lowest))
         record.update(reduction=reduction(unrated), kept_best=kept_share(unrated, best), kept_five=kept_share(unrated, five),
                       best=len(best), crowd_best=kept_at_equal_reduction({k: crowd_scores[k] for k in unrated}, reduction(unrated), best),
                       personal_best=kept_at_equal_reduction(unrated, reduction(unrated), best),
                       rho=float(spearman(np.array([float(scores[paths[n]]["score"]) for n in hidden]), y)),
                       crowd_rho=float(spearman(np.array([float(crowd_scores[paths[n]]["score"]) for n in hidden]), y)))
+        run(["predict.py", *loop[:2], f"output={work}/hard-{rater}", "cull=hard", *loop[5:]])  # the harder level, no sidecars written
+        hard = {k: v for k, v in scores_of(work / f"hard-{rater}" / "scores.csv").items() if v["reason"] != "rated"}
+        record.update(hard_reduction=reduction(hard), hard_kept_best=kept_share(hard, best))
         module = load_checkpoint(str(personal))
         record["promised"] = cull_cut(module.rated_scores["scores"], module.rated_scores["ratings"], CULL_LEVELS["normal"])[1]
 
-        # the review loop: 20 decisions from the held-out truth, imported, trained again
+        # the review loop: REVIEWED decisions from the held-out truth, imported, trained again
         truth = {paths[n]: stars_of(rated[n]) for n in hidden}
         asked = review_loop(lib, work / f"out-{rater}" / "scores.csv", truth, REVIEWED)
         run(["-m", "beholder", "ratings", "import", str(lib), "--gallery", str(lib), "--review", str(lib / "review.sqlite"),
@@ -267,15 +276,31 @@ def main():
             report(records, seconds, raters, library_photos, train_photos, crowd, crowd_seconds, crowd_first, work), write=not args.no_write)
 
 
+def chance_gap(records, draws: int = 2000, seed: int = 0) -> float:
+    """The median gap between promised and kept that chance alone leaves with each rater's few
+    held-out best photos, if every promise were exactly right (binomial draws of what is kept)."""
+    rng = np.random.default_rng(seed)
+    gaps = [np.abs(rng.binomial(r["best"], r["promised"], draws) / r["best"] - r["promised"]) for r in records]
+    return float(np.median(np.median(np.array(gaps), axis=0)))
+
+
 def report(records, seconds, raters, library_photos, train_photos, crowd, crowd_seconds, crowd_first, work) -> str:
     median_generosity = float(np.median([r["generous"] for r in records]))
     groups = {"all raters": records, "generous (share of 4-5 stars above the median)": [r for r in records if r["generous"] > median_generosity],
               "strict (the rest)": [r for r in records if r["generous"] <= median_generosity]}
     default = [[name, len(group), spread([r["reduction"] for r in group]), spread([r["kept_best"] for r in group]),
                 spread([r["kept_five"] for r in group])] for name, group in groups.items()]
+    default.append(["all raters, `cull=hard`", len(records), spread([r["hard_reduction"] for r in records]),
+                    spread([r["hard_kept_best"] for r in records]), "-"])
     gaps = [abs(r["promised"] - r["kept_best"]) for r in records if not np.isnan(r["kept_best"])]
+    held = sum(r["lowest_held"] for r in records)
+    junk = [[spread([r["lowest"] for r in records]), held, f"{sum(r['lowest_three'] for r in records)}", f"{sum(r['lowest_best'] for r in records)}",
+             f"{sum(r['best'] for r in records)}"]]
+    measured = [r for r in records if r["best"]]
+    pooled = sum(r["kept_best"] * r["best"] for r in measured) / sum(r["best"] for r in measured)
     calibration = [[f"{np.median([r['promised'] for r in records]):.0%}", f"{np.nanmedian([r['kept_best'] for r in records]):.0%}",
-                    f"{np.median(gaps) * 100:.1f}", f"{np.mean([g <= 0.05 for g in gaps]):.0%}"]]
+                    f"{np.median(gaps) * 100:.1f}", f"{chance_gap(measured) * 100:.1f}", f"{np.mean([g <= 0.05 for g in gaps]):.0%}",
+                    f"{np.mean([r['promised'] for r in measured]):.0%} / {pooled:.0%}"]]
     differences = [r["personal_best"] - r["crowd_best"] for r in records if r["best"]]
     versus = [[len(differences), f"{np.mean([d > 0 for d in differences]):.0%}", f"{np.mean([d == 0 for d in differences]):.0%}",
                f"{np.mean([d < 0 for d in differences]):.0%}", f"{np.median(differences) * 100:+.1f}",
@@ -301,9 +326,16 @@ def report(records, seconds, raters, library_photos, train_photos, crowd, crowd_
         "and 5-star photos kept (median [quartiles], worst decile; targets: median cut >= 35 % while the median rater keeps >= 80 % of "
         "their held-out 4-5-star photos):\n\n"
         + markdown_table(["raters", "n", "gallery reduction", "held-out 4-5 stars kept", "held-out 5 stars kept"], default),
+        "Junk first: the rejects under each personal model's lowest line (under every photo the person rated above their two lowest "
+        "ratings, out of fold), counted apart in the summary; what they cost of the held-out photos:\n\n"
+        + markdown_table(["share of the unrated photos (median [quartiles], worst decile)", "held-out photos under the line",
+                          "of them rated 3 stars or more", "rated 4-5 stars", "held-out 4-5-star photos in all"], junk),
         "What beholder tells the person (`cull=normal`: the share of their 4-5-star photos it keeps, out of fold) against what it kept "
         "of their held-out 4-5-star photos (target: within 5 points for the median rater):\n\n"
-        + markdown_table(["promised (median)", "kept (median)", "median gap, points", "raters within 5 points"], calibration),
+        + markdown_table(["promised (median)", "kept (median)", "median gap, points", "median gap from chance alone, points",
+                          "raters within 5 points", "pooled over raters: promised / kept"], calibration)
+        + f"\n\nEach rater holds out a median of {np.median([r['best'] for r in records]):.0f} photos of 4-5 stars: 'from chance alone' is "
+        "the median gap if every promise were exactly right (binomial draws), the floor this measure can reach at that count.",
         "Personal against crowd at equal reduction (the crowd model cutting the same share of the same photos by its own score): the "
         "held-out 4-5-star share each keeps, and taste (Spearman with the held-out ratings; target: the personal model keeps more for "
         "most raters):\n\n"

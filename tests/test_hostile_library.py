@@ -28,7 +28,7 @@ from beholder.predict.run import predict
 from beholder.ratings.cli import main as ratings
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, xmp_sidecar
 
-from conftest import CONF, PYTHON, ROOT, compose_predict, labels, photo, read_scores, sidecar
+from conftest import CONF, PYTHON, ROOT, TINY, compose_predict, labels, photo, read_scores, sidecar
 
 XMP = "{%s}" % NAMESPACES["xmp"]
 
@@ -109,7 +109,8 @@ def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, caps
 
 # --- 3, 4: folder names people use ---------------------------------------------------------------------------
 
-EVERYDAY = "Tom's wedding, Trip [2024] day=1 ${oc.env:HOME}"
+WEDDING = "Tom's wedding, Trip [2024] day=1"
+EVERYDAY = WEDDING + " ${oc.env:HOME}"
 
 
 def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
@@ -130,6 +131,20 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
     assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
         "gallery='quoted by the user'", "feature_cache=null", "head=regression"]
+
+
+@pytest.mark.slow
+def test_train_writes_nothing_outside_output_dir(trained, tmp_path):
+    _, gallery = trained
+    here = tmp_path / "here"
+    here.mkdir()
+    run = subprocess.run([PYTHON, "-m", "beholder", "train", *TINY, "trainer.max_epochs=1", f"gallery={gallery}",
+                          f"labels={gallery}/labels.csv", f"output_dir={tmp_path / WEDDING}/run"],
+                         cwd=here, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not list(here.iterdir())  # no outputs/<date>/<time> beside the run: Hydra's folder is output_dir
+    assert (tmp_path / WEDDING / "run" / ".hydra" / "overrides.yaml").exists()
+    assert (tmp_path / WEDDING / "run" / "checkpoints" / "best.ckpt").exists()
 
 
 # --- 5: two runs into one output --------------------------------------------------------------------------

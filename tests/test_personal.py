@@ -12,7 +12,7 @@ from beholder.core.errors import UserError
 from beholder.data.labels import fold_rows, top_rating
 from beholder.models.metrics import spearman
 from beholder.predict.run import predict
-from beholder.train.personal import better_of, fit_in_features
+from beholder.train.personal import CROWD_MARGIN, better_of, fit_in_features
 from beholder.train.probe import ridge_fits
 from beholder.train.run import train
 from beholder.train.taste import Setting, TasteSpace, build_taste_space, choose_settings, crowd_out_of_fold, fit_deviation, population_slope, simulated_users
@@ -47,6 +47,9 @@ def test_a_personal_model_worse_than_the_crowd_on_the_persons_own_ratings_is_not
     better = y + 0.01 * rng.standard_normal(40)
     weight, bias, scores, shipped = better_of(y, base, better, (np.ones(8), 0.5), w_base, c_base)
     assert shipped == "personal" and bias == 0.5 and scores is better
+    near = y + 0.4 * rng.standard_normal(40)  # a little worse than the crowd out of fold: within chance, shipped
+    assert spearman(base, y) - CROWD_MARGIN < spearman(near, y) < spearman(base, y)
+    assert better_of(y, base, near, (np.ones(8), 0.5), w_base, c_base)[3] == "personal"
 
 
 def test_a_taste_the_population_shares_is_learnt_from_20_ratings_and_folds_into_one_head():
@@ -142,6 +145,9 @@ def test_a_person_who_likes_the_dark_gets_a_model_of_their_own(crowd, tmp_path, 
 
     summary = predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/scored"]))
     assert summary["threshold_source"].startswith("cull=normal: ")  # a personal model's default: their best photos' share
+    lowest = [row for row in read_scores(tmp_path / "scored" / "scores.csv") if row["reason"] == "lowest"]
+    assert "among the person's lowest ratings (out of fold" in summary["threshold_source"]
+    assert 0 < len(lowest) == summary["rejected_for"]["among the person's lowest ratings"] and all(row["band"] == "reject" for row in lowest)
     sheet = (tmp_path / "scored" / "highlights.html").read_text()
     assert "aria-label='what a cull costs'" in sheet and all(f">{level}</text>" in sheet for level in ("gentle", "normal", "hard"))
     cuts = {level: predict(compose_predict([f"ckpt={personal}", f"gallery={gallery}", f"output={tmp_path}/{level}", f"cull={level}"]))

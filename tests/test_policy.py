@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from beholder.data.labels import best_rating
-from beholder.models.metrics import CULL_LEVELS, cull_curve
+from beholder.data.labels import best_rating, low_rating
+from beholder.models.metrics import CULL_LEVELS, cull_curve, lowest_line
 from beholder.predict.policy import Policy, binomial_tail, photos_needed, promised_threshold
 
 
@@ -75,3 +75,16 @@ def test_cull_levels_keep_their_share_of_the_persons_best_and_cut_harder_in_turn
     assert curve[0][2] < curve[1][2] < curve[2][2] and curve[1][2] > 0.25  # it does cut a generous rater's photos
     policy = Policy.cull(scores, list(ratings), "normal")
     assert policy.keep_at == policy.reject_below and "cull=normal" in policy.summary and "rated 4 or more" in policy.summary
+
+
+def test_the_lowest_line_lies_under_every_photo_rated_above_the_lowest_ratings():
+    ratings = [1.0, 1.0, 2.0, 1.0, 2.0, 1.0, 3.0, 4.0, 5.0, 2.0]
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9, 1.0, 0.8]  # a 2-star photo scores above the lowest 3-star one
+    assert low_rating(ratings) == 2 and low_rating([4.0]) == 4
+    assert lowest_line(scores, ratings) == (0.7, 2.0, 6)
+    policy = Policy.cull(scores, ratings, "normal").with_lowest_line(scores, ratings)
+    assert policy.lowest_below == 0.7 and "all 6 of their photos there rated 2 or less" in policy.summary
+    assert [policy.reason(score) for score in (0.65, 0.7)] == ["lowest", "score"]
+    few = [0.1, 0.2, 0.9, 0.95, 1.0, 0.3, 0.4, 0.5, 0.6, 0.05]  # only 4 rated photos lie under the lowest 3-star photo's score
+    assert lowest_line([0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.9, 0.95, 0.99, 0.6], [1, 1, 1, 1, 3, 2, 4, 5, 5, 2])[0] == -math.inf
+    assert Policy.fixed(0.5, "threshold=0.5").with_lowest_line(few, ratings).lowest_below == -math.inf

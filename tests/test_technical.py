@@ -96,7 +96,8 @@ def test_predict_rejects_the_technical_failures_with_a_reason_and_the_persons_st
     assert summary["technical"]["reject"] == {REASONS[kind]: 1 for kind in DEGRADATIONS} and summary["technical"]["rated"] == 1
     printed = capsys.readouterr().out
     assert "technical       5 rejected (" in printed and "; 1 more failed but keep the person's own verdict" in printed
-    assert summary["rejected_for"] == {"technical failure": 5, "lesser frame of a burst": 0, "the person's own verdict": 0, "taste score": 0}
+    assert summary["rejected_for"] == {"technical failure": 5, "lesser frame of a burst": 0, "among the person's lowest ratings": 0,
+                                       "the person's own verdict": 0, "taste score": 0}
     assert ": technical failure 5)" in printed  # threshold=-1: nothing rejected by taste
     theirs = read_rating((shoot / "IMG_0009.xmp").read_bytes())
     assert (theirs["rating"], theirs["label"], theirs["pick"]) == (5, "", None)  # not marked rejected in their tools

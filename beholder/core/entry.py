@@ -53,6 +53,17 @@ def literal_paths(arguments: list[str]) -> list[str]:
     return out
 
 
+def run_dir_inside_output(arguments: list[str]) -> list[str]:
+    """With ``output_dir=`` given (train), Hydra's run folder (``.hydra``, the log) is that folder,
+    not a new ``outputs/<date>/<time>`` beside it; a ``hydra.run.dir=`` given wins."""
+    keys = {argument.partition("=")[0].lstrip("+~") for argument in arguments if "=" in argument}
+    if "hydra.run.dir" in keys:
+        return arguments
+    given = [argument.partition("=")[2] for argument in arguments if argument.partition("=")[0].lstrip("+~") == "output_dir"]
+    # Hydra resolves its log file's path a second time: a folder whose name holds "${" keeps Hydra's own folder
+    return [*arguments, f"hydra.run.dir={given[-1]}"] if given and "${" not in given[-1] else arguments
+
+
 def hydra_application(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], object]:
     @hydra.main(version_base="1.3", config_path="pkg://beholder.conf", config_name=config_name)
     def main(cfg: DictConfig):
@@ -62,7 +73,7 @@ def hydra_application(config_name: str, task: Callable[[DictConfig], object]) ->
             return task(cfg)
 
     def run():
-        sys.argv = [sys.argv[0], *literal_paths(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(sys.argv[1:]))]
         return main()
 
     return run

@@ -222,6 +222,13 @@ def best_rating(ratings) -> float:
     return levels[min(1, len(levels) - 1)]
 
 
+def low_rating(ratings) -> float:
+    """Where a person's lowest ratings end: the second-lowest rating they gave (2 on a 1-5 scale used
+    in full), or their only one."""
+    levels = sorted({float(rating) for rating in ratings})
+    return levels[min(1, len(levels) - 1)]
+
+
 def top_rating(ratings, share: float = TOP_SHARE) -> float:
     """The lowest rating of a person's top tier, by their own distribution: their highest rating
     values, taken while together they hold at most ``share`` of their photos (the highest at least).

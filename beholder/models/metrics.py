@@ -10,7 +10,7 @@ from torchmetrics import Metric
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_fbeta_score, multiclass_confusion_matrix
 
-from beholder.data.labels import NUM_TIERS, best_rating
+from beholder.data.labels import NUM_TIERS, best_rating, low_rating
 
 CULL_LEVELS = {"gentle": 0.95, "normal": 0.85, "hard": 0.70}  # the share of a person's best photos each level keeps
 
@@ -22,6 +22,20 @@ def cull_cut(scores: list[float], ratings: list[float], share: float) -> tuple[f
     ascending = sorted(score for score, rating in zip(scores, ratings) if rating >= best)
     cut = ascending[math.floor((1 - share) * len(ascending) + 1e-9)]
     return cut, sum(score >= cut for score in ascending) / len(ascending), best, len(ascending)
+
+
+LOWEST_AT_LEAST = 5  # rated photos that must lie under the lowest line before it rejects anything
+
+
+def lowest_line(scores: list[float], ratings: list[float]) -> tuple[float, float, int]:
+    """The score under which, out of fold, the person rated nothing above their lowest ratings
+    (:func:`low_rating`): just under the lowest-scored photo they rated higher. With that rating and
+    how many of their rated photos lie under it; -inf when fewer than :data:`LOWEST_AT_LEAST` do, too
+    few to trust."""
+    low = low_rating(ratings)
+    line = min((score for score, rating in zip(scores, ratings) if rating > low), default=-math.inf)
+    under = sum(score < line for score in scores)
+    return (line if under >= LOWEST_AT_LEAST else -math.inf), low, under
 
 
 def cull_curve(scores: list[float], ratings: list[float]) -> list[tuple[str, float, float]]:

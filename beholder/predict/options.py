@@ -65,6 +65,12 @@ def read_verdicts(store: Store, path: str | None) -> dict[str, str]:
 
 
 def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: str) -> Policy:
+    """:func:`cut_policy`, with a personal model's lowest line (:meth:`Policy.with_lowest_line`)."""
+    policy = cut_policy(cfg, module, count, model)
+    return policy.with_lowest_line(module.rated_scores["scores"], module.rated_scores["ratings"]) if module.rated_scores else policy
+
+
+def cut_policy(cfg: DictConfig, module: BeholderModule, count: int, model: str) -> Policy:
     """Keep / review / reject for this run: ``cull=gentle|normal|hard`` (a personal model's default,
     ``normal``), the share of the person's best photos kept; else (``cull=promise``, the crowd
     model's default) calibrated on the checkpoint's top-tier validation scores; ``keep_top`` or

@@ -20,17 +20,21 @@ sight, so the gallery reduction is the rejected share.
 A cull level (``gentle``, ``normal``, ``hard``) instead trades gems for a harder cut, in the person's
 own terms: the threshold keeps about 95 %, 85 % or 70 % of the photos they rated best (their two
 highest ratings, e.g. 4 and 5 stars), by a personal model's out-of-fold scores of those photos.
+
+A personal model also draws the lowest line (:func:`lowest_line`): under every photo the person rated
+above their lowest ratings, out of fold. Rejects under it are counted apart, as junk by the person's
+own standard, after technical failures and the lesser frames of bursts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist, fmean, stdev
 
 import torch
 
-from beholder.models.metrics import CULL_LEVELS, cull_cut, keep_threshold
+from beholder.models.metrics import CULL_LEVELS, cull_cut, keep_threshold, lowest_line
 
 BANDS = ("keep", "review", "reject")
 # Scores are recomputed in other batch sizes than at calibration; count float noise as a tie.
@@ -83,12 +87,14 @@ def normal_tolerance_bound(scores: list[float], recall: float, confidence: float
 @dataclass(frozen=True)
 class Policy:
     """``keep_at`` and ``reject_below`` on the score; or, with ``keep_count``, the best that many
-    kept and the rest rejected (ties or not). ``summary`` says where they came from."""
+    kept and the rest rejected (ties or not). ``summary`` says where they came from. A reject under
+    ``lowest_below`` is among the person's lowest ratings (:meth:`with_lowest_line`)."""
 
     keep_at: float
     reject_below: float
     summary: str
     keep_count: int | None = None
+    lowest_below: float = -math.inf
 
     @classmethod
     def calibrated(cls, scores: list[float], keep_recall: float = 1.0, recall: float = 0.95, confidence: float = 0.9,
@@ -130,6 +136,19 @@ class Policy:
     @classmethod
     def top(cls, count: int, summary: str) -> Policy:
         return cls(math.nan, math.nan, summary, keep_count=count)
+
+    def with_lowest_line(self, scores: list[float], ratings: list[float]) -> Policy:
+        """This policy with the person's lowest line (:func:`lowest_line`) from their out-of-fold
+        ``scores`` and ``ratings``; unchanged when too few of their photos lie under it."""
+        line, low, under = lowest_line(scores, ratings)
+        if math.isinf(line):
+            return self
+        return replace(self, lowest_below=line, summary=f"{self.summary}; under {line:.4f}: among the person's lowest ratings "
+                                                         f"(out of fold, all {under} of their photos there rated {low:g} or less)")
+
+    def reason(self, score: float) -> str:
+        """Why a photo this policy rejects is rejected: ``lowest`` under the lowest line, else ``score``."""
+        return "lowest" if score < self.lowest_below else "score"
 
     def band(self, score: float, rank: int | None = None) -> str:
         if self.keep_count is not None:

@@ -15,14 +15,15 @@ from beholder.data.labels import best_rating
 from beholder.models.metrics import CULL_LEVELS, cull_cut
 
 GROUP_FIELDS = ["group", "group_rank", "group_size"]
+READABLE_REASONS = {"lowest": "among your lowest ratings", "burst": "lesser frame of a burst", "rated": "your rating"}
 
 
 def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
     """``ranked``: rows best first, each with image, score (taste), technical (its quality, 0-1,
     when the technical checks ran), tier, probabilities, band, reason (of a reject: ``score``,
-    ``burst`` or a technical failure such as ``out of focus``; of a photo sent to review for one,
-    that), rank (the final order), and when grouped, group, group_rank, group_size (``keep`` is the
-    band ``keep``)."""
+    ``lowest`` (under a personal model's lowest line), ``burst`` or a technical failure such as
+    ``out of focus``; of a photo sent to review for one, that; ``rated``: the person's own verdict),
+    rank (the final order), and when grouped, group, group_rank, group_size (``keep`` is the band ``keep``)."""
     grouped = bool(ranked) and "group" in ranked[0]
     technical = bool(ranked) and "technical" in ranked[0]
     fields = ["image", "score", *(["technical"] if technical else []), "tier", *probability_names, "band", "keep", "reason", "rank",
@@ -143,7 +144,7 @@ def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, 
             uri, width, height = picture
             wide = " wide" if width > 2.5 * height else ""
             hidden = f" · +{row['hidden']} near-cop{'y' if row['hidden'] == 1 else 'ies'} hidden" if row.get("hidden") else ""
-            why = f" · {row['reason']}" if row.get("reason") not in ("", "score", None) else ""
+            why = f" · {READABLE_REASONS.get(row['reason'], row['reason'])}" if row.get("reason") not in ("", "score", None) else ""
             caption = row.get("caption") or f"#{row['rank']} · {row['score']:.3f} · {row['band']}{why}{hidden} · {row['image']}"
             parts.append(
                 f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"

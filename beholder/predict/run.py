@@ -109,7 +109,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
     policy = decision_policy(cfg, module, len(ranked), ckpt_path)
     for row in ranked:
         row["band"] = policy.band(row["score"], row["rank"])
-        row["reason"] = "score" if row["band"] == "reject" else ""
+        row["reason"] = policy.reason(row["score"]) if row["band"] == "reject" else ""
     # keep_top cuts by rank: both thresholds are the score of the last one kept
     keep_at, reject_below = (ranked[sum(row["band"] == "keep" for row in ranked) - 1]["score"],) * 2 if policy.keep_count \
         else (policy.keep_at, policy.reject_below)
@@ -198,14 +198,14 @@ def group_bursts(cfg: DictConfig, ranked: list[dict], similarity: float) -> int:
 
 
 def rejected_for(ranked: list[dict]) -> dict[str, int]:
-    """The rejected, by why, junk first: technical failures, the lesser frames of a burst, the
-    person's own rejects, then the taste score."""
-    reasons = {"technical failure": 0, "lesser frame of a burst": 0, "the person's own verdict": 0, "taste score": 0}
+    """The rejected, by why, junk first: technical failures, the lesser frames of a burst, what a
+    personal model places among the person's lowest ratings, the person's own rejects, then the taste score."""
+    why = {"burst": "lesser frame of a burst", "lowest": "among the person's lowest ratings", "rated": "the person's own verdict",
+           "score": "taste score"}
+    reasons = dict.fromkeys(["technical failure", *why.values()], 0)
     for row in ranked:
         if row["band"] == "reject":
-            reason = {"burst": "lesser frame of a burst", "rated": "the person's own verdict", "score": "taste score"}.get(row["reason"],
-                                                                                                                        "technical failure")
-            reasons[reason] += 1
+            reasons[why.get(row["reason"], "technical failure")] += 1
     return reasons
 
 

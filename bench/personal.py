@@ -44,10 +44,11 @@ from beholder.core.storage import Store  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
-from beholder.train.personal import base_head_linear  # noqa: E402
+from beholder.train.personal import CROWD_MARGIN, base_head_linear, out_of_fold  # noqa: E402
 from beholder.train.probe import ridge_cv  # noqa: E402
 from beholder.train.taste import (  # noqa: E402
     PersonalFit,
+    TasteSpace,
     build_taste_space,
     crowd_mean,
     crowd_out_of_fold,
@@ -125,6 +126,64 @@ def bootstrap_median(values: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[
 
 
 REGIMES = {"all": None, "20": 20}
+MARGINS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)  # how far below the crowd, out of fold, a personal model may be and still ship
+MARGIN_COUNTS = (20, 28, None)  # ratings fitted: 20, about what bench/library.py's raters have, all their training ratings
+CLOSE = 0.005  # a margin is close enough to always shipping the personal model when its mean gain is within this
+
+
+def shipping_evidence(space: TasteSpace, x: np.ndarray, fitted_crowd: np.ndarray, crowd: np.ndarray, ratings: dict[str, dict[str, float]],
+                      raters: list[str], photos: list[str], train_photos: set[str], seed: int) -> dict:
+    """For each count of MARGIN_COUNTS, per rater: what beholder/train/personal.py compares (the
+    personal fit's out-of-fold Spearman on the ratings it fits, less the crowd's) and what it decides
+    (the fit's held-out Spearman gain over the crowd). Fitted photos carry ``fitted_crowd`` (the
+    crowd's scores out of fold: they are new to it, as a person's are), held-out ones ``crowd``."""
+    row_of = {p: i for i, p in enumerate(photos)}
+    evidence = {count: ([], []) for count in MARGIN_COUNTS}
+    for rater in raters:
+        rated = ratings[rater]
+        every = np.array([row_of[p] for p in rated if p in train_photos])
+        held = np.array([row_of[p] for p in rated if p not in train_photos])
+        if len(every) < 30 or len(held) < 10:  # as the targets are chosen, with fewer held out
+            continue
+        y_held = np.array([rated[photos[i]] for i in held])
+        for count in MARGIN_COUNTS:
+            fit = every if count is None else np.random.default_rng(int(rater)).choice(every, count, replace=False)
+            y, base = np.array([rated[photos[i]] for i in fit]), fitted_crowd[fit]
+            setting = space.chosen(len(fit))
+            predicted = out_of_fold(fold_rows([0] * len(fit), None, 5, seed), len(fit),
+                                    lambda part_fit, part: space.fit(x[fit][part_fit], base[part_fit], y[part_fit], setting).predict(x[fit][part], base[part]))
+            evidence[count][0].append(rho(predicted, y) - rho(base, y))
+            evidence[count][1].append(rho(space.fit(x[fit], base, y, setting).predict(x[held], crowd[held]), y_held) - rho(crowd[held], y_held))
+    return {count: (np.array(d), np.array(g)) for count, (d, g) in evidence.items()}
+
+
+def shipped_gain(out_of_fold_gap: np.ndarray, held_gain: np.ndarray, margin: float) -> np.ndarray:
+    """Each rater's held-out gain over the crowd when the personal model ships unless its
+    out-of-fold Spearman is more than ``margin`` below the crowd's (then: the crowd's order, no gain)."""
+    return np.where(out_of_fold_gap >= -margin, held_gain, 0.0)
+
+
+def chosen_margin(evidence: dict) -> float:
+    """The smallest margin whose mean gain is within CLOSE of always shipping, at every count."""
+    return next(m for m in MARGINS if all(shipped_gain(d, g, m).mean() >= g.mean() - CLOSE for d, g in evidence.values()))
+
+
+def margin_section(tuning: dict, targets: dict) -> str:
+    margin = chosen_margin(tuning)
+    rows = []
+    for count, (d, g) in targets.items():
+        for m in (*MARGINS, math.inf):
+            gain = shipped_gain(d, g, m)
+            rows.append([count or "all", "always personal" if math.isinf(m) else f"{m:g}" + (" (chosen)" if m == margin else ""),
+                         f"{np.mean(d >= -m):.0%}", f"{gain.mean():+.4f}", f"{np.mean(gain > 0):.0%}", f"{np.mean(gain < -0.05):.0%}"])
+    correlation = ", ".join(f"{c or 'all'} ratings {np.corrcoef(d, g)[0, 1]:+.2f}" for c, (d, g) in targets.items())
+    shipped = "the same as" if margin == CROWD_MARGIN else f"NOT the same as ({CROWD_MARGIN:g})"
+    return (f"\n**When the crowd's order is kept**: a personal model ships unless its out-of-fold Spearman on the ratings it fits is more "
+            f"than a margin below the crowd's. Chosen on the tuning raters (the smallest margin whose mean held-out gain is within {CLOSE} "
+            f"of always shipping, at {', '.join(str(c or 'all') for c in MARGIN_COUNTS)} ratings): {margin:g}, {shipped} "
+            f"beholder/train/personal.py's CROWD_MARGIN. How well the out-of-fold gap predicts the held-out gain (correlation, targets): "
+            f"{correlation}. On the target raters:\n\n"
+            + markdown_table(["ratings", "margin", "personal shipped", "mean held-out gain over the crowd", "improved", "worse by > 0.05"], rows))
 
 
 def main():
@@ -241,6 +300,9 @@ def main():
     low, high = bootstrap_median(chosen_20 - random_20, args.seed)
     body += (f"\nCold start, taste space with 20 ratings: the most informative photos against 20 at random, paired median "
              f"{np.median(chosen_20 - random_20):+.3f} [{low:+.3f}, {high:+.3f}] (chosen among each target's rated training photos).")
+    space.settings = [chosen["setting"] for chosen in chosen_for.values()]  # as the default model's taste space stores them
+    evidence = [shipping_evidence(space, x, new_to_crowd, crowd, ratings, raters, photos, train_photos, args.seed) for raters in (tuners, targets)]
+    body += "\n" + margin_section(*evidence)
     publish("personal", "Personal taste: per-rater models on OASIS (bench/personal.py)", body, write=not args.no_write)
 
 

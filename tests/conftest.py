@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import shutil
+import socket
+import struct
 import sys
+import threading
+import time
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -17,6 +24,7 @@ from PIL import Image
 
 from beholder.label import cli as label_cli
 from beholder.label.app import create_app
+from beholder.models.scorenet import ScoreNet
 from beholder.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +41,25 @@ TINY = [
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
 ]
+
+
+CAPTURES = ["2015/12/31/2015_1231_120000", "2016/01/01/2016_0101_090000", "2016/01/01/2016_0101_091000",
+            "2016/01/02/2016_0102_170000", "2016/02/10/2016_0210_080000"]
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; .ci/run installs it
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``browser`` drive Debian's chromium: skipped where it is missing, except in CI
+    (where a missing browser is a failure). Tests marked ``gpu`` are skipped without CUDA."""
+    import torch
+
+    missing = {"browser": None if os.path.exists(CHROMIUM) or os.environ.get("CI") else "needs Debian's chromium (.ci/run installs it)",
+               "gpu": None if torch.cuda.is_available() else "needs a CUDA device"}
+    for item in items:
+        for marker, reason in missing.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -187,3 +214,49 @@ def read_scores(path):
     """The rows of a CSV written by predict (scores.csv, skipped.csv)."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# --- small shared helpers -----------------------------------------------------------------------
+
+def encode(image: Image.Image, fmt="PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def tiny_net(**backbone):
+    return ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 0, **backbone},
+                    {"_target_": "beholder.models.heads.RegressionHead"}, [32, 64])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app):
+    """The app on a real uvicorn server on 127.0.0.1 (threads: requests really run at once)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,4 +1,4 @@
-"""Near-copy groups (beholder/bursts.py), capture times, and keep_per_group in predict.py."""
+"""Near-copy groups (beholder/search/bursts.py), capture times, and keep_per_group in predict.py."""
 
 import io
 import shutil

@@ -1,6 +1,3 @@
-import io
-import struct
-import zlib
 from collections import Counter
 
 import numpy as np
@@ -16,13 +13,9 @@ from beholder.data.gallery import GalleryDataModule, GalleryDataset, build_trans
 from beholder.data.images import UnreadableImage, decode_image
 from beholder.data.labels import LabelsError, parse_labels, regression_stats, split_labels, tier_midpoints
 
+from conftest import encode, png_declaring
+
 DATA_CONFIG = {"input_size": (3, 32, 64), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
-
-
-def encode(image: Image.Image, fmt="PNG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
 
 
 # --- labels -------------------------------------------------------------------------------------
@@ -106,15 +99,6 @@ def test_decode_applies_exif_rotation():
 def test_unreadable_files_say_why(data, reason):
     with pytest.raises(UnreadableImage, match=reason):
         decode_image(data)
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_refused_before_decoding():

@@ -26,10 +26,7 @@ from beholder.predict.run import predict
 from beholder.train.run import train
 from bench.fault_proxy import FaultProxy
 
-from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery, read_scores, upload_folder
-from test_data import encode, png_declaring
-from test_ingest import CAPTURES
-from test_label import free_port
+from conftest import CAPTURES, PYTHON, ROOT, TINY, compose_predict, compose_train, encode, free_port, make_gallery, png_declaring, read_scores, upload_folder
 
 
 @pytest.fixture

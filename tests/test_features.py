@@ -17,15 +17,10 @@ from beholder.models.load import load_checkpoint
 from beholder.models.scorenet import ScoreNet
 from beholder.train.run import train
 
-from conftest import PYTHON, ROOT, TINY, compose_train
+from conftest import PYTHON, ROOT, TINY, compose_train, tiny_net
 
 FROZEN = ["backbone.trainable_blocks=0", "backbone.levels=true", 'backbone.extra=["test_resnet"]', "head=regression",
           "data.score_column=beauty_mean", "trainer.max_epochs=4"]
-
-
-def tiny_net(**backbone):
-    return ScoreNet({"name": "test_efficientnet", "pretrained": False, "trainable_blocks": 0, **backbone},
-                    {"_target_": "beholder.models.heads.RegressionHead"}, [32, 64])
 
 
 def test_levels_pool_every_feature_level_of_every_network():

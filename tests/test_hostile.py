@@ -29,9 +29,7 @@ from beholder.search.embeddings import parquet_bytes, read_parquet
 from beholder.search.vector_index import FAISS_FILE
 from beholder.train.run import train
 
-from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, labels, photo, read_scores, sidecar
-from test_features import tiny_net
-from test_label import running
+from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, labels, photo, read_scores, running, sidecar, tiny_net
 
 
 def files_under(folder):

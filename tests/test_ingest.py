@@ -12,8 +12,7 @@ import pytest
 
 from beholder.ingest import capture_time, folder_outside, main, wanted
 
-CAPTURES = ["2015/12/31/2015_1231_120000", "2016/01/01/2016_0101_090000", "2016/01/01/2016_0101_091000",
-            "2016/01/02/2016_0102_170000", "2016/02/10/2016_0210_080000"]
+from conftest import CAPTURES
 
 
 class FaultyHandler(SimpleHTTPRequestHandler):

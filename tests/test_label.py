@@ -1,13 +1,11 @@
 import csv
 import io
 import os
-import socket
 import sqlite3
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -20,6 +18,8 @@ from beholder.core.storage import Store
 from beholder.label.app import create_app
 from beholder.label.export import export, ordinal_alpha
 from beholder.label.tournament import Tournament
+
+from conftest import CHROMIUM, running
 
 
 @pytest.fixture
@@ -133,16 +133,7 @@ def test_ordinal_alpha():
     assert 0 < ordinal_alpha([[1, 1], [2, 2], [3, 3], [3, 3], [2, 2], [1, 2], [4, 4], [4, 3]]) < 1
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_labelling_in_a_real_browser(panoramas, tmp_path):
     """Headless Chromium through Playwright: keyboard and mouse over a few rounds."""
     from playwright.sync_api import sync_playwright
@@ -196,24 +187,6 @@ def many(tmp_path):
     for i in range(80):
         Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(folder / f"img_{i:02d}.jpg")
     return folder
-
-
-@contextmanager
-def running(app):
-    """The app on a real uvicorn server on 127.0.0.1 (threads: requests really run at once)."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def honest_rater(base: str, name: str, sets: int = 15, timeout: float = 60) -> int:
@@ -337,7 +310,7 @@ def open_from_another_origin(page: bytes, then) -> None:
         site.shutdown()
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_path):
     db = tmp_path / "labels.sqlite"
     client, tournament = client_for(panoramas, db)
@@ -467,7 +440,7 @@ def test_thumbnails_decode_each_image_once_and_few_at_a_time():
     assert Image.open(io.BytesIO(thumbnails.get("img0"))).size == (900, 450) and min(sizes) > 0
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_path):
     """--index: GET /api/similar/ID answers the gallery's nearest images by embedding; key M shows them."""
     from playwright.sync_api import sync_playwright
@@ -508,7 +481,7 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
         browser.close()
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_path, capsys):
     """label review: kept best first, then the review band, then the rejected; K / R / Backspace; export gives labels."""
     from playwright.sync_api import sync_playwright
@@ -556,7 +529,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     assert "wrote 3 reviewed images" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"), reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.browser
 def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_shows_each_large(trained, photos, tmp_path, served, capsys):
     from playwright.sync_api import sync_playwright
 

@@ -110,7 +110,7 @@ def test_resume_after_an_interrupted_run_gives_each_image_once(trained, tmp_path
 
 def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp_path, monkeypatch):
     """Killed between embeddings.parquet and scores.csv: the rerun scores nothing again, rewrites the
-    index from the kept shards, and until then beholder.search.similar refuses the unfinished output."""
+    index from the kept shards, and until then beholder similar refuses the unfinished output."""
     from beholder.search.cli import main as similar
 
     ckpt, gallery = trained

@@ -1,4 +1,4 @@
-"""python -m beholder.search.similar on a scored gallery's embeddings.parquet."""
+"""beholder similar (beholder/search/cli.py) on a scored gallery's embeddings.parquet."""
 
 import csv
 import shutil

@@ -1,5 +1,5 @@
 """The checkpoint format: what a ``.ckpt`` file holds beyond Lightning's own fields, read and written
-in one place (training, cv and personal models all write through it; ``module.load_checkpoint``
+in one place (training, cv and personal models all write through it; ``beholder.models.load.load_checkpoint``
 rebuilds a model from it).
 
 Format 3: ``hyper_parameters`` (plain values; the head named by its short, stable name),

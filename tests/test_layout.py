@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from beholder.core.entry import misread_option
 from beholder.core.vocabulary import respell, respell_config
 
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery
@@ -71,6 +72,18 @@ def test_the_old_spellings_still_work_with_a_note(capsys):
     notes = capsys.readouterr().err
     assert "--root is now spelled --gallery" in notes and "ckpt_path= is now spelled ckpt=" in notes and "data.root= is now spelled gallery=" in notes
     assert notes.count("note:") == 6
+
+
+def test_an_option_misread_is_one_line_naming_it():
+    assert misread_option("train", ["galery=x", "labels=y"]) == "galery: no such option; did you mean gallery?"
+    assert misread_option("train", ["gallery=x", "labels=y", "trainer.max_epoch=3"]) == "trainer.max_epoch: no such option; did you mean trainer.max_epochs?"
+    assert misread_option("train", ["head=nope", "gallery=x", "labels=y"]) == "head=nope: not one of the choices (ordinal, regression, softmax)"
+    assert misread_option("train", ["gallery=x"]) == "labels: required; give labels=..."
+    assert misread_option("train", ["data.root=x", "data.labels=y"]) is None  # the old spellings set them
+    assert misread_option("predict", []) == "gallery, output: required; give gallery=... output=..."
+    assert misread_option("predict", ["gallery=x", "output=y", "-m"]) is None  # Hydra's own flags: Hydra's to read
+    result = subprocess.run([PYTHON, "-m", "beholder", "predict", "gallery=x", "outptu=y"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == "beholder: error: outptu: no such option; did you mean output?\n" and not result.stdout
 
 
 @pytest.mark.slow

@@ -12,16 +12,19 @@ quoted for Hydra's grammar and escaped for OmegaConf's interpolation (:func:`lit
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from collections.abc import Callable
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from beholder.core.console import quiet_libraries
+from beholder.core.console import printable, quiet_libraries
 from beholder.core.errors import exit_on_user_error
 from beholder.core.memory import keep_freed_memory
+from beholder.core.redact import redact
+from beholder.core.vocabulary import KEYS, old_keys_given
 
 # The options whose value is a file or folder (an old spelling too), and Hydra's own folders.
 PATH_OPTIONS = frozenset({
@@ -64,6 +67,60 @@ def run_dir_inside_output(arguments: list[str]) -> list[str]:
     return [*arguments, f"hydra.run.dir={given[-1]}"] if given and "${" not in given[-1] else arguments
 
 
+def option_keys(config: DictConfig, prefix: str = "") -> list[str]:
+    """Every option's dotted key in ``config`` (groups' and Hydra's own left out)."""
+    keys = []
+    for key, value in config.items_ex(resolve=False) if hasattr(config, "items_ex") else config.items():
+        if key == "hydra":
+            continue
+        keys.append(prefix + str(key))
+        if isinstance(value, DictConfig):
+            keys += option_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def missing_options(config: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of ``config`` (a plain container, unresolved) still ``???``: required, not given."""
+    missing = []
+    for key, value in config.items():
+        if value == "???":
+            missing.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and key != "hydra":
+            missing += missing_options(value, f"{prefix}{key}.")
+    return missing
+
+
+def misread_option(config_name: str, arguments: list[str]) -> str | None:
+    """One line for options Hydra cannot compose (an unknown key, with the nearest known one; a
+    choice a config group lacks, with its choices) or that leave a required one out; None when they
+    compose whole, or when Hydra's own flags (``-m``, ``--help``, ...) are given: those are Hydra's to read."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if any(argument.startswith("-") for argument in arguments):
+        return None
+    with initialize_config_module(config_module="beholder.conf", version_base="1.3"):
+        try:
+            config = compose(config_name=config_name, overrides=arguments)
+            given_as = set(old_keys_given(config, KEYS.get(config_name, {})).values())  # an old spelling sets them too
+            missing = sorted(set(missing_options(OmegaConf.to_container(config, resolve=False))) - given_as)
+            return f"{', '.join(missing)}: required; give {' '.join(f'{key}=...' for key in missing)}" if missing else None
+        except MissingConfigException as error:
+            group = re.search(r"Could not find '([^'/]+)/([^']*)'", str(error))
+            choices = re.findall(r"^\t(\S+)$", str(error).split("Config search path")[0], re.M)
+            if not group:
+                return " ".join(str(error).split())
+            return f"{group[1]}={group[2]}: not one of the choices ({', '.join(choices)})"
+        except ConfigCompositionException as error:
+            key = re.search(r"Could not override '([^']+)'", str(error))
+            if not key:
+                return " ".join(str(error).split())
+            base = compose(config_name=config_name, return_hydra_config=True)
+            known = option_keys(base) + [group for group in base.hydra.runtime.choices if not group.startswith("hydra/")]
+            near = difflib.get_close_matches(key[1], known, n=1, cutoff=0.75)
+            return f"{key[1]}: no such option" + (f"; did you mean {near[0]}?" if near else f" (beholder {config_name} --help lists them)")
+
+
 def hydra_application(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], object]:
     @hydra.main(version_base="1.3", config_path="pkg://beholder.conf", config_name=config_name)
     def main(cfg: DictConfig):
@@ -74,6 +131,10 @@ def hydra_application(config_name: str, task: Callable[[DictConfig], object]) ->
 
     def run():
         sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(sys.argv[1:]))]
+        problem = misread_option(config_name, sys.argv[1:])
+        if problem:
+            print(f"beholder: error: {printable(redact(problem))}", file=sys.stderr, flush=True)
+            sys.exit(2)
         return main()
 
     return run

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
+from omegaconf.errors import MissingMandatoryValue
+
 from beholder.core.console import printable
 from beholder.core.redact import redact
 
@@ -23,6 +25,9 @@ def exit_on_user_error():
     also when it arrives wrapped (Hydra's ``instantiate`` wraps what a constructor raises)."""
     try:
         yield
+    except MissingMandatoryValue as error:  # a required option (``???`` in conf/) not given
+        print(f"beholder: error: {error.full_key}: required; give {error.full_key}=...", file=sys.stderr, flush=True)
+        sys.exit(2)
     except Exception as error:
         cause = error
         while cause is not None and not isinstance(cause, UserError):

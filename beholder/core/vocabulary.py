@@ -12,6 +12,8 @@ from beholder.core.console import printable
 
 # command-line flags of the argparse commands: old -> new
 FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--output"}
+# the Hydra commands' keys: old -> new
+KEYS = {"train": {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"}, "predict": {"ckpt_path": "ckpt"}}
 
 
 def note(text: str) -> None:
@@ -30,19 +32,27 @@ def respell(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
-def respell_config(cfg: DictConfig, renames: dict[str, str]) -> None:
-    """Hydra keys: an old key the user set (``ckpt_path=``, ``data.root=``) moves to its new one.
-    An old key that is an interpolation of the new one (``data.root: ${gallery}``) was not set."""
+def old_keys_given(cfg: DictConfig, renames: dict[str, str]) -> dict[str, str]:
+    """Of ``renames`` (old key -> new), those the user set. An old key that is an interpolation of
+    the new one (``data.root: ${gallery}``) was not set."""
+    given = {}
     for old, new in renames.items():
         parent, _, leaf = old.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if node is None or leaf not in node or OmegaConf.is_interpolation(node, leaf) or OmegaConf.is_missing(node, leaf):
             continue
-        value = node[leaf]
-        if value is None:
-            continue
+        if node[leaf] is not None:
+            given[old] = new
+    return given
+
+
+def respell_config(cfg: DictConfig, renames: dict[str, str]) -> None:
+    """Hydra keys: an old key the user set (``ckpt_path=``, ``data.root=``) moves to its new one."""
+    for old, new in old_keys_given(cfg, renames).items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
         note(f"{old}= is now spelled {new}=")
         with open_dict(cfg):
-            OmegaConf.update(cfg, new, value, merge=False)
+            OmegaConf.update(cfg, new, node[leaf], merge=False)
             if not parent:
                 node[leaf] = None

@@ -16,7 +16,7 @@ from beholder import default_model
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch, loader_workers
 from beholder.core.storage import Store, check_uri, is_s3, join
-from beholder.core.vocabulary import respell_config
+from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.gallery import GalleryDataset, build_transform
 from beholder.models.features import FeatureCache, network_key
 from beholder.models.load import load_checkpoint
@@ -50,7 +50,7 @@ def speed_up(cfg: DictConfig, module: BeholderModule) -> None:
 
 def predict(cfg: DictConfig) -> dict | None:
     """Returns the summary (None on the other processes of a multi-process run)."""
-    respell_config(cfg, {"ckpt_path": "ckpt"})
+    respell_config(cfg, KEYS["predict"])
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     if not is_s3(gallery) and not os.path.isdir(gallery):
         raise MissingInput(f"gallery={gallery}: no such folder")

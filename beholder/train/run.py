@@ -19,7 +19,7 @@ from beholder.core import console
 from beholder.core.console import examples, line
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
-from beholder.core.vocabulary import respell_config
+from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.labels import regression_stats, tier_counts
 from beholder.models import checkpoint
 from beholder.models.backbones import BackboneSpec, require_timm_model
@@ -128,7 +128,7 @@ def metric_mode(metric: str, mode: str) -> str:
 
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
-    respell_config(cfg, {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"})
+    respell_config(cfg, KEYS["train"])
     if cfg.get("personal") or cfg.get("base_ckpt"):
         return train_personal(cfg)
     check_options(cfg)

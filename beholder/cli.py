@@ -2,7 +2,7 @@
 
 train and predict are Hydra applications (``key=value`` overrides, ``-m`` to sweep) and get their
 arguments untouched; the others take ``--flags``. Only the command asked for is imported, so the
-light ones (ratings, label export, ingest, demo) start without torch.
+light ones (ratings, label export, ingest, demo), ``--help`` and a misread option start without torch.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def test_every_package_is_in_the_wheel():
 
 def test_light_commands_start_without_torch():
     script = ("import sys\nfrom beholder.cli import main\n"
-              "for words in (['ratings'], ['label', 'export'], ['ingest'], ['demo']):\n"
+              "for words in (['ratings'], ['label', 'export'], ['ingest'], ['demo'], ['train'], ['predict']):\n"
               "    try:\n        main([*words, '--help'])\n    except SystemExit:\n        pass\n"
               "print('torch' in sys.modules, 'pytorch_lightning' in sys.modules)")
     result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=120)

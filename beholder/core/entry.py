@@ -13,6 +13,7 @@ quoted for Hydra's grammar and escaped for OmegaConf's interpolation (:func:`lit
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 import sys
 from collections.abc import Callable
@@ -121,13 +122,16 @@ def misread_option(config_name: str, arguments: list[str]) -> str | None:
             return f"{key[1]}: no such option" + (f"; did you mean {near[0]}?" if near else f" (beholder {config_name} --help lists them)")
 
 
-def hydra_application(config_name: str, task: Callable[[DictConfig], object]) -> Callable[[], object]:
+def hydra_application(config_name: str, task: str) -> Callable[[], object]:
+    """``task``: ``module:function``, imported once the options are read (a misread one is refused
+    before torch loads)."""
     @hydra.main(version_base="1.3", config_path="pkg://beholder.conf", config_name=config_name)
     def main(cfg: DictConfig):
         quiet_libraries()
         keep_freed_memory()
+        module, _, function = task.partition(":")
         with exit_on_user_error():
-            return task(cfg)
+            return getattr(importlib.import_module(module), function)(cfg)
 
     def run():
         sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(sys.argv[1:]))]

@@ -1,6 +1,5 @@
 """beholder train: conf/train.yaml and Hydra's overrides in, train(cfg) run (beholder/core/entry.py)."""
 
 from beholder.core.entry import hydra_application
-from beholder.train.run import train
 
-main = hydra_application("train", train)
+main = hydra_application("train", "beholder.train.run:train")

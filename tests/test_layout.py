@@ -15,6 +15,7 @@ import pytest
 import tomllib
 
 from beholder.core.entry import misread_option
+from beholder.core.help import help_text
 from beholder.core.vocabulary import respell, respell_config
 
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery
@@ -72,6 +73,20 @@ def test_the_old_spellings_still_work_with_a_note(capsys):
     notes = capsys.readouterr().err
     assert "--root is now spelled --gallery" in notes and "ckpt_path= is now spelled ckpt=" in notes and "data.root= is now spelled gallery=" in notes
     assert notes.count("note:") == 6
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_help_explains_every_option(command):
+    text = help_text(command)
+    cfg = (compose_train if command == "train" else compose_predict)(["gallery=g", "labels=l"] if command == "train" else ["gallery=g", "output=o"])
+    listed = {line.split("=")[0].strip() for line in text.splitlines() if line.startswith("  ") and "=" in line}
+    interpolated = {"data.root", "data.labels", "data.seed"}  # set from the options they name
+    assert {key for key in cfg if key not in ("data", "backbone", "trainer", "technical", "head", "optimizer")} - listed == set()
+    for group in ("data", "backbone", "trainer", "technical"):
+        if group in cfg:
+            unlisted = {f"{group}.{key}" for key in cfg[group] if key != "_target_" and f"{group}.{key}" not in interpolated}
+            assert {key for key in unlisted if not any(line.startswith(key) for line in listed)} == set()  # data.augment: its keys
+    assert "cull=auto  How hard to cull" in text or command == "train"
 
 
 def test_an_option_misread_is_one_line_naming_it():

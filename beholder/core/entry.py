@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from beholder.core.console import printable, quiet_libraries
 from beholder.core.errors import exit_on_user_error
+from beholder.core.help import help_text
 from beholder.core.memory import keep_freed_memory
 from beholder.core.redact import redact
 from beholder.core.vocabulary import KEYS, old_keys_given
@@ -134,6 +135,9 @@ def hydra_application(config_name: str, task: str) -> Callable[[], object]:
             return getattr(importlib.import_module(module), function)(cfg)
 
     def run():
+        if {"-h", "--help"} & set(sys.argv[1:]):
+            print(help_text(config_name))
+            sys.exit(0)
         sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(sys.argv[1:]))]
         problem = misread_option(config_name, sys.argv[1:])
         if problem:

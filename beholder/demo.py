@@ -111,10 +111,10 @@ def make_gallery(folder: str, count: int = 400, seed: int = 0, height: int = HEI
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder demo") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("folder")
-    parser.add_argument("--count", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("folder", help="where to draw the panoramas and their labels.csv (created)")
+    parser.add_argument("--count", type=int, default=400, help="how many panoramas (default 400)")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed draws the same gallery (default 0)")
     args = parser.parse_args(argv)
     labels = make_gallery(args.folder, args.count, args.seed)
     print(f"wrote {args.count} panoramas and {labels}")

@@ -431,7 +431,7 @@ def parse_date(text: str | None, option: str) -> dt.date | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder ingest") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("source", help="URL of the top folder listing")
     parser.add_argument("destination", help="s3://bucket/prefix or a local folder")
     parser.add_argument("--include", action="append", default=[], help="glob on the path (or file name); repeatable")
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder ingest") -> int:
     parser.add_argument("--dry-run", action="store_true", help="list what would be copied; copy nothing")
     parser.add_argument("--workers", type=int, default=8, help="concurrent downloads")
     parser.add_argument("--rate", type=float, default=20.0, help="at most this many requests per second")
-    parser.add_argument("--retries", type=int, default=5)
+    parser.add_argument("--retries", type=int, default=5, help="tries after a failed request, per file (default 5)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the next bytes")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds a whole request may take")
     parser.add_argument("--max-depth", type=int, default=12, help="folders below the start URL to descend at most")

@@ -1,6 +1,7 @@
 """The app as installed and as laid out: one command, light commands without torch, layers that
 only import downwards, every package in the wheel, and the wheel working outside the repository."""
 
+import argparse
 import ast
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from beholder.cli import COMMANDS, HYDRA, main
 from beholder.core.entry import misread_option
 from beholder.core.help import help_text
 from beholder.core.vocabulary import respell, respell_config
@@ -151,3 +153,22 @@ def test_the_wheel_works_outside_the_repository(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_flag_of_every_command_is_explained(monkeypatch):
+    parsers = []
+
+    def keep_parser(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", keep_parser)
+    for words in (words for words in COMMANDS if words not in HYDRA):
+        with pytest.raises(SystemExit):
+            main([*words.split(), "--help"])
+    parsers += [sub for parser in parsers for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                for sub in action.choices.values()]
+    unexplained = [f"{parser.prog} {action.dest}" for parser in parsers for action in parser._actions
+                   if not action.help and not isinstance(action, argparse._HelpAction)]
+    unfinished = [parser.prog for parser in parsers if not (parser.description or "").rstrip().endswith((".", ")"))]
+    assert len(parsers) >= len(COMMANDS) - len(HYDRA) and unexplained == [] and unfinished == []

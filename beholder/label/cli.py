@@ -114,13 +114,13 @@ def main(argv: list[str] | None = None, prog: str = "beholder label") -> None:
     parser.add_argument("--db", required=True, help="SQLite file with the labels (created if missing)")
     parser.add_argument("--rater", default="me", help="the default rater's name (the page takes ?rater=NAME)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     parser.add_argument("--token", default=None, help="access token (generated when listening beyond localhost)")
     parser.add_argument("--targets", default=None, help="acceptance target per round, their count the number of rounds "
                         "(default 0.5,0.1,0.4; stored with the database)")
     parser.add_argument("--ckpt", default=None, help="a checkpoint: show the images it is least sure about first")
     parser.add_argument("--output", default=None, help="beholder predict's output for this gallery (embeddings.parquet): key M shows more like this")
-    parser.add_argument("--endpoint-url", default=None)
+    parser.add_argument("--endpoint-url", default=None, help="an S3-compatible store for s3:// paths")
     args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--model", "--index")))
     with exit_on_user_error():
         serve(args)
@@ -133,11 +133,11 @@ def review(argv: list[str] | None = None, prog: str = "beholder review") -> None
     parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")
     parser.add_argument("--order", choices=ORDERS, default="uncertain", help="uncertain: the review band and the decisions nearest "
                         "the cut first (default); best: kept best first, then the review band, then rejected")
-    parser.add_argument("--rater", default="me")
+    parser.add_argument("--rater", default="me", help="whose decisions these are (default me)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address; beyond localhost a token is required")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--token", default=None)
-    parser.add_argument("--endpoint-url", default=None)
+    parser.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    parser.add_argument("--token", default=None, help="access token (generated when listening beyond localhost)")
+    parser.add_argument("--endpoint-url", default=None, help="an S3-compatible store for s3:// paths")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
         serve_review(args)

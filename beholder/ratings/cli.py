@@ -194,9 +194,11 @@ def run_write(args) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     argv = respell(sys.argv[1:] if argv is None else argv, ("--root",))
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True)
-    reading = commands.add_parser("import", help="ratings -> a labels CSV for beholder train")
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()), allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, help="import or write")
+    reading = commands.add_parser("import", help="ratings -> a labels CSV for beholder train", allow_abbrev=False,
+                                  description="A photographer's ratings (XMP sidecars, a Lightroom catalogue, darktable's library) as a labels CSV "
+                                              "for beholder train.")
     reading.add_argument("source", help="a folder of XMP sidecars, a Lightroom .lrcat, or darktable's library.db")
     reading.add_argument("--gallery", required=True, help="the folder the images live in; label paths are relative to it")
     reading.add_argument("--out", required=True, help="the labels CSV to write")
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     reading.add_argument("--review", help="a label review database: its keep / reject decisions join the ratings (source=review)")
     reading.add_argument("--with-beholder", action="store_true", help="also read the ratings beholder wrote itself (source=beholder); "
                          "by default only the photographer's count")
-    writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged")
+    writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged", allow_abbrev=False,
+                                  description="beholder's decisions from a scores.csv merged into the XMP sidecars beside the images "
+                                              "(pick or reject, a colour label, keywords; stars with --stars).")
     writing.add_argument("--scores", required=True, help="beholder predict's scores.csv (any model's)")
     writing.add_argument("--gallery", required=True, help="the folder the scored images live in")
     writing.add_argument("--stars", action="store_true", help="also star ratings for the photos the photographer has not rated "

@@ -23,7 +23,7 @@ from beholder.search.vector_index import EXACT_UP_TO
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()), allow_abbrev=False)
     parser.add_argument("--output", required=True, help="beholder predict's output folder (or s3:// prefix) holding embeddings.parquet")
     parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
     parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")

@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --quiet -c .ci/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo/gallery/labels.csv: | $(STAMP)

@@ -3,7 +3,9 @@ only import downwards, every package in the wheel, and the wheel working outside
 
 import argparse
 import ast
+import importlib.metadata
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -172,3 +174,23 @@ def test_every_flag_of_every_command_is_explained(monkeypatch):
                    if not action.help and not isinstance(action, argparse._HelpAction)]
     unfinished = [parser.prog for parser in parsers if not (parser.description or "").rstrip().endswith((".", ")"))]
     assert len(parsers) >= len(COMMANDS) - len(HYDRA) and unexplained == [] and unfinished == []
+
+
+def test_every_library_beholder_imports_is_declared():
+    """Each third-party module imported under beholder/ comes from a distribution pyproject.toml
+    names (its dependencies, or an extra for an optional part)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=\[ ;]", requirement)[0].lower().replace("_", "-")
+                for requirement in project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]}
+    distributions = importlib.metadata.packages_distributions()
+    imported = set()
+    for path in (ROOT / "beholder").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "beholder"}
+    undeclared = {name: distributions.get(name) for name in third_party
+                  if not {d.lower().replace("_", "-") for d in distributions.get(name, [name])} & declared}
+    assert undeclared == {}

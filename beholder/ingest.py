@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from beholder.core import storage
 from beholder.core.errors import UserError, exit_on_user_error
-from beholder.core.storage import Store, check_uri, is_s3, join, split_s3
+from beholder.core.storage import Store, check_uri, is_s3, join, split_s3, within
 from beholder.core.tables import csv_bytes, read_csv
 from beholder.data.images import capture_time as file_time
 
@@ -295,10 +295,8 @@ class Destination:
         if safe_key(key) != key:
             raise Refused(f"key {key!r} would leave the destination")
         target = join(self.uri, key)
-        if not is_s3(self.uri):
-            root = os.path.realpath(self.uri)
-            if os.path.commonpath([root, os.path.realpath(target)]) != root:
-                raise Refused(f"{target} leads outside {self.uri} (a link in the destination)")
+        if not is_s3(self.uri) and not within(self.uri, target):
+            raise Refused(f"{target} leads outside {self.uri} (a link in the destination)")
         return target
 
     def put_stream(self, key: str, fetch) -> int:

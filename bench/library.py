@@ -44,6 +44,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder import default_model  # noqa: E402
+from beholder.data.scores import read_scores  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import CULL_LEVELS, cull_cut, spearman  # noqa: E402
 from beholder.ratings.xmp import KEYWORD_BAGS, NAMESPACES  # noqa: E402
@@ -120,8 +121,7 @@ def photographers_fields(path: Path) -> tuple:
 
 
 def scores_of(path: Path) -> dict[str, dict]:
-    with open(path) as f:
-        return {row["image"]: row for row in csv.DictReader(f)}
+    return {row["image"]: row for row in read_scores(path.read_text(), str(path))}
 
 
 def kept_share(scores: dict[str, dict], photos: list[str]) -> float:

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import multiprocessing
 import os
@@ -41,6 +40,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.core.console import quiet_libraries  # noqa: E402
+from beholder.data.scores import FILE as SCORES  # noqa: E402
+from beholder.data.scores import read_scores  # noqa: E402
 from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, components, pair_counts  # noqa: E402
 from beholder.search.embeddings import ROWS_PER_GROUP, centred, read_parquet, vector_batches  # noqa: E402
 from beholder.search.vector_index import ExactIndex, FaissIndex  # noqa: E402
@@ -102,8 +103,8 @@ def scored(ckpt: str, gallery: str, output: str, *overrides: str) -> dict:
     summary = predict(compose("predict", [f"ckpt={ckpt}", f"gallery={gallery}", f"output={output}",
                                           "trainer.enable_progress_bar=false", "num_workers=2", *overrides]))
     images, vectors, _ = read_parquet(open(os.path.join(output, "embeddings.parquet"), "rb").read())
-    with open(os.path.join(output, "scores.csv")) as f:
-        rows = list(csv.DictReader(f))
+    with open(os.path.join(output, SCORES), newline="") as f:
+        rows = read_scores(f.read(), os.path.join(output, SCORES))
     return {**summary, "images": images, "vectors": vectors, "rows": rows}
 
 

@@ -27,6 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from beholder.data.gallery import build_transform  # noqa: E402
+from beholder.data.scores import FILE as SCORES  # noqa: E402
+from beholder.data.scores import read_scores  # noqa: E402
 from beholder.technical import REASONS  # noqa: E402
 from beholder.technical.degrade import DEGRADATIONS, SEVERITIES, as_jpeg  # noqa: E402
 from beholder.technical.judge import CALIBRATION, CLASSES, FINE, Head, shipped_head, verdicts  # noqa: E402
@@ -169,8 +171,9 @@ def beholder_predict(gallery: str, output: str, *extra: str) -> dict[str, dict]:
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
     if run.returncode:
         raise RuntimeError(run.stderr[-3000:])
-    with open(os.path.join(output, "scores.csv"), newline="") as f:
-        return {row["image"]: row for row in csv.DictReader(f)}
+    path = os.path.join(output, SCORES)
+    with open(path, newline="") as f:
+        return {row["image"]: row for row in read_scores(f.read(), path)}
 
 
 def share(values) -> str:

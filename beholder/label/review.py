@@ -11,7 +11,8 @@ import math
 import time
 
 from beholder.core.errors import UserError
-from beholder.core.tables import csv_text, read_csv
+from beholder.core.tables import csv_text
+from beholder.data.scores import BANDS, read_scores
 from beholder.label.tournament import SubmissionError, Tournament
 
 REVIEW_SCHEMA = """
@@ -23,7 +24,7 @@ CREATE TABLE IF NOT EXISTS reviews (
     keep INTEGER NOT NULL, at REAL NOT NULL, undone INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS reviews_by_rater ON reviews (rater, undone, image_id);
 """
-BAND_ORDER = {"keep": 0, "review": 1, "reject": 2}
+BAND_ORDER = {band: order for order, band in enumerate(BANDS)}
 REVIEW_TIERS = {True: 2, False: 0}  # a kept image counts as top tier, a rejected one as junk
 
 
@@ -35,21 +36,7 @@ def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dic
     by distance from the cut: the lowest kept and the highest rejected); or ``best``, kept best
     first, the review band, then rejected. Rows with the reason ``rated`` (the person's own verdict)
     are kept, for the caller to leave out and count."""
-    columns, rows = read_csv(text)
-    if not rows or not {"image", "score", "band", "rank"} <= set(columns):
-        raise UserError(f"--scores {source}: not a scores.csv of beholder predict (image, score, band, rank)")
-    decisions, seen = [], {}
-    for line, r in enumerate(rows, start=2):
-        try:
-            decision = {"image": r["image"], "score": float(r["score"]), "band": r["band"], "rank": int(r["rank"]), "reason": r.get("reason") or ""}
-        except (TypeError, ValueError) as error:
-            raise UserError(f"--scores {source}: line {line}: {error}") from None
-        if decision["band"] not in BAND_ORDER:
-            raise UserError(f"--scores {source}: line {line}: unknown band {decision['band']!r}")
-        if decision["image"] in seen:
-            raise UserError(f"--scores {source}: line {line}: {decision['image']} again (first on line {seen[decision['image']]})")
-        seen[decision["image"]] = line
-        decisions.append(decision)
+    decisions = [{key: row[key] for key in ("image", "score", "band", "rank", "reason")} for row in read_scores(text, f"--scores {source}")]
     if order == "best":
         return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
     keep_at = min((d["score"] for d in decisions if d["band"] != "reject"), default=math.inf)

@@ -7,8 +7,10 @@ from collections import Counter
 from botocore.exceptions import ClientError
 
 from beholder.core.storage import is_s3, join
+from beholder.data.scores import FILE as SCORES
+from beholder.data.scores import scores_csv
 from beholder.models.module import BeholderModule
-from beholder.predict.report import highlights_html, score_histogram_svg, scores_csv, skipped_csv, trade_off_svg
+from beholder.predict.report import highlights_html, score_histogram_svg, skipped_csv, trade_off_svg
 from beholder.ratings.xmp import NAMESPACES, sidecar_targets, write_sidecars
 from beholder.search.embeddings import CHECKPOINT, parquet_bytes
 from beholder.search.embeddings import FILE as EMBEDDINGS
@@ -57,7 +59,7 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary,
     store.write(join(output, "highlights.html"), highlights_html(sections, lambda image: store.read(join(gallery, image)), line, histogram))
     # scores.csv last of the results: its presence says the run is complete; the sidecars follow,
     # so that no sidecar, however broken, costs the results
-    store.write(join(output, "scores.csv"), scores_csv(ranked, probability_names(module)))
+    store.write(join(output, SCORES), scores_csv(ranked, probability_names(module)))
     if cfg.xmp:
         write_xmp(cfg, store, gallery, output, ranked, list(skipped), summary)
 

@@ -36,7 +36,6 @@ import torch
 
 from beholder.models.metrics import CULL_LEVELS, cull_cut, keep_threshold, lowest_line
 
-BANDS = ("keep", "review", "reject")
 # Scores are recomputed in other batch sizes than at calibration; count float noise as a tie.
 SCORE_TOLERANCE = 1e-6
 

@@ -1,4 +1,4 @@
-"""What prediction hands to people: scores.csv, skipped.csv, a contact sheet (XMP sidecars: ratings/xmp.py)."""
+"""What prediction hands to people besides scores.csv (beholder/data/scores.py): skipped.csv and a contact sheet (XMP sidecars: ratings/xmp.py)."""
 
 from __future__ import annotations
 
@@ -14,26 +14,7 @@ from beholder.data.images import UnreadableImage, decode_image
 from beholder.data.labels import best_rating
 from beholder.models.metrics import CULL_LEVELS, cull_cut
 
-GROUP_FIELDS = ["group", "group_rank", "group_size"]
 READABLE_REASONS = {"lowest": "among your lowest ratings", "burst": "lesser frame of a burst", "rated": "your rating"}
-
-
-def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
-    """``ranked``: rows best first, each with image, score (taste), technical (its quality, 0-1,
-    when the technical checks ran), tier, probabilities, band, reason (of a reject: ``score``,
-    ``lowest`` (under a personal model's lowest line), ``burst`` or a technical failure such as
-    ``out of focus``; of a photo sent to review for one, that; ``rated``: the person's own verdict),
-    rank (the final order), and when grouped, group, group_rank, group_size (``keep`` is the band ``keep``)."""
-    grouped = bool(ranked) and "group" in ranked[0]
-    technical = bool(ranked) and "technical" in ranked[0]
-    fields = ["image", "score", *(["technical"] if technical else []), "tier", *probability_names, "band", "keep", "reason", "rank",
-              *(GROUP_FIELDS if grouped else [])]
-    rows = ({"image": row["image"], "score": f"{row['score']:.6f}", **({"technical": f"{row['technical']:.4f}"} if technical else {}),
-             "tier": row["tier"],
-             **({name: f"{p:.4f}" for name, p in zip(probability_names, row["probabilities"])} if probability_names else {}),
-             "band": row["band"], "keep": str(row["band"] == "keep").lower(), "reason": row["reason"], "rank": row["rank"],
-             **({field: row[field] for field in GROUP_FIELDS} if grouped else {})} for row in ranked)
-    return csv_bytes(fields, rows)
 
 
 def skipped_csv(skipped: dict[str, str]) -> bytes:

@@ -18,13 +18,13 @@ from beholder.core.launch import check_launch, loader_workers
 from beholder.core.storage import Store, check_uri, is_s3, join
 from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.gallery import GalleryDataset, build_transform
+from beholder.data.scores import BANDS
 from beholder.models.features import FeatureCache, network_key
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.predict.options import check_group_options, check_threshold_options, decision_policy, read_verdicts
 from beholder.predict.outputs import write_results
 from beholder.predict.plan import PARTIAL, PendingImages, plan_run
-from beholder.predict.policy import BANDS
 from beholder.predict.shards import RowCheck, ShardWriter, compact_shards, model_of, read_shards
 from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
 from beholder.predict.technical import Checks, burst_preference, final_order, judge

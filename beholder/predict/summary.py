@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from beholder.core import console
 from beholder.core.console import examples, line, listed
 from beholder.core.storage import join
+from beholder.data.scores import FILE as SCORES
 from beholder.predict.policy import Policy
 from beholder.search.embeddings import FILE as EMBEDDINGS
 
@@ -118,7 +119,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
         *group_lines(summary),
         line("thresholds", summary["threshold_source"]),
         *sidecar_lines(summary.get("sidecars")),
-        line("results", join(summary["output"], "scores.csv")),
+        line("results", join(summary["output"], SCORES)),
         line("contact sheet", join(summary["output"], "highlights.html")),
         *([line("embeddings", join(summary["output"], EMBEDDINGS))] if summary.get("embeddings") else []),
         "  top 10:",

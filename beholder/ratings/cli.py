@@ -19,9 +19,10 @@ import sys
 from beholder.core.console import examples, line, listed
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside, relative_key, utf8, within
-from beholder.core.tables import csv_bytes, read_csv
+from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import respell
 from beholder.data.images import IMAGE_SUFFIXES
+from beholder.data.scores import read_scores
 from beholder.label.review import Review, review_decisions
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
@@ -154,17 +155,9 @@ def run_write(args) -> None:
         text = store.read(args.scores).decode()
     except FileNotFoundError:
         raise UserError(f"--scores {args.scores}: no such file") from None
-    columns, rows = read_csv(text)
-    if not rows or not {"image", "score", "band", "rank"} <= set(columns):
-        raise UserError(f"--scores {args.scores}: not a scores.csv of beholder predict (image, score, band, rank)")
-    for number, row in enumerate(rows, start=2):
-        try:
-            row["score"], row["rank"] = float(row["score"]), int(row["rank"])
-        except (TypeError, ValueError):
-            raise UserError(f"--scores {args.scores}: line {number}: score {row['score']!r} / rank {row['rank']!r} are not numbers") from None
-        if row["band"] not in ("keep", "review", "reject"):
-            raise UserError(f"--scores {args.scores}: line {number}: band {row['band']!r} is not keep, review or reject")
-        row["keywords"] = [row["reason"]] if row.get("reason") in REASONS.values() else []
+    rows = read_scores(text, f"--scores {args.scores}")
+    for row in rows:
+        row["keywords"] = [row["reason"]] if row["reason"] in REASONS.values() else []
     root = os.path.expanduser(args.gallery)
     if not os.path.isdir(root):
         raise UserError(f"--gallery {args.gallery}: no such folder")

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BEHOLDER := $(VENV)/bin/beholder
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean default-model bench-quality bench-throughput bench-faults bench-similar bench-personal bench-library bench-scale bench-technical bench-gpu
+.PHONY: install demo test test-fast lint clean default-model bench-gpu
 
 install: $(STAMP)
 
@@ -34,29 +34,10 @@ lint: $(STAMP)
 default-model: $(STAMP)
 	$(PY) -m beholder.default_model --oasis ../shared/data/oasis
 
-bench-quality: $(STAMP)
-	$(PY) bench/quality.py
-
-bench-throughput: $(STAMP)
-	$(PY) bench/throughput.py
-
-bench-faults: $(STAMP)
-	$(PY) bench/faults.py
-
-bench-similar: $(STAMP)
-	$(PY) bench/similar.py
-
-bench-personal: $(STAMP)
-	$(PY) bench/personal.py
-
-bench-library: $(STAMP)
-	$(PY) bench/library.py
-
-bench-scale: $(STAMP)
-	$(PY) bench/scale.py
-
-bench-technical: $(STAMP)
-	$(PY) bench/technical.py
+# bench-quality, bench-throughput, bench-faults, bench-similar, bench-personal, bench-library,
+# bench-scale, bench-technical: python bench/NAME.py (each writes its rows into bench/RESULTS.md)
+bench-%: $(STAMP)
+	$(PY) bench/$*.py
 
 bench-gpu: $(STAMP)
 	bash bench/gpu.sh

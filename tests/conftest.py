@@ -200,6 +200,16 @@ def photo(path, seed=0, xmp=None):
     Image.fromarray(pixels).save(path, **({"xmp": xmp} if xmp else {}))
 
 
+def rated_photos(root: Path, sidecars: dict[str, bytes | None]) -> Path:
+    """A photo ``NAME.jpg`` under ``root`` for each name, with ``sidecars[NAME]`` as its Lightroom-style
+    ``NAME.xmp`` (None: no sidecar)."""
+    for i, (name, packet) in enumerate(sidecars.items()):
+        photo(root / f"{name}.jpg", i)
+        if packet is not None:
+            (root / f"{name}.xmp").write_bytes(packet)
+    return root
+
+
 def labels(path):
     with open(path) as f:
         return {row["image"]: row for row in csv.DictReader(f)}

@@ -29,7 +29,7 @@ from beholder.search.embeddings import parquet_bytes, read_parquet
 from beholder.search.vector_index import FAISS_FILE
 from beholder.train.run import train
 
-from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, labels, photo, read_scores, running, sidecar, tiny_net
+from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, labels, photo, rated_photos, read_scores, running, sidecar, tiny_net
 
 
 def files_under(folder):
@@ -126,13 +126,8 @@ def test_a_sidecar_nested_5000_deep_is_named_and_everything_else_is_written(trai
 
 
 def test_odd_values_in_sidecars_and_catalogues_are_named_and_skipped(tmp_path, capsys):
-    root = tmp_path / "Pictures"
-    for i, name in enumerate(["good.jpg", "huge.jpg", "pick.jpg", "deep.jpg"]):
-        photo(root / name, i)
-    (root / "good.xmp").write_bytes(sidecar('xmp:Rating="4"'))
-    (root / "huge.xmp").write_bytes(sidecar('xmp:Rating="1e400"'))
-    (root / "pick.xmp").write_bytes(sidecar('xmp:Rating="3" digiKam:PickLabel="²"'))
-    (root / "deep.xmp").write_bytes(DEEP)
+    root = rated_photos(tmp_path / "Pictures", {"good": sidecar('xmp:Rating="4"'), "huge": sidecar('xmp:Rating="1e400"'),
+                                                "pick": sidecar('xmp:Rating="3" digiKam:PickLabel="²"'), "deep": DEEP})
     ratings(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "labels.csv")])
     assert list(labels(tmp_path / "labels.csv")) == ["good.jpg"]
     printed = capsys.readouterr().out

@@ -11,7 +11,7 @@ from beholder.predict.run import predict
 from beholder.ratings.cli import main
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, star_rating, xmp_sidecar
 
-from conftest import compose_predict, labels, photo, read_scores, sidecar
+from conftest import compose_predict, labels, photo, rated_photos, read_scores, sidecar
 
 
 def test_beholder_sets_a_rating_only_where_the_photographer_set_none():
@@ -231,12 +231,8 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
 def test_stars_and_review_decisions_make_one_labels_file(tmp_path, capsys):
     from beholder.label.review import Review
 
-    root = tmp_path / "Pictures"
-    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg", "d.jpg"]):
-        photo(root / name, i)
-    (root / "a.xmp").write_bytes(sidecar('xmp:Rating="5"'))
-    (root / "b.xmp").write_bytes(sidecar('xmp:Rating="2"'))
-    (root / "c.xmp").write_bytes(xmp_sidecar(3, "review", 0.5))  # beholder's marks, no stars: unrated until reviewed
+    root = rated_photos(tmp_path / "Pictures", {"a": sidecar('xmp:Rating="5"'), "b": sidecar('xmp:Rating="2"'),
+                                                "c": xmp_sidecar(3, "review", 0.5), "d": None})  # c: beholder's marks, no stars: unrated until reviewed
     review = Review(str(tmp_path / "review.sqlite"))
     review.load([{"image": image, "score": 0.5, "band": "review", "rank": i} for i, image in enumerate(["a.jpg", "c.jpg", "d.jpg"], 1)])
     ids = {key: i for i, key in review.keys().items()}

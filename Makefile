@@ -35,7 +35,7 @@ default-model: $(STAMP)
 	$(PY) -m beholder.default_model --oasis ../shared/data/oasis
 
 # bench-quality, bench-throughput, bench-faults, bench-similar, bench-personal, bench-library,
-# bench-scale, bench-technical: python bench/NAME.py (each writes its rows into bench/RESULTS.md)
+# bench-scale, bench-technical: python bench/<name>.py (each writes its rows into bench/RESULTS.md)
 bench-%: $(STAMP)
 	$(PY) bench/$*.py
 

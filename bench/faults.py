@@ -587,8 +587,8 @@ def library_experiment(work, ckpt, photos):
     from PIL import Image
 
     from beholder.core.storage import Store, file_digest
-    from beholder.label.review import Review
-    from beholder.label.tournament import Tournament
+    from beholder.decisions.review import Review
+    from beholder.decisions.tournament import Tournament
     from beholder.ratings.xmp import sidecar_targets, write_sidecars
 
     home = os.path.join(work, "library")

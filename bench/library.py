@@ -152,7 +152,7 @@ def spread(values: list[float]) -> str:
 def review_loop(lib: Path, scores_csv: Path, truth: dict[str, int], count: int) -> int:
     """The first ``count`` photos ``beholder review`` would ask about (least certain first) among
     those in ``truth``, answered from it (keep if 3 stars or more); returns how many were answered."""
-    from beholder.label.review import Review, read_decisions
+    from beholder.decisions.review import Review, read_decisions
 
     decisions = [d for d in read_decisions(scores_csv.read_text(), str(scores_csv)) if d["image"] in truth][:count]
     review = Review(str(lib / "review.sqlite"))

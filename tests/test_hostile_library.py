@@ -20,9 +20,9 @@ import beholder.ratings.xmp as xmp
 from beholder.core.entry import literal_paths
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, exclusive_lock, file_digest
+from beholder.decisions.review import Review
+from beholder.decisions.tournament import Tournament
 from beholder.label.app import Thumbnails
-from beholder.label.review import Review
-from beholder.label.tournament import Tournament
 from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict
 from beholder.ratings.cli import main as ratings

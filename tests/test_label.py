@@ -15,9 +15,9 @@ from PIL import Image
 from beholder.cli import main as beholder_cli
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
+from beholder.decisions.tournament import Tournament
 from beholder.label.app import create_app
 from beholder.label.export import export, ordinal_alpha
-from beholder.label.tournament import Tournament
 
 from conftest import CHROMIUM, running
 
@@ -486,7 +486,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     """label review: kept best first, then the review band, then the rejected; K / R / Backspace; export gives labels."""
     from playwright.sync_api import sync_playwright
 
-    from beholder.label.review import Review, read_decisions
+    from beholder.decisions.review import Review, read_decisions
     from beholder.predict.run import predict
 
     from conftest import compose_predict

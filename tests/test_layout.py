@@ -25,7 +25,8 @@ from beholder.core.vocabulary import respell, respell_config
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery
 
 # Each package may import those of lower layers; the commands (cli.py, __main__.py) import anything.
-LAYERS = {"core": 0, "data": 1, "default_model": 1, "technical": 1, "models": 2, "train": 3, "search": 3, "ratings": 3, "ingest": 3, "demo": 3,
+LAYERS = {"core": 0, "data": 1, "default_model": 1, "technical": 1, "models": 2, "decisions": 2, "train": 3, "search": 3, "ratings": 3, "ingest": 3,
+          "demo": 3,
           "predict": 4, "label": 5}
 
 
@@ -46,6 +47,21 @@ def test_packages_import_only_downwards():
         own = LAYERS[parts[0]]
         upward += [f"{'/'.join(parts)} imports beholder.{p}" for p in imported_packages(path) if LAYERS[p] > own]
     assert upward == []
+
+
+def test_no_package_imports_one_that_imports_it_back():
+    """Package-level cycles, counting every module (the commands' cli.py too): none."""
+    imports: dict[str, set[str]] = {}
+    for path in (ROOT / "beholder").rglob("*.py"):
+        parts = path.relative_to(ROOT / "beholder").with_suffix("").parts
+        package = parts[0] if len(parts) > 1 else None
+        if package:
+            imports.setdefault(package, set()).update(imported_packages(path) - {package})
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(step == goal or (step not in seen and reaches(step, goal, seen | {step})) for step in imports.get(start, ()))
+
+    assert sorted(package for package in imports if reaches(package, package, set())) == []
 
 
 def test_every_package_is_in_the_wheel():

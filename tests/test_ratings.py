@@ -229,7 +229,7 @@ def test_a_mixed_library_keeps_the_photographers_stars_and_imports_only_theirs(t
 
 
 def test_stars_and_review_decisions_make_one_labels_file(tmp_path, capsys):
-    from beholder.label.review import Review
+    from beholder.decisions.review import Review
 
     root = rated_photos(tmp_path / "Pictures", {"a": sidecar('xmp:Rating="5"'), "b": sidecar('xmp:Rating="2"'),
                                                 "c": xmp_sidecar(3, "review", 0.5), "d": None})  # c: beholder's marks, no stars: unrated until reviewed

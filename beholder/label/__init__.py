@@ -1,3 +1,3 @@
-"""The tournament labeller: a small web app that turns hours of clicking into tiered labels
-(app.py: the page and its API; tournament.py: the rounds, in SQLite; export.py: labels for beholder train;
-cli.py: beholder label and beholder review)."""
+"""The tournament labeller and the review: small web apps that turn hours of clicking into tiered
+labels and checked decisions (app.py: the pages and their API; export.py: labels for beholder train;
+cli.py: beholder label and beholder review). Their databases: beholder/decisions."""

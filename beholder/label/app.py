@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 
 from beholder.core.storage import Store, join
 from beholder.data.images import UnreadableImage, capture_time, decode_image
-from beholder.label.review import Review
-from beholder.label.tournament import SubmissionError, Tournament
+from beholder.decisions.review import Review
+from beholder.decisions.tournament import SubmissionError, Tournament
 from beholder.search.neighbours import Neighbours
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

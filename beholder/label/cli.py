@@ -18,9 +18,9 @@ from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3
 from beholder.core.vocabulary import respell
 from beholder.data.gallery import list_gallery
+from beholder.decisions.review import ORDERS, Review, read_decisions
+from beholder.decisions.tournament import Tournament
 from beholder.label.app import LOCAL_HOSTS, create_app
-from beholder.label.review import ORDERS, Review, read_decisions
-from beholder.label.tournament import Tournament
 from beholder.models.inference import score_images
 from beholder.models.load import load_checkpoint
 from beholder.predict.policy import Policy

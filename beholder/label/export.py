@@ -11,8 +11,8 @@ from beholder.core.errors import exit_on_user_error
 from beholder.core.storage import Store
 from beholder.core.tables import csv_text
 from beholder.data.labels import NUM_TIERS
-from beholder.label.review import Review, review_labels
-from beholder.label.tournament import Tournament
+from beholder.decisions.review import Review, review_labels
+from beholder.decisions.tournament import Tournament
 
 
 def tier_of(rounds_advanced: int) -> int:

@@ -7,10 +7,11 @@ from collections import Counter
 from botocore.exceptions import ClientError
 
 from beholder.core.storage import is_s3, join
+from beholder.data.contact_sheet import highlights_html
 from beholder.data.scores import FILE as SCORES
 from beholder.data.scores import scores_csv
 from beholder.models.module import BeholderModule
-from beholder.predict.report import highlights_html, score_histogram_svg, skipped_csv, trade_off_svg
+from beholder.predict.report import score_histogram_svg, skipped_csv, trade_off_svg
 from beholder.ratings.xmp import NAMESPACES, sidecar_targets, write_sidecars
 from beholder.search.embeddings import CHECKPOINT, parquet_bytes
 from beholder.search.embeddings import FILE as EMBEDDINGS

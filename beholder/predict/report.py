@@ -1,42 +1,19 @@
-"""What prediction hands to people besides scores.csv (beholder/data/scores.py): skipped.csv and a contact sheet (XMP sidecars: ratings/xmp.py)."""
+"""What prediction hands to people besides scores.csv (beholder/data/scores.py) and the contact sheet
+(beholder/data/contact_sheet.py): skipped.csv and the sheet's two charts (XMP sidecars: ratings/xmp.py)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from bisect import bisect_left
-from xml.sax.saxutils import quoteattr
 
 from beholder.core.tables import csv_bytes
-from beholder.data.images import UnreadableImage, decode_image
+from beholder.data.contact_sheet import BAND_COLOURS
 from beholder.data.labels import best_rating
 from beholder.models.metrics import CULL_LEVELS, cull_cut
-
-READABLE_REASONS = {"lowest": "among your lowest ratings", "burst": "lesser frame of a burst", "rated": "your rating"}
 
 
 def skipped_csv(skipped: dict[str, str]) -> bytes:
     return csv_bytes(["image", "reason"], ({"image": image, "reason": reason} for image, reason in sorted(skipped.items())))
-
-
-def thumbnail(data: bytes | None, max_width: int = 900, max_height: int = 220) -> tuple[str, int, int] | None:
-    """A JPEG data URI of the image scaled to fit, with its width and height; None if unreadable
-    (or ``data`` is None)."""
-    if data is None:
-        return None
-    try:
-        image = decode_image(data, min_size=(max_width // 4, max_height // 4))
-    except UnreadableImage:
-        return None
-    image.thumbnail((max_width, max_height))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), *image.size
-
-
-BAND_COLOURS = {"keep": "#3a3", "review": "#db3", "reject": "#c33"}
 
 
 def score_histogram_svg(scores: list[float], keep_at: float, reject_below: float, bins: int = 40) -> str:
@@ -97,40 +74,3 @@ def trade_off_svg(scores: list[float], ratings: list[float], threshold: float) -
     parts.append(f"<circle cx='{x}' cy='{y}' r='6' fill='none' stroke='#f90' stroke-width='2'><title>this run's threshold "
                  f"{threshold:.3f}</title></circle></svg>")
     return "".join(parts)
-
-
-def highlights_html(sections: list[tuple[str, list[dict]]], read, summary: str, histogram: str = "", title: str = "beholder highlights") -> bytes:
-    """A self-contained contact sheet: the score histogram, then each section a title and rows
-    (image, score, rank, band, and ``hidden``: near-copies culled; or a ``caption`` of its own); ``read(image)`` gives an image's bytes
-    (None: not shown). Wide images (panoramas) take a whole row."""
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>",
-        "body{font-family:sans-serif;background:#222;color:#eee;margin:1em}",
-        ".sheet{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#333;padding:4px}",
-        "figure.wide{flex-basis:100%}figure.wide img{width:100%;height:auto}",
-        "img{display:block;max-height:220px}figcaption{font-size:12px;padding-top:2px;word-break:break-all}",
-        "".join(f".{band}{{outline:3px solid {colour}}}" for band, colour in BAND_COLOURS.items()),
-        "</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>{histogram}",
-    ]
-    for title, rows in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2><div class='sheet'>")
-        for row in rows:
-            try:
-                picture = thumbnail(read(row["image"]))
-            except OSError:  # deleted since it was scored
-                picture = None
-            if picture is None:
-                continue
-            uri, width, height = picture
-            wide = " wide" if width > 2.5 * height else ""
-            hidden = f" · +{row['hidden']} near-cop{'y' if row['hidden'] == 1 else 'ies'} hidden" if row.get("hidden") else ""
-            why = f" · {READABLE_REASONS.get(row['reason'], row['reason'])}" if row.get("reason") not in ("", "score", None) else ""
-            caption = row.get("caption") or f"#{row['rank']} · {row['score']:.3f} · {row['band']}{why}{hidden} · {row['image']}"
-            parts.append(
-                f"<figure class='{row['band']}{wide}' data-image={quoteattr(row['image'])}>"
-                f"<img src='{uri}' alt={quoteattr(row['image'])}><figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts).encode()

@@ -23,7 +23,7 @@ from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import respell
 from beholder.data.images import IMAGE_SUFFIXES
 from beholder.data.scores import read_scores
-from beholder.label.review import Review, review_decisions
+from beholder.decisions.review import Review, review_decisions
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
 from beholder.technical import REASONS

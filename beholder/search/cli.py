@@ -16,7 +16,7 @@ from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside, is_s3, join, within
 from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import respell
-from beholder.predict.report import highlights_html
+from beholder.data.contact_sheet import highlights_html
 from beholder.search.embeddings import CHECKPOINT, FILE, centred
 from beholder.search.neighbours import Neighbours, bands, embed, load_index
 from beholder.search.vector_index import EXACT_UP_TO

@@ -13,7 +13,7 @@ import time
 from beholder.core.errors import UserError
 from beholder.core.tables import csv_text
 from beholder.data.scores import BANDS, read_scores
-from beholder.label.tournament import SubmissionError, Tournament
+from beholder.decisions.tournament import SubmissionError, Tournament
 
 REVIEW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_items (

@@ -5,19 +5,19 @@ one line on every node, before any process waits for peers that will never come.
 from __future__ import annotations
 
 import os
-import typing
 import uuid
 from datetime import timedelta
 
 import torch
-from lightning_fabric.connector import _PRECISION_INPUT_STR
 from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 from torch.distributed import PrefixStore, TCPStore
 
 from beholder.core.errors import UserError
 
-PRECISIONS = typing.get_args(_PRECISION_INPUT_STR) + ("64", "32", "16", "bf16", 64, 32, 16)
+# Lightning's precision names (its Trainer docs) and their short forms
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true",
+              "64", "32", "16", "bf16", 64, 32, 16)
 MOST_LOADER_WORKERS = 8
 PEER_TIMEOUT = timedelta(minutes=10)  # for every process of a torchrun launch to reach its checks
 

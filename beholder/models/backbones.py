@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from timm.models._manipulate import group_parameters
+from timm.models import group_parameters
 from torch import nn
 
 from beholder.core.errors import MissingInput, UserError

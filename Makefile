@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 default-model: $(STAMP)
-	$(PY) -m beholder.default_model --oasis ../shared/data/oasis
+	$(PY) bench/default_model.py --oasis ../shared/data/oasis
 
 # bench-quality, bench-throughput, bench-faults, bench-similar, bench-personal, bench-library,
 # bench-scale, bench-technical: python bench/<name>.py (each writes its rows into bench/RESULTS.md)

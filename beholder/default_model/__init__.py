@@ -1,8 +1,8 @@
 """beholder's default taste model: a crowd model shipped inside the package, so that a photographer
 without crowd-rated photos has a model to start from (``predict.py`` without ``ckpt``,
 ``experiment=personal`` without ``base_ckpt``). ``MODEL_CARD.md`` beside it says what it was trained
-on, under which terms, how well it ranks out of fold, and what it is not for; ``python -m
-beholder.default_model --oasis DIR`` (``make default-model``) trains it again, the same way.
+on, under which terms, how well it ranks out of fold, and what it is not for; ``python
+bench/default_model.py --oasis DIR`` (``make default-model``) trains it again, the same way.
 """
 
 from __future__ import annotations

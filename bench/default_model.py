@@ -1,7 +1,9 @@
-"""python -m beholder.default_model --oasis DIR: train the default taste model on the OASIS crowd
-ratings (experiment=best, head=regression, 5 folds) and ship it into this package with its model card.
+"""python bench/default_model.py --oasis DIR: train the default taste model on the OASIS crowd
+ratings (experiment=best, head=regression, 5 folds) and ship it into beholder/default_model with its
+model card. A maintainer's build, kept out of the wheel: it writes into the package and asks git for
+the commit.
 
-    python -m beholder.default_model --oasis ../shared/data/oasis     # make default-model
+    python bench/default_model.py --oasis ../shared/data/oasis     # make default-model
 """
 
 from __future__ import annotations
@@ -11,16 +13,20 @@ import csv
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from beholder.core.errors import UserError, exit_on_user_error
-from beholder.default_model import CHECKPOINT
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-HERE = Path(__file__).resolve().parent
-CONF = HERE.parents[1] / "conf"
+from beholder.core.errors import UserError, exit_on_user_error  # noqa: E402
+from beholder.default_model import CHECKPOINT  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "beholder" / "default_model"
+CONF = REPO / "conf"
 CARD = """# Model card: beholder's default crowd model
 
 `beholder/default_model/crowd.ckpt`, written by `{command}` (beholder commit {commit}).
@@ -126,14 +132,14 @@ def build(oasis: str, seed: int, feature_cache: str | None = None) -> Path:
                         if isinstance(value, float) and name.startswith(("val/", "test/")))
     commit = os.popen(f"git -C {HERE} rev-parse --short HEAD 2>/dev/null").read().strip() or "unknown"
     (HERE / "MODEL_CARD.md").write_text(CARD.format(
-        command=f"python -m beholder.default_model --oasis {oasis} --seed {seed}", commit=commit, count=sum(1 for _ in open(labels)) - 1,
+        command=f"python bench/default_model.py --oasis {oasis} --seed {seed}", commit=commit, count=sum(1 for _ in open(labels)) - 1,
         size_kb=target.stat().st_size / 1024, positive_tier=cfg.head.positive_tier, folds=cfg.cv, quality=quality, taste=taste))
     shutil.rmtree(work, ignore_errors=True)
     return target
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m beholder.default_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python bench/default_model.py", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--oasis", required=True, help="the OASIS folder: images/ and labels.csv (beauty_mean)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feature-cache", help="keep the frozen networks' features here for the next build (default: a temporary folder)")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from beholder import default_model
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch, loader_workers
+from beholder.core.progress import progress
 from beholder.core.storage import Store, check_uri, is_s3, join
 from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.gallery import GalleryDataset, build_transform
@@ -32,7 +33,6 @@ from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_
 from beholder.search.embeddings import decode
 from beholder.technical import REASONS
 from beholder.technical.measures import FEATURES, measures_version
-from beholder.train.callbacks import progress
 
 
 class Incomplete(UserError):

@@ -18,11 +18,12 @@ from omegaconf import DictConfig
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.core.errors import UserError
+from beholder.core.progress import progress
 from beholder.data.labels import fold_labels
-from beholder.models.features import CachedFeatureDataModule
 from beholder.models.metrics import GalleryMetrics
 from beholder.models.module import BeholderModule
-from beholder.train.callbacks import BestHead, logging_interval, progress
+from beholder.train.cached_data import CachedFeatureDataModule
+from beholder.train.callbacks import BestHead, logging_interval
 from beholder.train.probe import fit_probe, set_feature_scale
 
 log = logging.getLogger(__name__)

@@ -19,16 +19,17 @@ from beholder.core import console
 from beholder.core.console import examples, line
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
+from beholder.core.progress import progress
 from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.labels import regression_stats, tier_counts
 from beholder.models import checkpoint
 from beholder.models.backbones import BackboneSpec, require_timm_model
-from beholder.models.features import CachedFeatureDataModule
 from beholder.models.heads import build_head
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer
-from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, logging_interval, progress
+from beholder.train.cached_data import CachedFeatureDataModule
+from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, logging_interval
 from beholder.train.crossval import train_folds
 from beholder.train.near_copies import GROUP_PRECISION, GROUP_RECALL, calibrate_group_similarity
 from beholder.train.personal import train_personal

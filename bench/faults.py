@@ -460,7 +460,7 @@ def surfaces_experiment(work, ckpt, photos):
                               metadata["beholder.gallery"]))
     os.rename(os.path.join(out, "scores.csv"), os.path.join(out, "scores.csv.kept"))
     os.remove(os.path.join(gallery, names_[3]))  # deleted since it was scored
-    code, output = beholder_cli(["beholder", "similar", "--output", out, "--query", names_[0], "--k", "30", "--out", os.path.join(home, "like")])
+    code, output = beholder_cli(["beholder", "similar", "--scored", out, "--query", names_[0], "--k", "30", "--out", os.path.join(home, "like")])
     nan = 0
     if code == 0:
         with open(os.path.join(home, "like", "similar.csv")) as f:
@@ -473,12 +473,12 @@ def surfaces_experiment(work, ckpt, photos):
     with open(os.path.join(out, "embeddings.faiss.npz"), "wb") as f:
         f.write(b"PK\x03\x04 damaged")
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder", "similar", "--output", out, "--query", names_[0], "--method", "faiss"])
+    code, output = beholder_cli(["beholder", "similar", "--scored", out, "--query", names_[0], "--method", "faiss"])
     row("similar --method faiss", "a damaged embeddings.faiss.npz (rebuilt)", code, output, time.perf_counter() - started)
     empty = pa.table({"image": pa.array([], pa.string()), "vector": pa.FixedSizeListArray.from_arrays(pa.array([], pa.float16()), 4)})
     pq.write_table(empty.replace_schema_metadata({"beholder.dimension": "4"}), parquet)
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder", "similar", "--output", out, "--query", names_[0]])
+    code, output = beholder_cli(["beholder", "similar", "--scored", out, "--query", names_[0]])
     row("similar", "an empty embeddings.parquet (one line, exit 2)", code, output, time.perf_counter() - started, stopped=0)
 
     labelled = os.path.join(home, "panoramas")

@@ -98,7 +98,7 @@ def test_similar_shows_no_image_outside_the_gallery_and_survives_a_deleted_one(s
     (scored / "scores.csv").unlink()  # a parquet alone, naming files outside the gallery
     rewrite_embeddings(scored, {images[2]["image"]: "../private/secret.jpg", images[3]["image"]: str(secret)})
     (photos / gone).unlink()
-    similar(["--output", str(scored), "--query", query, "--k", "59", "--out", str(tmp_path / "like")])
+    similar(["--scored", str(scored), "--query", query, "--k", "59", "--out", str(tmp_path / "like")])
     printed = capsys.readouterr().out
     page = (tmp_path / "like" / "similar.html").read_text()
     assert "secret.jpg" in (tmp_path / "like" / "similar.csv").read_text()  # listed by name ...
@@ -203,17 +203,17 @@ def test_non_finite_or_empty_embeddings_and_a_damaged_faiss_index(scored, tmp_pa
     images = read_scores(scored / "scores.csv")
     query, broken = images[0]["image"], images[1]["image"]
     rewrite_embeddings(scored, vector=(1, np.nan))
-    similar(["--output", str(scored), "--query", query, "--k", "10", "--out", str(tmp_path / "like")])
+    similar(["--scored", str(scored), "--query", query, "--k", "10", "--out", str(tmp_path / "like")])
     found = read_scores(tmp_path / "like" / "similar.csv")
     similarities = [float(row["similarity"]) for row in found]
     assert len(found) == 10 and all(np.isfinite(similarities)) and similarities == sorted(similarities, reverse=True)
     assert broken not in {row["image"] for row in found} and broken in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
-        similar(["--output", str(scored), "--query", broken])
+        similar(["--scored", str(scored), "--query", broken])
     assert stop.value.code == 2 and "not finite" in capsys.readouterr().err
 
     (scored / FAISS_FILE).write_bytes(b"PK\x03\x04 not really an index")
-    similar(["--output", str(scored), "--query", query, "--k", "10", "--method", "faiss", "--out", str(tmp_path / "faiss")])
+    similar(["--scored", str(scored), "--query", query, "--k", "10", "--method", "faiss", "--out", str(tmp_path / "faiss")])
     approximate = read_scores(tmp_path / "faiss" / "similar.csv")
     assert {row["image"] for row in approximate[:4]} == {row["image"] for row in found[:4]}  # the query's near-copies
     assert (scored / FAISS_FILE).read_bytes()[:2] == b"PK" and (scored / FAISS_FILE).stat().st_size > 1000  # rebuilt
@@ -226,7 +226,7 @@ def test_non_finite_or_empty_embeddings_and_a_damaged_faiss_index(scored, tmp_pa
     (scored / "scores.csv").unlink()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        similar(["--output", str(scored), "--query", query])
+        similar(["--scored", str(scored), "--query", query])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and f"{EMBEDDINGS} holds no images" in error and error.count("\n") == 1
 

@@ -454,7 +454,7 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
     (panoramas / "day0" / "twin.jpg").write_bytes((panoramas / "day0" / "pano_03.jpg").read_bytes())
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored"]))
     client, tournament = client_for(panoramas, tmp_path / "labels.sqlite")
-    assert client.get("/api/similar/1").status_code == 404 and "--output" in client.get("/api/similar/1").json()["detail"]
+    assert client.get("/api/similar/1").status_code == 404 and "--scored" in client.get("/api/similar/1").json()["detail"]
     neighbours = Neighbours.load(Store(), str(tmp_path / "scored"))
     ids = {key: i for i, key in tournament.keys().items()}
     app = create_app(tournament, str(panoramas), Store(), "carol", neighbours=neighbours)

@@ -128,7 +128,7 @@ def test_a_crash_after_the_embeddings_rebuilds_them_from_the_shards(trained, tmp
     monkeypatch.setattr(Store, "write", write)
     (tmp_path / "out" / "embeddings.parquet").write_bytes((tmp_path / "out" / "embeddings.parquet").read_bytes()[:1000])
     with pytest.raises(SystemExit):
-        similar(["--output", str(tmp_path / "out"), "--query", "sub0/img_000.jpg"])
+        similar(["--scored", str(tmp_path / "out"), "--query", "sub0/img_000.jpg"])
     summary = predict(compose_predict(args))
     assert summary["newly_scored"] == 0 and summary["scored"] == 60
     images = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())[0]

@@ -22,7 +22,7 @@ def scored(trained, photos, tmp_path):
 
 def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, tmp_path, capsys):
     ckpt, photos, out = scored
-    main(["--output", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--out", str(tmp_path / "like")])
+    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--out", str(tmp_path / "like")])
     with open(tmp_path / "like" / "similar.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"] and "sub0/img_000.jpg" not in [r["image"] for r in rows]
@@ -36,7 +36,7 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     # the README's form: a bare file name the index has, or a full path into the gallery, is that image of the index
     for query in ("twin.jpg", str(photos / "twin.jpg")):
         capsys.readouterr()
-        main(["--output", str(out), "--query", query, "--k", "24"])
+        main(["--scored", str(out), "--query", query, "--k", "24"])
         printed = capsys.readouterr().out.splitlines()
         assert printed[0].startswith("beholder: the 24 images most like twin.jpg (") and printed[0].endswith("; the first 10")
         assert printed[1].split()[2] == "sub0/img_000.jpg" and "twin.jpg" not in " ".join(printed[1:])  # not itself first
@@ -47,7 +47,7 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     outside = tmp_path / "new.jpg"
     shutil.copy(photos / "sub1" / "img_001.jpg", outside)
     capsys.readouterr()
-    main(["--output", str(out), "--query", str(outside), "--k", "3"])  # by the checkpoint predict.py stored beside the index
+    main(["--scored", str(out), "--query", str(outside), "--k", "3"])  # by the checkpoint predict.py stored beside the index
     first = capsys.readouterr().out.splitlines()[1].split()
     assert first[2] == "sub1/img_001.jpg" and float(first[1]) > 0.99
     assert (out / "model.ckpt").read_bytes() == ckpt.read_bytes()
@@ -55,14 +55,14 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
 
 def test_faiss_finds_what_exact_search_finds_and_is_built_once(scored, capsys):
     ckpt, photos, out = scored
-    main(["--output", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "exact"])
+    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "exact"])
     exact = capsys.readouterr().out
-    main(["--output", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "faiss"])
+    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "faiss"])
     approximate = capsys.readouterr().out
     assert "(faiss search of 61)" in approximate and "(exact search of 61)" in exact
     assert approximate.splitlines()[1].split()[2] == exact.splitlines()[1].split()[2] == "twin.jpg"
     built = (out / "embeddings.faiss.npz").stat().st_mtime_ns
-    main(["--output", str(out), "--query", "twin.jpg", "--method", "faiss"])
+    main(["--scored", str(out), "--query", "twin.jpg", "--method", "faiss"])
     assert (out / "embeddings.faiss.npz").stat().st_mtime_ns == built
 
 
@@ -70,7 +70,7 @@ def test_faiss_finds_what_exact_search_finds_and_is_built_once(scored, capsys):
     (["--query", "nowhere.jpg"], "nowhere.jpg: no such image in the index or on disk"),
     (["--query", "NOTES"], "notes.jpg: UnidentifiedImageError: not an image format Pillow reads"),
     (["--query", "nowhere.jpg", "--ckpt", "OTHER"], "not the checkpoint that made this index"),
-    (["--query", "x.jpg", "--output", "EMPTY"], "no embeddings.parquet there"),
+    (["--query", "x.jpg", "--scored", "EMPTY"], "no embeddings.parquet there"),
     (["--query", "x.jpg", "CUT"], "embeddings.parquet is not readable"),
     (["--query", "x.jpg", "MORE"], "embeddings.parquet holds 61 images, scores.csv 62: not from the same run"),
     (["--query", "x.jpg", "NOCKPT"], "not in the index, and no checkpoint at"),
@@ -89,5 +89,5 @@ def test_bad_queries_give_one_line(scored, tmp_path, capsys, extra, message):
         (out / "model.ckpt").unlink()
     extra = [a for a in extra if a not in ("CUT", "MORE", "NOCKPT")]
     with pytest.raises(SystemExit) as stop:
-        main(["--output", str(out), *[{"OTHER": str(other), "EMPTY": str(photos), "NOTES": str(tmp_path / "notes.jpg")}.get(a, a) for a in extra]])
+        main(["--scored", str(out), *[{"OTHER": str(other), "EMPTY": str(photos), "NOTES": str(tmp_path / "notes.jpg")}.get(a, a) for a in extra]])
     assert stop.value.code == 2 and message in capsys.readouterr().err

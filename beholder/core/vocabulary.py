@@ -10,8 +10,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from beholder.core.console import printable
 
+OLD_SPELLINGS_UNTIL = "1.0"  # the version whose commands no longer read the spellings below
 # command-line flags of the argparse commands: old -> new
-FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--output"}
+# (--output of similar and label named what predict wrote, which they read: now --scored)
+FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--scored", "--output": "--scored"}
 # the Hydra commands' keys: old -> new
 KEYS = {"train": {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"}, "predict": {"ckpt_path": "ckpt"}}
 
@@ -26,7 +28,7 @@ def respell(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     for arg in argv:
         flag, equals, value = arg.partition("=")
         if flag in flags:
-            note(f"{flag} is now spelled {FLAGS[flag]}")
+            note(f"{flag} is now spelled {FLAGS[flag]}; the old spelling stops working in beholder {OLD_SPELLINGS_UNTIL}")
             arg = FLAGS[flag] + equals + value
         out.append(arg)
     return out
@@ -51,7 +53,7 @@ def respell_config(cfg: DictConfig, renames: dict[str, str]) -> None:
     for old, new in old_keys_given(cfg, renames).items():
         parent, _, leaf = old.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        note(f"{old}= is now spelled {new}=")
+        note(f"{old}= is now spelled {new}=; the old spelling stops working in beholder {OLD_SPELLINGS_UNTIL}")
         with open_dict(cfg):
             OmegaConf.update(cfg, new, node[leaf], merge=False)
             if not parent:

@@ -236,7 +236,7 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
     @app.get("/api/similar/{image_id}", dependencies=[Depends(authorised)])
     def similar(image_id: int, k: int = Query(12, ge=1, le=100)):
         if neighbours is None:
-            raise HTTPException(404, "no embeddings: start the labeller with --output OUTPUT (beholder predict's output for this gallery)")
+            raise HTTPException(404, "no embeddings: start the labeller with --scored OUTPUT (beholder predict's output for this gallery)")
         key = tournament.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
         if key is None:
             raise HTTPException(404, "no such image")

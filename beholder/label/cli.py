@@ -2,7 +2,7 @@
 
     beholder label --gallery ~/panocam --db labels.sqlite              # http://127.0.0.1:8000
     beholder label --gallery s3://my-bucket/panocam --db labels.sqlite --rater alice
-    beholder label --gallery ~/panocam --db labels.sqlite --output OUTPUT   # key M: more like this
+    beholder label --gallery ~/panocam --db labels.sqlite --scored OUTPUT   # key M: more like this
     beholder review --scores OUTPUT/scores.csv --gallery ~/panocam --db review.sqlite
     beholder label export --db labels.sqlite --out labels.csv          # -> beholder train labels=labels.csv
 """
@@ -72,7 +72,7 @@ def serve(args) -> None:
     tournament = Tournament(args.db, parse_targets(args.targets) if args.targets is not None else None)
     priorities = model_priorities(args.ckpt, gallery, store, keys) if args.ckpt else None
     tournament.sync_images(keys, priorities)
-    neighbours = Neighbours.load(store, args.output) if args.output else None
+    neighbours = Neighbours.load(store, args.scored) if args.scored else None
     listen(args, tournament, gallery, store, f"beholder labeller: {len(keys)} images in {gallery}", neighbours)
 
 
@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None, prog: str = "beholder label") -> None:
     parser.add_argument("--targets", default=None, help="acceptance target per round, their count the number of rounds "
                         "(default 0.5,0.1,0.4; stored with the database)")
     parser.add_argument("--ckpt", default=None, help="a checkpoint: show the images it is least sure about first")
-    parser.add_argument("--output", default=None, help="beholder predict's output for this gallery (embeddings.parquet): key M shows more like this")
+    parser.add_argument("--scored", default=None, help="beholder predict's output for this gallery (embeddings.parquet): key M shows more like this")
     parser.add_argument("--endpoint-url", default=None, help="an S3-compatible store for s3:// paths")
-    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--model", "--index")))
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--model", "--index", "--output")))
     with exit_on_user_error():
         serve(args)
 

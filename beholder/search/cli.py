@@ -1,8 +1,8 @@
 """beholder similar: the images most like a query, by cosine similarity of the embeddings that
 beholder predict wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for large galleries (vector_index.py).
 
-    beholder similar --output OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
-    beholder similar --output OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
+    beholder similar --scored OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
+    beholder similar --scored OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from beholder.search.vector_index import EXACT_UP_TO
 
 def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
     parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()), allow_abbrev=False)
-    parser.add_argument("--output", required=True, help="beholder predict's output folder (or s3:// prefix) holding embeddings.parquet")
+    parser.add_argument("--scored", required=True, help="beholder predict's output folder (or s3:// prefix) holding embeddings.parquet")
     parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
     parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")
     parser.add_argument("--out", help="write similar.csv and similar.html into this folder")
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
     parser.add_argument("--method", choices=("auto", "exact", "faiss"), default="auto",
                         help=f"exact search, or FAISS (auto: FAISS beyond {EXACT_UP_TO} images when installed)")
     parser.add_argument("--endpoint-url", help="an S3-compatible store for s3:// paths")
-    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--index",)))
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--index", "--output")))
     with exit_on_user_error():
         store = Store(args.endpoint_url)
-        images, index, metadata, usable = load_index(store, args.output, args.method)
+        images, index, metadata, usable = load_index(store, args.scored, args.method)
         neighbours = Neighbours(images, index, usable)
         gallery = metadata.get("beholder.gallery", "")
         key = index_key(args.query, images, gallery)
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
         if key is not None:
             found = neighbours.of(key, args.k)
         else:
-            query = centred(embed(args.query, args.ckpt or join(args.output, CHECKPOINT), metadata, store)[None], index.mean)[0]
+            query = centred(embed(args.query, args.ckpt or join(args.scored, CHECKPOINT), metadata, store)[None], index.mean)[0]
             found = neighbours.search(query, args.k)
-    band = bands(store, args.output)
+    band = bands(store, args.scored)
     rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
     named = key or args.query
     shown = f"; the first {PRINTED}" if len(rows) > PRINTED else ""
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
 
         query = {"image": named, "caption": f"the query · {band.get(named, 'outside the gallery')} · {named}", "band": band.get(named, "")}
         page = highlights_html([("The query", [query]), (f"Most like {named}", rows)], picture,
-                               f"cosine similarity of the embeddings in {join(args.output, FILE)}", title="beholder: more like this")
+                               f"cosine similarity of the embeddings in {join(args.scored, FILE)}", title="beholder: more like this")
         store.write(join(args.out, "similar.html"), page)
         print("\n".join([line("results", join(args.out, "similar.csv")), line("contact sheet", join(args.out, "similar.html")),
                          *([line("not shown", f"{len(missing)} (no longer in {gallery}, or not in it): {examples(missing)}")] if missing else [])]))

@@ -36,22 +36,22 @@ def load_index(store: Store, index: str, method: str = "auto") -> tuple[list[str
         usable = np.concatenate([np.isfinite(rows[s:s + ROWS_PER_GROUP]).all(1) for _, rows in batches
                                  for s in range(0, len(rows), ROWS_PER_GROUP)] or [np.zeros(0, bool)])
     except FileNotFoundError:
-        raise MissingInput(f"--output {index}: no {FILE} there (beholder predict writes it unless embeddings=false)") from None
+        raise MissingInput(f"--scored {index}: no {FILE} there (beholder predict writes it unless embeddings=false)") from None
     except Exception as error:
-        raise UserError(f"--output {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun beholder predict to write it again") from None
+        raise UserError(f"--scored {index}: {FILE} is not readable ({type(error).__name__}: {error}); rerun beholder predict to write it again") from None
     if metadata["vector_size"] != metadata.get("beholder.dimension"):
-        raise UserError(f"--output {index}: {FILE} holds {metadata['vector_size']}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
+        raise UserError(f"--scored {index}: {FILE} holds {metadata['vector_size']}-feature vectors, its metadata says {metadata.get('beholder.dimension')}")
     if not images:
-        raise UserError(f"--output {index}: {FILE} holds no images; rerun beholder predict to write it again")
+        raise UserError(f"--scored {index}: {FILE} holds no images; rerun beholder predict to write it again")
     if not usable.any():
-        raise UserError(f"--output {index}: {FILE} holds no image with a usable (finite) vector; rerun beholder predict to write it again")
+        raise UserError(f"--scored {index}: {FILE} holds no image with a usable (finite) vector; rerun beholder predict to write it again")
     if not usable.all():
         bad = [image for image, ok in zip(images, usable.tolist()) if not ok]
         print(f"beholder: {len(bad)} images of {FILE} have vectors that are not finite and are left out of the search: e.g. "
               + "; ".join(bad[:3]), file=sys.stderr)
     scored = bands(store, index)
     if scored and set(scored) != set(images):
-        raise UserError(f"--output {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
+        raise UserError(f"--scored {index}: {FILE} holds {len(images)} images, scores.csv {len(scored)}: not from the same run; "
                         "rerun beholder predict to write it again")
     if method == "faiss" and not faiss_installed():
         raise UserError("--method faiss: FAISS is not installed (pip install -e '.[index]')")

@@ -165,7 +165,7 @@ def shipped_gain(out_of_fold_gap: np.ndarray, held_gain: np.ndarray, margin: flo
 
 def chosen_margin(evidence: dict) -> float:
     """The smallest margin whose mean gain is within CLOSE of always shipping, at every count."""
-    return next(m for m in MARGINS if all(shipped_gain(d, g, m).mean() >= g.mean() - CLOSE for d, g in evidence.values()))
+    return next((m for m in MARGINS if all(shipped_gain(d, g, m).mean() >= g.mean() - CLOSE for d, g in evidence.values())), math.inf)
 
 
 def margin_section(tuning: dict, targets: dict) -> str:

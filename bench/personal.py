@@ -44,8 +44,8 @@ from beholder.core.storage import Store  # noqa: E402
 from beholder.data.labels import fold_rows  # noqa: E402
 from beholder.models.features import cached_features  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
-from beholder.train.personal import CROWD_MARGIN, base_head_linear, out_of_fold  # noqa: E402
-from beholder.train.probe import ridge_cv  # noqa: E402
+from beholder.train.personal import CROWD_MARGIN, base_head_linear  # noqa: E402
+from beholder.train.probe import out_of_fold, ridge_cv  # noqa: E402
 from beholder.train.taste import (  # noqa: E402
     PersonalFit,
     TasteSpace,

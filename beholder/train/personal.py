@@ -18,7 +18,6 @@ out-of-fold scores on the person's photos calibrate its keep threshold.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -38,6 +37,8 @@ from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import cull_curve, spearman
+from beholder.train.probe import out_of_fold
+from beholder.train.sweep import write_metrics
 from beholder.train.taste import TasteSpace, fit_deviation
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,6 @@ def base_head_linear(module) -> tuple[np.ndarray, float]:
         raise UserError(f"base_ckpt: a {type(head).__name__}; a personal model starts from a head=regression checkpoint (a linear score)")
     weight = head.fc.weight.detach().double().numpy()[0] * head.target_std
     return weight, float(head.fc.bias.detach().double()) * head.target_std + head.target_mean
-
-
-def out_of_fold(folds: list[np.ndarray], count: int, fit_and_predict) -> np.ndarray:
-    predictions = np.zeros(count)
-    for part in folds:
-        predictions[part] = fit_and_predict(np.setdiff1d(np.arange(count), part), part)
-    return predictions
 
 
 def fit_in_taste_space(space: TasteSpace, x, base, y, folds, w_base, c_base) -> tuple[np.ndarray, float, np.ndarray, dict]:
@@ -176,8 +170,7 @@ def train_personal(cfg: DictConfig) -> float:
         log.warning("the personal model ranks your own ratings a little worse than the crowd's order (Spearman %.3f against %.3f, out of "
                     "fold), within what %d ratings leave to chance: it is shipped, since such models rank most people's new photos better; "
                     "rate more photos and train again", metrics["cv/spearman_personal"], metrics["cv/spearman_base"], len(labels))
-    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_metrics(cfg.output_dir, metrics)
     console.print_summary("personal model trained", [
         line("ratings", f"{len(labels)}  ({len(skipped)} unreadable)" if skipped else len(labels)),
         line("base", base_name),

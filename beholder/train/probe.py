@@ -56,15 +56,25 @@ def ridge_fits(x: np.ndarray, y: np.ndarray, alphas) -> list[tuple[np.ndarray, n
     return fits
 
 
-def ridge_out_of_fold(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS) -> tuple[np.ndarray, float]:
-    """Each row's ridge prediction (N x K) from the other ``folds`` (row indices,
-    :func:`beholder.data.labels.fold_rows`), at the penalty of least squared error over them: (predictions, alpha)."""
-    y = y.reshape(len(y), -1)
-    predictions = np.zeros((len(alphas), *y.shape))
+def out_of_fold(folds: list[np.ndarray], count: int, fit_and_predict) -> np.ndarray:
+    """Each of ``count`` rows predicted by a model fitted on the other ``folds`` (row indices,
+    :func:`beholder.data.labels.fold_rows`): ``fit_and_predict(fit_rows, part_rows)`` gives the part's
+    predictions, one per row along the first axis."""
+    predictions = None
     for part in folds:
-        fit = np.setdiff1d(np.arange(len(y)), part)
-        for i, (weight, bias) in enumerate(ridge_fits(x[fit], y[fit], alphas)):
-            predictions[i, part] = x[part] @ weight + bias
+        values = np.asarray(fit_and_predict(np.setdiff1d(np.arange(count), part), part))
+        if predictions is None:
+            predictions = np.zeros((count, *values.shape[1:]))
+        predictions[part] = values
+    return predictions
+
+
+def ridge_out_of_fold(x: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=ALPHAS) -> tuple[np.ndarray, float]:
+    """Each row's ridge prediction (N x K) from the other ``folds`` (:func:`out_of_fold`), at the
+    penalty of least squared error over them: (predictions, alpha)."""
+    y = y.reshape(len(y), -1)
+    predictions = out_of_fold(folds, len(y), lambda fit, part: np.stack(
+        [x[part] @ weight + bias for weight, bias in ridge_fits(x[fit], y[fit], alphas)], axis=1)).transpose(1, 0, 2)
     best = int(np.argmin(((predictions - y) ** 2).sum(axis=(1, 2))))
     return predictions[best], alphas[best]
 

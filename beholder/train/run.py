@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import inspect
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from beholder.train.crossval import train_folds
 from beholder.train.near_copies import GROUP_PRECISION, GROUP_RECALL, calibrate_group_similarity
 from beholder.train.personal import train_personal
 from beholder.train.probe import fit_probe, init_head_from_probe, set_feature_scale
+from beholder.train.sweep import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,7 @@ def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, pro
     if saved:
         result["saved_as"] = saved
     logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): metrics[cfg.optimized_metric]})
-    with open(os.path.join(cfg.output_dir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_metrics(cfg.output_dir, result)
     print_summary(result, skipped, cfg.output_dir)
 
 

@@ -1,4 +1,5 @@
-"""After a Hydra multirun: one CSV row per run with its overrides and metrics."""
+"""metrics.json, a training run's results, written here and read here: after a Hydra multirun, one
+CSV row per run with its overrides and metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from hydra.experimental.callback import Callback
 
 from beholder.core.tables import csv_text
 
+METRICS = "metrics.json"
+
+
+def write_metrics(output_dir: str, metrics: dict) -> None:
+    """A run's results, as the sweep summary reads them."""
+    with open(os.path.join(output_dir, METRICS), "w") as f:
+        json.dump(metrics, f, indent=2)
+
 
 class SweepSummary(Callback):
     """Writes ``summary.csv`` in the sweep folder when a multirun ends: one row per finished run,
@@ -19,7 +28,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = config.hydra.sweep.dir
         runs = []
-        for metrics_file in glob.glob(os.path.join(sweep_dir, "*", "metrics.json")):
+        for metrics_file in glob.glob(os.path.join(sweep_dir, "*", METRICS)):
             run_dir = os.path.dirname(metrics_file)
             with open(os.path.join(run_dir, ".hydra", "overrides.yaml")) as f:
                 overrides = yaml.safe_load(f) or []

@@ -8,7 +8,7 @@ the other 40 % held out ("their unrated photos"). Then, each step timed:
 
   import     beholder ratings import LIB --gallery LIB --out my_labels.csv
   personal   python train.py experiment=personal base_ckpt=CROWD labels=my_labels.csv save=PERSONAL ...
-  predict    python predict.py ckpt=PERSONAL gallery=LIB output=OUT xmp=true xmp_beside_images=true ratings=my_labels.csv
+  predict    python predict.py ckpt=PERSONAL gallery=LIB output=OUT xmp=true xmp_beside_images=true labels=my_labels.csv
   rerun      the same predict again (nothing new in the library)
   hard       predict at cull=hard, the harder level, writing no sidecars
   re-import  the import again, after beholder wrote its sidecars
@@ -220,7 +220,7 @@ def main():
                  f"feature_cache={cache}", f"output_dir={work}/personal-{rater}", f"save={personal}", *QUIET]
         steps["personal"], _ = run(train)
         loop = [f"ckpt={personal}", f"gallery={lib}", f"output={work}/out-{rater}", "xmp=true", "xmp_beside_images=true",
-                f"ratings={labels}", f"feature_cache={cache}", *QUIET]
+                f"labels={labels}", f"feature_cache={cache}", *QUIET]
         steps["predict"], _ = run(["predict.py", *loop])
         steps["rerun"], _ = run(["predict.py", *loop])
         steps["re-import"], _ = run(["-m", "beholder", "ratings", "import", str(lib), "--gallery", str(lib), "--out", str(lib / "again.csv")])

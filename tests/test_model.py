@@ -13,6 +13,7 @@ from beholder.data.gallery import build_transform
 from beholder.models.backbones import create_backbone
 from beholder.models.heads import OrdinalHead, RegressionHead, SoftmaxHead, build_head
 from beholder.models.metrics import GalleryMetrics, gallery_reduction, keep_threshold
+from beholder.models.optim import build_optimizer
 from beholder.models.scorenet import ScoreNet
 from beholder.models.weights import PYPI_WEIGHTS, WeightsUnavailable, pypi_weights
 
@@ -163,7 +164,7 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
         if group == "head":
             assert isinstance(build_head(OmegaConf.to_container(cfg.head), in_features=16), torch.nn.Module)
         elif group == "optimizer":
-            assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+            assert isinstance(build_optimizer(OmegaConf.to_container(cfg.optimizer), [torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
         elif group == "backbone":
             assert cfg.backbone.name in timm.list_models()
         else:

@@ -387,7 +387,7 @@ def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photo
     (tmp_path / "mine.csv").write_text("image,tier,rating,source\nsub0/img_000.jpg,0,1,photographer\nsub1/img_001.jpg,3,5,photographer\n"
                                       "elsewhere/gone.jpg,2,4,photographer\n")
     summary = predict(compose_predict([f"ckpt={tmp_path}/generous.ckpt", f"gallery={photos}", f"output={tmp_path}/out",
-                                       f"ratings={tmp_path}/mine.csv"]))
+                                       f"labels={tmp_path}/mine.csv"]))
     rows = {row["image"]: row for row in read_scores(tmp_path / "out" / "scores.csv")}
     assert (rows["sub0/img_000.jpg"]["band"], rows["sub0/img_000.jpg"]["reason"]) == ("reject", "rated")
     assert (rows["sub1/img_001.jpg"]["band"], rows["sub1/img_001.jpg"]["reason"]) == ("keep", "rated")
@@ -395,8 +395,8 @@ def test_rated_photos_keep_their_verdict_and_a_small_cut_says_why(trained, photo
     printed = capsys.readouterr().out
     assert "rated           2 keep the person's own verdict (1 keep, 1 reject)" in printed
     assert "warning         only 2% of the gallery is culled" in printed and "cull=hard (a personal model" in printed and "keep_top=0.3" in printed
-    with pytest.raises(UserError, match="ratings=.*no such file"):
-        predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"ratings={tmp_path}/none.csv"]))
+    with pytest.raises(UserError, match="labels=.*no such file"):
+        predict(compose_predict([f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/o2", f"labels={tmp_path}/none.csv"]))
 
 
 def test_the_summarys_counts_add_up_and_match_the_files_on_disk(trained, photos, tmp_path, capsys):
@@ -405,7 +405,7 @@ def test_the_summarys_counts_add_up_and_match_the_files_on_disk(trained, photos,
     (photos / "notes.txt").write_text("the photographer's notes")
     (photos / "sub1" / "img_001.xmp").write_bytes(sidecar('xmp:Rating="4"'))  # the photographer's, merged into
     args = [f"ckpt={ckpt}", f"gallery={photos}", f"output={tmp_path}/out", "xmp=true", "xmp_beside_images=true", "keep_top=0.3",
-            f"ratings={tmp_path}/mine.csv"]
+            f"labels={tmp_path}/mine.csv"]
     with open(tmp_path / "mine.csv", "w", newline="") as f:
         csv.writer(f).writerows([["image", "tier", "rating"], ["sub1/img_001.jpg", 2, 4], ["sub2/img_002.jpg", 0, -1]])
     summary = predict(compose_predict(args))

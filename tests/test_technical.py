@@ -86,7 +86,7 @@ def shoot(tmp_path, acorns):
 def test_predict_rejects_the_technical_failures_with_a_reason_and_the_persons_stars_win(trained, shoot, tmp_path, capsys):
     ckpt, _ = trained
     summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={shoot}", f"output={tmp_path}/out", "technical=default", "threshold=-1",
-                                       f"ratings={tmp_path}/mine.csv", "xmp=true", "xmp_beside_images=true"]))
+                                       f"labels={tmp_path}/mine.csv", "xmp=true", "xmp_beside_images=true"]))
     rows = {row["image"]: row for row in read_scores(tmp_path / "out" / "scores.csv")}
     expected = {f"IMG_000{i}.jpg": REASONS[kind] for i, kind in enumerate(DEGRADATIONS, start=2)}
     assert {image: rows[image]["reason"] for image in expected} == expected and all(rows[image]["band"] == "reject" for image in expected)

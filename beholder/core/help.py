@@ -7,7 +7,7 @@ import re
 from importlib.resources import files
 
 # the groups whose options a command's help lists under their own prefix
-GROUP_OPTIONS = {"train": ("data", "backbone", "trainer"), "predict": ("technical",)}
+GROUP_OPTIONS = {"train": ("data", "backbone", "trainer"), "predict": ("trainer", "technical")}
 HYDRA_FLAGS = ("-m KEY=A,B  run one job per value (a sweep: beholder train -m head=softmax,regression)",
                "--cfg job   print the composed config instead of running",
                "--hydra-help  Hydra's own options")

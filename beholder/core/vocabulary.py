@@ -15,7 +15,7 @@ OLD_SPELLINGS_UNTIL = "1.0"  # the version whose commands no longer read the spe
 # (--output of similar and label named what predict wrote, which they read: now --scored)
 FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--scored", "--output": "--scored"}
 # the Hydra commands' keys: old -> new
-KEYS = {"train": {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"}, "predict": {"ckpt_path": "ckpt"}}
+KEYS = {"train": {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"}, "predict": {"ckpt_path": "ckpt", "ratings": "labels"}}
 
 
 def note(text: str) -> None:

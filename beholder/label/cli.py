@@ -91,7 +91,7 @@ def serve_review(args) -> None:
               + "; ".join(outside[:3]), flush=True)
     stars = photographers_stars(gallery)
     rated = [d for d in decisions if stars.get(d["image"], 0) or d["reason"] == "rated"]
-    if rated:  # the person has judged these already (in their sidecars, or predict's ratings=): theirs is the decision
+    if rated:  # the person has judged these already (in their sidecars, or predict's labels=): theirs is the decision
         print(f"beholder: {len(rated)} photos you rated yourself are not asked about", flush=True)
         decisions = [d for d in decisions if not (stars.get(d["image"], 0) or d["reason"] == "rated")]
     review = Review(args.db)

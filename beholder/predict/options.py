@@ -58,10 +58,10 @@ def read_verdicts(store: Store, path: str | None) -> dict[str, str]:
     if not path:
         return {}
     try:
-        text = store.read(check_uri(path, "ratings")).decode()
+        text = store.read(check_uri(path, "labels")).decode()
     except FileNotFoundError:
-        raise UserError(f"ratings={path}: no such file") from None
-    return {label.image: "reject" if label.tier == 0 else "keep" for label in parse_labels(text, f"ratings={path}")}
+        raise UserError(f"labels={path}: no such file") from None
+    return {label.image: "reject" if label.tier == 0 else "keep" for label in parse_labels(text, f"labels={path}")}
 
 
 def decision_policy(cfg: DictConfig, module: BeholderModule, count: int, model: str) -> Policy:

@@ -57,7 +57,7 @@ def predict(cfg: DictConfig) -> dict | None:
     check_threshold_options(cfg)
     check_group_options(cfg)
     check_launch(cfg.trainer)
-    verdicts = read_verdicts(Store(cfg.endpoint_url), cfg.ratings)
+    verdicts = read_verdicts(Store(cfg.endpoint_url), cfg.labels)
     workers = loader_workers(cfg.num_workers, cfg.trainer)
     ckpt_path = os.path.expanduser(str(cfg.ckpt)) if cfg.ckpt else default_model.checkpoint_path()
     module = load_checkpoint(ckpt_path)

@@ -34,6 +34,7 @@ def library(tmp_path_factory):
     return make_gallery(tmp_path_factory.mktemp("library") / "photos", count=24, size=(96, 72))
 
 
+@pytest.mark.slow
 def test_predict_without_a_checkpoint_uses_the_default_model_and_says_so(library, tmp_path, capsys, monkeypatch):
     summary = predict(compose_predict([f"gallery={library}", f"output={tmp_path}/out", f"feature_cache={tmp_path}/cache"]))
     assert summary["scored"] == 24 and summary["model"] == default_model.name() and summary["from_cache"] is None
@@ -56,6 +57,7 @@ def refuse_to_decode(*args, **kwargs):
     raise AssertionError("decoded although its features are cached")
 
 
+@pytest.mark.slow
 def test_a_personal_model_without_a_base_starts_from_the_default_model(library, tmp_path, capsys, monkeypatch):
     with open(library / "labels.csv") as f:
         rows = list(csv.DictReader(f))

@@ -52,6 +52,7 @@ def test_a_personal_model_worse_than_the_crowd_on_the_persons_own_ratings_is_not
     assert better_of(y, base, near, (np.ones(8), 0.5), w_base, c_base)[3] == "personal"
 
 
+@pytest.mark.slow
 def test_a_taste_the_population_shares_is_learnt_from_20_ratings_and_folds_into_one_head():
     """Population raters depart from the crowd mean along a few directions; a new person along one
     of them is fitted in the taste space from 20 ratings better than by the crowd."""

@@ -128,11 +128,12 @@ def hydra_application(config_name: str, task: str) -> Callable[[], object]:
     before torch loads)."""
     @hydra.main(version_base="1.3", config_path="pkg://beholder.conf", config_name=config_name)
     def main(cfg: DictConfig):
-        quiet_libraries()
-        keep_freed_memory()
         module, _, function = task.partition(":")
+        run_task = getattr(importlib.import_module(module), function)
+        quiet_libraries()  # after the import: Lightning sets its loggers' levels as it is imported
+        keep_freed_memory()
         with exit_on_user_error():
-            return getattr(importlib.import_module(module), function)(cfg)
+            return run_task(cfg)
 
     def run():
         if {"-h", "--help"} & set(sys.argv[1:]):

@@ -1,6 +1,6 @@
 """Fault experiments, longer than the tests: inject faults, count retries, resumes and losses.
 
-  s3        predict over a gallery on S3 (moto's server behind bench/fault_proxy.py) with throttling,
+  s3        predict over a gallery on S3 (moto's server behind tests/fault_proxy.py) with throttling,
             downloads cut off mid-way and a 3 s outage, against a clean run: images lost, faults
             injected, time overhead
   kill      kill -9 of predict.py at three points of a gallery, then one rerun: images lost or doubled
@@ -48,8 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder.demo import make_gallery  # noqa: E402
 from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
-from bench.fault_proxy import FaultProxy  # noqa: E402
 from bench.throughput import HEAD, OPTIMIZER, fill_gallery, make_module, save_checkpoint  # noqa: E402
+from tests.fault_proxy import FaultProxy  # noqa: E402
 
 PYTHON = sys.executable
 FAST = ["batch_size=8", "num_workers=2", "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4"]

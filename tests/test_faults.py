@@ -24,9 +24,9 @@ from beholder.models.checkpoint import IncompatibleCheckpoint
 from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict
 from beholder.train.run import train
-from bench.fault_proxy import FaultProxy
 
 from conftest import CAPTURES, PYTHON, ROOT, TINY, compose_predict, compose_train, encode, free_port, make_gallery, png_declaring, read_scores, upload_folder
+from fault_proxy import FaultProxy
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ COMMANDS = {
     "review": ("beholder.label.cli", "review", "confirm or overturn a model's decisions in the browser"),
     "ratings": ("beholder.ratings.cli", "main", "star ratings: import them as labels, or write scores into XMP sidecars"),
     "similar": ("beholder.search.cli", "main", "the photos most like one, from a predict output's embeddings"),
-    "ingest": ("beholder.ingest", "main", "copy a web archive (folder listings) to S3 or a folder"),
-    "demo": ("beholder.demo", "main", "make the demo gallery of synthetic webcam panoramas"),
+    "ingest": ("beholder.data.ingest", "main", "copy a web archive (folder listings) to S3 or a folder"),
+    "demo": ("beholder.data.demo", "main", "make the demo gallery of synthetic webcam panoramas"),
 }
 HYDRA = ("train", "predict")
 RENAMED = {"label review": "review"}  # what python -m beholder.label review was

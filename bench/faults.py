@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from beholder.demo import make_gallery  # noqa: E402
+from beholder.data.demo import make_gallery  # noqa: E402
 from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from bench.throughput import HEAD, OPTIMIZER, fill_gallery, make_module, save_checkpoint  # noqa: E402
@@ -303,7 +303,7 @@ def archive_experiment(work):
     server, url = serve(handler)
     target = os.path.join(work, "big-mirror")
     # VmHWM, not ru_maxrss: ru_maxrss outlives fork and exec, so a child would report this bench's own size.
-    measured = ("import sys; from beholder.ingest import main; main(sys.argv[1:]); "
+    measured = ("import sys; from beholder.data.ingest import main; main(sys.argv[1:]); "
                 "print('peak', next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))")
     run = subprocess.run([PYTHON, "-c", measured, f"{url}/", target, "--quiet"], env=env(), capture_output=True, text=True)
     server.shutdown()

@@ -377,7 +377,7 @@ def bench_culling(ckpt: str, work: str, similarity: float) -> str:
                      result["kept"], result["review"], f"{result['gallery_reduction']:.3f}"])
     demo = os.path.join(work, "demo")
     if not os.path.exists(os.path.join(demo, "gallery", "labels.csv")):
-        subprocess.run([sys.executable, "-m", "beholder.demo", os.path.join(demo, "gallery"), "--count", "400"], check=True, cwd=REPO,
+        subprocess.run([sys.executable, "-m", "beholder.data.demo", os.path.join(demo, "gallery"), "--count", "400"], check=True, cwd=REPO,
                        stdout=subprocess.DEVNULL)
     demo_ckpt = os.path.join(demo, "run", "checkpoints", "best.ckpt")
     if not os.path.exists(demo_ckpt):

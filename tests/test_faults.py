@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from beholder.core.errors import UserError
-from beholder.ingest import main as ingest
+from beholder.data.ingest import main as ingest
 from beholder.models.checkpoint import IncompatibleCheckpoint
 from beholder.models.load import load_checkpoint
 from beholder.predict.run import predict

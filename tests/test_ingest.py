@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, Thread
 
 import pytest
 
-from beholder.ingest import capture_time, folder_outside, main, wanted
+from beholder.data.ingest import capture_time, folder_outside, main, wanted
 
 from conftest import CAPTURES
 

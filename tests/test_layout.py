@@ -25,8 +25,7 @@ from beholder.core.vocabulary import respell, respell_config
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery
 
 # Each package may import those of lower layers; the commands (cli.py, __main__.py) import anything.
-LAYERS = {"core": 0, "data": 1, "default_model": 1, "technical": 1, "models": 2, "decisions": 2, "train": 3, "search": 3, "ratings": 3, "ingest": 3,
-          "demo": 3,
+LAYERS = {"core": 0, "data": 1, "default_model": 1, "technical": 1, "models": 2, "decisions": 2, "train": 3, "search": 3, "ratings": 3,
           "predict": 4, "label": 5}
 
 

@@ -44,12 +44,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the tests' helpers (conftest, fault_proxy) and the test modules this bench borrows import each other
+# by their plain names, as under pytest
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from beholder.data.demo import make_gallery  # noqa: E402
 from beholder.models.module import BeholderModule  # noqa: E402
 from bench.common import REPO, SHARED, local_s3, markdown_table, publish  # noqa: E402
 from bench.throughput import HEAD, OPTIMIZER, fill_gallery, make_module, save_checkpoint  # noqa: E402
-from tests.fault_proxy import FaultProxy  # noqa: E402
+
+from fault_proxy import FaultProxy  # noqa: E402
 
 PYTHON = sys.executable
 FAST = ["batch_size=8", "num_workers=2", "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4"]
@@ -147,7 +151,7 @@ def train_experiment(work):
 def bad_files_experiment(work, ckpt, photos):
     from PIL import Image
 
-    from tests.test_data import encode, png_declaring  # the same broken files the tests use
+    from conftest import encode, png_declaring  # the same broken files the tests use
 
     gallery = os.path.join(work, "bad")
     os.makedirs(gallery)
@@ -191,8 +195,9 @@ def labeller_experiment(work):
     import httpx
     import numpy as np
     from PIL import Image
+    from test_label import honest_rater
 
-    from tests.test_label import free_port, honest_rater
+    from conftest import free_port
 
     gallery = os.path.join(work, "to-label")
     os.makedirs(gallery)
@@ -256,7 +261,9 @@ def labeller_experiment(work):
 def cross_site_attack(base, work):
     """A page on another origin, opened in Chromium, posts 15 undo forms and 15 no-cors fetches to
     the labeller. Returns what the browser could see of it, or why it did not run."""
-    from tests.test_label import CHROMIUM, open_from_another_origin
+    from test_label import open_from_another_origin
+
+    from conftest import CHROMIUM
 
     if not os.path.exists(CHROMIUM):
         return f"not run (no {CHROMIUM})"
@@ -274,7 +281,7 @@ def archive_experiment(work):
     import uuid
     from http.server import SimpleHTTPRequestHandler
 
-    from tests.test_ingest import Elsewhere, hostile_archive, serve
+    from test_ingest import Elsewhere, hostile_archive, serve
 
     escape = f"beholder-escape-{uuid.uuid4().hex}.jpg"
     Elsewhere.hits = []

@@ -75,7 +75,7 @@ def run(args: list[str]) -> tuple[float, str]:
 
 def base_library(oasis: str, photos: list[str], folder: Path) -> dict[str, str]:
     """The library's photos in dated folders; 10 as HEIC, 5 as DNG. Returns OASIS name -> library path."""
-    from tests.test_raw_heic import dng_bytes  # the tests' real DNG writer (PiDNG)
+    from tests.raw_files import dng_bytes  # the tests' real DNG writer (PiDNG)
 
     paths = {}
     for i, name in enumerate(photos):

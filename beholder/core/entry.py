@@ -21,11 +21,10 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from beholder.core.console import printable, quiet_libraries
-from beholder.core.errors import exit_on_user_error
+from beholder.core.console import quiet_libraries
+from beholder.core.errors import exit_on_user_error, exit_with, required
 from beholder.core.help import help_text
 from beholder.core.memory import keep_freed_memory
-from beholder.core.redact import redact
 from beholder.core.vocabulary import KEYS, old_keys_given
 
 # The options whose value is a file or folder (an old spelling too), and Hydra's own folders.
@@ -69,27 +68,15 @@ def run_dir_inside_output(arguments: list[str]) -> list[str]:
     return [*arguments, f"hydra.run.dir={given[-1]}"] if given and "${" not in given[-1] else arguments
 
 
-def option_keys(config: DictConfig, prefix: str = "") -> list[str]:
-    """Every option's dotted key in ``config`` (groups' and Hydra's own left out)."""
-    keys = []
-    for key, value in config.items_ex(resolve=False) if hasattr(config, "items_ex") else config.items():
-        if key == "hydra":
-            continue
-        keys.append(prefix + str(key))
-        if isinstance(value, DictConfig):
-            keys += option_keys(value, f"{prefix}{key}.")
-    return keys
-
-
-def missing_options(config: dict, prefix: str = "") -> list[str]:
-    """The dotted keys of ``config`` (a plain container, unresolved) still ``???``: required, not given."""
-    missing = []
+def flat_options(config: dict, prefix: str = "") -> dict[str, object]:
+    """Every option of ``config`` (a plain container, unresolved) by its dotted key, Hydra's own left out."""
+    options = {}
     for key, value in config.items():
-        if value == "???":
-            missing.append(f"{prefix}{key}")
-        elif isinstance(value, dict) and key != "hydra":
-            missing += missing_options(value, f"{prefix}{key}.")
-    return missing
+        if key != "hydra":
+            options[f"{prefix}{key}"] = value
+            if isinstance(value, dict):
+                options |= flat_options(value, f"{prefix}{key}.")
+    return options
 
 
 def misread_option(config_name: str, arguments: list[str]) -> str | None:
@@ -104,9 +91,10 @@ def misread_option(config_name: str, arguments: list[str]) -> str | None:
     with initialize_config_module(config_module="beholder.conf", version_base="1.3"):
         try:
             config = compose(config_name=config_name, overrides=arguments)
-            given_as = set(old_keys_given(config, KEYS.get(config_name, {})).values())  # an old spelling sets them too
-            missing = sorted(set(missing_options(OmegaConf.to_container(config, resolve=False))) - given_as)
-            return f"{', '.join(missing)}: required; give {' '.join(f'{key}=...' for key in missing)}" if missing else None
+            given_as = {new for new, _ in old_keys_given(config, KEYS.get(config_name, {})).values()}  # an old spelling sets them too
+            missing = sorted(key for key, value in flat_options(OmegaConf.to_container(config, resolve=False)).items()
+                             if value == "???" and key not in given_as)
+            return required(missing) if missing else None
         except MissingConfigException as error:
             group = re.search(r"Could not find '([^'/]+)/([^']*)'", str(error))
             choices = re.findall(r"^\t(\S+)$", str(error).split("Config search path")[0], re.M)
@@ -118,7 +106,8 @@ def misread_option(config_name: str, arguments: list[str]) -> str | None:
             if not key:
                 return " ".join(str(error).split())
             base = compose(config_name=config_name, return_hydra_config=True)
-            known = option_keys(base) + [group for group in base.hydra.runtime.choices if not group.startswith("hydra/")]
+            known = [*flat_options(OmegaConf.to_container(base, resolve=False)), *(group for group in base.hydra.runtime.choices
+                                                                                  if not group.startswith("hydra/"))]
             near = difflib.get_close_matches(key[1], known, n=1, cutoff=0.75)
             return f"{key[1]}: no such option" + (f"; did you mean {near[0]}?" if near else f" (beholder {config_name} --help lists them)")
 
@@ -142,8 +131,7 @@ def hydra_application(config_name: str, task: str) -> Callable[[], object]:
         sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(sys.argv[1:]))]
         problem = misread_option(config_name, sys.argv[1:])
         if problem:
-            print(f"beholder: error: {printable(redact(problem))}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            exit_with(problem)
         return main()
 
     return run

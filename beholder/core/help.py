@@ -13,10 +13,13 @@ HYDRA_FLAGS = ("-m KEY=A,B  run one job per value (a sweep: beholder train -m he
                "--hydra-help  Hydra's own options")
 
 
+ALIAS = re.compile(r"\$\{\w+\}")  # an option that only repeats another (data.root: ${gallery})
+
+
 def option_lines(text: str, prefix: str = "") -> list[str]:
     """The option lines of a config file (``key: value  # what it does``), nested blocks as
     ``block.key``; the defaults list, Hydra's block, ``_target_`` and plain aliases of another
-    option (``root: ${gallery}``) left out."""
+    option left out."""
     lines, block, above = [], None, []
     for raw in text.splitlines():
         if not raw.strip():
@@ -31,22 +34,25 @@ def option_lines(text: str, prefix: str = "") -> list[str]:
         about = about or " ".join(above)  # an option explained in the comment above it
         above = []
         if indent == 0:
-            block = key if not value else None
-            if block or key in ("defaults", "_target_") or re.fullmatch(r"\$\{\w+\}", value):
-                continue
-            lines.append(f"{prefix}{key}={value}" + (f"  {about}" if about else ""))
-        elif block and block not in ("defaults", "hydra") and indent == 2 and key != "_target_" and not re.fullmatch(r"\$\{\w+\}", value):
-            lines.append(f"{prefix}{block}.{key}={value}" + (f"  {about}" if about else ""))
+            block = None if value else key
+            name = None if block else key
+        else:
+            name = f"{block}.{key}" if block not in (None, "defaults", "hydra") and indent == 2 else None
+        if name and key != "_target_" and not ALIAS.fullmatch(value):
+            lines.append(f"{prefix}{name}={value}" + (f"  {about}" if about else ""))
     return lines
 
 
-def groups(config_name: str, conf) -> list[str]:
-    """Each config group the command reads, with its choices, the default first."""
+def group_defaults(config_name: str, conf) -> dict[str, str]:
+    """Each config group the command reads (its defaults list) and its default choice."""
     defaults = re.findall(r"^\s+- (?:override )?/?(\w+): (\w+)", conf.joinpath(f"{config_name}.yaml").read_text(), re.M)
+    return {group: default for group, default in defaults if group != "hydra" and conf.joinpath(group).is_dir()}
+
+
+def groups(defaults: dict[str, str], conf) -> list[str]:
+    """Each group with its choices, the default first."""
     listed = []
-    for group, default in defaults:
-        if group == "hydra" or not conf.joinpath(group).is_dir():
-            continue
+    for group, default in defaults.items():
         choices = sorted(p.name[:-5] for p in conf.joinpath(group).iterdir() if p.name.endswith(".yaml"))
         listed.append(f"{group}={'|'.join([default, *[c for c in choices if c != default]])}")
     return listed
@@ -55,12 +61,12 @@ def groups(config_name: str, conf) -> list[str]:
 def help_text(config_name: str) -> str:
     conf = files("beholder.conf")
     own = conf.joinpath(f"{config_name}.yaml").read_text()
+    defaults = group_defaults(config_name, conf)
     usage = own.splitlines()[0].lstrip("# ")
     text = [f"usage: {usage}", "", "config groups (group=choice; the first is the default):",
-            *(f"  {line}" for line in groups(config_name, conf)), "", "options (key=value; the value shown is the default):"]
+            *(f"  {line}" for line in groups(defaults, conf)), "", "options (key=value; the value shown is the default):"]
     text += [f"  {line}" for line in option_lines(own)]
     for group in GROUP_OPTIONS[config_name]:
-        name = "xception" if group == "backbone" else "default"
-        text += [f"  {line}" for line in option_lines(conf.joinpath(group, f"{name}.yaml").read_text(), f"{group}.")]
+        text += [f"  {line}" for line in option_lines(conf.joinpath(group, f"{defaults[group]}.yaml").read_text(), f"{group}.")]
     text += ["", "Hydra's flags:", *(f"  {flag}" for flag in HYDRA_FLAGS)]
     return "\n".join(text)

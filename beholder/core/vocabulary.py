@@ -34,9 +34,9 @@ def respell(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
-def old_keys_given(cfg: DictConfig, renames: dict[str, str]) -> dict[str, str]:
-    """Of ``renames`` (old key -> new), those the user set. An old key that is an interpolation of
-    the new one (``data.root: ${gallery}``) was not set."""
+def old_keys_given(cfg: DictConfig, renames: dict[str, str]) -> dict[str, tuple[str, object]]:
+    """Of ``renames`` (old key -> new), those the user set: old key -> (new key, the value given). An
+    old key that is an interpolation of the new one (``data.root: ${gallery}``) was not set."""
     given = {}
     for old, new in renames.items():
         parent, _, leaf = old.rpartition(".")
@@ -44,17 +44,16 @@ def old_keys_given(cfg: DictConfig, renames: dict[str, str]) -> dict[str, str]:
         if node is None or leaf not in node or OmegaConf.is_interpolation(node, leaf) or OmegaConf.is_missing(node, leaf):
             continue
         if node[leaf] is not None:
-            given[old] = new
+            given[old] = (new, node[leaf])
     return given
 
 
 def respell_config(cfg: DictConfig, renames: dict[str, str]) -> None:
-    """Hydra keys: an old key the user set (``ckpt_path=``, ``data.root=``) moves to its new one."""
-    for old, new in old_keys_given(cfg, renames).items():
-        parent, _, leaf = old.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
+    """Hydra keys: an old key the user set (``ckpt_path=``, ``data.root=``) moves to its new one; a
+    top-level old key is then unset."""
+    for old, (new, value) in old_keys_given(cfg, renames).items():
         note(f"{old}= is now spelled {new}=; the old spelling stops working in beholder {OLD_SPELLINGS_UNTIL}")
         with open_dict(cfg):
-            OmegaConf.update(cfg, new, node[leaf], merge=False)
-            if not parent:
-                node[leaf] = None
+            OmegaConf.update(cfg, new, value, merge=False)
+            if "." not in old:
+                cfg[old] = None

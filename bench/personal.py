@@ -91,12 +91,9 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
 def personal_fit(x: np.ndarray, base: np.ndarray, y: np.ndarray, folds: list[np.ndarray], alphas=OWN_CV_PENALTIES) -> PersonalFit:
     """The baseline: each person's own penalty, of least squared error over ``folds`` (row indices,
     :func:`beholder.data.labels.fold_rows`)."""
-    out_of_fold = np.zeros((len(alphas), len(y)))
-    for part in folds:
-        fit = np.setdiff1d(np.arange(len(y)), part)
-        for i, deviation in enumerate(fit_deviations(x[fit], base[fit], y[fit], alphas)):
-            out_of_fold[i, part] = deviation.predict(x[part], base[part])
-    return fit_deviation(x, base, y, alphas[int(np.argmin(((out_of_fold - y) ** 2).sum(1)))])
+    predicted = out_of_fold(folds, len(y), lambda fit, part: np.stack(
+        [deviation.predict(x[part], base[part]) for deviation in fit_deviations(x[fit], base[fit], y[fit], alphas)], axis=1)).T
+    return fit_deviation(x, base, y, alphas[int(np.argmin(((predicted - y) ** 2).sum(1)))])
 
 
 def most_informative(crowd: np.ndarray, coordinates: np.ndarray, count: int, penalty: float, asked: list[int] | None = None) -> list[int]:

@@ -431,12 +431,12 @@ def surfaces_experiment(work, ckpt, photos):
         for rank, image in enumerate(["../private/secret.jpg", os.path.join(private, "secret.jpg")], start=11):
             writer.writerow({"image": image, "score": 0.99, "band": "keep", "rank": rank})
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder", "ratings", "write", "--scores", scores, "--gallery", gallery], timeout=300)
+    code, output = beholder_cli(["beholder", "ratings", "write", "--scored", scores, "--gallery", gallery], timeout=300)
     row("ratings write", "rows ../private/secret.jpg and an absolute path; the 5,000-deep sidecar", code, output,
         time.perf_counter() - started, changed(outside_before, snapshot(private)))
 
     port = free_port()
-    server = subprocess.Popen([PYTHON, "-m", "beholder", "review", "--scores", scores, "--gallery", gallery, "--db",
+    server = subprocess.Popen([PYTHON, "-m", "beholder", "review", "--scored", scores, "--gallery", gallery, "--db",
                                os.path.join(home, "review.sqlite"), "--port", str(port)], env=env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     started = time.perf_counter()
@@ -467,7 +467,7 @@ def surfaces_experiment(work, ckpt, photos):
                               metadata["beholder.gallery"]))
     os.rename(os.path.join(out, "scores.csv"), os.path.join(out, "scores.csv.kept"))
     os.remove(os.path.join(gallery, names_[3]))  # deleted since it was scored
-    code, output = beholder_cli(["beholder", "similar", "--scored", out, "--query", names_[0], "--k", "30", "--out", os.path.join(home, "like")])
+    code, output = beholder_cli(["beholder", "similar", "--scored", out, "--query", names_[0], "--count", "30", "--out", os.path.join(home, "like")])
     nan = 0
     if code == 0:
         with open(os.path.join(home, "like", "similar.csv")) as f:
@@ -626,7 +626,7 @@ def library_experiment(work, ckpt, photos):
     row("predict.py xmp_beside_images=true", "a sub-folder linked to another library holding a rated sidecar", code, output,
         time.perf_counter() - started, changed(outside, snapshot(os.path.join(home, "Other drive"))))
     started = time.perf_counter()
-    code, output = beholder_cli(["beholder", "ratings", "write", "--scores", f"{home}/beside/scores.csv", "--gallery", gallery, "--stars"], timeout=300)
+    code, output = beholder_cli(["beholder", "ratings", "write", "--scored", f"{home}/beside/scores.csv", "--gallery", gallery, "--stars"], timeout=300)
     row("ratings write", "the same linked sub-folder", code, output, time.perf_counter() - started,
         changed(outside, snapshot(os.path.join(home, "Other drive"))))
 
@@ -825,7 +825,7 @@ def library_experiment(work, ckpt, photos):
     with open(f"{home}/big-scores.csv", "w") as f:
         f.write("image,score,band,rank\n" + "".join(f"big{i}.jpg,0.5,review,{i + 1}\n" for i in range(8)))
     port = free_port()
-    server = subprocess.Popen([PYTHON, "-m", "beholder", "review", "--scores", f"{home}/big-scores.csv", "--gallery", big, "--db",
+    server = subprocess.Popen([PYTHON, "-m", "beholder", "review", "--scored", f"{home}/big-scores.csv", "--gallery", big, "--db",
                                os.path.join(home, "big.sqlite"), "--port", str(port)], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: port_open(port) or server.poll() is not None, timeout=120)
     started = time.perf_counter()

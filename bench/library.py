@@ -44,7 +44,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beholder import default_model  # noqa: E402
-from beholder.data.scores import read_scores  # noqa: E402
+from beholder.core.storage import Store  # noqa: E402
+from beholder.data.scores import read_scored, read_scores  # noqa: E402
 from beholder.models.load import load_checkpoint  # noqa: E402
 from beholder.models.metrics import CULL_LEVELS, cull_cut, spearman  # noqa: E402
 from beholder.ratings.xmp import KEYWORD_BAGS, NAMESPACES  # noqa: E402
@@ -154,7 +155,7 @@ def review_loop(lib: Path, scores_csv: Path, truth: dict[str, int], count: int) 
     those in ``truth``, answered from it (keep if 3 stars or more); returns how many were answered."""
     from beholder.decisions.review import Review, read_decisions
 
-    decisions = [d for d in read_decisions(scores_csv.read_text(), str(scores_csv)) if d["image"] in truth][:count]
+    decisions = [d for d in read_decisions(read_scored(Store(), str(scores_csv))) if d["image"] in truth][:count]
     review = Review(str(lib / "review.sqlite"))
     review.load(decisions)
     ids = {key: i for i, key in review.keys().items()}

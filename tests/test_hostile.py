@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store
+from beholder.data.scores import read_scored
 from beholder.label import cli as label_cli
 from beholder.models.checkpoint import IncompatibleCheckpoint
 from beholder.models.features import cached_features
@@ -53,7 +54,7 @@ def test_ratings_write_creates_and_merges_nothing_outside_root(tmp_path, capsys)
     (elsewhere / "w.xmp").write_bytes(sidecar('xmp:Rating="2"'))
     before = {p: p.read_bytes() for p in elsewhere.iterdir()}
     scores = scores_file(tmp_path / "scores.csv", ["a.jpg", "../out/v.jpg", str(elsewhere / "w.jpg"), "sub/../../out/v.jpg"])
-    ratings(["write", "--scores", str(scores), "--gallery", str(root)])
+    ratings(["write", "--scored", str(scores), "--gallery", str(root)])
     assert {p: p.read_bytes() for p in elsewhere.iterdir()} == before  # nothing created, nothing merged
     assert files_under(root) == ["a.jpg", "a.xmp"]
     assert "outside --gallery 3" in capsys.readouterr().out
@@ -64,7 +65,7 @@ def test_review_serves_only_gallery_images(photos, tmp_path, served, capsys):
     photo(private / "secret.jpg", 7)
     gallery_images = [p.relative_to(photos).as_posix() for p in sorted(photos.rglob("*.jpg"))][:5]
     scores = scores_file(tmp_path / "scores.csv", gallery_images + ["../private/secret.jpg", str(private / "secret.jpg")])
-    label_cli.review(["--scores", str(scores), "--gallery", str(photos), "--db", str(tmp_path / "review.sqlite")])
+    label_cli.review(["--scored", str(scores), "--gallery", str(photos), "--db", str(tmp_path / "review.sqlite")])
     assert "2 rows of" in capsys.readouterr().out
     keys = served["review"].keys()
     assert sorted(keys.values()) == sorted(gallery_images)
@@ -98,7 +99,7 @@ def test_similar_shows_no_image_outside_the_gallery_and_survives_a_deleted_one(s
     (scored / "scores.csv").unlink()  # a parquet alone, naming files outside the gallery
     rewrite_embeddings(scored, {images[2]["image"]: "../private/secret.jpg", images[3]["image"]: str(secret)})
     (photos / gone).unlink()
-    similar(["--scored", str(scored), "--query", query, "--k", "59", "--out", str(tmp_path / "like")])
+    similar(["--scored", str(scored), "--query", query, "--count", "59", "--out", str(tmp_path / "like")])
     printed = capsys.readouterr().out
     page = (tmp_path / "like" / "similar.html").read_text()
     assert "secret.jpg" in (tmp_path / "like" / "similar.csv").read_text()  # listed by name ...
@@ -121,7 +122,7 @@ def test_a_sidecar_nested_5000_deep_is_named_and_everything_else_is_written(trai
     assert len(read_scores(tmp_path / "out" / "scores.csv")) == 60 and (tmp_path / "out" / EMBEDDINGS).exists()
     assert [str(deep) in p and "nested" in p for p in summary["sidecars"]["left_alone"]] == [True]
     assert deep.read_bytes() == DEEP and len(list(photos.rglob("*.xmp"))) == 60
-    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
+    ratings(["write", "--scored", str(tmp_path / "out"), "--gallery", str(photos)])
     assert "59 unchanged (already held this decision), 1 left alone" in capsys.readouterr().out and deep.read_bytes() == DEEP
 
 
@@ -203,7 +204,7 @@ def test_non_finite_or_empty_embeddings_and_a_damaged_faiss_index(scored, tmp_pa
     images = read_scores(scored / "scores.csv")
     query, broken = images[0]["image"], images[1]["image"]
     rewrite_embeddings(scored, vector=(1, np.nan))
-    similar(["--scored", str(scored), "--query", query, "--k", "10", "--out", str(tmp_path / "like")])
+    similar(["--scored", str(scored), "--query", query, "--count", "10", "--out", str(tmp_path / "like")])
     found = read_scores(tmp_path / "like" / "similar.csv")
     similarities = [float(row["similarity"]) for row in found]
     assert len(found) == 10 and all(np.isfinite(similarities)) and similarities == sorted(similarities, reverse=True)
@@ -213,7 +214,7 @@ def test_non_finite_or_empty_embeddings_and_a_damaged_faiss_index(scored, tmp_pa
     assert stop.value.code == 2 and "not finite" in capsys.readouterr().err
 
     (scored / FAISS_FILE).write_bytes(b"PK\x03\x04 not really an index")
-    similar(["--scored", str(scored), "--query", query, "--k", "10", "--method", "faiss", "--out", str(tmp_path / "faiss")])
+    similar(["--scored", str(scored), "--query", query, "--count", "10", "--method", "faiss", "--out", str(tmp_path / "faiss")])
     approximate = read_scores(tmp_path / "faiss" / "similar.csv")
     assert {row["image"] for row in approximate[:4]} == {row["image"] for row in found[:4]}  # the query's near-copies
     assert (scored / FAISS_FILE).read_bytes()[:2] == b"PK" and (scored / FAISS_FILE).stat().st_size > 1000  # rebuilt
@@ -264,11 +265,11 @@ def test_review_refuses_duplicates_huge_ids_and_huge_bodies(photos, tmp_path, se
     images = [p.relative_to(photos).as_posix() for p in sorted(photos.rglob("*.jpg"))][:4]
     twice = scores_file(tmp_path / "twice.csv", images + images[1:2])
     with pytest.raises(SystemExit) as stop:
-        label_cli.review(["--scores", str(twice), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
+        label_cli.review(["--scored", str(twice), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "line 6" in error and images[1] in error and error.count("\n") == 1
 
-    label_cli.review(["--scores", str(scores_file(tmp_path / "s.csv", images)), "--gallery", str(photos),
+    label_cli.review(["--scored", str(scores_file(tmp_path / "s.csv", images)), "--gallery", str(photos),
                     "--db", str(tmp_path / "r.sqlite")])
     client = TestClient(served["app"], base_url="http://127.0.0.1:8000")
     for image_id in (2**70, -1):
@@ -342,7 +343,7 @@ def test_sidecars_keep_their_mode_and_comments_and_killed_writes_leave_nothing(t
     assert killed.returncode == -signal.SIGKILL and [p for p in root.iterdir() if p.name.startswith(".")]
 
     scores = scores_file(tmp_path / "scores.csv", ["private.jpg", "locked.jpg", "noted.jpg", "killed.jpg"])
-    ratings(["write", "--scores", str(scores), "--gallery", str(root)])
+    ratings(["write", "--scored", str(scores), "--gallery", str(root)])
     printed = capsys.readouterr().out
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and b"beholder:Band" in private.read_bytes()
     assert locked.read_bytes() == sidecar('xmp:Rating="3"') and "locked.xmp: read-only" in printed
@@ -358,8 +359,8 @@ def test_bad_scores_rows_are_named_by_line(tmp_path, capsys):
     scores = tmp_path / "scores.csv"
     scores.write_text("image,score,band,rank\na.jpg,0.5,keep,1\nb.jpg,high,keep,2\n")
     with pytest.raises(SystemExit) as stop:
-        ratings(["write", "--scores", str(scores), "--gallery", str(root)])
+        ratings(["write", "--scored", str(scores), "--gallery", str(root)])
     error = capsys.readouterr().err
     assert stop.value.code == 2 and "line 3" in error and "'high'" in error and not (root / "a.xmp").exists()
     with pytest.raises(UserError, match="line 3"):
-        label_cli.read_decisions(scores.read_text(), str(scores))
+        read_scored(Store(), str(scores))

@@ -69,7 +69,7 @@ def test_a_sub_folder_linked_to_another_library_gets_no_sidecar_there(trained, p
     assert summary["scored"] == 61  # the linked photo is scored ...
     assert snapshot(tmp_path / "Other drive") == before  # ... but nothing is written into the other library
     assert [p for p in summary["sidecars"]["left_alone"] if "linked" in p and "outside" in p]
-    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
+    ratings(["write", "--scored", str(tmp_path / "out"), "--gallery", str(photos)])
     assert snapshot(tmp_path / "Other drive") == before and "reached through a link" in capsys.readouterr().out
     assert len(list(photos.glob("sub*/*.xmp"))) == 60
     ratings(["import", str(photos), "--gallery", str(photos), "--out", str(tmp_path / "labels.csv")])
@@ -99,7 +99,7 @@ def test_an_edit_saved_while_beholder_merges_is_kept(tmp_path, monkeypatch, caps
         return merged
 
     monkeypatch.setattr(xmp, "xmp_sidecar", merge_while_the_editor_saves)
-    ratings(["write", "--scores", str(scores_file(tmp_path / "scores.csv", ["a.jpg", "b.jpg"])), "--gallery", str(root)])
+    ratings(["write", "--scored", str(scores_file(tmp_path / "scores.csv", ["a.jpg", "b.jpg"])), "--gallery", str(root)])
     merged = description(root / "a.xmp")
     assert merged.get(XMP + "Rating") == "4" and merged.get(XMP + "Label") == "Blue"  # the editor's save stays ...
     assert merged.get("{%s}Band" % NAMESPACES["beholder"]) == "keep"  # ... with beholder's decision merged into it
@@ -185,7 +185,7 @@ def test_names_that_differ_in_case_and_photos_sharing_a_stem_keep_their_own_side
     (root / "img.jpg.xmp").write_bytes(sidecar('xmp:Rating="2"'))
     (root / "pair.xmp").write_bytes(sidecar('xmp:Rating="4"'))  # the photographer's stars for both
     scores = scores_file(tmp_path / "scores.csv", ["IMG.JPG", "img.jpg", "pair.jpg", "pair.tif"])
-    ratings(["write", "--scores", str(scores), "--gallery", str(root)])
+    ratings(["write", "--scored", str(scores), "--gallery", str(root)])
     assert description(root / "img.jpg.xmp").get("{%s}Score" % NAMESPACES["beholder"]) == "0.890000"  # img.jpg's, not IMG.JPG's
     assert description(root / "IMG.JPG.xmp").get("{%s}Score" % NAMESPACES["beholder"]) == "0.900000"
     assert (root / "pair.jpg.xmp").exists() and (root / "pair.tif.xmp").exists() and b"beholder" not in (root / "pair.xmp").read_bytes()
@@ -403,7 +403,7 @@ def test_odd_names_links_and_left_overs_are_said_and_tidied(trained, photos, tmp
     assert "\x1b" not in printed and "\\x1b[31mred.jpg" in printed and "other file types (.gif 1)" in printed
     text = (tmp_path / "out" / "scores.csv").read_text()
     assert "\n'=HYPERLINK(evil).jpg," in text and "\n=HYPERLINK" not in text  # a spreadsheet shows it, runs nothing
-    ratings(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos)])
+    ratings(["write", "--scored", str(tmp_path / "out"), "--gallery", str(photos)])
     assert (photos / "=HYPERLINK(evil).xmp").exists()  # beholder reads its own cell back
 
     (photos / "sub1" / "img_001.jpg").unlink()  # deleted since: its sidecar in out/xmp goes, the others stay
@@ -418,7 +418,7 @@ def test_a_sidecar_that_is_a_link_stays_a_link(tmp_path):
     (root / "sidecars").mkdir()
     (root / "sidecars" / "a.xmp").write_bytes(sidecar('xmp:Rating="3"'))
     os.symlink("sidecars/a.xmp", root / "a.xmp")
-    ratings(["write", "--scores", str(scores_file(tmp_path / "scores.csv", ["a.jpg"])), "--gallery", str(root)])
+    ratings(["write", "--scored", str(scores_file(tmp_path / "scores.csv", ["a.jpg"])), "--gallery", str(root)])
     assert os.readlink(root / "a.xmp") == "sidecars/a.xmp" and b"beholder:Band" in (root / "sidecars" / "a.xmp").read_bytes()
 
 

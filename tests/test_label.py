@@ -15,6 +15,7 @@ from PIL import Image
 from beholder.cli import main as beholder_cli
 from beholder.core.errors import UserError
 from beholder.core.storage import Store
+from beholder.data.scores import read_scored
 from beholder.decisions.tournament import Tournament
 from beholder.label.app import create_app
 from beholder.label.export import export, ordinal_alpha
@@ -493,7 +494,7 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
 
     ckpt, _ = trained
     predict(compose_predict([f"ckpt={ckpt}", f"gallery={panoramas}", f"output={tmp_path}/scored", "keep_top=0.25"]))
-    decisions = read_decisions((tmp_path / "scored" / "scores.csv").read_text(), "scores.csv", "best")
+    decisions = read_decisions(read_scored(Store(), str(tmp_path / "scored")), "best")
     assert [d["band"] for d in decisions] == ["keep"] * 4 + ["reject"] * 12 and [d["rank"] for d in decisions] == list(range(1, 17))
     db = tmp_path / "review.sqlite"
     review = Review(str(db))
@@ -548,7 +549,7 @@ def test_the_review_loop_asks_the_least_certain_first_skips_rated_photos_and_sho
         writer = csv.DictWriter(f, fieldnames=list(scores[mine[2]]))
         writer.writeheader()
         writer.writerows(scores.values())
-    beholder_cli(["review", "--scores", str(tmp_path / "scored" / "scores.csv"), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
+    beholder_cli(["review", "--scored", str(tmp_path / "scored" / "scores.csv"), "--gallery", str(photos), "--db", str(tmp_path / "r.sqlite")])
     assert "3 photos you rated yourself are not asked about" in capsys.readouterr().out and "least certain" in served["what"]
     review = served["review"]
     assert set(review.keys().values()) == set(scores) - set(mine)

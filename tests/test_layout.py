@@ -82,6 +82,8 @@ def test_light_commands_start_without_torch():
 def test_the_old_spellings_still_work_with_a_note(capsys):
     assert respell(["import", "x", "--root", "a", "--index=b"], ("--root", "--index")) == ["import", "x", "--gallery", "a", "--scored=b"]
     assert respell(["--output", "culled/"], ("--output",)) == ["--scored", "culled/"]
+    assert respell(["--scores", "o/scores.csv", "--k=5", "--workers", "2"], ("--scores", "--k", "--workers")) == [
+        "--scored", "o/scores.csv", "--count=5", "--downloads", "2"]
     cfg = compose_predict(["ckpt_path=model.ckpt", "gallery=g", "output=o"])
     respell_config(cfg, {"ckpt_path": "ckpt"})
     assert cfg.ckpt == "model.ckpt" and cfg.ckpt_path is None
@@ -93,7 +95,7 @@ def test_the_old_spellings_still_work_with_a_note(capsys):
     assert cfg.data.root == "new"
     notes = capsys.readouterr().err
     assert "--root is now spelled --gallery" in notes and "ckpt_path= is now spelled ckpt=" in notes and "data.root= is now spelled gallery=" in notes
-    assert notes.count("note:") == 7 and "--output is now spelled --scored; the old spelling stops working in beholder 1.0" in notes
+    assert notes.count("note:") == 10 and "--output is now spelled --scored; the old spelling stops working in beholder 1.0" in notes
 
 
 @pytest.mark.parametrize("command", ["train", "predict"])

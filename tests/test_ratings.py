@@ -177,14 +177,14 @@ def test_predicts_sidecars_round_trip_and_write_merges_beside_the_images(trained
     mine = photos / "sub0" / "img_000.xmp"
     mine.write_bytes(sidecar('xmp:Rating="4" crs:Exposure2012="+0.35"', "<dc:subject xmlns:dc='http://purl.org/dc/elements/1.1/'>"
                                                                         "<rdf:Bag><rdf:li>needle</rdf:li></rdf:Bag></dc:subject>"))
-    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos), "--stars"])
+    main(["write", "--scored", str(tmp_path / "out"), "--gallery", str(photos), "--stars"])
     assert len(list(photos.rglob("*.xmp"))) == 60
     description = ET.parse(mine).getroot().find(".//{%s}Description" % NAMESPACES["rdf"])
     assert description.get("{%s}Rating" % NAMESPACES["xmp"]) == "4" and "+0.35" in mine.read_text() and "needle" in mine.read_text()
     assert description.get("{%s}Band" % NAMESPACES["beholder"]) in ("keep", "review", "reject")
     capsys.readouterr()
     before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in photos.rglob("*.xmp")}
-    main(["write", "--scores", str(tmp_path / "out" / "scores.csv"), "--gallery", str(photos), "--stars"])  # the same again
+    main(["write", "--scored", str(tmp_path / "out"), "--gallery", str(photos), "--stars"])  # the same again
     assert "0 created, 0 merged into (ratings the photographer set kept); 60 unchanged" in capsys.readouterr().out
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in photos.rglob("*.xmp")} == before  # not even rewritten
 
@@ -256,7 +256,7 @@ def test_a_new_sidecar_keeps_the_rating_inside_the_image_and_reimport_is_unchang
     photo(root / "plain.jpg", 1)
     main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "first.csv")])
     (tmp_path / "scores.csv").write_text("image,score,band,rank\ninside.jpg,0.1,reject,2\nplain.jpg,0.9,keep,1\n")
-    main(["write", "--scores", str(tmp_path / "scores.csv"), "--gallery", str(root)])
+    main(["write", "--scored", str(tmp_path / "scores.csv"), "--gallery", str(root)])
     created = (root / "inside.xmp").read_bytes()
     assert read_rating(created)["rating"] == 4 and b"kept inside" in created and b'beholder:Band="reject"' in created
     main(["import", str(root), "--gallery", str(root), "--out", str(tmp_path / "again.csv")])

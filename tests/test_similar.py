@@ -22,7 +22,7 @@ def scored(trained, photos, tmp_path):
 
 def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, tmp_path, capsys):
     ckpt, photos, out = scored
-    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--out", str(tmp_path / "like")])
+    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--count", "5", "--out", str(tmp_path / "like")])
     with open(tmp_path / "like" / "similar.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"] and "sub0/img_000.jpg" not in [r["image"] for r in rows]
@@ -36,7 +36,7 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     # the README's form: a bare file name the index has, or a full path into the gallery, is that image of the index
     for query in ("twin.jpg", str(photos / "twin.jpg")):
         capsys.readouterr()
-        main(["--scored", str(out), "--query", query, "--k", "24"])
+        main(["--scored", str(out), "--query", query, "--count", "24"])
         printed = capsys.readouterr().out.splitlines()
         assert printed[0].startswith("beholder: the 24 images most like twin.jpg (") and printed[0].endswith("; the first 10")
         assert printed[1].split()[2] == "sub0/img_000.jpg" and "twin.jpg" not in " ".join(printed[1:])  # not itself first
@@ -47,7 +47,7 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
     outside = tmp_path / "new.jpg"
     shutil.copy(photos / "sub1" / "img_001.jpg", outside)
     capsys.readouterr()
-    main(["--scored", str(out), "--query", str(outside), "--k", "3"])  # by the checkpoint predict.py stored beside the index
+    main(["--scored", str(out), "--query", str(outside), "--count", "3"])  # by the checkpoint predict.py stored beside the index
     first = capsys.readouterr().out.splitlines()[1].split()
     assert first[2] == "sub1/img_001.jpg" and float(first[1]) > 0.99
     assert (out / "model.ckpt").read_bytes() == ckpt.read_bytes()
@@ -55,9 +55,9 @@ def test_more_like_this_finds_the_twin_first_and_writes_a_contact_sheet(scored, 
 
 def test_faiss_finds_what_exact_search_finds_and_is_built_once(scored, capsys):
     ckpt, photos, out = scored
-    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "exact"])
+    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--count", "5", "--method", "exact"])
     exact = capsys.readouterr().out
-    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--k", "5", "--method", "faiss"])
+    main(["--scored", str(out), "--query", "sub0/img_000.jpg", "--count", "5", "--method", "faiss"])
     approximate = capsys.readouterr().out
     assert "(faiss search of 61)" in approximate and "(exact search of 61)" in exact
     assert approximate.splitlines()[1].split()[2] == exact.splitlines()[1].split()[2] == "twin.jpg"

@@ -13,7 +13,9 @@ from beholder.core.console import printable
 OLD_SPELLINGS_UNTIL = "1.0"  # the version whose commands no longer read the spellings below
 # command-line flags of the argparse commands: old -> new
 # (--output of similar and label named what predict wrote, which they read: now --scored)
-FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--scored", "--output": "--scored"}
+# (--scores of review and ratings write named predict's scores.csv: --scored takes it, or its folder)
+FLAGS = {"--root": "--gallery", "--model": "--ckpt", "--index": "--scored", "--output": "--scored", "--scores": "--scored",
+         "--k": "--count", "--workers": "--downloads"}
 # the Hydra commands' keys: old -> new
 KEYS = {"train": {"data.root": "gallery", "data.labels": "labels", "ckpt_path": "resume"}, "predict": {"ckpt_path": "ckpt", "ratings": "labels"}}
 

@@ -45,6 +45,7 @@ from beholder.core import storage
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3, join, split_s3, within
 from beholder.core.tables import csv_bytes, read_csv
+from beholder.core.vocabulary import respell
 from beholder.data.images import capture_time as file_time
 
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")
@@ -371,7 +372,7 @@ def ingest(args) -> int:
         return 0
 
     copied_bytes = 0
-    with tqdm(total=len(todo), unit="file", desc="copying", disable=args.quiet) as bar, ThreadPoolExecutor(args.workers) as pool:
+    with tqdm(total=len(todo), unit="file", desc="copying", disable=args.quiet) as bar, ThreadPoolExecutor(args.downloads) as pool:
         futures = {pool.submit(copy_one, fetcher, destination, item): item for item in todo}
         for future in as_completed(futures):
             item = futures[future]
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder ingest") -> int:
     parser.add_argument("--since", help="first capture date to copy, YYYY-MM-DD (from the path)")
     parser.add_argument("--until", help="last capture date to copy, YYYY-MM-DD")
     parser.add_argument("--dry-run", action="store_true", help="list what would be copied; copy nothing")
-    parser.add_argument("--workers", type=int, default=8, help="concurrent downloads")
+    parser.add_argument("--downloads", type=int, default=8, help="concurrent downloads (default 8)")
     parser.add_argument("--rate", type=float, default=20.0, help="at most this many requests per second")
     parser.add_argument("--retries", type=int, default=5, help="tries after a failed request, per file (default 5)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for the next bytes")
@@ -447,8 +448,8 @@ def main(argv: list[str] | None = None, prog: str = "beholder ingest") -> int:
     parser.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds, doubled each time")
     parser.add_argument("--endpoint-url", default=None, help="S3-compatible store (AWS_ENDPOINT_URL works too)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    for option in ("workers", "max_depth", "max_pages"):
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--workers",)))
+    for option in ("downloads", "max_depth", "max_pages"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     if args.deadline <= 0 or args.timeout <= 0:

@@ -12,6 +12,7 @@ person's own verdict), rank (the final order), and when grouped, group, group_ra
 from __future__ import annotations
 
 from beholder.core.errors import UserError
+from beholder.core.storage import Store, join
 from beholder.core.tables import csv_bytes, read_csv
 
 FILE = "scores.csv"
@@ -38,7 +39,7 @@ def scores_csv(ranked: list[dict], probability_names: list[str]) -> bytes:
 def read_scores(text: str, source: str) -> list[dict]:
     """A scores.csv's rows, checked: ``score`` a float, ``rank`` an int, ``band`` one of
     :data:`BANDS`, ``reason`` a string, each image once; anything else is one line naming
-    ``source`` (how the user gave the file, e.g. ``--scores culled/scores.csv``) and the line."""
+    ``source`` (how the user gave the file, e.g. ``--scored culled``) and the line."""
     columns, rows = read_csv(text)
     if not rows or not set(REQUIRED) <= set(columns):
         raise UserError(f"{source}: not a {FILE} of beholder predict ({', '.join(REQUIRED)})")
@@ -55,3 +56,18 @@ def read_scores(text: str, source: str) -> list[dict]:
         seen[row["image"]] = line
         row["reason"] = row.get("reason") or ""
     return rows
+
+
+def scored_file(scored: str) -> str:
+    """The scores.csv of ``--scored``: a predict run's output folder (or s3:// prefix), or the file itself."""
+    return scored if scored.lower().endswith(".csv") else join(scored, FILE)
+
+
+def read_scored(store: Store, scored: str, flag: str = "--scored") -> list[dict]:
+    """:func:`read_scores` of the scores.csv that ``scored`` names (:func:`scored_file`); a missing
+    file is one line naming ``flag``."""
+    try:
+        text = store.read(scored_file(scored)).decode()
+    except FileNotFoundError:
+        raise UserError(f"{flag} {scored}: no {FILE} there (give beholder predict's output=)") from None
+    return read_scores(text, f"{flag} {scored}")

@@ -12,7 +12,7 @@ import time
 
 from beholder.core.errors import UserError
 from beholder.core.tables import csv_text
-from beholder.data.scores import BANDS, read_scores
+from beholder.data.scores import BANDS
 from beholder.decisions.tournament import SubmissionError, Tournament
 
 REVIEW_SCHEMA = """
@@ -31,12 +31,12 @@ REVIEW_TIERS = {True: 2, False: 0}  # a kept image counts as top tier, a rejecte
 ORDERS = ("uncertain", "best")
 
 
-def read_decisions(text: str, source: str, order: str = "uncertain") -> list[dict]:
-    """scores.csv rows in review order: ``uncertain``, the least certain first (the review band, then
+def read_decisions(rows: list[dict], order: str = "uncertain") -> list[dict]:
+    """scores.csv rows (:func:`~beholder.data.scores.read_scored`) in review order: ``uncertain``, the least certain first (the review band, then
     by distance from the cut: the lowest kept and the highest rejected); or ``best``, kept best
     first, the review band, then rejected. Rows with the reason ``rated`` (the person's own verdict)
     are kept, for the caller to leave out and count."""
-    decisions = [{key: row[key] for key in ("image", "score", "band", "rank", "reason")} for row in read_scores(text, f"--scores {source}")]
+    decisions = [{key: row[key] for key in ("image", "score", "band", "rank", "reason")} for row in rows]
     if order == "best":
         return sorted(decisions, key=lambda r: (BAND_ORDER[r["band"]], r["rank"]))
     keep_at = min((d["score"] for d in decisions if d["band"] != "reject"), default=math.inf)

@@ -3,7 +3,7 @@
     beholder label --gallery ~/panocam --db labels.sqlite              # http://127.0.0.1:8000
     beholder label --gallery s3://my-bucket/panocam --db labels.sqlite --rater alice
     beholder label --gallery ~/panocam --db labels.sqlite --scored OUTPUT   # key M: more like this
-    beholder review --scores OUTPUT/scores.csv --gallery ~/panocam --db review.sqlite
+    beholder review --scored OUTPUT --gallery ~/panocam --db review.sqlite
     beholder label export --db labels.sqlite --out labels.csv          # -> beholder train labels=labels.csv
 """
 
@@ -18,6 +18,7 @@ from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3
 from beholder.core.vocabulary import respell
 from beholder.data.gallery import list_gallery
+from beholder.data.scores import read_scored, scored_file
 from beholder.decisions.review import ORDERS, Review, read_decisions
 from beholder.decisions.tournament import Tournament
 from beholder.label.app import LOCAL_HOSTS, create_app
@@ -79,15 +80,12 @@ def serve(args) -> None:
 def serve_review(args) -> None:
     gallery = check_uri(args.gallery, "--gallery")
     store = Store(args.endpoint_url)
-    try:
-        decisions = read_decisions(store.read(args.scores).decode(), args.scores, args.order)
-    except FileNotFoundError:
-        raise UserError(f"--scores {args.scores}: no such file") from None
+    decisions = read_decisions(read_scored(store, args.scored), args.order)
     in_gallery = list_gallery(store, gallery, "--gallery")
     outside = [d["image"] for d in decisions if d["image"] not in in_gallery]
     decisions = [d for d in decisions if d["image"] in in_gallery]
     if outside:  # only gallery images are ever served: a row naming anything else is left out
-        print(f"beholder: {len(outside)} rows of {args.scores} name no image of {gallery}, left out: e.g. "
+        print(f"beholder: {len(outside)} rows of {scored_file(args.scored)} name no image of {gallery}, left out: e.g. "
               + "; ".join(outside[:3]), flush=True)
     stars = photographers_stars(gallery)
     rated = [d for d in decisions if stars.get(d["image"], 0) or d["reason"] == "rated"]
@@ -96,7 +94,7 @@ def serve_review(args) -> None:
         decisions = [d for d in decisions if not (stars.get(d["image"], 0) or d["reason"] == "rated")]
     review = Review(args.db)
     review.load(decisions)
-    listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {args.scores} to confirm or overturn, "
+    listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {scored_file(args.scored)} to confirm or overturn, "
            f"{'least certain' if args.order == 'uncertain' else 'best'} first", stars=stars)
 
 
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder label") -> None:
 
 def review(argv: list[str] | None = None, prog: str = "beholder review") -> None:
     parser = argparse.ArgumentParser(prog=prog, description="Confirm or overturn a model's decisions in the browser.", allow_abbrev=False)
-    parser.add_argument("--scores", required=True, help="beholder predict's scores.csv (or s3:// URI)")
+    parser.add_argument("--scored", required=True, help="beholder predict's output folder (or s3:// prefix), or its scores.csv")
     parser.add_argument("--gallery", required=True, help="the scored gallery: folder or s3://bucket/prefix")
     parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")
     parser.add_argument("--order", choices=ORDERS, default="uncertain", help="uncertain: the review band and the decisions nearest "
@@ -138,6 +136,6 @@ def review(argv: list[str] | None = None, prog: str = "beholder review") -> None
     parser.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     parser.add_argument("--token", default=None, help="access token (generated when listening beyond localhost)")
     parser.add_argument("--endpoint-url", default=None, help="an S3-compatible store for s3:// paths")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--scores",)))
     with exit_on_user_error():
         serve_review(args)

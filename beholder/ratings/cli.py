@@ -3,7 +3,7 @@
     beholder ratings import ~/Pictures --gallery ~/Pictures --out my_labels.csv          # XMP sidecars (and XMP inside images)
     beholder ratings import ~/Lightroom/Catalog.lrcat --gallery ~/Pictures --out my_labels.csv
     beholder ratings import ~/.config/darktable/library.db --gallery ~/Pictures --out my_labels.csv
-    beholder ratings write --scores OUTPUT/scores.csv --gallery ~/Pictures                # sidecars beside the images
+    beholder ratings write --scored OUTPUT --gallery ~/Pictures                # sidecars beside the images
 
 The labels CSV is what beholder train reads (labels=..., gallery=ROOT): image (relative to ROOT),
 tier (by --tiers), rating (-1 rejected, 1-5 stars: data.score_column=rating) and label (colour).
@@ -22,7 +22,7 @@ from beholder.core.storage import Store, inside, relative_key, utf8, within
 from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import respell
 from beholder.data.images import IMAGE_SUFFIXES
-from beholder.data.scores import read_scores
+from beholder.data.scores import read_scored
 from beholder.decisions.review import Review, review_decisions
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
 from beholder.ratings.xmp import NAMING, sidecar_targets, write_sidecars
@@ -151,11 +151,7 @@ def merge_review(db: str, root: str, rows: dict[str, dict], tiers: dict[int, int
 
 def run_write(args) -> None:
     store = Store(args.endpoint_url)
-    try:
-        text = store.read(args.scores).decode()
-    except FileNotFoundError:
-        raise UserError(f"--scores {args.scores}: no such file") from None
-    rows = read_scores(text, f"--scores {args.scores}")
+    rows = read_scored(store, args.scored)
     for row in rows:
         row["keywords"] = [row["reason"]] if row["reason"] in REASONS.values() else []
     root = os.path.expanduser(args.gallery)
@@ -186,7 +182,7 @@ def run_write(args) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
-    argv = respell(sys.argv[1:] if argv is None else argv, ("--root",))
+    argv = respell(sys.argv[1:] if argv is None else argv, ("--root", "--scores"))
     parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()), allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, help="import or write")
     reading = commands.add_parser("import", help="ratings -> a labels CSV for beholder train", allow_abbrev=False,
@@ -204,14 +200,14 @@ def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged", allow_abbrev=False,
                                   description="beholder's decisions from a scores.csv merged into the XMP sidecars beside the images "
                                               "(pick or reject, a colour label, keywords; stars with --stars).")
-    writing.add_argument("--scores", required=True, help="beholder predict's scores.csv (any model's)")
+    writing.add_argument("--scored", required=True, help="beholder predict's output folder, or its scores.csv (any model's)")
     writing.add_argument("--gallery", required=True, help="the folder the scored images live in")
     writing.add_argument("--stars", action="store_true", help="also star ratings for the photos the photographer has not rated "
                          "(default: a pick, a colour label and keywords only, so a star filter shows only theirs)")
     writing.add_argument("--overwrite-ratings", action="store_true", help="also replace ratings, labels and picks the photographer set")
     writing.add_argument("--naming", choices=NAMING, default="auto", help="new sidecars: IMG_1.xmp (adobe), IMG_1.jpg.xmp (darktable), "
                          "or auto: as the folder's other sidecars (default); existing ones are always merged into")
-    writing.add_argument("--endpoint-url", help="an S3-compatible store for an s3:// --scores")
+    writing.add_argument("--endpoint-url", help="an S3-compatible store for an s3:// --scored")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         run_import(args) if args.command == "import" else run_write(args)

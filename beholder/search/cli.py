@@ -1,7 +1,7 @@
 """beholder similar: the images most like a query, by cosine similarity of the embeddings that
 beholder predict wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for large galleries (vector_index.py).
 
-    beholder similar --scored OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--k 24] [--out DIR]
+    beholder similar --scored OUTPUT --query 2016/06/03/2016_0603_125000.jpg [--count 24] [--out DIR]
     beholder similar --scored OUTPUT --query ~/new.jpg   # a photo outside the gallery, embedded by OUTPUT/model.ckpt
 """
 
@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
     parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()), allow_abbrev=False)
     parser.add_argument("--scored", required=True, help="beholder predict's output folder (or s3:// prefix) holding embeddings.parquet")
     parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
-    parser.add_argument("--k", type=int, default=24, help="how many similar images (default 24)")
+    parser.add_argument("--count", type=int, default=24, help="how many similar images (default 24)")
     parser.add_argument("--out", help="write similar.csv and similar.html into this folder")
     parser.add_argument("--ckpt", help=f"the checkpoint that scored the gallery, for a query outside the index (default: OUTPUT/{CHECKPOINT})")
     parser.add_argument("--method", choices=("auto", "exact", "faiss"), default="auto",
                         help=f"exact search, or FAISS (auto: FAISS beyond {EXACT_UP_TO} images when installed)")
     parser.add_argument("--endpoint-url", help="an S3-compatible store for s3:// paths")
-    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--index", "--output")))
+    args = parser.parse_args(respell(sys.argv[1:] if argv is None else argv, ("--index", "--output", "--k")))
     with exit_on_user_error():
         store = Store(args.endpoint_url)
         images, index, metadata, usable = load_index(store, args.scored, args.method)
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
         if key is not None and not neighbours.knows(key):
             raise UserError(f"--query {args.query}: its vector in {FILE} is not finite; rerun beholder predict to write it again")
         if key is not None:
-            found = neighbours.of(key, args.k)
+            found = neighbours.of(key, args.count)
         else:
             query = centred(embed(args.query, args.ckpt or join(args.scored, CHECKPOINT), metadata, store)[None], index.mean)[0]
-            found = neighbours.search(query, args.k)
+            found = neighbours.search(query, args.count)
     band = bands(store, args.scored)
     rows = [{"rank": r, "image": image, "score": s, "band": band.get(image, "")} for r, (image, s) in enumerate(found, start=1)]
     named = key or args.query

@@ -14,8 +14,7 @@ from beholder.core.errors import MissingInput, UserError
 from beholder.core.storage import Store, file_digest, is_s3, join
 from beholder.data.gallery import build_transform
 from beholder.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
-from beholder.data.scores import FILE as SCORES
-from beholder.data.scores import read_scores
+from beholder.data.scores import read_scored
 from beholder.search.embeddings import FILE, ROWS_PER_GROUP, read_images, read_parquet, vector_batches
 from beholder.search.vector_index import EXACT_UP_TO, FAISS_FILE, ExactIndex, FaissIndex, faiss_installed
 
@@ -131,6 +130,6 @@ def embed(path: str, ckpt: str, metadata: dict[str, str], store: Store) -> np.nd
 
 def bands(store: Store, index: str) -> dict[str, str]:
     try:
-        return {row["image"]: row["band"] for row in read_scores(store.read(join(index, SCORES)).decode(), join(index, SCORES))}
-    except (FileNotFoundError, KeyError):
+        return {row["image"]: row["band"] for row in read_scored(store, index)}
+    except UserError:
         return {}

@@ -17,16 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from beholder.core.entry import compose_config  # noqa: E402
 from beholder.core.errors import UserError, exit_on_user_error  # noqa: E402
 from beholder.default_model import CHECKPOINT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "beholder" / "default_model"
-CONF = REPO / "conf"
 CARD = """# Model card: beholder's default crowd model
 
 `beholder/default_model/crowd.ckpt`, written by `{command}` (beholder commit {commit}).
@@ -120,8 +118,7 @@ def build(oasis: str, seed: int, feature_cache: str | None = None) -> Path:
     work = tempfile.mkdtemp(prefix="beholder-default-model-")
     overrides = ["experiment=best", "head=regression", f"gallery={images}", f"labels={labels}", "data.score_column=beauty_mean",
                  f"seed={seed}", f"output_dir={work}/run", f"feature_cache={feature_cache or work + '/cache'}", "trainer.enable_progress_bar=false"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     train(cfg)
     target = HERE / CHECKPOINT
     shutil.copyfile(os.path.join(work, "run", "checkpoints", "best.ckpt"), target)

@@ -57,7 +57,7 @@ from beholder.train.taste import (  # noqa: E402
     rho,
     tune,
 )
-from bench.common import REPO, SHARED, markdown_table, publish  # noqa: E402
+from bench.common import SHARED, markdown_table, publish  # noqa: E402
 
 OWN_CV_PENALTIES = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, math.inf)
 
@@ -67,8 +67,7 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
     ckpt = os.path.join(work, "crowd", "checkpoints", "best.ckpt")
     if os.path.exists(ckpt):
         return ckpt
-    from hydra import compose, initialize_config_dir
-
+    from beholder.core.entry import compose_config
     from beholder.train.run import train
 
     rows = list(csv.DictReader(open(os.path.join(oasis, "labels.csv"))))
@@ -80,10 +79,9 @@ def crowd_checkpoint(oasis: str, train_photos: set[str], work: str, seed: int) -
         for row in rows:
             split = ("val" if rng.random() < 0.2 else "train") if row["image"] in train_photos else "test"
             writer.writerow([row["image"], row["tier"], row["beauty_mean"], split])
-    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "experiment=best", "head=regression", "cv=0", "data.score_column=beauty_mean", f"gallery={oasis}/images",
-            f"labels={labels}", f"feature_cache={work}/cache", f"output_dir={work}/crowd", "trainer.enable_progress_bar=false"])
+    cfg = compose_config("train", [
+        "experiment=best", "head=regression", "cv=0", "data.score_column=beauty_mean", f"gallery={oasis}/images",
+        f"labels={labels}", f"feature_cache={work}/cache", f"output_dir={work}/crowd", "trainer.enable_progress_bar=false"])
     train(cfg)
     return ckpt
 

@@ -84,11 +84,9 @@ def stratified_folds(rows, k, seed):
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from beholder.core.entry import compose_config
 
-    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 def shipped_policy(module):

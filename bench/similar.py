@@ -76,11 +76,9 @@ def burst_gallery(source: str, target: str, sources: int, seed: int) -> dict[str
 
 
 def compose(name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from beholder.core.entry import compose_config
 
-    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
-        return hydra_compose(config_name=name, overrides=overrides)
+    return compose_config(name, overrides)
 
 
 def trained_checkpoint(work: str) -> str:

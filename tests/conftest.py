@@ -19,16 +19,14 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from beholder.core.entry import compose_config
 from beholder.label import cli as label_cli
-from beholder.label.app import create_app
 from beholder.models.scorenet import ScoreNet
 from beholder.train.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 TINY = [
     "backbone.name=test_efficientnet",
     "backbone.pretrained=false",
@@ -96,8 +94,7 @@ def make_gallery(folder: Path, count: int = 60, size=(64, 32), seed: int = 0, sp
 
 
 def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 @pytest.fixture
@@ -176,9 +173,8 @@ def served(monkeypatch):
     """Runs ``python -m beholder.label review ...`` up to the point of listening; yields the app it would serve."""
     started = {}
 
-    def listen(args, tournament, gallery, store, what, neighbours=None, stars=None):
-        started["app"] = create_app(tournament, gallery, store, args.rater, stars=stars)
-        started["review"], started["what"] = tournament, what
+    def listen(args, review, app_with, what):
+        started["app"], started["review"], started["what"] = app_with(None), review, what
 
     monkeypatch.setattr(label_cli, "listen", listen)
     return started
@@ -216,8 +212,7 @@ def labels(path):
 
 
 def compose_predict(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="predict", overrides=PREDICT_FAST + overrides)
+    return compose_config("predict", PREDICT_FAST + overrides)
 
 
 def read_scores(path):

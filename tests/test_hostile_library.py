@@ -12,12 +12,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 import beholder.core.storage as storage
 import beholder.ratings.xmp as xmp
-from beholder.core.entry import literal_paths
+from beholder.core.entry import compose_config, literal_paths
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, exclusive_lock, file_digest
 from beholder.decisions.review import Review
@@ -28,7 +27,7 @@ from beholder.predict.run import predict
 from beholder.ratings.cli import main as ratings
 from beholder.ratings.xmp import NAMESPACES, read_rating, sidecar_targets, xmp_sidecar
 
-from conftest import CONF, PYTHON, ROOT, TINY, compose_predict, labels, photo, read_scores, sidecar
+from conftest import PYTHON, ROOT, TINY, compose_predict, labels, photo, read_scores, sidecar
 
 XMP = "{%s}" % NAMESPACES["xmp"]
 
@@ -126,8 +125,7 @@ def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     assert len(read_scores(tmp_path / EVERYDAY / "culled" / "scores.csv")) == 20
     assert not list(home.iterdir())  # ${oc.env:HOME} was part of a name, not the home folder
     assert not list(here.iterdir())  # nothing outside output=: no Hydra run folder, no predict.log
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=literal_paths([f"gallery={photos}", f"labels={photos}/my labels.csv", "resume=last"]))
+    cfg = compose_config("train", literal_paths([f"gallery={photos}", f"labels={photos}/my labels.csv", "resume=last"]))
     assert cfg.data.root == str(photos) and cfg.data.labels == f"{photos}/my labels.csv" and cfg.resume == "last"
     assert literal_paths(["gallery='quoted by the user'", "feature_cache=null", "head=regression"]) == [
         "gallery='quoted by the user'", "feature_cache=null", "head=regression"]
@@ -244,10 +242,9 @@ def test_a_labellers_database_as_review_and_tiers_without_reject_are_one_line(tm
 # --- 9, 10: caches and earlier runs --------------------------------------------------------------------------
 
 def test_the_default_feature_cache_is_the_users_own_not_the_working_folders():
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        for name, overrides in (("predict", ["gallery=.", "output=o"]), ("train", ["experiment=personal", "gallery=.", "labels=l.csv"])):
-            folder = compose(config_name=name, overrides=overrides).feature_cache
-            assert folder == os.path.join(os.environ["XDG_CACHE_HOME"], "beholder", "features")
+    for name, overrides in (("predict", ["gallery=.", "output=o"]), ("train", ["experiment=personal", "gallery=.", "labels=l.csv"])):
+        folder = compose_config(name, overrides).feature_cache
+        assert folder == os.path.join(os.environ["XDG_CACHE_HOME"], "beholder", "features")
 
 
 def test_a_photo_unreadable_on_the_first_run_is_scored_once_readable(trained, photos, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from beholder.core.errors import UserError
 from beholder.core.storage import Store
 from beholder.data.scores import read_scored
 from beholder.decisions.tournament import Tournament
-from beholder.label.app import create_app
+from beholder.label.app import labeller_app, review_app
 from beholder.label.export import export, ordinal_alpha
 
 from conftest import CHROMIUM, running
@@ -38,7 +38,7 @@ def client_for(panoramas, db, token=None, seed=0):
     tournament = Tournament(str(db), seed=seed)
     store = Store()
     tournament.sync_images(store.list(str(panoramas)))
-    return TestClient(create_app(tournament, str(panoramas), store, "alice", token), base_url="http://127.0.0.1:8000"), tournament
+    return TestClient(labeller_app(tournament, str(panoramas), store, "alice", token), base_url="http://127.0.0.1:8000"), tournament
 
 
 def play(client, pick, rater="alice"):
@@ -141,7 +141,7 @@ def test_labelling_in_a_real_browser(panoramas, tmp_path):
 
     db = tmp_path / "labels.sqlite"
     _, tournament = client_for(panoramas, db)
-    with running(create_app(tournament, str(panoramas), Store(), "carol")) as base, sync_playwright() as p:
+    with running(labeller_app(tournament, str(panoramas), Store(), "carol")) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{base}/?rater=carol")
@@ -232,7 +232,7 @@ def test_ten_clients_at_once_count_each_submission_once(many, tmp_path):
     db = tmp_path / "labels.sqlite"
     tournament = Tournament(str(db), seed=0)
     tournament.sync_images(Store().list(str(many)))
-    with running(create_app(tournament, str(many), Store(), "alice")) as base:
+    with running(labeller_app(tournament, str(many), Store(), "alice")) as base:
         # the same set posted by 10 clients at once, 20 times over: one of each 10 is accepted
         accepted = []
         state = httpx.post(f"{base}/api/next", json={}).json()
@@ -317,7 +317,7 @@ def test_a_page_on_another_origin_cannot_undo_in_a_real_browser(panoramas, tmp_p
     client, tournament = client_for(panoramas, db)
     play(client, lambda s: [s["images"][0]["id"]])
     labelled = tournament.progress("alice")["labelled"]
-    with running(create_app(tournament, str(panoramas), Store(), "alice")) as base:
+    with running(labeller_app(tournament, str(panoramas), Store(), "alice")) as base:
         attack = (f'<form method="POST" action="{base}/api/undo?rater=alice" enctype="text/plain">'
                   '<input name=\'{"x":"\' value=\'"}\'></form><script>'
                   f'for (let i = 0; i < 5; i++) fetch("{base}/api/undo?rater=alice", {{method: "POST", mode: "no-cors", body: "{{}}"}});'
@@ -335,7 +335,7 @@ def test_any_number_of_rounds_exports_every_image_in_trainable_tiers(many, tmp_p
     db = tmp_path / "labels.sqlite"
     tournament = Tournament(str(db), parse_targets(targets), seed=0)
     tournament.sync_images(Store().list(str(many))[:40])
-    client = TestClient(create_app(tournament, str(many), Store(), "alice"), base_url="http://127.0.0.1:8000")
+    client = TestClient(labeller_app(tournament, str(many), Store(), "alice"), base_url="http://127.0.0.1:8000")
     play(client, lambda s: [i["id"] for i in s["images"][: (len(s["images"]) + 1) // 2]])
     beholder_cli(["label", "export", "--db", str(db), "--out", str(tmp_path / "labels.csv")])
     text = (tmp_path / "labels.csv").read_text()
@@ -416,6 +416,20 @@ def test_export_only_reads_the_database(panoramas, tmp_path):
         Tournament(str(db), read_only=True).db.execute("DELETE FROM images")
 
 
+def test_a_review_database_holds_the_images_and_its_own_tables_not_a_tournaments(tmp_path, capsys):
+    from beholder.decisions.review import Review
+
+    review = Review(str(tmp_path / "review.sqlite"))
+    review.load([{"image": "a.jpg", "score": 0.9, "band": "keep", "rank": 1}, {"image": "b.jpg", "score": 0.1, "band": "reject", "rank": 2}])
+    assert {"images", "meta", "review_items", "reviews"} <= review.tables() and not {"sets", "decisions"} & review.tables()
+    with pytest.raises(SystemExit) as stop:  # no decision yet: nothing to export, and no rounds to export instead
+        beholder_cli(["label", "export", "--db", str(tmp_path / "review.sqlite"), "--out", str(tmp_path / "labels.csv")])
+    assert stop.value.code == 2 and "holds no labelling rounds" in capsys.readouterr().err and not (tmp_path / "labels.csv").exists()
+    review.decide("me", review.upcoming("me", 1)[0]["id"], keep=False)
+    beholder_cli(["label", "export", "--db", str(tmp_path / "review.sqlite"), "--out", str(tmp_path / "labels.csv")])
+    assert "a.jpg,0," in (tmp_path / "labels.csv").read_text()
+
+
 def test_thumbnails_decode_each_image_once_and_few_at_a_time():
     from beholder.label.app import DECODES_AT_ONCE, Thumbnails
 
@@ -458,7 +472,7 @@ def test_more_like_this_key_shows_the_nearest_images(panoramas, trained, tmp_pat
     assert client.get("/api/similar/1").status_code == 404 and "--scored" in client.get("/api/similar/1").json()["detail"]
     neighbours = Neighbours.load(Store(), str(tmp_path / "scored"))
     ids = {key: i for i, key in tournament.keys().items()}
-    app = create_app(tournament, str(panoramas), Store(), "carol", neighbours=neighbours)
+    app = labeller_app(tournament, str(panoramas), Store(), "carol", neighbours=neighbours)
     api = TestClient(app, base_url="http://127.0.0.1:8000")
     found = api.get(f"/api/similar/{ids['day0/pano_03.jpg']}", params={"k": 5}).json()["images"]
     assert len(found) == 5 and found[0]["id"] == ids["day0/twin.jpg"] and found[0]["similarity"] > 0.999
@@ -499,13 +513,13 @@ def test_reviewing_a_models_decisions_in_a_real_browser(panoramas, trained, tmp_
     db = tmp_path / "review.sqlite"
     review = Review(str(db))
     review.load(decisions)
-    api = TestClient(create_app(review, str(panoramas), Store(), "dora"), base_url="http://127.0.0.1:8000")
+    api = TestClient(review_app(review, str(panoramas), Store(), "dora"), base_url="http://127.0.0.1:8000")
     state = api.get("/api/review/state").json()
     ids = {key: i for i, key in review.keys().items()}
     assert state["item"]["id"] == ids[decisions[0]["image"]] and state["progress"] == {"total": 16, "decided": 0, "agreed": 0}
     assert api.post("/api/review/decide", json={"image_id": 10**6, "keep": True}).status_code == 409
 
-    with running(create_app(review, str(panoramas), Store(), "dora")) as base, sync_playwright() as p:
+    with running(review_app(review, str(panoramas), Store(), "dora")) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{base}/?rater=dora")

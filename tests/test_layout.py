@@ -26,7 +26,7 @@ from beholder.core.vocabulary import respell, respell_config
 from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, make_gallery
 
 # Each package may import those of lower layers; the commands (cli.py, __main__.py) import anything.
-LAYERS = {"core": 0, "data": 1, "default_model": 1, "technical": 1, "models": 2, "decisions": 2, "train": 3, "search": 3, "ratings": 3,
+LAYERS = {"core": 0, "conf": 0, "data": 1, "default_model": 1, "technical": 1, "models": 2, "decisions": 2, "train": 3, "search": 3, "ratings": 3,
           "predict": 4, "label": 5}
 
 
@@ -120,6 +120,15 @@ def test_an_option_misread_is_one_line_naming_it():
     assert misread_option("train", ["data.root=x", "data.labels=y"]) is None  # the old spellings set them
     assert misread_option("predict", []) == "gallery, output: required; give gallery=... output=..."
     assert misread_option("predict", ["gallery=x", "output=y", "-m"]) is None  # Hydra's own flags: Hydra's to read
+    # the schemas' types (conf/schema.py), and what types cannot say
+    assert misread_option("train", ["gallery=x", "labels=y", "cv=five"]) == "cv=five: expected a whole number"
+    assert misread_option("train", ["gallery=x", "labels=y", "data.batch_sise=8"]) == "data.batch_sise: no such option; did you mean data.batch_size?"
+    assert misread_option("train", ["gallery=x", "labels=y", "backbone.levels=maybe"]) == "backbone.levels=maybe: expected true or false"
+    assert misread_option("train", ["gallery=x", "labels=y", "cv=1"]) == "cv=1: give K >= 2 folds, or 0 for one train/val split"
+    assert misread_option("predict", ["gallery=x", "output=y", "keep_top=2"]) == "keep_top=2: give a share in (0, 1]"
+    assert misread_option("predict", ["gallery=x", "output=y", "keep_top=0.2", "threshold=0.5"]).startswith("give at most one of")
+    assert misread_option("predict", ["gallery=x", "output=y", "cull=harsh"]) == "cull='harsh': give one of auto, promise, gentle, normal, hard"
+    assert misread_option("train", ["gallery=x", "labels=y", "experiment=best", "callbacks=early_stopping", "logger=csv"]) is None
     result = subprocess.run([PYTHON, "-m", "beholder", "predict", "gallery=x", "outptu=y"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr == "beholder: error: outptu: no such option; did you mean output?\n" and not result.stdout
 

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import timm
 import torch
 from hydra.utils import instantiate
@@ -16,6 +17,8 @@ from beholder.models.metrics import GalleryMetrics, gallery_reduction, keep_thre
 from beholder.models.optim import build_optimizer
 from beholder.models.scorenet import ScoreNet
 from beholder.models.weights import PYPI_WEIGHTS, WeightsUnavailable, pypi_weights
+from beholder.train.cached_data import labelled_gallery
+from beholder.train.callbacks import configured_callbacks
 
 from conftest import compose_train
 
@@ -157,6 +160,8 @@ def test_gallery_reduction():
     ("optimizer", ["sgd", "rmsprop", "adamw"]),
     ("backbone", ["xception", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]),
     ("trainer", ["default", "ddp"]),
+    ("callbacks", ["none", "early_stopping", "lr_monitor"]),
+    ("logger", ["tensorboard", "csv"]),
 ])
 def test_every_config_option_composes_and_instantiates(group, options, tmp_path):
     for option in options:
@@ -167,10 +172,14 @@ def test_every_config_option_composes_and_instantiates(group, options, tmp_path)
             assert isinstance(build_optimizer(OmegaConf.to_container(cfg.optimizer), [torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
         elif group == "backbone":
             assert cfg.backbone.name in timm.list_models()
+        elif group == "callbacks":
+            assert len(configured_callbacks(cfg.callbacks, "max")) == (option != "none")
+        elif group == "logger":
+            assert isinstance(instantiate(cfg.logger), pl.loggers.Logger) and cfg.logger.save_dir == str(tmp_path)
         else:
             trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
             assert trainer.gradient_clip_val == 0.5 and trainer.gradient_clip_algorithm == "value"
-    data = instantiate(cfg.data)
+    data = labelled_gallery(cfg)
     assert data.batch_size == 32 and data.oversample is (cfg.head._target_ != "beholder.models.heads.RegressionHead")
 
 

@@ -47,13 +47,14 @@ def test_fast_training_run_for_each_head(tiny_cfg, tmp_path, head, extra):
 def test_only_the_classification_head_oversamples_rare_tiers_by_default(gallery):
     """Oversampling would shift a regression's target distribution; an explicit override still wins.
     Checked on the training loader each head gets, not on the YAML."""
-    from hydra.utils import instantiate
     from torch.utils.data import WeightedRandomSampler
+
+    from beholder.train.cached_data import labelled_gallery
 
     from conftest import compose_train
 
     for overrides, oversampled in ((["head=softmax"], True), (["head=regression"], False), (["head=regression", "data.oversample=true"], True)):
-        data = instantiate(compose_train([*overrides, f"gallery={gallery}", f"labels={gallery}/labels.csv", "data.num_workers=0"]).data)
+        data = labelled_gallery(compose_train([*overrides, f"gallery={gallery}", f"labels={gallery}/labels.csv", "data.num_workers=0"]))
         data.data_config = {"input_size": (3, 32, 64), "mean": (0.5,) * 3, "std": (0.5,) * 3}
         data.setup()
         assert isinstance(data.train_dataloader().sampler, WeightedRandomSampler) is oversampled, overrides

@@ -21,8 +21,9 @@ from collections.abc import Callable
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from beholder.conf.schema import problems, register
 from beholder.core.console import quiet_libraries
-from beholder.core.errors import exit_on_user_error, exit_with, required
+from beholder.core.errors import UserError, exit_on_user_error, exit_with, required
 from beholder.core.help import help_text
 from beholder.core.memory import keep_freed_memory
 from beholder.core.vocabulary import KEYS, old_keys_given
@@ -79,37 +80,75 @@ def flat_options(config: dict, prefix: str = "") -> dict[str, object]:
     return options
 
 
+def compose_config(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """``train`` or ``predict``'s config as the command composes it (the schemas of conf/schema.py
+    registered), outside a run: for tests, benches and the check of the options."""
+    from hydra import compose, initialize_config_module
+
+    register()
+    with initialize_config_module(config_module="beholder.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def check_config(config_name: str, cfg: DictConfig) -> None:
+    """The first of :func:`~beholder.conf.schema.problems` as a user's error."""
+    found = problems(config_name, cfg)
+    if found:
+        raise UserError(found[0])
+
+
+EXPECTED = {"integer": "a whole number", "float": "a number", "bool": "true or false", "boolean": "true or false"}
+
+
+def validation_problem(error: Exception) -> str:
+    """A value of the wrong type, from OmegaConf's message (``Value 'abc' of type 'str' could not be
+    converted to Integer``, ``is not a valid bool``, ``is not a ListConfig``; ``full_key: cv``), as one line."""
+    message = str(error)
+    key = re.search(r"full_key: (\S+)", message)
+    value = (re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", message)
+             or re.search(r"Value '(.*?)' is not a valid (\w+)", message))
+    if key and value:
+        return f"{key[1]}={value[1]}: expected {EXPECTED.get(value[2].lower(), value[2].lower())}"
+    if key and "is not a ListConfig" in message:
+        return f"{key[1]}: expected a list, e.g. {key[1]}=[1,2]"
+    return " ".join(message.split("\n")[0].split()) + (f" ({key[1]})" if key else "")
+
+
 def misread_option(config_name: str, arguments: list[str]) -> str | None:
     """One line for options Hydra cannot compose (an unknown key, with the nearest known one; a
-    choice a config group lacks, with its choices) or that leave a required one out; None when they
+    choice a config group lacks, with its choices; a value of the wrong type), that leave a required
+    one out, or that conf/schema.py's :func:`~beholder.conf.schema.problems` refuses; None when they
     compose whole, or when Hydra's own flags (``-m``, ``--help``, ...) are given: those are Hydra's to read."""
-    from hydra import compose, initialize_config_module
     from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import ValidationError
 
     if any(argument.startswith("-") for argument in arguments):
         return None
-    with initialize_config_module(config_module="beholder.conf", version_base="1.3"):
-        try:
-            config = compose(config_name=config_name, overrides=arguments)
-            given_as = {new for new, _ in old_keys_given(config, KEYS.get(config_name, {})).values()}  # an old spelling sets them too
-            missing = sorted(key for key, value in flat_options(OmegaConf.to_container(config, resolve=False)).items()
-                             if value == "???" and key not in given_as)
-            return required(missing) if missing else None
-        except MissingConfigException as error:
-            group = re.search(r"Could not find '([^'/]+)/([^']*)'", str(error))
-            choices = re.findall(r"^\t(\S+)$", str(error).split("Config search path")[0], re.M)
-            if not group:
-                return " ".join(str(error).split())
-            return f"{group[1]}={group[2]}: not one of the choices ({', '.join(choices)})"
-        except ConfigCompositionException as error:
-            key = re.search(r"Could not override '([^']+)'", str(error))
-            if not key:
-                return " ".join(str(error).split())
-            base = compose(config_name=config_name, return_hydra_config=True)
-            known = [*flat_options(OmegaConf.to_container(base, resolve=False)), *(group for group in base.hydra.runtime.choices
-                                                                                  if not group.startswith("hydra/"))]
-            near = difflib.get_close_matches(key[1], known, n=1, cutoff=0.75)
-            return f"{key[1]}: no such option" + (f"; did you mean {near[0]}?" if near else f" (beholder {config_name} --help lists them)")
+    try:
+        config = compose_config(config_name, arguments)
+    except MissingConfigException as error:
+        group = re.search(r"Could not find '([^'/]+)/([^']*)'", str(error))
+        choices = re.findall(r"^\t(\S+)$", str(error).split("Config search path")[0], re.M)
+        if not group:
+            return " ".join(str(error).split())
+        return f"{group[1]}={group[2]}: not one of the choices ({', '.join(choices)})"
+    except ConfigCompositionException as error:
+        if isinstance(error.__cause__, ValidationError):
+            return validation_problem(error.__cause__)
+        key = re.search(r"Could not override '([^']+)'", str(error))
+        if not key:
+            return " ".join(str(error).split())
+        base = compose_config(config_name, [], return_hydra_config=True)
+        known = [*flat_options(OmegaConf.to_container(base, resolve=False)), *(group for group in base.hydra.runtime.choices
+                                                                              if not group.startswith("hydra/"))]
+        near = difflib.get_close_matches(key[1], known, n=1, cutoff=0.75)
+        return f"{key[1]}: no such option" + (f"; did you mean {near[0]}?" if near else f" (beholder {config_name} --help lists them)")
+    given_as = {new for new, _ in old_keys_given(config, KEYS.get(config_name, {})).values()}  # an old spelling sets them too
+    missing = sorted(key for key, value in flat_options(OmegaConf.to_container(config, resolve=False)).items()
+                     if value == "???" and key not in given_as)
+    if missing:
+        return required(missing)
+    return next(iter(problems(config_name, config)), None)
 
 
 def hydra_application(config_name: str, task: str) -> Callable[[], object]:
@@ -132,6 +171,7 @@ def hydra_application(config_name: str, task: str) -> Callable[[], object]:
         problem = misread_option(config_name, sys.argv[1:])
         if problem:
             exit_with(problem)
+        register()
         return main()
 
     return run

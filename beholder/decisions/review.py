@@ -1,6 +1,6 @@
 """Review the model's decisions: the least certain first (the review band, then the kept and the
 rejected nearest the cut), or best first; each confirmed or overturned by a key. Stored in a labeller database
-(the tournament's tables, and these), each decision one transaction like the tournament's
+(database.py's images, and these tables), each decision one transaction like the tournament's
 submissions, so that a killed server loses nothing and a decision sent twice counts once. Exported,
 the decisions are labels for a personal model.
 """
@@ -13,7 +13,7 @@ import time
 from beholder.core.errors import UserError
 from beholder.core.tables import csv_text
 from beholder.data.scores import BANDS
-from beholder.decisions.tournament import SubmissionError, Tournament
+from beholder.decisions.database import ImageDatabase, SubmissionError
 
 REVIEW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS review_items (
@@ -45,11 +45,14 @@ def read_decisions(rows: list[dict], order: str = "uncertain") -> list[dict]:
     return sorted(decisions, key=lambda d: (distance[d["band"]](d), d["rank"]))
 
 
-class Review(Tournament):
+class Review(ImageDatabase):
+    """The review of one model's decisions: its queue, and each rater's decision on each image."""
+
+    TABLES_SQL = REVIEW_SCHEMA
+
     def _connect(self, read_only: bool):
         db = super()._connect(read_only)
         if not read_only:
-            db.executescript(REVIEW_SCHEMA)
             if "reason" not in {row[1] for row in db.execute("PRAGMA table_info(review_items)")}:  # a database from before reasons
                 db.execute("ALTER TABLE review_items ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
         return db

@@ -12,20 +12,14 @@ number of rounds, are stored with the tournament.
 from __future__ import annotations
 
 import json
-import os
 import random
-import sqlite3
-import threading
 import time
-import urllib.parse
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from beholder.core.errors import UserError
+from beholder.decisions.database import ImageDatabase, SubmissionError
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id INTEGER PRIMARY KEY, key TEXT UNIQUE NOT NULL, priority REAL, active INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS sets (
     id INTEGER PRIMARY KEY, rater TEXT NOT NULL, round INTEGER NOT NULL, image_ids TEXT NOT NULL,
     shown REAL NOT NULL, submitted REAL, undone INTEGER NOT NULL DEFAULT 0);
@@ -33,15 +27,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     set_id INTEGER NOT NULL REFERENCES sets(id), image_id INTEGER NOT NULL REFERENCES images(id),
     rater TEXT NOT NULL, round INTEGER NOT NULL, advanced INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS decisions_by_rater ON decisions (rater, round, image_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 SET_SIZE = 4
-TABLES = {"images", "sets", "decisions", "meta"}
+TABLES = {"sets", "decisions"}
 DEFAULT_TARGETS = (0.5, 0.1, 0.4)
-
-
-class SubmissionError(ValueError):
-    """A submission that does not fit the set on screen (unknown set, foreign ids, ...)."""
 
 
 @dataclass
@@ -51,17 +40,19 @@ class Shown:
     image_ids: list[int]
 
 
-class Tournament:
-    """One labeller database. Safe to share between threads (one lock around the connection) and
-    between processes (``BEGIN IMMEDIATE`` transactions). ``read_only`` opens it without writing
-    anything, for export. ``targets``: None takes the stored ones (or the default for a new one)."""
+class Tournament(ImageDatabase):
+    """One labeller's tournament (:class:`ImageDatabase`). ``targets``: None takes the stored ones
+    (or the default for a new one)."""
+
+    TABLES_SQL = SCHEMA
 
     def __init__(self, path: str, targets: list[float] | None = None, seed: int | None = None, read_only: bool = False,
                  option: str = "--db"):
-        self.path, self.option = str(path), option
-        self.lock = threading.RLock()
+        super().__init__(path, read_only, option)
+        if not TABLES <= self.tables():
+            raise UserError(f"{option} {path}: holds no labelling rounds (beholder label writes them; a review's decisions "
+                            "export once one is made)")
         self.random = random.Random(seed)
-        self.db = self._connect(read_only)
         stored = json.loads(self._meta("targets") or "null")
         if read_only:
             self.targets = stored or list(DEFAULT_TARGETS)
@@ -73,88 +64,15 @@ class Tournament:
         with self._write():
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('targets', ?)", (json.dumps(self.targets),))
 
-    def _connect(self, read_only: bool) -> sqlite3.Connection:
-        if os.path.isdir(self.path):
-            raise UserError(f"{self.option} {self.path}: is a folder; give a file")
-        if read_only and not os.path.isfile(self.path):
-            raise UserError(f"{self.option} {self.path}: no such file")
-        fresh = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        try:
-            if read_only:
-                db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro", uri=True,
-                                     check_same_thread=False, isolation_level=None)
-            else:
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not fresh and not TABLES <= tables:
-                db.close()
-                raise UserError(f"{self.option} {self.path}: not a beholder labeller database (its tables: "
-                                f"{', '.join(sorted(tables)) or 'none'}); it was left as it is")
-            if not read_only:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.executescript(SCHEMA)
-                columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
-                if "active" not in columns:  # a database from before deleted images were tracked
-                    db.execute("ALTER TABLE images ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
-        except sqlite3.DatabaseError as error:
-            raise UserError(f"{self.option} {self.path}: not a readable SQLite database ({error})") from None
-        return db
-
-    @contextmanager
-    def _write(self):
-        """One transaction, taken before reading what it checks: no other thread or process can
-        write in between. Rolled back whole on any error."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def tables(self) -> set[str]:
-        return {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-
-    def _meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
     @property
     def rounds(self) -> int:
         return len(self.targets)
 
-    def sync_images(self, keys: list[str], priorities: dict[str, float] | None = None) -> None:
-        """Make the pool the gallery's images now: new ones join, deleted ones leave it (their
-        labels are kept), and sets still open on a deleted image are withdrawn.
-        ``priorities``: lower is drawn first (active labelling)."""
-        with self._write():
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS listed (key TEXT PRIMARY KEY)")
-            self.db.execute("DELETE FROM listed")
-            self.db.executemany("INSERT OR IGNORE INTO listed (key) VALUES (?)", [(k,) for k in keys])
-            self.db.execute("INSERT OR IGNORE INTO images (key) SELECT key FROM listed")
-            self.db.execute("UPDATE images SET active = (key IN (SELECT key FROM listed))")
-            if priorities:
-                self.db.executemany("UPDATE images SET priority = ? WHERE key = ?", [(p, k) for k, p in priorities.items()])
-            gone = {i for (i,) in self.db.execute("SELECT id FROM images WHERE active = 0")}
-            for set_id, image_ids in self.db.execute("SELECT id, image_ids FROM sets WHERE submitted IS NULL AND undone = 0").fetchall():
-                if gone & set(json.loads(image_ids)):
-                    self.db.execute("UPDATE sets SET undone = 1 WHERE id = ?", (set_id,))
-
-    def key_of(self, image_id: int) -> str | None:
-        with self.lock:
-            row = self.db.execute("SELECT key FROM images WHERE id = ? AND active = 1", (image_id,)).fetchone()
-        return row[0] if row else None
-
-    def keys(self) -> dict[int, str]:
-        """Every image ever labelled or listed, active or not: id -> key."""
-        with self.lock:
-            return dict(self.db.execute("SELECT id, key FROM images").fetchall())
-
-    def active_ids(self) -> set[int]:
-        with self.lock:
-            return {i for (i,) in self.db.execute("SELECT id FROM images WHERE active = 1")}
+    def _images_gone(self, gone: set[int]) -> None:
+        """Sets still open on a deleted image are withdrawn."""
+        for set_id, image_ids in self.db.execute("SELECT id, image_ids FROM sets WHERE submitted IS NULL AND undone = 0").fetchall():
+            if gone & set(json.loads(image_ids)):
+                self.db.execute("UPDATE sets SET undone = 1 WHERE id = ?", (set_id,))
 
     def _judged(self, rater: str, round_: int) -> dict[int, int]:
         rows = self.db.execute(

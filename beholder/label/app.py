@@ -1,4 +1,4 @@
-"""The labeller's web app: the page, its JSON API and the images, for one tournament."""
+"""The labeller's and the review's web apps: each a page and its JSON API router, over the images they share."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from collections import OrderedDict
 from importlib import resources
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from beholder.core.storage import Store, join
 from beholder.data.images import UnreadableImage, capture_time, decode_image
+from beholder.decisions.database import ImageDatabase, SubmissionError
 from beholder.decisions.review import Review
-from beholder.decisions.tournament import SubmissionError, Tournament
+from beholder.decisions.tournament import Tournament
 from beholder.search.neighbours import Neighbours
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -127,113 +128,57 @@ class Thumbnails:
         return buffer.getvalue()
 
 
-def create_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
-               host: str = "127.0.0.1", neighbours: Neighbours | None = None, stars: dict[str, int] | None = None) -> FastAPI:
-    """``neighbours``: the gallery's embeddings (beholder similar's search), for "more like this".
-    A :class:`Review` as ``tournament`` serves the review of a model's decisions at / instead;
-    ``stars``: the photographer's current rating of each image, shown beside it."""
-    app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
-    static = resources.files("beholder.label").joinpath("static")
-    page = static.joinpath("review.html" if isinstance(tournament, Review) else "label.html").read_text()
-    allowed_hosts = None if token else set(LOCAL_HOSTS) | {host}
-    thumbnails = Thumbnails(lambda key: store.read(join(gallery, key)))
+class Access:
+    """Who may ask (the token, when one is set) and as whom (``?rater=``), for every route of both apps."""
 
-    @app.middleware("http")
-    async def refuse_foreign_requests(request: Request, call_next):
-        refusal = request_refusal(request, allowed_hosts)
-        if refusal:
-            return JSONResponse({"detail": refusal[1]}, status_code=refusal[0])
-        return await call_next(request)
+    def __init__(self, token: str | None, default_rater: str):
+        self.token, self.default_rater = token, default_rater
 
-    def authorised(request: Request, t: str | None = Query(None, alias="token")):
+    def authorised(self, request: Request, t: str | None = Query(None, alias="token")) -> None:
         given = (t or request.headers.get("x-token", "")).encode()
-        if token and not secrets.compare_digest(given, token.encode()):
+        if self.token and not secrets.compare_digest(given, self.token.encode()):
             raise HTTPException(401, "a valid token is needed (?token=...)")
 
-    def rater_of(rater: str | None) -> str:
-        name = (rater or default_rater).strip()
+    def rater(self, rater: str | None) -> str:
+        name = (rater or self.default_rater).strip()
         if not name or len(name) > 64:
             raise HTTPException(400, "rater: give a name of 1-64 characters")
         return name
 
+
+def labeller_routes(tournament: Tournament, access: Access, neighbours: Neighbours | None) -> APIRouter:
+    """The tournament's API: the set on screen, the next one, a submission, undo, and "more like this"."""
+    routes = APIRouter()
+
     def state(rater: str, shown) -> dict:
         images = [{"id": i, "url": f"/image/{i}"} for i in shown.image_ids] if shown else []
         return {"rater": rater, "set": {"id": shown.set_id, "round": shown.round, "images": images} if shown else None,
-                "progress": tournament.progress(rater), "token_required": bool(token)}
+                "progress": tournament.progress(rater), "token_required": bool(access.token)}
 
-    @app.get("/", response_class=HTMLResponse)
-    def index():
-        return page
-
-    @app.get("/static/{name}")
-    def asset(name: str):
-        if name not in STATIC:
-            raise HTTPException(404, "no such file")
-        return Response(static.joinpath(name).read_text(), media_type=STATIC[name])
-
-    def review_state(rater: str) -> dict:
-        upcoming = tournament.upcoming(rater, 9)
-        item = upcoming[0] if upcoming else None
-        if item:
-            item.update(url=f"/image/{item['id']}", large=f"/image/{item['id']}?size=large", full=f"/image/{item['id']}?size=full",
-                        taken=taken_on(item["image"]), stars=(stars or {}).get(item["image"], 0))
-        return {"rater": rater, "progress": tournament.review_progress(rater), "item": item,
-                "next": [{"id": i["id"], "url": f"/image/{i['id']}", "band": i["band"]} for i in upcoming[1:]]}
-
-    def taken_on(key: str) -> str:
-        try:
-            taken = capture_time(key, store.read(join(gallery, key)))
-        except OSError:
-            return ""
-        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(taken)) if taken is not None else ""
-
-    if isinstance(tournament, Review):
-        @app.get("/api/review/state", dependencies=[Depends(authorised)])
-        def get_review(rater: str | None = None):
-            return review_state(rater_of(rater))
-
-        @app.post("/api/review/decide", dependencies=[Depends(authorised)])
-        def decide(decision: Decision, rater: str | None = None):
-            name = rater_of(rater)
-            try:
-                tournament.decide(name, decision.image_id, decision.keep)
-            except SubmissionError as error:
-                raise HTTPException(409, str(error)) from None
-            return review_state(name)
-
-        @app.post("/api/review/undo", dependencies=[Depends(authorised)])
-        def undo_review(rater: str | None = None):
-            name = rater_of(rater)
-            tournament.undo_decision(name)
-            return review_state(name)
-
-    @app.get("/api/state", dependencies=[Depends(authorised)])
+    @routes.get("/api/state")
     def get_state(rater: str | None = None):
         """The set on screen, if any; reads only (POST /api/next draws one)."""
-        name = rater_of(rater)
+        name = access.rater(rater)
         return state(name, tournament.open_set(name))
 
-    @app.post("/api/next", dependencies=[Depends(authorised)])
+    @routes.post("/api/next")
     def next_set(rater: str | None = None):
-        name = rater_of(rater)
+        name = access.rater(rater)
         return state(name, tournament.next_set(name))
 
-    @app.post("/api/submit", dependencies=[Depends(authorised)])
+    @routes.post("/api/submit")
     def submit(submission: Submission, rater: str | None = None):
-        name = rater_of(rater)
-        try:
-            tournament.submit(name, submission.set_id, submission.advanced)
-        except SubmissionError as error:
-            raise HTTPException(409, str(error)) from None
+        name = access.rater(rater)
+        tournament.submit(name, submission.set_id, submission.advanced)
         return state(name, tournament.next_set(name))
 
-    @app.post("/api/undo", dependencies=[Depends(authorised)])
+    @routes.post("/api/undo")
     def undo(rater: str | None = None):
-        name = rater_of(rater)
+        name = access.rater(rater)
         tournament.undo(name)
         return state(name, tournament.next_set(name))
 
-    @app.get("/api/similar/{image_id}", dependencies=[Depends(authorised)])
+    @routes.get("/api/similar/{image_id}")
     def similar(image_id: int, k: int = Query(12, ge=1, le=100)):
         if neighbours is None:
             raise HTTPException(404, "no embeddings: start the labeller with --scored OUTPUT (beholder predict's output for this gallery)")
@@ -246,11 +191,98 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
             raise HTTPException(404, "this image is not in the index (score the gallery again with beholder predict)")
         return {"images": [{"id": i, "url": f"/image/{i}", "similarity": round(s, 4)} for i, s in found[:k]]}
 
-    @app.get("/image/{image_id}", dependencies=[Depends(authorised)])
+    return routes
+
+
+def review_routes(review: Review, access: Access, gallery: str, store: Store, stars: dict[str, int]) -> APIRouter:
+    """The review's API: the next decisions to confirm or overturn, a decision, undo."""
+    routes = APIRouter()
+
+    def taken_on(key: str) -> str:
+        try:
+            taken = capture_time(key, store.read(join(gallery, key)))
+        except OSError:
+            return ""
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(taken)) if taken is not None else ""
+
+    def state(rater: str) -> dict:
+        upcoming = review.upcoming(rater, 9)
+        item = upcoming[0] if upcoming else None
+        if item:
+            item.update(url=f"/image/{item['id']}", large=f"/image/{item['id']}?size=large", full=f"/image/{item['id']}?size=full",
+                        taken=taken_on(item["image"]), stars=stars.get(item["image"], 0))
+        return {"rater": rater, "progress": review.review_progress(rater), "item": item,
+                "next": [{"id": i["id"], "url": f"/image/{i['id']}", "band": i["band"]} for i in upcoming[1:]]}
+
+    @routes.get("/api/review/state")
+    def get_state(rater: str | None = None):
+        return state(access.rater(rater))
+
+    @routes.post("/api/review/decide")
+    def decide(decision: Decision, rater: str | None = None):
+        name = access.rater(rater)
+        review.decide(name, decision.image_id, decision.keep)
+        return state(name)
+
+    @routes.post("/api/review/undo")
+    def undo(rater: str | None = None):
+        name = access.rater(rater)
+        review.undo_decision(name)
+        return state(name)
+
+    return routes
+
+
+def labeller_app(tournament: Tournament, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
+                 host: str = "127.0.0.1", neighbours: Neighbours | None = None) -> FastAPI:
+    """The labeller: its page and API. ``neighbours``: the gallery's embeddings, for "more like this"."""
+    access = Access(token, default_rater)
+    return image_app(tournament, gallery, store, "label.html", labeller_routes(tournament, access, neighbours), access, host)
+
+
+def review_app(review: Review, gallery: str, store: Store, default_rater: str = "me", token: str | None = None,
+               host: str = "127.0.0.1", stars: dict[str, int] | None = None) -> FastAPI:
+    """The review of a model's decisions: its page and API. ``stars``: the photographer's current
+    rating of each image, shown beside it."""
+    access = Access(token, default_rater)
+    return image_app(review, gallery, store, "review.html", review_routes(review, access, gallery, store, stars or {}), access, host)
+
+
+def image_app(database: ImageDatabase, gallery: str, store: Store, page_name: str, routes: APIRouter, access: Access, host: str) -> FastAPI:
+    """What both apps share around their ``routes``: the page, its static files, the images by id,
+    and who may ask (without a token, only requests to this host)."""
+    app = FastAPI(title="beholder labeller", docs_url=None, redoc_url=None, openapi_url=None)
+    static = resources.files("beholder.label").joinpath("static")
+    page = static.joinpath(page_name).read_text()
+    allowed_hosts = None if access.token else set(LOCAL_HOSTS) | {host}
+    thumbnails = Thumbnails(lambda key: store.read(join(gallery, key)))
+
+    @app.middleware("http")
+    async def refuse_foreign_requests(request: Request, call_next):
+        refusal = request_refusal(request, allowed_hosts)
+        if refusal:
+            return JSONResponse({"detail": refusal[1]}, status_code=refusal[0])
+        return await call_next(request)
+
+    @app.exception_handler(SubmissionError)
+    async def conflict(request: Request, error: SubmissionError):  # a submission that does not fit what is on screen
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return page
+
+    @app.get("/static/{name}")
+    def asset(name: str):
+        if name not in STATIC:
+            raise HTTPException(404, "no such file")
+        return Response(static.joinpath(name).read_text(), media_type=STATIC[name])
+
+    @app.get("/image/{image_id}", dependencies=[Depends(access.authorised)])
     def image(image_id: int, size: str = Query("screen", pattern="^(screen|large|full)$")):
         # Only ids of gallery images are served: no path or key ever comes from the request,
         # and no server path goes into an answer.
-        key = tournament.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
+        key = database.key_of(image_id) if 0 < image_id <= MAX_IMAGE_ID else None
         if key is None:
             raise HTTPException(404, "no such image")
         try:
@@ -263,4 +295,5 @@ def create_app(tournament: Tournament, gallery: str, store: Store, default_rater
             raise HTTPException(422, f"the image could not be read ({type(error).__name__})") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
+    app.include_router(routes, dependencies=[Depends(access.authorised)])
     return app

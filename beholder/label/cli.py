@@ -13,15 +13,19 @@ import argparse
 import os
 import secrets
 import sys
+from collections.abc import Callable
+
+from fastapi import FastAPI
 
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3
 from beholder.core.vocabulary import respell
 from beholder.data.gallery import list_gallery
 from beholder.data.scores import read_scored, scored_file
+from beholder.decisions.database import ImageDatabase
 from beholder.decisions.review import ORDERS, Review, read_decisions
 from beholder.decisions.tournament import Tournament
-from beholder.label.app import LOCAL_HOSTS, create_app
+from beholder.label.app import LOCAL_HOSTS, labeller_app, review_app
 from beholder.models.inference import score_images
 from beholder.models.load import load_checkpoint
 from beholder.predict.policy import Policy
@@ -52,13 +56,13 @@ def parse_targets(text: str) -> list[float]:
     return targets
 
 
-def listen(args, tournament: Tournament, gallery: str, store: Store, what: str, neighbours: Neighbours | None = None,
-           stars: dict[str, int] | None = None) -> None:
-    """Serve the labeller's app on --host:--port; beyond localhost with a token (generated if none is given)."""
+def listen(args, database: ImageDatabase, app_with: Callable[[str | None], FastAPI], what: str) -> None:
+    """Serve ``app_with(token)`` (the app over ``database``) on --host:--port; beyond localhost with a
+    token (generated if none is given)."""
     token = args.token
     if args.host not in LOCAL_HOSTS and not token:
         token = secrets.token_urlsafe(16)
-    app = create_app(tournament, gallery, store, args.rater, token, args.host, neighbours, stars)
+    app = app_with(token)
     address = f"http://{args.host}:{args.port}/?rater={args.rater}" + (f"&token={token}" if token else "")
     print(f"{what}; open {address}", flush=True)
     import uvicorn
@@ -74,7 +78,8 @@ def serve(args) -> None:
     priorities = model_priorities(args.ckpt, gallery, store, keys) if args.ckpt else None
     tournament.sync_images(keys, priorities)
     neighbours = Neighbours.load(store, args.scored) if args.scored else None
-    listen(args, tournament, gallery, store, f"beholder labeller: {len(keys)} images in {gallery}", neighbours)
+    listen(args, tournament, lambda token: labeller_app(tournament, gallery, store, args.rater, token, args.host, neighbours),
+           f"beholder labeller: {len(keys)} images in {gallery}")
 
 
 def serve_review(args) -> None:
@@ -94,8 +99,9 @@ def serve_review(args) -> None:
         decisions = [d for d in decisions if not (stars.get(d["image"], 0) or d["reason"] == "rated")]
     review = Review(args.db)
     review.load(decisions)
-    listen(args, review, gallery, store, f"beholder review: {len(decisions)} decisions of {scored_file(args.scored)} to confirm or overturn, "
-           f"{'least certain' if args.order == 'uncertain' else 'best'} first", stars=stars)
+    listen(args, review, lambda token: review_app(review, gallery, store, args.rater, token, args.host, stars),
+           f"beholder review: {len(decisions)} decisions of {scored_file(args.scored)} to confirm or overturn, "
+           f"{'least certain' if args.order == 'uncertain' else 'best'} first")
 
 
 def photographers_stars(gallery: str) -> dict[str, int]:

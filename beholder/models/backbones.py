@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from dataclasses import dataclass
 
 import timm
 import torch
 from timm.models import group_parameters
 from torch import nn
 
+from beholder.conf.schema import BackboneSpec
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.spec import typed_arguments
 from beholder.models.weights import PYPI_WEIGHTS, WeightsUnavailable, pypi_weights, state_digest
@@ -73,26 +73,11 @@ def package_state(name: str, source: str) -> tuple[dict, str]:
     return state, state_digest(state)
 
 
-@dataclass
-class BackboneSpec:
-    """The backbone options of ``conf/backbone/*.yaml``."""
-
-    name: str
-    pretrained: bool = True
-    weights: str | None = None
-    trainable_blocks: int = 4
-    train_norm: bool = True
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    extra: list[str] | None = None  # more frozen extractors, "NAME" or "NAME@WEIGHTS", features concatenated
-    levels: bool = False  # also pool every feature level of each network (MLSP), not just its last
-    scales: list[float] | None = None  # see each photo at these multiples of the input size; features averaged
-
-    @classmethod
-    def parse(cls, values: dict) -> BackboneSpec:
-        if not hasattr(values, "keys") or "name" not in values:
-            raise UserError("backbone.name: missing")
-        return cls(**typed_arguments("backbone", cls, values))
+def backbone_spec(values: dict) -> BackboneSpec:
+    """A backbone's options (a config node or a checkpoint's), checked: each a plain value of its type."""
+    if not hasattr(values, "keys") or "name" not in values:
+        raise UserError("backbone.name: missing")
+    return BackboneSpec(**typed_arguments("backbone", BackboneSpec, values))
 
 
 @contextlib.contextmanager

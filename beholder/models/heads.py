@@ -58,6 +58,9 @@ class SoftmaxHead(nn.Module):
 class RegressionHead(nn.Module):
     """Dropout → linear → one value, trained with MSE on the standardised target.
 
+    Rare tiers are not oversampled for it: that would shift the distribution of the continuous
+    target it learns (measured on OASIS: bench/PILOTS.md, 7).
+
     Score: the predicted target (the score column, or the tier's mid-percentile). Predicted
     tier: the nearest tier value, where tier values are each tier's mean target in training.
     Left as None, the target scale and tier values are those of the original project's labels
@@ -174,6 +177,12 @@ def head_name(spec: dict) -> str:
     """The stable short name of a head spec's class."""
     cls = registered("head", HEADS, spec)
     return next(name for name, known in HEAD_NAMES.items() if known is cls)
+
+
+def oversamples_tiers(spec: dict) -> bool:
+    """Whether training draws rare tiers about as often as common ones for this head (the tier
+    heads), by default (``data.oversample=null``)."""
+    return registered("head", HEADS, spec) is not RegressionHead
 
 
 def build_head(spec: dict, in_features: int) -> nn.Module:

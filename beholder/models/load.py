@@ -16,7 +16,7 @@ from torch import nn
 from beholder.core.errors import UserError
 from beholder.core.spec import typed_arguments
 from beholder.models import checkpoint as checkpoint_format
-from beholder.models.backbones import BackboneSpec
+from beholder.models.backbones import backbone_spec
 from beholder.models.checkpoint import IncompatibleCheckpoint
 from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer
@@ -36,7 +36,7 @@ def load_checkpoint(path: str, map_location="cpu") -> BeholderModule:
         check_shapes(hparams, checkpoint["state_dict"])
         module = BeholderModule(**hparams)
         module.hparams["backbone"] = trained_with = dict(checkpoint["hyper_parameters"]["backbone"])
-        module.net.spec = BackboneSpec.parse(trained_with)  # saved again, its packaged networks stay references
+        module.net.spec = backbone_spec(trained_with)  # saved again, its packaged networks stay references
         module.on_load_checkpoint(checkpoint)
         module.load_state_dict(checkpoint["state_dict"])
     except UserError as error:

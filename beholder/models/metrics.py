@@ -10,9 +10,8 @@ from torchmetrics import Metric
 from torchmetrics.functional import spearman_corrcoef
 from torchmetrics.functional.classification import binary_fbeta_score, multiclass_confusion_matrix
 
+from beholder.conf.schema import CULL_LEVELS
 from beholder.data.labels import NUM_TIERS, best_rating, low_rating
-
-CULL_LEVELS = {"gentle": 0.95, "normal": 0.85, "hard": 0.70}  # the share of a person's best photos each level keeps
 
 
 def cull_cut(scores: list[float], ratings: list[float], share: float) -> tuple[float, float, float, int]:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beholder.core.errors import UserError
-from beholder.models.backbones import BackboneSpec, create_backbone, freeze_below_top_blocks, level_widths, package_state, pooled_features
+from beholder.models.backbones import backbone_spec, create_backbone, freeze_below_top_blocks, level_widths, package_state, pooled_features
 from beholder.models.heads import build_head
 from beholder.models.weights import PYPI_WEIGHTS, state_digest
 
@@ -41,7 +41,7 @@ class ScoreNet(nn.Module):
 
     def __init__(self, backbone: dict, head: dict, image_size: list[int] | None = None):
         super().__init__()
-        spec = BackboneSpec.parse(backbone)
+        spec = backbone_spec(backbone)
         self.spec, self.levels = spec, spec.levels
         self.backbone = create_backbone(spec.name, spec.pretrained, spec.weights)
         self.extractors = nn.ModuleList()

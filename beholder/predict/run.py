@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from beholder import default_model
+from beholder.core.entry import check_config
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch, loader_workers
 from beholder.core.progress import progress
@@ -23,7 +24,7 @@ from beholder.data.scores import BANDS
 from beholder.models.features import FeatureCache, network_key
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
-from beholder.predict.options import check_group_options, check_threshold_options, decision_policy, read_verdicts
+from beholder.predict.options import decision_policy, read_verdicts
 from beholder.predict.outputs import write_results
 from beholder.predict.plan import PARTIAL, PendingImages, plan_run
 from beholder.predict.shards import RowCheck, ShardWriter, compact_shards, model_of, read_shards
@@ -54,8 +55,7 @@ def predict(cfg: DictConfig) -> dict | None:
     gallery, output = check_uri(cfg.gallery, "gallery"), check_uri(cfg.output, "output")
     if not is_s3(gallery) and not os.path.isdir(gallery):
         raise MissingInput(f"gallery={gallery}: no such folder")
-    check_threshold_options(cfg)
-    check_group_options(cfg)
+    check_config("predict", cfg)
     check_launch(cfg.trainer)
     verdicts = read_verdicts(Store(cfg.endpoint_url), cfg.labels)
     workers = loader_workers(cfg.num_workers, cfg.trainer)

@@ -11,6 +11,7 @@ import threading
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
+from beholder.conf.schema import XMP_NAMING
 from beholder.core.storage import ChangedMeanwhile, is_s3, read_local_file, regular_file, remove_stale_temporaries, within
 from beholder.data.images import IMAGE_SUFFIXES, RAW_SUFFIXES
 
@@ -43,7 +44,7 @@ class UnreadableSidecar(ValueError):
     """A sidecar that is not XMP we can read or merge into: it is left as it is."""
 
 
-NAMING = ("auto", "adobe", "darktable")
+NAMING = XMP_NAMING
 
 
 def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto") -> dict[str, list[str]]:

@@ -7,12 +7,21 @@ import copy
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from beholder.core.errors import UserError
 from beholder.data.gallery import GalleryDataModule, tier_weights
 from beholder.data.labels import regression_stats, target_of
 from beholder.models.features import cached_features
+from beholder.models.heads import oversamples_tiers
+
+
+def labelled_gallery(cfg: DictConfig) -> GalleryDataModule:
+    """``cfg.data``'s labelled gallery, oversampling rare tiers as ``data.oversample`` says (null: as the head wants)."""
+    oversample = cfg.data.oversample
+    return instantiate(cfg.data, oversample=oversamples_tiers(cfg.head) if oversample is None else oversample)
 
 
 class FeatureRows(Dataset):

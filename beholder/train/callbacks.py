@@ -8,6 +8,8 @@ import math
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -146,3 +148,9 @@ class BestHead(pl.Callback):
     def on_fit_end(self, trainer, pl_module):
         if self.state is None:
             self._keep(pl_module, math.nan)
+
+
+def configured_callbacks(nodes: DictConfig, mode: str) -> list[pl.Callback]:
+    """The callbacks config group's choices (``callbacks=early_stopping``); a ``mode: null`` is
+    ``optimized_metric``'s mode."""
+    return [instantiate(node, **({"mode": mode} if "mode" in node and node.mode is None else {})) for node in nodes.values()]

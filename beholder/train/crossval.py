@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import Logger
 
 from beholder.core.errors import UserError
 from beholder.core.progress import progress
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureDataModule, tier_values: list[float], mode: str,
-                logger: TensorBoardLogger) -> tuple[dict, str]:
+                logger: Logger) -> tuple[dict, str]:
     """Train ``cfg.cv`` fold heads and ship their average in ``checkpoints/best.ckpt``. Returns the
     metrics of the out-of-fold scores (``val/...``) and of the average on the test split, and the path."""
     labelled, test = data.splits["train"] + data.splits["val"], data.splits["test"]
@@ -46,8 +46,8 @@ def train_folds(cfg: DictConfig, module: BeholderModule, data: CachedFeatureData
         if cfg.probe_init:
             fit_probe(fold_module.net, *fold_data.probe_inputs("train"), cfg.seed)
         best = BestHead(cfg.optimized_metric, mode)
-        logger = TensorBoardLogger(cfg.output_dir, name="tensorboard", version=f"fold{k}", default_hp_metric=False)
-        trainer = instantiate(cfg.trainer, callbacks=[best], logger=logger, default_root_dir=cfg.output_dir, enable_checkpointing=False,
+        trainer = instantiate(cfg.trainer, callbacks=[best], logger=instantiate(cfg.logger, version=f"fold{k}"),
+                              default_root_dir=cfg.output_dir, enable_checkpointing=False,
                               log_every_n_steps=logging_interval(cfg.trainer, len(rest), int(cfg.data.batch_size)),
                               **progress(cfg.trainer)[0])  # fold heads train in seconds: a bar on a terminal, else no lines
         trainer.fit(fold_module, datamodule=fold_data)

@@ -24,7 +24,6 @@ import os
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from beholder import default_model
@@ -37,6 +36,7 @@ from beholder.models import checkpoint
 from beholder.models.features import cached_features
 from beholder.models.load import load_checkpoint
 from beholder.models.metrics import cull_curve, spearman
+from beholder.train.cached_data import labelled_gallery
 from beholder.train.probe import out_of_fold
 from beholder.train.sweep import write_metrics
 from beholder.train.taste import TasteSpace, fit_deviation
@@ -123,7 +123,7 @@ def train_personal(cfg: DictConfig) -> float:
         raise UserError(f"base_ckpt={base_name}: its backbone was fine-tuned; a personal model needs frozen features "
                         "(train the base with experiment=best)")
     w_base, c_base = base_head_linear(module)
-    gallery = instantiate(cfg.data)
+    gallery = labelled_gallery(cfg)
     gallery.setup()
     labels = [label for split in ("train", "val", "test") for label in gallery.splits[split]]
     if len(labels) < 10:

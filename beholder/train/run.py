@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 import glob
-import inspect
 import logging
 import math
 import os
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from beholder.core import console
 from beholder.core.console import examples, line
+from beholder.core.entry import check_config
 from beholder.core.errors import MissingInput, UserError
 from beholder.core.launch import check_launch
 from beholder.core.progress import progress
 from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.labels import regression_stats, tier_counts
 from beholder.models import checkpoint
-from beholder.models.backbones import BackboneSpec, require_timm_model
+from beholder.models.backbones import require_timm_model
 from beholder.models.heads import build_head
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.models.optim import build_optimizer
-from beholder.train.cached_data import CachedFeatureDataModule
-from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, logging_interval
+from beholder.train.cached_data import CachedFeatureDataModule, labelled_gallery
+from beholder.train.callbacks import ResumableCheckpoint, SharedRunFolder, SkippedImages, ValidationImages, configured_callbacks, logging_interval
 from beholder.train.crossval import train_folds
 from beholder.train.near_copies import GROUP_PRECISION, GROUP_RECALL, calibrate_group_similarity
 from beholder.train.personal import train_personal
@@ -54,29 +54,13 @@ def build_module(cfg: DictConfig, regression_stats: dict) -> BeholderModule:
     )
 
 
-def check_known_keys(group: str, node: DictConfig, extra: tuple[str, ...] = ()) -> None:
-    """Every key of a ``_target_`` node must be a parameter of its target (a typo, or credentials
-    pasted into the config, stop here: credentials belong to boto3's chain)."""
-    parameters = inspect.signature(get_class(node._target_)).parameters
-    unknown = [k for k in node if not k.startswith("_") and k not in parameters and k not in extra]
-    if unknown:
-        raise UserError(f"{group}.{unknown[0]}: unknown option for {node._target_} (options: {', '.join(p for p in parameters if p != 'self')})")
-
-
 def check_options(cfg: DictConfig) -> None:
-    """Fail on a bad data, backbone, head or optimiser option before anything expensive starts."""
-    check_known_keys("data", cfg.data)
-    if cfg.cv and cfg.cv < 2:
-        raise UserError(f"cv={cfg.cv}: give K >= 2 folds, or 0 for one train/val split")
-    if cfg.cv and (cfg.resume or not cfg.feature_cache):
-        raise UserError(f"cv={cfg.cv} trains heads on cached features and does not resume: set feature_cache=FOLDER and resume=null")
-    if cfg.cv and not cfg.optimized_metric.startswith("val/"):
-        raise UserError(f"optimized_metric={cfg.optimized_metric}: cv={cfg.cv} optimises a val/ metric (out of fold)")
+    """Fail on a bad backbone, head or optimiser option before anything expensive starts (the
+    options' names and types are checked as they are composed: conf/schema.py)."""
     accelerator = cfg.trainer.get("accelerator", "auto")
     if cfg.trainer.get("sync_batchnorm") and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
         raise UserError("trainer.sync_batchnorm=true needs GPUs (DDP refuses SyncBatchNorm on CPU processes); add trainer.sync_batchnorm=false")
     require_timm_model(cfg.backbone.name)
-    BackboneSpec.parse(OmegaConf.to_container(cfg.backbone, resolve=True))
     try:
         build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True), [torch.nn.Parameter(torch.zeros(1))])
         build_head(OmegaConf.to_container(cfg.head, resolve=True), in_features=8)
@@ -130,6 +114,7 @@ def metric_mode(metric: str, mode: str) -> str:
 def train(cfg: DictConfig) -> float:
     """Fit, keep best/last checkpoints, test the best one; returns ``cfg.optimized_metric``."""
     respell_config(cfg, KEYS["train"])
+    check_config("train", cfg)
     if cfg.get("personal") or cfg.get("base_ckpt"):
         return train_personal(cfg)
     check_options(cfg)
@@ -139,7 +124,7 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = resolve_checkpoint(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = cfg.output_dir
-    gallery = instantiate(cfg.data)
+    gallery = labelled_gallery(cfg)
     gallery.setup()  # reads and checks the labels before anything expensive
     splits = gallery.splits
     if cfg.cv:
@@ -151,7 +136,7 @@ def train(cfg: DictConfig) -> float:
     module = build_module(cfg, stats)
     gallery.data_config = module.net.data_config
     datamodule = CachedFeatureDataModule(gallery, module.net, cfg.feature_views, cfg.feature_cache) if cfg.feature_cache else gallery
-    logger = TensorBoardLogger(output_dir, name="tensorboard", version="", default_hp_metric=False)
+    logger = instantiate(cfg.logger)
     logger.log_hyperparams(module.hparams, {"hp/" + cfg.optimized_metric.replace("/", "_"): math.nan})
     if cfg.cv:
         results, best = train_folds(cfg, module, datamodule, stats["tier_values"], mode, logger)
@@ -174,7 +159,8 @@ def train(cfg: DictConfig) -> float:
     skipped = SkippedImages()
     bar, lines = progress(cfg.trainer)
     steps = logging_interval(cfg.trainer, len(gallery.splits["train"]), int(cfg.data.batch_size))
-    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), best_kept, last, skipped, ValidationImages(), *lines],
+    chosen = configured_callbacks(cfg.callbacks, mode)
+    trainer = instantiate(cfg.trainer, callbacks=[SharedRunFolder(output_dir), best_kept, last, skipped, ValidationImages(), *chosen, *lines],
                           logger=logger, default_root_dir=output_dir, log_every_n_steps=steps, **bar)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -218,15 +204,15 @@ def report(cfg: DictConfig, logger, metrics: dict, best: str, skipped: dict, pro
         result["saved_as"] = saved
     logger.log_metrics({"hp/" + cfg.optimized_metric.replace("/", "_"): metrics[cfg.optimized_metric]})
     write_metrics(cfg.output_dir, result)
-    print_summary(result, skipped, cfg.output_dir)
+    print_summary(result, skipped, cfg.output_dir, isinstance(logger, TensorBoardLogger))
 
 
-def print_summary(result: dict, skipped: dict, output_dir: str) -> None:
+def print_summary(result: dict, skipped: dict, output_dir: str, tensorboard: bool) -> None:
     lines = [line("run folder", output_dir), line("processes", result["processes"]),
              *[line(name, f"{value:.4f}" if math.isfinite(value) else "undefined on these photos (none of the top tier?)", width=26)
                for name, value in result.items() if isinstance(value, float)],
              line("best checkpoint", result["best_checkpoint"]),
              *([line("saved as", f"{result['saved_as']}  (predict ckpt={result['saved_as']})")] if result.get("saved_as") else []),
              *([line("skipped", f"{len(skipped)} unreadable images: {examples(f'{i} ({r})' for i, r in skipped.items())}")] if skipped else []),
-             f"  tensorboard --logdir {os.path.dirname(output_dir.rstrip('/')) or '.'}"]
+             *([f"  tensorboard --logdir {os.path.dirname(output_dir.rstrip('/')) or '.'}"] if tensorboard else [])]
     console.print_summary("training finished", lines)

@@ -3,11 +3,11 @@ image), read as labels and written as beholder's decisions, merged into what is 
 
 from __future__ import annotations
 
-import io
+import copy
+import itertools
 import mmap
 import os
 import re
-import threading
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
@@ -37,7 +37,7 @@ PACKET_START, PACKET_END = b"<x:xmpmeta", b"</x:xmpmeta>"
 MAX_BYTES = 16 << 20  # real sidecars are kilobytes; darktable's edit history, a few hundred
 MAX_DEPTH = 100  # real XMP nests about 10 deep; far deeper only exhausts the writer's recursion
 WRAPPER = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n', '\n<?xpacket end="w"?>\n')
-SERIALISING = threading.Lock()  # ElementTree keeps one prefix map for the whole process
+XML_NAMESPACE = "http://www.w3.org/XML/1998/namespace"  # the xml: prefix, never declared
 
 
 class UnreadableSidecar(ValueError):
@@ -113,69 +113,81 @@ def sidecar_targets(images: list[str], existing: list[str], naming: str = "auto"
 
 def parse(data: bytes) -> tuple[ET.Element, ET.Element, tuple[int, int | None], dict[str, str]]:
     """The packet's root and rdf:RDF elements, comments and processing instructions kept, where the
-    root starts and ends in ``data`` (:func:`outline`), and the file's own prefixes (prefix -> URI),
-    to write it back with."""
-    span = outline(data)
-    prefixes = {}
-    try:
-        for _, (prefix, uri) in ET.iterparse(io.BytesIO(data), events=("start-ns",)):
-            if prefix and not re.fullmatch(r"ns\d+", prefix):
-                prefixes[prefix] = uri
-        parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
-        parser.feed(data)
-        root = parser.close()
-    except ET.ParseError as error:
-        raise UnreadableSidecar(f"not XML ({error})") from None
-    rdf = NAMESPACES["rdf"]
-    holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
-    if holder is None:
-        raise UnreadableSidecar("no rdf:RDF element")
-    return root, holder, span, prefixes
-
-
-def serialise(root: ET.Element, prefixes: dict[str, str]) -> bytes:
-    """``root`` as XML with these prefixes. ElementTree keeps prefixes in one map for the whole
-    process, so they are set for this call only and the map put back after: one file's prefixes
-    never leak into how the next is written. A carriage return in a value (a caption's line ends,
-    written ``&#13;``) is written as ``&#13;`` again: XML reads a bare one as a line feed."""
-    with SERIALISING:
-        saved = dict(ET._namespace_map)
-        try:
-            for prefix, uri in prefixes.items():
-                ET.register_namespace(prefix, uri)
-            return ET.tostring(root, encoding="unicode").replace("\r", "&#13;").encode()
-        finally:
-            ET._namespace_map.clear()
-            ET._namespace_map.update(saved)
-
-
-def outline(data: bytes) -> tuple[int, int]:
-    """Where the root element starts and ends in ``data`` (so that what surrounds it, the xpacket
-    wrapper and comments, is written back as it was); refuses XML nested deeper than ``MAX_DEPTH``."""
-    parser = expat.ParserCreate()
+    root starts and ends in ``data`` (so that what surrounds it, the xpacket wrapper and comments, is
+    written back as it was), and the file's own prefixes (prefix -> URI), to write it back with.
+    One pass of expat, ElementTree's own parser, into its TreeBuilder; XML nested deeper than
+    ``MAX_DEPTH`` is refused before it is built."""
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.buffer_text = True
+    builder = ET.TreeBuilder(insert_comments=True, insert_pis=True)
+    prefixes: dict[str, str] = {}
     depth, span = 0, [None, None]
 
-    def start(name, attributes):
+    def name(raw: str) -> str:  # expat's "URI}local" as ElementTree's "{URI}local"
+        return "{" + raw if "}" in raw else raw
+
+    def start(raw, attributes):
         nonlocal depth
         if depth == 0:
             span[0] = parser.CurrentByteIndex
         depth += 1
         if depth > MAX_DEPTH:
             raise UnreadableSidecar(f"elements nested more than {MAX_DEPTH} deep")
+        builder.start(name(raw), {name(key): value for key, value in attributes.items()})
 
-    def end(name):
+    def end(raw):
         nonlocal depth
+        builder.end(name(raw))
         depth -= 1
         if depth == 0:
             at = parser.CurrentByteIndex
             span[1] = data.index(b">", at) + 1 if data[at:at + 2] == b"</" else None
 
-    parser.StartElementHandler, parser.EndElementHandler = start, end
+    def declared(prefix, uri):
+        if prefix and not re.fullmatch(r"ns\d+", prefix):
+            prefixes[prefix] = uri
+
+    parser.StartElementHandler, parser.EndElementHandler, parser.StartNamespaceDeclHandler = start, end, declared
+    parser.CharacterDataHandler, parser.CommentHandler, parser.ProcessingInstructionHandler = builder.data, builder.comment, builder.pi
     try:
         parser.Parse(data, True)
     except expat.ExpatError as error:
         raise UnreadableSidecar(f"not XML ({error})") from None
-    return span[0], span[1]
+    root = builder.close()
+    rdf = NAMESPACES["rdf"]
+    holder = root if root.tag == f"{{{rdf}}}RDF" else root.find(f".//{{{rdf}}}RDF")
+    if holder is None:
+        raise UnreadableSidecar("no rdf:RDF element")
+    return root, holder, (span[0], span[1]), prefixes
+
+
+def serialise(root: ET.Element, prefixes: dict[str, str]) -> bytes:
+    """``root`` as XML with these prefixes (a namespace without one gets ``ns0``, ``ns1``, ...),
+    declared on the root element. The names are written out qualified in a copy of the tree, so
+    ElementTree's process-wide prefix map is neither read nor changed. A carriage return in a value
+    (a caption's line ends, written ``&#13;``) is written as ``&#13;`` again: XML reads a bare one as
+    a line feed."""
+    prefix_of = {uri: prefix for prefix, uri in prefixes.items()}
+    used: dict[str, str] = {}
+
+    def qualified(name: str) -> str:
+        if not name.startswith("{"):
+            return name
+        uri, local = name[1:].split("}", 1)
+        if uri == XML_NAMESPACE:
+            return f"xml:{local}"
+        if uri not in prefix_of:
+            prefix_of[uri] = next(f"ns{n}" for n in itertools.count() if f"ns{n}" not in used and f"ns{n}" not in prefixes)
+        used[prefix_of[uri]] = uri
+        return f"{prefix_of[uri]}:{local}"
+
+    tree = copy.deepcopy(root)
+    for element in tree.iter():
+        if isinstance(element.tag, str):  # not a comment or processing instruction
+            element.tag = qualified(element.tag)
+            element.attrib = {qualified(key): value for key, value in element.attrib.items()}
+    tree.attrib = {**{f"xmlns:{prefix}": used[prefix] for prefix in sorted(used)}, **tree.attrib}
+    return ET.tostring(tree, encoding="unicode").replace("\r", "&#13;").encode()
 
 
 def tag(prefix: str, name: str) -> str:

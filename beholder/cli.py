@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from beholder.core.extras import EXTRAS, needs
 from beholder.core.vocabulary import note
 
 # words -> (module, its main function, what it does)
@@ -51,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, function, _ = COMMANDS[words]
     rest = argv[len(words.split()):]
-    entry = getattr(importlib.import_module(module), function)
+    try:
+        entry = getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as error:  # an optional part not installed (beholder/core/extras.py)
+        if error.name not in EXTRAS:
+            raise
+        print(f"beholder: error: beholder {words} {needs(error.name)}", file=sys.stderr)
+        return 2
     if words in HYDRA:  # Hydra reads sys.argv itself
         sys.argv = [f"beholder {words}", *rest]
         entry()

@@ -222,3 +222,15 @@ def test_every_library_beholder_imports_is_declared():
     undeclared = {name: distributions.get(name) for name in third_party
                   if not {d.lower().replace("_", "-") for d in distributions.get(name, [name])} & declared}
     assert undeclared == {}
+
+
+def test_a_missing_optional_part_is_named_with_its_extra():
+    script = ("import sys\nfor name in ('fastapi', 'rawpy', 'pillow_heif'):\n    sys.modules[name] = None  # as if not installed\n"
+              "from beholder.cli import main\nfrom beholder.data.images import UnreadableImage, decode_image\n"
+              "for data in (b'\\0\\0\\0\\x18ftypheic' + bytes(16), b'\\0\\0\\0\\x18ftypcrx ' + bytes(16)):\n"
+              "    try:\n        decode_image(data)\n    except UnreadableImage as error:\n        print(error)\n"
+              "print(main(['label', '--gallery', '.', '--db', 'x.sqlite']))")
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines() == ["a HEIF/HEIC file; reading it needs pillow_heif: pip install 'beholder[formats]'",
+                                          "a camera RAW file; reading it needs rawpy: pip install 'beholder[formats]'", "2"], result.stderr
+    assert result.stderr == "beholder: error: beholder label needs fastapi: pip install 'beholder[web]'\n"

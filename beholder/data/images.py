@@ -9,9 +9,9 @@ import time
 import warnings
 
 import numpy as np
-import pillow_heif
-import rawpy
 from PIL import Image, ImageOps
+
+from beholder.core.extras import needs
 
 RAW_SUFFIXES = (".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".dng")
 HEIF_SUFFIXES = (".heic", ".heif")
@@ -27,6 +27,7 @@ LIBRAW_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: I
 WEBCAM_TIME = re.compile(r"(?<!\d)(\d{4})_(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(?!\d)")
 EXIF_IFD, DATE_TIME_ORIGINAL, DATE_TIME = 0x8769, 36867, 306
 
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # an ISO media file of still images
 
 class UnreadableImage(Exception):
     """The file is not an image we can use; the message says why."""
@@ -75,7 +76,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: tu
 
 def raw_picture(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) -> Image.Image | None:
     """A camera RAW file through LibRaw: its embedded JPEG preview when that is large enough, else a
-    half-size demosaic (camera white balance), upright. None for a plain TIFF (LibRaw does not take it)."""
+    half-size demosaic (camera white balance), upright. None for a plain TIFF (LibRaw does not take it,
+    nor is it there to take a TIFF-based RAW without the ``formats`` extra: Pillow reads what it can)."""
+    try:
+        import rawpy
+    except ModuleNotFoundError:
+        if data.startswith((b"II*\x00", b"MM\x00*")):
+            return None
+        raise UnreadableImage(f"a camera RAW file; reading it {needs('rawpy')}") from None
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             width, height = raw.sizes.raw_width, raw.sizes.raw_height
@@ -105,7 +113,15 @@ def raw_picture(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Pillow's own formats, opened lazily; HEIF/HEIC decoded by pillow_heif directly, upright
     (registering pillow_heif's opener instead would change Pillow for the whole process)."""
-    if data[4:8] == b"ftyp" and pillow_heif.is_supported(data):
+    if data[4:8] != b"ftyp":
+        return Image.open(io.BytesIO(data))
+    try:
+        import pillow_heif
+    except ModuleNotFoundError:
+        if data[8:12] in HEIF_BRANDS:
+            raise UnreadableImage(f"a HEIF/HEIC file; reading it {needs('pillow_heif')}") from None
+        return Image.open(io.BytesIO(data))
+    if pillow_heif.is_supported(data):
         heif = pillow_heif.open_heif(io.BytesIO(data))
         width, height = heif.size
         if width * height > max_pixels:

@@ -234,3 +234,19 @@ def test_a_missing_optional_part_is_named_with_its_extra():
     assert result.stdout.splitlines() == ["a HEIF/HEIC file; reading it needs pillow_heif: pip install 'beholder[formats]'",
                                           "a camera RAW file; reading it needs rawpy: pip install 'beholder[formats]'", "2"], result.stderr
     assert result.stderr == "beholder: error: beholder label needs fastapi: pip install 'beholder[web]'\n"
+
+
+def test_every_command_takes_a_path_as_a_flag_or_as_key_value():
+    from beholder.core.entry import flags_as_options
+    from beholder.core.vocabulary import CommandParser
+
+    assert flags_as_options(["--gallery", "Tom's wedding", "--output=out", "--keep-top", "0.3", "--xmp", "--cfg", "job", "-m", "head=a,b"]) == [
+        "gallery=Tom's wedding", "output=out", "keep_top=0.3", "xmp=true", "--cfg", "job", "-m", "head=a,b"]
+    parser = CommandParser(prog="beholder similar")
+    parser.add_argument("--scored")
+    parser.add_argument("source")
+    args = parser.parse_args(["scored=culled", "day=1"])  # a positional folder named day=1 stays one
+    assert (args.scored, args.source) == ("culled", "day=1")
+    result = subprocess.run([PYTHON, "-m", "beholder", "predict", "--gallery", "/no/such/folder", "--output", "o"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == "beholder: error: gallery=/no/such/folder: no such folder\n"

@@ -58,6 +58,28 @@ def literal_paths(arguments: list[str]) -> list[str]:
     return out
 
 
+# Hydra's own flags (beholder train --hydra-help); any other --name is an option of the command
+HYDRA_FLAGS = frozenset({"--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
+                         "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info"})
+
+
+def flags_as_options(arguments: list[str]) -> list[str]:
+    """``--gallery X`` and ``--gallery=X`` as ``gallery=X`` (``--endpoint-url`` as ``endpoint_url``), the
+    way the ``--flag`` commands take them; a flag alone (``--xmp``) is ``xmp=true``. Hydra's own flags
+    and ``-m`` stay as they are."""
+    out, rest = [], list(arguments)
+    while rest:
+        argument = rest.pop(0)
+        flag, equals, value = argument.partition("=")
+        if not flag.startswith("--") or flag in HYDRA_FLAGS:
+            out.append(argument)
+            continue
+        if not equals:
+            value = rest.pop(0) if rest and not rest[0].startswith("-") and "=" not in rest[0] else "true"
+        out.append(f"{flag[2:].replace('-', '_')}={value}")
+    return out
+
+
 def run_dir_inside_output(arguments: list[str]) -> list[str]:
     """With ``output_dir=`` given (train), Hydra's run folder (``.hydra``, the log) is that folder,
     not a new ``outputs/<date>/<time>`` beside it; a ``hydra.run.dir=`` given wins."""
@@ -167,7 +189,7 @@ def hydra_application(config_name: str, task: str) -> Callable[[], object]:
         if {"-h", "--help"} & set(sys.argv[1:]):
             print(help_text(config_name))
             sys.exit(0)
-        sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(sys.argv[1:]))]
+        sys.argv = [sys.argv[0], *literal_paths(run_dir_inside_output(flags_as_options(sys.argv[1:])))]
         problem = misread_option(config_name, sys.argv[1:])
         if problem:
             exit_with(problem)

@@ -4,6 +4,8 @@ work, with a note naming the new one."""
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -59,3 +61,25 @@ def respell_config(cfg: DictConfig, renames: dict[str, str]) -> None:
             OmegaConf.update(cfg, new, value, merge=False)
             if "." not in old:
                 cfg[old] = None
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The ``--flag`` commands' parser, which also takes ``key=value`` for a flag it has
+    (``scored=culled`` as ``--scored culled``), the way train and predict take their options."""
+
+    def __init__(self, *args, **kwargs):
+        self.flags: set[str] = set()  # before argparse adds --help
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        self.flags |= {name for name in names if name.startswith("--")}
+        return super().add_argument(*names, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        given = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self.as_flag(arg) for arg in given], namespace)
+
+    def as_flag(self, arg: str) -> str:
+        match = re.fullmatch(r"([A-Za-z][\w-]*)=(.*)", arg, re.S)
+        flag = f"--{match[1].replace('_', '-')}" if match else None
+        return f"{flag}={match[2]}" if flag in self.flags else arg

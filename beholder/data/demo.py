@@ -9,13 +9,13 @@ top tiers; fog, night, glare, a tilted camera or a frozen (corrupted) frame make
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from beholder.core.tables import csv_text
+from beholder.core.vocabulary import CommandParser
 
 HEIGHT, WIDTH = 237, 1820
 JUNK = ("fog", "night", "glare", "tilted", "frozen")
@@ -111,7 +111,7 @@ def make_gallery(folder: str, count: int = 400, seed: int = 0, height: int = HEI
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder demo") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = CommandParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("folder", help="where to draw the panoramas and their labels.csv (created)")
     parser.add_argument("--count", type=int, default=400, help="how many panoramas (default 400)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed draws the same gallery (default 0)")

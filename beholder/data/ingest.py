@@ -16,7 +16,6 @@ crawl stops at ``--max-depth`` folders and ``--max-pages`` listings.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime as dt
 import fnmatch
@@ -45,7 +44,7 @@ from beholder.core import storage
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3, join, split_s3, within
 from beholder.core.tables import csv_bytes, read_csv
-from beholder.core.vocabulary import respell
+from beholder.core.vocabulary import CommandParser, respell
 from beholder.data.images import capture_time as file_time
 
 DAY_PATH = re.compile(r"(?:^|/)(\d{4})(?:/(\d{2}))?(?:/(\d{2}))?/?$")
@@ -430,7 +429,7 @@ def parse_date(text: str | None, option: str) -> dt.date | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder ingest") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = CommandParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("source", help="URL of the top folder listing")
     parser.add_argument("destination", help="s3://bucket/prefix or a local folder")
     parser.add_argument("--include", action="append", default=[], help="glob on the path (or file name); repeatable")

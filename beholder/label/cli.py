@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import sys
@@ -19,7 +18,7 @@ from fastapi import FastAPI
 
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, check_uri, is_s3
-from beholder.core.vocabulary import respell
+from beholder.core.vocabulary import CommandParser, respell
 from beholder.data.gallery import list_gallery
 from beholder.data.scores import read_scored, scored_file
 from beholder.decisions.database import ImageDatabase
@@ -113,7 +112,7 @@ def photographers_stars(gallery: str) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder label") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description="Label a gallery in the browser, round by round.", allow_abbrev=False)
+    parser = CommandParser(prog=prog, description="Label a gallery in the browser, round by round.")
     parser.add_argument("--gallery", required=True, help="folder or s3://bucket/prefix")
     parser.add_argument("--db", required=True, help="SQLite file with the labels (created if missing)")
     parser.add_argument("--rater", default="me", help="the default rater's name (the page takes ?rater=NAME)")
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder label") -> None:
 
 
 def review(argv: list[str] | None = None, prog: str = "beholder review") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description="Confirm or overturn a model's decisions in the browser.", allow_abbrev=False)
+    parser = CommandParser(prog=prog, description="Confirm or overturn a model's decisions in the browser.")
     parser.add_argument("--scored", required=True, help="beholder predict's output folder (or s3:// prefix), or its scores.csv")
     parser.add_argument("--gallery", required=True, help="the scored gallery: folder or s3://bucket/prefix")
     parser.add_argument("--db", required=True, help="SQLite file with the decisions (created if missing)")

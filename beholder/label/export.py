@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from itertools import permutations
@@ -10,6 +9,7 @@ from itertools import permutations
 from beholder.core.errors import exit_on_user_error
 from beholder.core.storage import Store
 from beholder.core.tables import csv_text
+from beholder.core.vocabulary import CommandParser
 from beholder.data.labels import NUM_TIERS
 from beholder.decisions.review import Review, review_labels
 from beholder.decisions.tournament import Tournament
@@ -85,7 +85,7 @@ def run_export(args) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder label export") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description="Write the labels CSV for beholder train.", allow_abbrev=False)
+    parser = CommandParser(prog=prog, description="Write the labels CSV for beholder train.")
     parser.add_argument("--db", required=True, help="the labeller's or a review's SQLite file")
     parser.add_argument("--out", required=True, help="CSV path (or s3:// URI)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -11,7 +11,6 @@ tier (by --tiers), rating (-1 rejected, 1-5 stars: data.score_column=rating) and
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ from beholder.core.console import examples, line, listed
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside, relative_key, utf8, within
 from beholder.core.tables import csv_bytes
-from beholder.core.vocabulary import respell
+from beholder.core.vocabulary import CommandParser, respell
 from beholder.data.images import IMAGE_SUFFIXES
 from beholder.data.scores import read_scored
 from beholder.decisions.review import Review, review_decisions
@@ -183,9 +182,9 @@ def run_write(args) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     argv = respell(sys.argv[1:] if argv is None else argv, ("--root", "--scores"))
-    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()), allow_abbrev=False)
+    parser = CommandParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].split()))
     commands = parser.add_subparsers(dest="command", required=True, help="import or write")
-    reading = commands.add_parser("import", help="ratings -> a labels CSV for beholder train", allow_abbrev=False,
+    reading = commands.add_parser("import", help="ratings -> a labels CSV for beholder train",
                                   description="A photographer's ratings (XMP sidecars, a Lightroom catalogue, darktable's library) as a labels CSV "
                                               "for beholder train.")
     reading.add_argument("source", help="a folder of XMP sidecars, a Lightroom .lrcat, or darktable's library.db")
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None, prog: str = "beholder ratings") -> None:
     reading.add_argument("--review", help="a label review database: its keep / reject decisions join the ratings (source=review)")
     reading.add_argument("--with-beholder", action="store_true", help="also read the ratings beholder wrote itself (source=beholder); "
                          "by default only the photographer's count")
-    writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged", allow_abbrev=False,
+    writing = commands.add_parser("write", help="a scores.csv -> XMP sidecars beside the images, merged",
                                   description="beholder's decisions from a scores.csv merged into the XMP sidecars beside the images "
                                               "(pick or reject, a colour label, keywords; stars with --stars).")
     writing.add_argument("--scored", required=True, help="beholder predict's output folder, or its scores.csv (any model's)")

@@ -7,7 +7,6 @@ beholder predict wrote (``OUTPUT/embeddings.parquet``); exact, or FAISS for larg
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -15,7 +14,7 @@ from beholder.core.console import examples, line
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside, is_s3, join, within
 from beholder.core.tables import csv_bytes
-from beholder.core.vocabulary import respell
+from beholder.core.vocabulary import CommandParser, respell
 from beholder.data.contact_sheet import highlights_html
 from beholder.search.embeddings import CHECKPOINT, FILE, centred
 from beholder.search.neighbours import Neighbours, bands, embed, load_index
@@ -23,7 +22,7 @@ from beholder.search.vector_index import EXACT_UP_TO
 
 
 def main(argv: list[str] | None = None, prog: str = "beholder similar") -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()), allow_abbrev=False)
+    parser = CommandParser(prog=prog, description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()))
     parser.add_argument("--scored", required=True, help="beholder predict's output folder (or s3:// prefix) holding embeddings.parquet")
     parser.add_argument("--query", required=True, help="an image of the index (its path there), or a photo file outside it")
     parser.add_argument("--count", type=int, default=24, help="how many similar images (default 24)")

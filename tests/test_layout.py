@@ -247,6 +247,6 @@ def test_every_command_takes_a_path_as_a_flag_or_as_key_value():
     parser.add_argument("source")
     args = parser.parse_args(["scored=culled", "day=1"])  # a positional folder named day=1 stays one
     assert (args.scored, args.source) == ("culled", "day=1")
-    result = subprocess.run([PYTHON, "-m", "beholder", "predict", "--gallery", "/no/such/folder", "--output", "o"], capture_output=True,
+    result = subprocess.run([PYTHON, "-m", "beholder", "predict", "--gallery", "g", "--output", "o", "--keep-top", "2"], capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr == "beholder: error: gallery=/no/such/folder: no such folder\n"
+    assert result.returncode == 2 and result.stderr == "beholder: error: keep_top=2: give a share in (0, 1]\n"

@@ -112,6 +112,7 @@ WEDDING = "Tom's wedding, Trip [2024] day=1"
 EVERYDAY = WEDDING + " ${oc.env:HOME}"
 
 
+@pytest.mark.slow  # a whole predict process (6 s): the full suite's
 def test_everyday_folder_names_reach_predict_as_typed(trained, tmp_path):
     ckpt, gallery = trained
     photos = tmp_path / EVERYDAY / "photos"

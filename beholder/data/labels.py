@@ -1,4 +1,4 @@
-"""The labels CSV: read it, check it, split it, and derive the regression targets from it."""
+"""The labels CSV: write it, read it, check it, split it, and derive the regression targets from it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from beholder.core.errors import UserError
-from beholder.core.tables import read_csv
+from beholder.core.tables import csv_text, read_csv
 
 NUM_TIERS = 4
 SPLITS = ("train", "val", "test")
@@ -33,6 +34,18 @@ class Label:
     value: float | None = None  # the score column, when one is used
     split: str | None = None
     group: str | None = None  # rows of one group (e.g. one capture day) stay in one split
+
+
+def labels_csv(rows: Iterable[dict], extra: list[str]) -> str:
+    """A labels CSV that beholder train reads: ``image`` and ``tier`` (0-3), then the ``extra``
+    columns (``rating``, ``source``, per-rater tiers ...), as ratings import, label export and a
+    review's export write it."""
+    def checked(row: dict) -> dict:
+        if not (isinstance(row["tier"], int) and 0 <= row["tier"] < NUM_TIERS):
+            raise ValueError(f"{row['image']}: tier {row['tier']!r} is not 0-{NUM_TIERS - 1}")
+        return row
+
+    return csv_text(["image", "tier", *extra], (checked(row) for row in rows))
 
 
 def parse_labels(text: str, source: str, score_column: str | None = None, group_by: str | None = None,

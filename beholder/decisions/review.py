@@ -11,7 +11,7 @@ import math
 import time
 
 from beholder.core.errors import UserError
-from beholder.core.tables import csv_text
+from beholder.data.labels import labels_csv
 from beholder.data.scores import BANDS
 from beholder.decisions.database import ImageDatabase, SubmissionError
 
@@ -124,4 +124,4 @@ def review_labels(db: Review) -> tuple[str, int]:
     latest = {key: (keep, band) for key, keep, band in rows}
     rows = ({"image": key, "tier": REVIEW_TIERS[bool(keep)], "rating": keep, "model_band": band,
              "agreed": str(bool(keep) == (band != "reject")).lower(), "source": "review"} for key, (keep, band) in sorted(latest.items()))
-    return csv_text(["image", "tier", "rating", "model_band", "agreed", "source"], rows), len(latest)
+    return labels_csv(rows, ["rating", "model_band", "agreed", "source"]), len(latest)

@@ -8,9 +8,8 @@ from itertools import permutations
 
 from beholder.core.errors import exit_on_user_error
 from beholder.core.storage import Store
-from beholder.core.tables import csv_text
 from beholder.core.vocabulary import CommandParser
-from beholder.data.labels import NUM_TIERS
+from beholder.data.labels import NUM_TIERS, labels_csv
 from beholder.decisions.review import Review, review_labels
 from beholder.decisions.tournament import Tournament
 
@@ -66,7 +65,7 @@ def export(tournament: Tournament) -> tuple[str, dict]:
     alpha = ordinal_alpha(units)
     summary = {"images": len(images), "raters": raters, "shared": sum(len(u) >= 2 for u in units), "alpha": alpha,
                "gone": len(labelled - active), "rounds": tournament.rounds}
-    return csv_text(fields, rows), summary
+    return labels_csv(rows, fields[2:]), summary
 
 
 def run_export(args) -> None:

@@ -18,9 +18,9 @@ import sys
 from beholder.core.console import examples, line, listed
 from beholder.core.errors import UserError, exit_on_user_error
 from beholder.core.storage import Store, inside, relative_key, utf8, within
-from beholder.core.tables import csv_bytes
 from beholder.core.vocabulary import CommandParser, respell
 from beholder.data.images import IMAGE_SUFFIXES
+from beholder.data.labels import labels_csv
 from beholder.data.scores import read_scored
 from beholder.decisions.review import Review, review_decisions
 from beholder.ratings.sources import from_darktable, from_lightroom, from_sidecars
@@ -93,7 +93,7 @@ def run_import(args) -> None:
     if os.path.isdir(source):  # every image of the folder that carries no rating is unrated too
         known = set(rows) | set(unrated + unmapped + unreadable)
         unrated += [image for image in Store().list(root, IMAGE_SUFFIXES) if image not in known]
-    Store().write(args.out, csv_bytes(["image", "tier", "rating", "label", "source"], (rows[image] for image in sorted(rows))))
+    Store().write(args.out, labels_csv((rows[image] for image in sorted(rows)), ["rating", "label", "source"]).encode())
     if args.unrated:
         Store().write(args.unrated, "".join(f"{image}\n" for image in sorted(unrated)).encode())
     counts = {tier: sum(row["tier"] == tier for row in rows.values()) for tier in range(4)}

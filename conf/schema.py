@@ -27,6 +27,7 @@ CULL_CHOICES = ("auto", "promise", *CULL_LEVELS)
 THRESHOLD_OPTIONS = ("keep_recall", "threshold", "keep_top")
 XMP_NAMING = ("auto", "adobe", "darktable")  # new sidecars: as the folder's others, IMG_1.xmp, IMG_1.jpg.xmp
 OPTIMIZED_MODES = ("auto", "min", "max")
+PRECISIONS = ("auto", "fp32", "bf16")  # predict's precision=
 
 
 @dataclass
@@ -137,7 +138,8 @@ class PredictConfig(CommandConfig):
     threshold: Optional[float] = MISSING
     keep_top: Optional[float] = MISSING
     num_workers: Any = MISSING  # "auto" or a count
-    channels_last: bool = MISSING
+    precision: str = MISSING
+    channels_last: Any = MISSING  # true, false or "auto"
     compile: bool = MISSING
     highlights: int = MISSING
     embeddings: bool = MISSING
@@ -203,6 +205,8 @@ def predict_problems(cfg: DictConfig) -> list[str]:
         *([f"group_window={shown(window)}: give seconds, more than 0"] if window is not None and window <= 0 else []),
         *([f"group_similarity={shown(similarity)}: give a cosine similarity in [-1, 1]"] if similarity is not None and not -1 <= similarity <= 1 else []),
         choice("xmp_naming", cfg.xmp_naming, XMP_NAMING),
+        choice("precision", cfg.precision, PRECISIONS),
+        *([f"channels_last={shown(cfg.channels_last)}: give true, false or auto"] if cfg.channels_last not in (True, False, "auto") else []),
         *(["keep_per_group and group_window group images by their embeddings; leave embeddings=true"]
           if not cfg.embeddings and (per_group is not None or window is not None) else []),
     ]

@@ -227,17 +227,33 @@ def test_bad_input_gives_one_line_and_nonzero_exit(trained, tmp_path):
 
 @pytest.mark.slow
 def test_gpu_options_are_accepted_on_a_cpu_and_keep_the_ranking(trained, tmp_path):
-    """bf16-mixed + channels_last + torch.compile: the features in bfloat16, the head in fp32."""
+    """bf16 + channels_last + torch.compile: the features in bfloat16, the head in fp32."""
     ckpt, gallery = trained
-    plain = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/plain"]))
+    plain = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/plain", "precision=fp32"]))
     fast = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/fast",
-                                    "trainer.precision=bf16-mixed", "channels_last=true", "compile=true"]))
+                                    "precision=bf16", "channels_last=true", "compile=true"]))
     assert plain["scored"] == fast["scored"] == 60
     a = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "plain" / "scores.csv")}
     b = {r["image"]: float(r["score"]) for r in read_scores(tmp_path / "fast" / "scores.csv")}
     assert max(abs(a[k] - b[k]) for k in a) < 0.05 and a != b  # bfloat16 features: close, not the same numbers
     assert len(set(b.values())) == 60  # scored in fp32: no ties from 8-bit mantissas
     assert spearman(torch.tensor([a[k] for k in a]), torch.tensor([b[k] for k in a])) > 0.95
+
+
+
+@pytest.mark.parametrize("native, precision, expected", [
+    ("AVX512-BF16", "auto", "bf16, channels_last  (precision=auto, native on this machine: AVX512-BF16)"),
+    (None, "auto", "fp32  (precision=auto, no native bf16 on this machine)"),
+    ("AVX512-BF16", "fp32", "fp32  (precision=fp32)"),
+])
+def test_precision_follows_the_hardware_unless_given(trained, tmp_path, monkeypatch, capsys, native, precision, expected):
+    import beholder.predict.run as run
+
+    monkeypatch.setattr(run, "native_bf16", lambda accelerator: native)
+    ckpt, gallery = trained
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"gallery={gallery}/sub0", f"output={tmp_path}/out", f"precision={precision}"]))
+    assert summary["computed_in"]["precision"] == expected.split(",")[0].split()[0]
+    assert f"computed in     {expected}" in capsys.readouterr().out
 
 
 def other_checkpoint(trained, tmp_path):

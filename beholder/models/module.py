@@ -36,6 +36,7 @@ class BeholderModule(pl.LightningModule):
         self.metrics = nn.ModuleDict({stage: GalleryMetrics(self.net.head.positive_tier) for stage in ("val", "test")})
         self.val_positive_scores = torch.empty(0)
         self.channels_last = False
+        self.bf16_features = False  # the networks' features computed under bf16 autocast (the head stays fp32)
         self.feature_cache = None  # a FeatureCache of the frozen network's features (prediction)
         self.calibrated_on = None  # which photos val_positive_scores are of, when not "tier >= positive_tier"
         self.group_similarity = None  # this model's near-copy threshold (beholder/train/near_copies.py)
@@ -68,7 +69,8 @@ class BeholderModule(pl.LightningModule):
         parts = [batch["cached"].float()] if "cached" in batch else []
         if "image" in batch:
             images = batch["image"].contiguous(memory_format=torch.channels_last) if self.channels_last else batch["image"]
-            computed = self.net.photo_features(images, batch.get("tiles")).float()
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16_features):
+                computed = self.net.photo_features(images, batch.get("tiles")).float()
             if self.feature_cache is not None:
                 for content, vector in zip(batch["content"], computed.detach().cpu().numpy()):
                     if np.isfinite(vector).all():

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from beholder import default_model
 from beholder.core.entry import check_config
 from beholder.core.errors import MissingInput, UserError
+from beholder.core.hardware import native_bf16
 from beholder.core.launch import check_launch, loader_workers
 from beholder.core.progress import progress
 from beholder.core.storage import Store, check_uri, is_s3, join
@@ -40,13 +41,22 @@ class Incomplete(UserError):
     """Not every image was processed (an interrupted or limited run); a rerun finishes the rest."""
 
 
-def speed_up(cfg: DictConfig, module: BeholderModule) -> None:
-    """channels_last: NHWC weights and batches (tensor cores convolve those fastest); compile:
-    torch.compile the feature extractor (minutes of compiling, paid back on large galleries)."""
-    if cfg.channels_last:
+def speed_up(cfg: DictConfig, module: BeholderModule) -> dict:
+    """What the networks compute in, for the summary: ``precision`` (auto: bf16 where the device
+    computes it natively, core/hardware.py), ``channels_last`` (NHWC weights and batches, which bf16
+    convolutions run fastest on; auto: with bf16), and ``compile`` (torch.compile the feature
+    extractor: minutes of compiling, paid back on large galleries)."""
+    native = native_bf16(str(cfg.trainer.get("accelerator", "auto")))
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native is not None)
+    channels_last = bf16 if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    module.bf16_features = bf16
+    if channels_last:
         module.use_channels_last()
     if cfg.compile:
         module.net.features = torch.compile(module.net.features)
+    why = f"native on this machine: {native}" if native else "no native bf16 on this machine"
+    return {"precision": "bf16" if bf16 else "fp32", "channels_last": channels_last, "compile": bool(cfg.compile),
+            "why": f"precision=auto, {why}" if cfg.precision == "auto" else f"precision={cfg.precision}"}
 
 
 def predict(cfg: DictConfig) -> dict | None:
@@ -61,7 +71,7 @@ def predict(cfg: DictConfig) -> dict | None:
     workers = loader_workers(cfg.num_workers, cfg.trainer)
     ckpt_path = os.path.expanduser(str(cfg.ckpt)) if cfg.ckpt else default_model.checkpoint_path()
     module = load_checkpoint(ckpt_path)
-    speed_up(cfg, module)
+    computed_in = speed_up(cfg, module)
     store = Store(cfg.endpoint_url)
     partial = join(output, PARTIAL)
     transform = build_transform(module.net.data_config, train=False)
@@ -75,11 +85,11 @@ def predict(cfg: DictConfig) -> dict | None:
                                                           measures_cache=measures_cache),
                             cfg.batch_size, workers)
     with pending.lock:
-        return score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check, checks)
+        return score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check, checks, computed_in)
 
 
 def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, verdicts, pending, check: RowCheck,
-                     checks: Checks | None) -> dict | None:
+                     checks: Checks | None, computed_in: dict) -> dict | None:
     """predict's body, with the output locked: ``pending``'s images scored into the shards, then the
     decisions over the whole gallery, the results written and the summary printed."""
     bar, lines = progress(cfg.trainer)
@@ -142,6 +152,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         "reject_below": reject_below,
         "threshold_source": policy.summary,
         "images_per_second": len(todo) / seconds if todo and seconds > 0 else math.nan,
+        "computed_in": computed_in,
         "newly_scored": len(todo),
         "from_cache": {"photos": from_cache, "folder": str(cfg.feature_cache)} if from_cache else None,
         "processes": trainer.world_size,

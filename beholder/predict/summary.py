@@ -92,6 +92,13 @@ def ignored_lines(ignored: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def computed_in_words(computed: dict) -> str:
+    """``bf16, channels_last  (precision=auto, native on this machine: AVX512-BF16)``."""
+    kind = ", ".join([computed["precision"], *(["channels_last"] if computed["channels_last"] else []),
+                      *(["torch.compile"] if computed["compile"] else [])])
+    return f"{kind}  ({computed['why']})"
+
+
 def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ignored: dict[str, list[str]]) -> None:
     since, rated = summary["since_last_run"], summary["rated"]
     processes = f"{summary['processes']} process{'es' if summary['processes'] != 1 else ''}"
@@ -104,6 +111,7 @@ def print_summary(summary: dict, ranked: list[dict], skipped: dict[str, str], ig
         line("model", summary["model"]),
         line("images found", summary["found"]),
         line("scored", f"{summary['scored']}  ({summary['newly_scored']} in this run, {speed})"),
+        *([line("computed in", computed_in_words(summary["computed_in"]))] if summary["newly_scored"] else []),
         *[line("rescored", f"{count}  ({reason})") for reason, count in summary["rescored"].items()],
         *([line("since last run", f"{since['new']} new, {since['changed']} changed, {since['gone']} gone (the rest's scores kept)")] if since else []),
         line("skipped", f"{summary['skipped']}" + (f"  {examples(f'{i}: {r}' for i, r in skipped.items())}" if skipped else "")),

@@ -14,13 +14,18 @@ flat. Results replace the "throughput" section of bench/RESULTS.md.
     python bench/throughput.py --quick          # smaller counts, to check it runs
     python bench/throughput.py --only technical # the default model with the technical checks off and on,
                                                 # real photos and 24-MP JPEGs ("throughput-technical")
+    python bench/throughput.py --only default   # the default model as shipped: each engine and precision of its
+                                                # frozen networks, and predict fp32 against precision=auto
+                                                # ("throughput-default", about 20 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -112,10 +117,11 @@ def fill_gallery(source_files, folder, count):
 
 PREDICT_RUNNER = """
 import json, resource, sys, time
-from hydra import compose, initialize_config_dir
+from beholder.core.entry import compose_config
+from beholder.core.memory import keep_freed_memory
 from beholder.predict.run import predict
-with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
-    cfg = compose(config_name="predict", overrides=sys.argv[2:])
+keep_freed_memory()  # as beholder predict does
+cfg = compose_config("predict", sys.argv[1:])
 started = time.perf_counter()
 summary = predict(cfg)
 wall = time.perf_counter() - started
@@ -129,7 +135,7 @@ def run_predict(ckpt, gallery, output, batch, extra=()):
     overrides = [f"ckpt={ckpt}", f"gallery={gallery}", f"output={output}", f"batch_size={batch}", "num_workers=2",
                  "threshold=0.5", "trainer.enable_progress_bar=false", "highlights=4", *extra]
     env = {**os.environ, "PYTHONPATH": REPO}
-    result = subprocess.run([sys.executable, "-c", PREDICT_RUNNER, os.path.join(REPO, "conf"), *overrides], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", PREDICT_RUNNER, *overrides], capture_output=True, text=True, env=env)
     line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
     if result.returncode or not line:
         raise RuntimeError(result.stderr[-3000:])
@@ -180,15 +186,210 @@ def technical_rows(work: str, quick: bool) -> tuple[list[list], list[list]]:
     return rows, path
 
 
+ENGINES = ("eager fp32", "eager fp32 + channels_last", "eager bf16 + channels_last", "torch.compile bf16 + channels_last",
+           "ONNX Runtime fp32", "OpenVINO fp32", "OpenVINO bf16")
+
+
+def engine(name: str, net, sample: torch.Tensor, work: str):
+    """``name``'s forward of ``net.features`` (a frozen default path) as images -> features, and its
+    setup seconds (an export, a compile); None where the engine is not installed."""
+    import copy
+
+    started = time.perf_counter()
+    features = FeaturePath(copy.deepcopy(net)).eval()
+    channels_last = "channels_last" in name
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    if name.startswith(("eager", "torch.compile")):
+        run = torch.compile(features) if name.startswith("torch.compile") else features
+        bf16 = "bf16" in name
+
+        def forward(images):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return run(images.contiguous(memory_format=torch.channels_last) if channels_last else images).float()
+        forward(sample)  # torch.compile compiles here
+        return forward, time.perf_counter() - started
+    if name.startswith("ONNX"):
+        try:
+            import onnxruntime
+        except ModuleNotFoundError:
+            return None, None
+        path = os.path.join(work, "features.onnx")
+        torch.onnx.export(features, (sample,), path, input_names=["images"], dynamic_axes={"images": {0: "batch"}}, dynamo=True)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return (lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])), time.perf_counter() - started
+    try:
+        import openvino
+    except ModuleNotFoundError:
+        return None, None
+    model = openvino.Core().compile_model(openvino.convert_model(features, example_input=sample), "CPU",
+                                          {"INFERENCE_PRECISION_HINT": "bf16" if "bf16" in name else "f32"})
+    return (lambda images: torch.from_numpy(model(images.numpy())[0])), time.perf_counter() - started
+
+
+class FeaturePath(torch.nn.Module):
+    """A ScoreNet's frozen networks as one module (what an exporter takes)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images):
+        return self.net.features(images)
+
+
+def decoded_photos(module, root: str) -> torch.Tensor:
+    """Every photo of ``root`` decoded once, as predict's loader gives them (evaluation transform)."""
+    images = list_gallery(Store(), root)
+    dataset = GalleryDataset(root, images, Store(), build_transform(module.net.data_config, train=False))
+    samples = [dataset[i] for i in range(len(dataset))]
+    return torch.cat([s["image"] for s in samples if "image" in s and len(s["image"]) == 1])  # a panorama's tiles left out
+
+
+def agreement(reference: np.ndarray, scores: np.ndarray, policy) -> tuple[float, float]:
+    """Spearman of ``scores`` with ``reference``, and the share of keep / review / reject bands that differ."""
+    from scipy.stats import spearmanr
+
+    bands = [(policy.band(a, 0), policy.band(b, 0)) for a, b in zip(reference, scores)]
+    return float(spearmanr(reference, scores)[0]), sum(a != b for a, b in bands) / len(bands)
+
+
+def peak_gflops(dtype) -> float:
+    """What these cores do at their best: a 2048 x 2048 matrix product, GFLOP/s."""
+    a = torch.randn(2048, 2048).to(dtype)
+    a @ a
+    started = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - started) / 1e9
+
+
+def mixed_formats(sources: list[str], folder: str, count: int) -> str:
+    """Half HEIC, half camera RAW (real DNGs, the tests' PiDNG writer), from real photos at 12 MP."""
+    import pillow_heif
+    from PIL import Image
+
+    from tests.raw_files import dng_bytes
+
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as picture:
+            rgb = picture.convert("RGB").resize((4000, 3000), Image.LANCZOS)
+        if i % 2:
+            pillow_heif.from_pillow(rgb).save(os.path.join(folder, f"mixed_{i:03d}.heic"), quality=90)
+        else:
+            scratch = tempfile.mkdtemp(dir=work_of(folder))
+            with open(os.path.join(folder, f"mixed_{i:03d}.dng"), "wb") as f:
+                f.write(dng_bytes(pathlib.Path(scratch), np.asarray(rgb, dtype=np.float32) / 255))
+            shutil.rmtree(scratch, ignore_errors=True)
+    return folder
+
+
+def work_of(folder: str) -> str:
+    return os.path.dirname(folder.rstrip("/"))
+
+
+def scores_of(output: str) -> dict[str, dict]:
+    from beholder.data.scores import read_scored
+
+    return {row["image"]: row for row in read_scored(Store(), output)}
+
+
+def default_rows(work: str, quick: bool) -> str:
+    """The default model as shipped: its frozen path under each engine and precision (bare forward on
+    decoded real photos), and predict end to end at fp32 against precision=auto, on real photos,
+    24-MP JPEGs and a RAW/HEIC mix, with the scores' agreement."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from beholder import default_model
+    from beholder.core.hardware import native_bf16
+    from beholder.models.load import load_checkpoint
+    from beholder.predict.policy import Policy
+
+    module = load_checkpoint(default_model.checkpoint_path()).eval()
+    photos = os.path.join(SHARED, "photos")
+    decoded = decoded_photos(module, photos)[: 32 if quick else None]
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        module.net.features(decoded[:1])
+    gflop = flops.get_total_flops() / 1e9
+    peaks = {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)}
+    policy = Policy.calibrated(module.val_positive_scores.tolist(), 1.0, 0.95, 0.9, tiers=module.calibration_photos)
+    head = lambda features: module.net.head.score(module.net.head(module.net.standardise(features.float()))).detach().numpy()  # noqa: E731
+    engines, reference = [], None
+    for name in ENGINES:
+        forward, setup = engine(name, module.net, decoded[:16], work)
+        if forward is None:
+            engines.append([name, "not installed", "", "", "", ""])
+            continue
+        started, parts = time.perf_counter(), []
+        for batch in decoded.split(16):
+            parts.append(forward(batch))
+        rate = len(decoded) / (time.perf_counter() - started)
+        scores = head(torch.cat(parts))
+        reference = scores if reference is None else reference
+        spearman, changed = agreement(reference, scores, policy)
+        peak = peaks["bf16" if "bf16" in name else "fp32"]
+        engines.append([name, f"{rate:.2f}", f"{setup:.0f}", f"{gflop * rate:.0f} of {peak:.0f} ({gflop * rate / peak:.0%})",
+                        f"{spearman:.5f}", f"{changed:.1%}"])
+        print(engines[-1], flush=True)
+    sources = [os.path.join(photos, name) for name in list_gallery(Store(), photos)]
+    galleries = {"real photos (shared/data/photos, 256-1024 px)": photos,
+                 "24-MP JPEGs (6000x4000, upscaled real photos)": big_jpegs(sources, os.path.join(work, "big"), 6 if quick else 24),
+                 "RAW (DNG) and HEIC, 12 MP, half each": mixed_formats(sources, os.path.join(work, "mixed"), 6 if quick else 24)}
+    rows = []
+    for label, gallery in galleries.items():
+        rates = {"fp32": [], "auto": []}  # fp32: as shipped before (eager, NCHW)
+        for round_ in range(1 if quick or "real" not in label else 2):  # fp32, auto, fp32, auto: a drift of the machine falls on both
+            for precision in rates:
+                output = os.path.join(work, f"out-{precision}-{len(rows)}-{round_}")
+                rates[precision].append(run_predict(default_model.checkpoint_path(), gallery, output, 32,
+                                                    ["feature_cache=null", f"precision={precision}", "threshold=null", "num_workers=auto",
+                                                     *(["channels_last=false"] if precision == "fp32" else [])])["ips"])
+        fp32, auto = (scores_of(os.path.join(work, f"out-{p}-{len(rows)}-0")) for p in rates)
+        from scipy.stats import spearmanr
+        common = sorted(fp32)
+        spearman = float(spearmanr([fp32[i]["score"] for i in common], [auto[i]["score"] for i in common])[0])
+        changed = sum(fp32[i]["band"] != auto[i]["band"] for i in common) / len(common)
+        slow, fast = (float(np.median(rates[p])) for p in rates)
+        rows.append([label, len(common), f"{slow:.2f} ({', '.join(f'{r:.2f}' for r in rates['fp32'])})",
+                     f"{fast:.2f} ({', '.join(f'{r:.2f}' for r in rates['auto'])})", f"**{fast / slow:.2f}**", f"{spearman:.5f}", f"{changed:.1%}"])
+        print(rows[-1], flush=True)
+    bare = {row[0]: float(row[1]) for row in engines if row[1] != "not installed"}
+    auto_engine = "eager bf16 + channels_last" if native_bf16() else "eager fp32"
+    real = float(rows[0][3].split()[0])
+    return ("The default model's frozen path (three EfficientNet-Lites, every feature level, at "
+            f"{' and '.join('x'.join(map(str, s)) for s in module.net.sizes)} px; {gflop:.1f} GFLOP per photo) on "
+            f"{len(decoded)} real photos decoded once (`shared/data/photos`), batch 16, each engine and precision; the scores "
+            "(the model's own head, in fp32) against eager fp32's, and the share of keep / review / reject decisions that "
+            "change (the checkpoint's calibrated policy). Setup: an export or a compile, paid once per model. Peak: a 2048 x 2048 "
+            "matrix product on these cores, in that precision.\n\n"
+            + markdown_table(["engine", "images/s", "setup s", "GFLOP/s of peak", "Spearman vs eager fp32", "decisions changed"], engines)
+            + "\n\n`beholder predict` with the default model end to end (`feature_cache=null`, technical checks on, batch 32, "
+            f"`num_workers=auto`), `precision=fp32` (the engine and precision as shipped before) against `precision=auto` "
+            f"(here: {native_bf16() or 'no native bf16'}, so {auto_engine}); the real photos alternately twice, medians (each run's "
+            "rate in brackets); agreement of the two runs' scores.csv:\n\n"
+            + markdown_table(["photos", "count", "images/s, fp32", "images/s, auto", "auto / fp32", "Spearman", "decisions changed"], rows)
+            + f"\n\npredict at `precision=auto` against a bare forward of the same networks in the same precision: "
+              f"{real:.2f} / {bare.get(auto_engine, math.nan):.2f} = **{real / bare.get(auto_engine, math.nan):.2f}**; "
+              f"achieved {gflop * real:.0f} GFLOP/s.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--only", choices=["technical"], help="run only this experiment (and publish only its section)")
+    parser.add_argument("--only", choices=["technical", "default"], help="run only this experiment (and publish only its section)")
     args = parser.parse_args()
     torch.manual_seed(0)
     keep_freed_memory()  # as train() and predict() do: the step and forward rates are the best this CPU gives
     work = tempfile.mkdtemp(prefix="beholder-throughput-")
+    if args.only == "default":
+        publish("throughput-default", "The default model's speed by engine and precision (bench/throughput.py --only default)",
+                default_rows(work, args.quick), write=not args.no_write)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if args.only == "technical":
         rows, path = technical_rows(work, args.quick)
         body = ("`beholder predict` with the default model (`feature_cache=null`, batch 16, 2 loader workers), the technical "

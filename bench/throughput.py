@@ -190,9 +190,10 @@ ENGINES = ("eager fp32", "eager fp32 + channels_last", "eager bf16 + channels_la
            "ONNX Runtime fp32", "OpenVINO fp32", "OpenVINO bf16")
 
 
-def engine(name: str, net, sample: torch.Tensor, work: str):
+def engine(name: str, net, sample: torch.Tensor, work: str, rest: int):
     """``name``'s forward of ``net.features`` (a frozen default path) as images -> features, and its
-    setup seconds (an export, a compile); None where the engine is not installed."""
+    setup seconds (an export, a compile: torch.compile compiles again for each batch size, so for the
+    last batch's ``rest`` too); None where the engine is not installed."""
     import copy
 
     started = time.perf_counter()
@@ -207,7 +208,8 @@ def engine(name: str, net, sample: torch.Tensor, work: str):
         def forward(images):
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return run(images.contiguous(memory_format=torch.channels_last) if channels_last else images).float()
-        forward(sample)  # torch.compile compiles here
+        forward(sample)  # torch.compile compiles here, and for a last batch of another size
+        forward(sample[:rest] if rest else sample)
         return forward, time.perf_counter() - started
     if name.startswith("ONNX"):
         try:
@@ -319,7 +321,7 @@ def default_rows(work: str, quick: bool) -> str:
     head = lambda features: module.net.head.score(module.net.head(module.net.standardise(features.float()))).detach().numpy()  # noqa: E731
     engines, reference = [], None
     for name in ENGINES:
-        forward, setup = engine(name, module.net, decoded[:16], work)
+        forward, setup = engine(name, module.net, decoded[:16], work, len(decoded) % 16)
         if forward is None:
             engines.append([name, "not installed", "", "", "", ""])
             continue

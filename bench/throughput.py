@@ -153,11 +153,11 @@ def big_jpegs(sources: list[str], folder: str, count: int, size=(6000, 4000)) ->
     return folder
 
 
-def technical_rows(work: str, quick: bool) -> tuple[list[list], list[list]]:
+def technical_rows(work: str, quick: bool) -> list[list]:
     """The default model's predict with the technical checks and without, in one run on the same
-    photos (real ones, and 24-MP JPEGs), and its own path against a bare forward of its networks."""
+    photos (real ones, and 24-MP JPEGs). Its path against a bare forward of its networks, in the
+    same precision: :func:`default_rows`."""
     from beholder import default_model
-    from beholder.models.load import load_checkpoint
 
     ckpt = default_model.checkpoint_path()
     photos = os.path.join(SHARED, "photos")
@@ -177,13 +177,7 @@ def technical_rows(work: str, quick: bool) -> tuple[list[list], list[list]]:
         rows.append([label, f"{off:.2f} ({', '.join(f'{r:.2f}' for r in rates['off'])})", f"{on:.2f} ({', '.join(f'{r:.2f}' for r in rates['default'])})",
                      f"**{on / off:.2f}**"])
         print(rows[-1], flush=True)
-    module = load_checkpoint(ckpt)
-    size = list(module.net.data_config["input_size"][1:])
-    forward = forward_rate(module, size, 16, 2 if quick else 6)
-    plain = float(rows[0][1].split()[0])
-    path = [[f"default model ({len(module.net.extractors) + 1} frozen networks, sizes {[list(s) for s in module.net.sizes]})",
-             f"{plain:.2f}", f"{forward:.2f}", f"**{plain / forward:.2f}**"]]
-    return rows, path
+    return rows
 
 
 ENGINES = ("eager fp32", "eager fp32 + channels_last", "eager bf16 + channels_last", "torch.compile bf16 + channels_last",
@@ -393,15 +387,14 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
         return
     if args.only == "technical":
-        rows, path = technical_rows(work, args.quick)
+        rows = technical_rows(work, args.quick)
         body = ("`beholder predict` with the default model (`feature_cache=null`, batch 16, 2 loader workers), the technical "
                 "checks off and on, alternately twice on the same photos, medians (each run's rate in brackets; target: on >= 0.85 x "
                 "off). With them on, each "
                 "photo is decoded once at a JPEG scale whose long side is at least 1,024 px, for both:\n\n"
                 + markdown_table(["photos", "images/s, checks off", "images/s, checks on", "on / off"], rows)
-                + "\n\nThe default model's own path: `beholder predict` (checks off, the real photos above) against a bare "
-                "forward of the same networks on preloaded tensors of its input size, batch 16:\n\n"
-                + markdown_table(["model", "predict images/s", "bare forward images/s", "predict / forward"], path))
+                + "\n\nThe default model's path against a bare forward of its networks in the same precision: "
+                "[throughput-default](#the-default-models-speed-by-engine-and-precision-benchthroughputpy---only-default).")
         publish("throughput-technical", "Throughput with the technical checks (bench/throughput.py --only technical)", body,
                 write=not args.no_write)
         shutil.rmtree(work, ignore_errors=True)

@@ -17,6 +17,8 @@ flat. Results replace the "throughput" section of bench/RESULTS.md.
     python bench/throughput.py --only default   # the default model as shipped: each engine and precision of its
                                                 # frozen networks, and predict fp32 against precision=auto
                                                 # ("throughput-default", about 20 minutes)
+    python bench/throughput.py --only scale     # the default model over 250, 1,000 and 4,000 photos: time per
+                                                # image and peak memory ("throughput-scale", about 12 minutes)
 """
 
 from __future__ import annotations
@@ -372,15 +374,42 @@ def default_rows(work: str, quick: bool) -> str:
               f"achieved {gflop * real:.0f} GFLOP/s.")
 
 
+def default_scale_rows(work: str, quick: bool) -> str:
+    """The default model, as shipped (``precision=auto``, technical checks on, no feature cache), over
+    more and more photos (real ones, repeated as hard links): time per image and peak memory."""
+    from beholder import default_model
+
+    photos = os.path.join(SHARED, "photos")
+    sources = [os.path.join(photos, name) for name in list_gallery(Store(), photos)]
+    rows, base = [], None
+    for count in ([40, 160] if quick else [250, 1000, 4000]):
+        gallery = fill_gallery(sources, os.path.join(work, f"scale-{count}"), count)
+        result = run_predict(default_model.checkpoint_path(), gallery, os.path.join(work, f"scale-out-{count}"), 32,
+                             ["feature_cache=null", "threshold=null", "num_workers=auto"])
+        base = base or result["wall"] / count
+        rows.append([f"{count:,}", f"{result['wall']:.0f}", f"{count / result['wall']:.2f}", f"{result['wall'] / count / base:.2f}",
+                     f"{result['rss_main_mb']:.0f}", f"{result['rss_workers_mb']:.0f}"])
+        print(rows[-1], flush=True)
+    return ("`beholder predict` with the default model as shipped (`precision=auto`, technical checks on, `feature_cache=null`, "
+            "batch 32, `num_workers=auto`) over `shared/data/photos` repeated (hard links) to each count. Time per image against "
+            "the smallest run (1.00: linear); peak RSS of the main process and of the largest loader worker.\n\n"
+            + markdown_table(["photos", "wall s", "images/s", "time/image vs first", "peak RSS main MB", "peak RSS worker MB"], rows))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--only", choices=["technical", "default"], help="run only this experiment (and publish only its section)")
+    parser.add_argument("--only", choices=["technical", "default", "scale"], help="run only this experiment (and publish only its section)")
     args = parser.parse_args()
     torch.manual_seed(0)
     keep_freed_memory()  # as train() and predict() do: the step and forward rates are the best this CPU gives
     work = tempfile.mkdtemp(prefix="beholder-throughput-")
+    if args.only == "scale":
+        publish("throughput-scale", "The default model over more photos (bench/throughput.py --only scale)", default_scale_rows(work, args.quick),
+                write=not args.no_write)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if args.only == "default":
         publish("throughput-default", "The default model's speed by engine and precision (bench/throughput.py --only default)",
                 default_rows(work, args.quick), write=not args.no_write)

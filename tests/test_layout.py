@@ -125,6 +125,7 @@ def test_an_option_misread_is_one_line_naming_it():
     assert misread_option("train", ["gallery=x", "labels=y", "data.batch_sise=8"]) == "data.batch_sise: no such option; did you mean data.batch_size?"
     assert misread_option("train", ["gallery=x", "labels=y", "backbone.levels=maybe"]) == "backbone.levels=maybe: expected true or false"
     assert misread_option("train", ["gallery=x", "labels=y", "cv=1"]) == "cv=1: give K >= 2 folds, or 0 for one train/val split"
+    assert misread_option("train", ["gallery=x", "labels=y", "feature_views=0"]) == "feature_views=0: give 1 or more"
     assert misread_option("predict", ["gallery=x", "output=y", "keep_top=2"]) == "keep_top=2: give a share in (0, 1]"
     assert misread_option("predict", ["gallery=x", "output=y", "keep_top=0.2", "threshold=0.5"]).startswith("give at most one of")
     assert misread_option("predict", ["gallery=x", "output=y", "cull=harsh"]) == "cull='harsh': give one of auto, promise, gentle, normal, hard"

@@ -45,8 +45,6 @@ class CachedFeatureDataModule(pl.LightningDataModule):
 
     def __init__(self, gallery: GalleryDataModule, net, views: int, cache_dir: str):
         super().__init__()
-        if views < 1:
-            raise UserError(f"feature_views={views}: give 1 or more")
         self.gallery, self.batch_size, self.seed = gallery, gallery.batch_size, gallery.seed
         gallery.setup()
         self.splits = gallery.splits

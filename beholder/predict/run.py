@@ -46,8 +46,8 @@ def speed_up(cfg: DictConfig, module: BeholderModule) -> dict:
     computes it natively, core/hardware.py), ``channels_last`` (NHWC weights and batches, which a
     CPU's convolutions and a GPU's bf16 ones run fastest on; auto: on a CPU, and with bf16), and ``compile`` (torch.compile the feature
     extractor: minutes of compiling, paid back on large galleries)."""
-    native = native_bf16(str(cfg.trainer.get("accelerator", "auto")))
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native is not None)
+    native = native_bf16(str(cfg.trainer.get("accelerator", "auto"))) if cfg.precision == "auto" else None
+    bf16 = cfg.precision == "bf16" or native is not None
     channels_last = (bf16 or not uses_gpu(cfg.trainer)) if cfg.channels_last == "auto" else bool(cfg.channels_last)
     module.bf16_features = bf16
     if channels_last:

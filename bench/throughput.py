@@ -278,15 +278,11 @@ def mixed_formats(sources: list[str], folder: str, count: int) -> str:
         if i % 2:
             pillow_heif.from_pillow(rgb).save(os.path.join(folder, f"mixed_{i:03d}.heic"), quality=90)
         else:
-            scratch = tempfile.mkdtemp(dir=work_of(folder))
+            scratch = tempfile.mkdtemp()
             with open(os.path.join(folder, f"mixed_{i:03d}.dng"), "wb") as f:
                 f.write(dng_bytes(pathlib.Path(scratch), np.asarray(rgb, dtype=np.float32) / 255))
             shutil.rmtree(scratch, ignore_errors=True)
     return folder
-
-
-def work_of(folder: str) -> str:
-    return os.path.dirname(folder.rstrip("/"))
 
 
 def scores_of(output: str) -> dict[str, dict]:

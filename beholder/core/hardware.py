@@ -1,7 +1,7 @@
 """What this machine computes fast. bf16 halves the bytes each convolution moves and, where the
 device has bf16 arithmetic (CPUs with AVX512-BF16 or AMX, NVIDIA GPUs since Ampere, Apple GPUs),
 about doubles the images/s of the frozen networks at scores that agree with fp32 (Spearman >= 0.999,
-bench/RESULTS.md "throughput-precision"); elsewhere bf16 is emulated, slower than fp32."""
+bench/RESULTS.md "throughput-default"); elsewhere bf16 is emulated, slower than fp32."""
 
 from __future__ import annotations
 

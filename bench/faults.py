@@ -359,7 +359,7 @@ def surfaces_experiment(work, ckpt, photos):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from beholder.search.embeddings import parquet_bytes, read_parquet
+    from beholder.search.embeddings import read_parquet, write_parquet
 
     home = os.path.join(work, "surfaces")
     gallery, private, out = os.path.join(home, "Pictures"), os.path.join(home, "private"), os.path.join(home, "out")
@@ -463,8 +463,7 @@ def surfaces_experiment(work, ckpt, photos):
     vectors[1] = np.nan
     renamed = ["../private/secret.jpg" if i == 2 else image for i, image in enumerate(names_)]
     with open(parquet, "wb") as f:
-        f.write(parquet_bytes([{"image": n, "vector": v} for n, v in zip(renamed, vectors)], metadata["beholder.checkpoint_sha256"],
-                              metadata["beholder.gallery"]))
+        write_parquet(f, renamed, vectors, metadata["beholder.checkpoint_sha256"], metadata["beholder.gallery"])
     os.rename(os.path.join(out, "scores.csv"), os.path.join(out, "scores.csv.kept"))
     os.remove(os.path.join(gallery, names_[3]))  # deleted since it was scored
     code, output = beholder_cli(["beholder", "similar", "--scored", out, "--query", names_[0], "--count", "30", "--out", os.path.join(home, "like")])

@@ -10,6 +10,7 @@ from PIL import Image
 from beholder.data.images import capture_time
 from beholder.predict.run import predict
 from beholder.search import bursts
+from beholder.search.embeddings import DiskRows, Ordered
 
 from conftest import compose_predict, read_scores
 
@@ -52,6 +53,24 @@ def test_without_an_all_pairs_matrix_the_groups_are_the_same(monkeypatch):
     monkeypatch.setattr(bursts, "exact_pairs", lambda *a: pytest.fail("all pairs compared"))
     groups, _, _ = bursts.burst_groups(vectors, 0.8)
     assert same_partition(groups, truth)
+
+
+@pytest.mark.parametrize("exact_limit", [bursts.EXACT_LIMIT, 100])
+def test_embeddings_waiting_on_disk_in_another_order_group_as_a_matrix_does(tmp_path, monkeypatch, exact_limit):
+    """predict groups the gallery's embeddings from a temporary file, in rank order, never loaded whole."""
+    monkeypatch.setattr(bursts, "EXACT_LIMIT", exact_limit)
+    vectors, truth = burst_vectors(sources=60, singles=300, noise=0.3)
+    shuffle = np.random.default_rng(1).permutation(len(vectors))
+    on_disk = DiskRows(vectors.shape[1], str(tmp_path))
+    for row in vectors[shuffle]:
+        on_disk.append(row)
+    assert list(tmp_path.iterdir()) == []  # unnamed: nothing is left behind, whatever happens
+    ranked = Ordered(on_disk, np.argsort(shuffle))  # back in the matrix's order
+    assert np.array_equal(ranked[5:9], vectors[5:9]) and np.array_equal(ranked[[7, 2]], vectors[[7, 2]])
+    with pytest.raises(IndexError):
+        on_disk[[len(vectors)]]
+    assert all(np.array_equal(a, b) for a, b in zip(bursts.burst_groups(ranked, 0.8), bursts.burst_groups(vectors, 0.8)))
+    assert same_partition(bursts.burst_groups(ranked, 0.8)[0], truth)
 
 
 def test_a_time_window_splits_copies_taken_apart_and_leaves_untimed_images_alone():

@@ -26,7 +26,7 @@ from beholder.predict.run import predict
 from beholder.ratings.cli import main as ratings
 from beholder.search.cli import main as similar
 from beholder.search.embeddings import FILE as EMBEDDINGS
-from beholder.search.embeddings import parquet_bytes, read_parquet
+from beholder.search.embeddings import read_parquet, write_parquet
 from beholder.search.vector_index import FAISS_FILE
 from beholder.train.run import train
 
@@ -77,11 +77,12 @@ def test_review_serves_only_gallery_images(photos, tmp_path, served, capsys):
 def rewrite_embeddings(output, rename=None, vector=None):
     """embeddings.parquet rewritten as a hostile or damaged file would be: images renamed, one vector replaced."""
     images, vectors, metadata = read_parquet(str(output / EMBEDDINGS))
-    rows = [{"image": (rename or {}).get(image, image), "vector": v.copy()} for image, v in zip(images, vectors)]
+    images, vectors = [(rename or {}).get(image, image) for image in images], vectors.copy()
     if vector is not None:
-        rows[vector[0]]["vector"][:] = vector[1]
-    (output / EMBEDDINGS).write_bytes(parquet_bytes(rows, metadata["beholder.checkpoint_sha256"], metadata["beholder.gallery"]))
-    return [row["image"] for row in rows]
+        vectors[vector[0]] = vector[1]
+    with open(output / EMBEDDINGS, "wb") as f:
+        write_parquet(f, images, vectors, metadata["beholder.checkpoint_sha256"], metadata["beholder.gallery"])
+    return images
 
 
 @pytest.fixture

@@ -440,3 +440,42 @@ def test_the_summarys_counts_add_up_and_match_the_files_on_disk(trained, photos,
     assert "images found    61" in printed and "scored          60" in printed and "skipped         1" in printed
     again = predict(compose_predict(args))["sidecars"]
     assert (again["created"], again["merged"], again["unchanged"]) == (0, 0, 60) and len(list(photos.rglob("*.xmp"))) == 60
+
+
+def test_the_shards_of_a_large_gallery_are_read_a_line_at_a_time(tmp_path):
+    """The shards' text and the embeddings are never held whole: memory stays a small share of a
+    shard's size (the embeddings wait in a temporary file), and each vector comes back as written."""
+    import tracemalloc
+
+    from beholder.predict.shards import FIELDS, RowCheck, append_rows, read_shards, score_row
+    from beholder.search.embeddings import encode
+
+    count, dimension = 1500, 5424  # the default model's embedding width
+    vectors = np.random.default_rng(0).standard_normal((count, dimension)).astype(np.float16)
+    rows = [score_row(f"day/{i:05d}.jpg", "v1", "m", 5.0, 1, [], None, encode(vectors[i]), None) for i in range(count)]
+    shard = tmp_path / "scores-rank0.csv"
+    append_rows(str(shard), FIELDS["scores"], rows)
+    del rows
+    versions = {f"day/{i:05d}.jpg": "v1" for i in range(count)}
+    tracemalloc.start()
+    found = read_shards(Store(), str(tmp_path), versions, "m", RowCheck(0, 10, dimension), embeddings=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(found.scored) == count and peak < shard.stat().st_size / 10
+    order = [found.scored[f"day/{i:05d}.jpg"]["embedding"] for i in range(count)]
+    assert np.array_equal(found.embeddings[order], vectors)
+
+
+def test_a_complete_run_keeps_its_rows_in_pieces_that_a_rerun_reads_whole(trained, tmp_path, monkeypatch):
+    from beholder.predict import shards
+
+    monkeypatch.setattr(shards, "COMPACT_ROWS", 16)
+    ckpt, gallery = trained
+    args = [f"ckpt={ckpt}", f"gallery={gallery}", f"output={tmp_path}/out"]
+    predict(compose_predict(args))
+    first = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())
+    kept = sorted(path.name.split("-")[0] for path in (tmp_path / "out" / ".beholder-partial").glob("*.csv"))
+    assert kept == ["scores"] * 4 + ["skipped"]  # 60 rows in pieces of 16
+    assert predict(compose_predict(args))["newly_scored"] == 0
+    again = read_parquet((tmp_path / "out" / "embeddings.parquet").read_bytes())
+    assert again[0] == first[0] and np.array_equal(again[1], first[1])

@@ -9,10 +9,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import io
 import os
 import secrets
 import socket
 import stat
+import tempfile
 import time
 from contextlib import contextmanager
 
@@ -249,6 +251,32 @@ class Store:
             self.s3.put_object(Bucket=bucket, Key=key, Body=data)
         else:
             write_local_atomically(uri, data, expect)
+
+    def write_with(self, uri: str, fill) -> None:
+        """:meth:`write` of what ``fill(file)`` writes into a binary file, for a result too large to
+        hold in memory at once: a local file is written in place of a temporary one, an S3 object is
+        uploaded from one on local disk (in parts, as boto3 does for large files)."""
+        if not is_s3(uri):
+            write_local_with(uri, fill)
+            return
+        bucket, key = split_s3(uri)
+        with tempfile.TemporaryFile() as f:
+            fill(f)
+            f.seek(0)
+            self.s3.upload_fileobj(f, bucket, key)
+
+
+@contextmanager
+def open_text(path: str):
+    """A local UTF-8 text file to read a line at a time, whatever its size (undecodable bytes
+    replaced; ``newline=""`` for the csv module); a FIFO or a device refused (:func:`regular_file`)."""
+    with regular_file(path) as (fd, _), open(fd, encoding="utf-8", errors="replace", newline="", closefd=False) as f:
+        yield f
+
+
+def text_file(data: bytes) -> io.TextIOWrapper:
+    """``data`` (an S3 object's) as :func:`open_text` opens a file."""
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace", newline="")
 
 
 def utf8(name: str) -> bool:

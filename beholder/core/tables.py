@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -58,6 +58,13 @@ def csv_bytes(fields: list[str], rows: Iterable[dict]) -> bytes:
 def read_csv(text: str) -> tuple[list[str], list[dict]]:
     """The header and the rows of a table beholder wrote (or one of the same form), each cell as it
     was meant (:func:`uncell`); a row longer than the header holds its extra cells under None."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = [{key: uncell(value) if isinstance(value, str) else value for key, value in row.items()} for row in reader]
-    return list(reader.fieldnames or []), rows
+    columns, rows = csv_rows(io.StringIO(text, newline=""))
+    return columns, list(rows)
+
+
+def csv_rows(lines: Iterable[str]) -> tuple[list[str], Iterator[dict]]:
+    """:func:`read_csv` a line at a time (a file opened with ``newline=""``): the header, and the rows
+    as they are read, so that a table larger than memory is never held whole."""
+    reader = csv.DictReader(lines)
+    columns = list(reader.fieldnames or [])
+    return columns, ({key: uncell(value) if isinstance(value, str) else value for key, value in row.items()} for row in reader)

@@ -13,7 +13,7 @@ from beholder.data.scores import scores_csv
 from beholder.models.module import BeholderModule
 from beholder.predict.report import score_histogram_svg, skipped_csv, trade_off_svg
 from beholder.ratings.xmp import NAMESPACES, sidecar_targets, write_sidecars
-from beholder.search.embeddings import CHECKPOINT, parquet_bytes
+from beholder.search.embeddings import CHECKPOINT, write_parquet
 from beholder.search.embeddings import FILE as EMBEDDINGS
 
 BEHOLDER_MARK = NAMESPACES["beholder"].encode()  # in every sidecar beholder wrote
@@ -28,7 +28,8 @@ def probability_names(module: BeholderModule) -> list[str]:
     return [f"p_tier_below{head.positive_tier}", f"p_tier{head.positive_tier}_up"]
 
 
-def write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path: str) -> None:
+def write_results(cfg, module, store, gallery, output, ranked, vectors, skipped, summary, ckpt_path: str) -> None:
+    """``vectors``: the ranked rows' embeddings, in their order (None without embeddings)."""
     store.write(join(output, "skipped.csv"), skipped_csv(skipped))
     count = cfg.highlights
     culled = Counter(row["group"] for row in ranked if row["reason"] == "burst")
@@ -53,7 +54,8 @@ def write_results(cfg, module, store, gallery, output, ranked, skipped, summary,
     if cfg.embeddings:
         with open(ckpt_path, "rb") as f:
             store.write(join(output, CHECKPOINT), f.read())
-        store.write(join(output, EMBEDDINGS), parquet_bytes(ranked, summary["checkpoint"], gallery))
+        images = [row["image"] for row in ranked]
+        store.write_with(join(output, EMBEDDINGS), lambda f: write_parquet(f, images, vectors, summary["checkpoint"], gallery))
     histogram = score_histogram_svg([row["score"] for row in ranked], summary["threshold"], summary["reject_below"])
     if module.rated_scores:  # a personal model: what a harder or gentler cull would cost, in the person's own ratings
         histogram += " " + trade_off_svg(module.rated_scores["scores"], module.rated_scores["ratings"], summary["threshold"])

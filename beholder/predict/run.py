@@ -32,7 +32,7 @@ from beholder.predict.shards import RowCheck, ShardWriter, compact_shards, model
 from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
 from beholder.predict.technical import Checks, burst_preference, final_order, judge
 from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
-from beholder.search.embeddings import decode
+from beholder.search.embeddings import Ordered
 from beholder.technical import REASONS
 from beholder.technical.measures import FEATURES, measures_version
 
@@ -108,7 +108,8 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
     plan, seconds = pending.plan, time.perf_counter() - pending.planned_at
     versions, todo = plan.versions, plan.todo
 
-    rows = read_shards(store, partial, versions, model_of(plan.checkpoint), check)
+    # the embeddings wait in a temporary file, already unlinked: it goes when ``rows`` does
+    rows = read_shards(store, partial, versions, model_of(plan.checkpoint), check, embeddings=bool(cfg.embeddings))
     scored, skipped = rows.scored, rows.skipped
     if len(scored) + len(skipped) < len(versions):
         missing = len(versions) - len(scored) - len(skipped)
@@ -127,11 +128,9 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         judge(ranked, checks)
         ranked = final_order(ranked)
     before_bursts = sum(row["band"] == "reject" for row in ranked) / len(ranked)
-    if cfg.embeddings:
-        for row in ranked:
-            row["vector"] = decode(row["embedding"])
+    vectors = Ordered(rows.embeddings, [row["embedding"] for row in ranked]) if cfg.embeddings else None
     similarity, similarity_source = near_copy_similarity(cfg, module)
-    culled = group_bursts(cfg, ranked, similarity) if cfg.embeddings else 0
+    culled = group_bursts(cfg, ranked, vectors, similarity) if cfg.embeddings else 0
     for row in ranked:  # a photo the person rated keeps their verdict, whatever the model says
         if row["image"] in verdicts:
             row["band"], row["reason"] = verdicts[row["image"]], "rated"
@@ -173,10 +172,11 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
     }
     summary["warning"] = small_reduction_warning(cfg, summary, policy, ranked, module.calibration_photos)
     try:
-        write_results(cfg, module, store, gallery, output, ranked, skipped, summary, ckpt_path)
+        write_results(cfg, module, store, gallery, output, ranked, vectors, skipped, summary, ckpt_path)
     except (OSError, ClientError) as error:
         raise UserError(f"output={output}: writing the results failed ({error}); the scores are kept in {partial}; rerun to finish") from None
-    compact_shards(store, partial, {row["image"]: row for row in ranked}, skipped, rows.retry, versions, model_of(plan.checkpoint))
+    compact_shards(store, partial, {row["image"]: row for row in ranked}, skipped, rows.retry, versions, model_of(plan.checkpoint),
+                   rows.embeddings)
     print_summary(summary, ranked, skipped, plan.ignored)
     return summary
 
@@ -191,10 +191,9 @@ def near_copy_similarity(cfg: DictConfig, module: BeholderModule) -> tuple[float
     return DEFAULT_GROUP_SIMILARITY, "the default (the model has none of its own)"
 
 
-def group_bursts(cfg: DictConfig, ranked: list[dict], similarity: float) -> int:
-    """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size``; with ``keep_per_group``,
-    the surplus of each group rejected. Returns how many were."""
-    vectors = np.stack([row["vector"] for row in ranked])
+def group_bursts(cfg: DictConfig, ranked: list[dict], vectors: Ordered, similarity: float) -> int:
+    """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size`` (``vectors``: the rows'
+    embeddings, in their order); with ``keep_per_group``, the surplus of each group rejected. Returns how many were."""
     times = np.array([row["taken"] for row in ranked], dtype=np.float64)
     window = None if cfg.group_window is None else float(cfg.group_window)
     groups, _, sizes = burst_groups(vectors, similarity, times, window)

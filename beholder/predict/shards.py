@@ -26,15 +26,16 @@ import os
 import re
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from beholder.core.storage import Store, is_s3, join
-from beholder.core.tables import csv_text, read_csv
-from beholder.search.embeddings import decode, encode
+from beholder.core.storage import Store, is_s3, join, open_text, text_file
+from beholder.core.tables import csv_rows, csv_text
+from beholder.search.embeddings import DiskRows, decode, encode
 
 FIELDS = {
     "scores": ["image", "version", "model", "score", "tier", "probabilities", "taken", "embedding", "technical"],
@@ -45,6 +46,8 @@ FORMER_FIELDS = {"scores": ["image", "version", "score", "tier", "probabilities"
 RUN_FILE = "run.json"
 SHARD_NAME = re.compile(r"(scores|skipped)-rank\d+(-[0-9a-f]+-\d+)?\.csv")
 FLUSH_ROWS = 512
+PREFETCH = 8  # S3 shards downloaded at once while reading
+COMPACT_ROWS = 4096  # rows of a compacted shard: ~60 MB of text, read and written whole on S3
 FLUSH_SECONDS = 30.0
 MODEL_DIGITS = 16  # of the checkpoint's sha256, in each row: which model scored it
 
@@ -92,6 +95,7 @@ class ShardRows:
     outdated: set[str]  # images scored or skipped in an older version: scored again
     damaged: int = 0  # rows that are no rows beholder writes (cut short, not numbers, out of range): their images scored again
     foreign: int = 0  # rows another model scored (another run writing into the same output): their images scored again
+    embeddings: DiskRows | None = None  # the scored rows' embeddings (read_shards with embeddings=True)
 
 
 def shard_names(store: Store, folder: str) -> list[str]:
@@ -200,51 +204,89 @@ class ShardWriter(BasePredictionWriter):
         self.flush(trainer.global_rank)
 
 
-def _read(text: str, kind: str, versions: dict[str, str], model: str, check: RowCheck | None, found: ShardRows,
+def _read(lines, kind: str, versions: dict[str, str], model: str, check: RowCheck | None, found: ShardRows,
           rows: dict[str, dict], outdated: set[str], seen: set[str]) -> None:
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]  # drop a line cut short by a crash
     try:
-        columns, table = read_csv(text)
+        columns, table = csv_rows(whole_lines(lines))
+        if columns not in (FIELDS[kind], FORMER_FIELDS[kind]):
+            found.damaged += sum(1 for _ in table)
+            return
+        for row in table:
+            if None in row or None in row.values() or (kind == "scores" and check is not None and not check.accepts(row)):
+                found.damaged += 1
+                continue
+            if row.setdefault("model", model) != model:
+                found.foreign += 1
+                continue
+            seen.add(row["image"])
+            if row["image"] not in versions:
+                continue
+            if row["version"] != versions[row["image"]]:
+                outdated.add(row["image"])
+            elif row["image"] not in rows:
+                if kind == "scores":  # the embedding's text, to disk (with the embeddings kept) or dropped
+                    text = row.pop("embedding")
+                    row["embedding"] = found.embeddings.append(decode(text)) if text and found.embeddings is not None else None
+                rows[row["image"]] = row
     except csv.Error:
         found.damaged += 1
+
+
+def kind_of(name: str) -> str:
+    return name.split("-", 1)[0]
+
+
+def shard_files(store: Store, folder: str, names: list[str]):
+    """(name, open text file) of each shard in turn: a local one streamed from disk, S3 objects
+    downloaded ``PREFETCH`` at a time ahead of the one read."""
+    if not is_s3(folder):
+        for name in names:
+            with open_text(join(folder, name)) as lines:
+                yield name, lines
         return
-    if columns not in (FIELDS[kind], FORMER_FIELDS[kind]):
-        found.damaged += len(table)
-        return
-    for row in table:
-        if None in row or None in row.values() or (kind == "scores" and check is not None and not check.accepts(row)):
-            found.damaged += 1
-            continue
-        if row.setdefault("model", model) != model:
-            found.foreign += 1
-            continue
-        seen.add(row["image"])
-        if row["image"] not in versions:
-            continue
-        if row["version"] == versions[row["image"]]:
-            rows.setdefault(row["image"], row)
-        else:
-            outdated.add(row["image"])
+    with ThreadPoolExecutor(PREFETCH) as pool:
+        window: deque = deque()
+        for name in [*names, None]:
+            if name is not None:
+                window.append((name, pool.submit(store.read, join(folder, name))))
+            while window and (name is None or len(window) > PREFETCH):
+                ready, download = window.popleft()
+                yield ready, text_file(download.result())
+
+
+def whole_lines(lines):
+    """``lines`` but a last one cut short by a crash (no line end)."""
+    previous = None
+    for line in lines:
+        if previous is not None:
+            yield previous
+        previous = line
+    if previous is not None and previous.endswith("\n"):
+        yield previous
 
 
 def read_shards(store: Store, folder: str, versions: dict[str, str], model: str, check: RowCheck | None = None,
-                seen: set[str] | None = None) -> ShardRows:
+                seen: set[str] | None = None, embeddings: bool = False) -> ShardRows:
     """What the shards hold for the files in ``versions`` as they are now, scored by ``model``
     (:func:`model_of` the checkpoint's digest): scored rows by image, skipped images with their
     reasons, and the images scored or skipped in an older version (to score again). Each image
     once, whichever shard, process or run it came from. A row that ``check`` refuses, or that
     another model scored, counts as not there. ``seen`` gathers every image the shards name, the
-    gallery's or not (those no longer in it are gone)."""
+    gallery's or not (those no longer in it are gone).
+
+    The shards are read a line at a time, so that a gallery of any size is never held as text. With
+    ``embeddings`` (and a ``check`` that knows their width), each scored row's ``embedding`` is its
+    row number in ``ShardRows.embeddings``, a temporary file (in ``folder`` when local); without,
+    None."""
     names = shard_names(store, folder)
     seen = set() if seen is None else seen
     found = ShardRows({}, {}, set(), set())
+    if embeddings and check is not None and check.dimension:
+        found.embeddings = DiskRows(check.dimension, None if is_s3(folder) else folder)
     by_kind = {kind: ({}, set()) for kind in FIELDS}
-    with ThreadPoolExecutor(16 if is_s3(folder) else 1) as pool:
-        texts = pool.map(lambda name: store.read(join(folder, name)).decode("utf-8", "replace"), names)
-        for name, text in zip(names, texts):
-            kind = name.split("-", 1)[0]
-            _read(text, kind, versions, model, check, found, *by_kind[kind], seen)
+    for name, lines in shard_files(store, folder, names):
+        with lines:
+            _read(lines, kind_of(name), versions, model, check, found, *by_kind[kind_of(name)], seen)
     (scored, outdated), (skipped_rows, outdated_skips) = by_kind["scores"], by_kind["skipped"]
     outdated -= set(scored)
     outdated_skips -= set(skipped_rows)
@@ -263,17 +305,23 @@ def read_shards(store: Store, folder: str, versions: dict[str, str], model: str,
 
 
 def compact_shards(store: Store, folder: str, scored: dict[str, dict], skipped: dict[str, str], retry: set[str],
-                   versions: dict[str, str], model: str) -> None:
-    """After a complete run: the shards replaced by one of each kind holding exactly the gallery
-    as it is now (the new ones written before the old ones go, so a crash between leaves both,
-    which read as one)."""
+                   versions: dict[str, str], model: str, embeddings: DiskRows | None) -> None:
+    """After a complete run: the shards replaced by as few as hold exactly the gallery as it is now,
+    ``COMPACT_ROWS`` rows each (the new ones written before the old ones go, so a crash between
+    leaves both, which read as one). ``embeddings``: where the rows' embeddings wait (read_shards)."""
     old = shard_names(store, folder)
     launch = uuid.uuid4().hex[:12]
-    rows = {
-        "scores": [score_row(image, versions[image], model, row["score"], row["tier"], row["probabilities"], row["taken"], row["embedding"],
-                             row["measured"]) for image, row in sorted(scored.items())],
-        "skipped": [skip_row(image, versions[image], model, reason, image in retry) for image, reason in sorted(skipped.items())],
-    }
-    for kind, kind_rows in rows.items():
-        store.write(join(folder, f"{kind}-rank0-{launch}-0.csv"), csv_text(FIELDS[kind], kind_rows, header=True).encode())
+
+    def scores_row(image: str) -> dict:
+        row = scored[image]
+        embedding = "" if row["embedding"] is None or embeddings is None else encode(embeddings[row["embedding"]][0])
+        return score_row(image, versions[image], model, row["score"], row["tier"], row["probabilities"], row["taken"], embedding,
+                         row["measured"])
+
+    pieces = {"scores": (scores_row, sorted(scored)),
+              "skipped": (lambda image: skip_row(image, versions[image], model, skipped[image], image in retry), sorted(skipped))}
+    for kind, (make_row, images) in pieces.items():
+        for piece, start in enumerate(range(0, max(len(images), 1), COMPACT_ROWS)):
+            rows = map(make_row, images[start:start + COMPACT_ROWS])
+            store.write(join(folder, f"{kind}-rank0-{launch}-{piece}.csv"), csv_text(FIELDS[kind], rows, header=True).encode())
     store.delete_many([join(folder, name) for name in old])

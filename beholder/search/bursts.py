@@ -28,7 +28,7 @@ SKETCH, MARGIN = 256, 0.1
 MOST_IN_WINDOW = 64
 
 
-def rowwise_similarity(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def rowwise_similarity(vectors, a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.ndarray:
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
         left = vectors[a[start:start + chunk]].astype(np.float32)
@@ -37,7 +37,7 @@ def rowwise_similarity(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk:
     return out
 
 
-def sketch(vectors: np.ndarray, rng: np.random.Generator, chunk: int = 8192) -> np.ndarray:
+def sketch(vectors, rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
     """Unit rows of a Gaussian random projection to ``SKETCH`` dimensions: their dot products
     estimate the vectors' cosine similarities."""
     projection = rng.standard_normal((vectors.shape[1], SKETCH)).astype(np.float32)
@@ -45,8 +45,26 @@ def sketch(vectors: np.ndarray, rng: np.random.Generator, chunk: int = 8192) -> 
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def exact_pairs(vectors: np.ndarray, threshold: float, block: int = 1024):
-    full = vectors.astype(np.float32)
+class UnitRows:
+    """Rows of ``vectors`` (float16, any matrix-like of :mod:`embeddings`) centred on ``mean`` and
+    unit, as float32, made as they are asked for: the whole gallery's are never held at once."""
+
+    def __init__(self, vectors, mean: np.ndarray):
+        self.vectors, self.mean = vectors, mean
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.vectors), self.vectors.shape[1]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return centred(self.vectors[index], self.mean)
+
+
+def exact_pairs(vectors, threshold: float, block: int = 1024):
+    full = vectors[0:len(vectors)].astype(np.float32, copy=False)
     for start in range(0, len(full), block):
         i, j = np.nonzero(full[start:start + block] @ full.T >= threshold)
         above = j > i + start
@@ -74,7 +92,7 @@ def simhash_orders(sketched: np.ndarray, rng: np.random.Generator):
         yield np.argsort(np.packbits(signs, axis=1).view(">u8")[:, 0], kind="stable")
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, times: np.ndarray | None = None, window: float | None = None,
+def similar_pairs(vectors, threshold: float, times: np.ndarray | None = None, window: float | None = None,
                   seed: int = 0):
     """Pairs of rows (i, j) with cosine similarity >= ``threshold`` (unit vectors), and with
     ``window``, taken at most that many seconds apart (rows without a time are not paired)."""
@@ -112,11 +130,12 @@ def components(count: int, pairs) -> np.ndarray:
     return np.array([root(i) for i in range(count)])
 
 
-def burst_groups(vectors: np.ndarray, threshold: float, times: np.ndarray | None = None,
+def burst_groups(vectors, threshold: float, times: np.ndarray | None = None,
                  window: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows in rank order (best first): each row's group (1 = the group of the best image, then in
+    """``vectors``: float16 rows (a matrix, or embeddings.DiskRows / Ordered), in rank order (best
+    first). Each row's group (1 = the group of the best image, then in
     order of their best images), its rank in the group and the group's size."""
-    unit = centred(vectors, gallery_mean(vectors))
+    unit = UnitRows(vectors, gallery_mean(vectors))
     root = components(len(unit), similar_pairs(unit, threshold, times, window))
     _, inverse, sizes = np.unique(root, return_inverse=True, return_counts=True)
     group = inverse + 1  # each root is its group's best row, so groups number in order of their best

@@ -3,20 +3,23 @@
 In a prediction shard row it is base64 text (so it is resumable with its score, line by line); in
 ``OUTPUT/embeddings.parquet`` a column ``vector`` (a fixed-size list of float16) beside ``image``,
 with the checkpoint's digest, the dimension and the gallery in the schema's metadata, so that a later search
-can tell an index of another model.
+can tell an index of another model. Between the two, while predict decides, a gallery's embeddings wait
+in a :class:`DiskRows` (a temporary file), so that the memory a run takes does not grow with the gallery.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import tempfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 FILE = "embeddings.parquet"
-ROWS_PER_GROUP = 8192  # parquet row groups: a large index is read a group at a time (~0.1 GB of lists each)
+ROWS_PER_GROUP = 1024  # parquet row groups, written and read a group at a time: ~11 MB of vectors (arrow takes ~8x that to write one)
 CHECKPOINT = "model.ckpt"  # beside it: the checkpoint that made it, to embed new photos
 
 
@@ -29,18 +32,81 @@ def decode(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text, validate=True), dtype=np.float16)
 
 
-def parquet_bytes(rows: list[dict], checkpoint: str, gallery: str) -> bytes:
-    """``rows``: dicts with ``image`` and ``vector`` (decoded), in the order to keep."""
-    vectors = np.stack([row["vector"] for row in rows])
+class DiskRows:
+    """float16 rows of one width in an unnamed temporary file (in ``folder``; gone when closed or when
+    the process ends): appended one at a time, read back by index, a slice or an array of row
+    numbers, like a matrix's. A gallery's embeddings wait here on disk, in the page cache, not in
+    the process's memory."""
+
+    def __init__(self, dimension: int, folder: str | None = None):
+        self.file = tempfile.TemporaryFile(dir=folder)
+        self.dimension, self.count, self.written = dimension, 0, True
+        self.row_bytes = dimension * np.dtype(np.float16).itemsize
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.count, self.dimension
+
+    def append(self, vector: np.ndarray) -> int:
+        """The new row's number."""
+        self.file.write(np.asarray(vector, dtype=np.float16).reshape(self.dimension).tobytes())
+        self.count, self.written = self.count + 1, False
+        return self.count - 1
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not self.written:
+            self.file.flush()
+            self.written = True
+        fd = self.file.fileno()
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.count)
+            if step != 1:
+                raise IndexError("DiskRows: a slice with a step")
+            data = os.pread(fd, max(stop - start, 0) * self.row_bytes, start * self.row_bytes)
+            return np.frombuffer(data, dtype=np.float16).reshape(-1, self.dimension)
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.count):
+            raise IndexError(f"DiskRows: row out of range 0..{self.count - 1}")
+        out = np.empty((len(rows), self.dimension), dtype=np.float16)
+        for i, row in enumerate(rows.tolist()):
+            out[i] = np.frombuffer(os.pread(fd, self.row_bytes, row * self.row_bytes), dtype=np.float16)
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Ordered:
+    """The rows of ``vectors`` (a matrix or :class:`DiskRows`) in the order ``order``, without a copy."""
+
+    def __init__(self, vectors, order: np.ndarray):
+        self.vectors, self.order = vectors, np.asarray(order, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.order), self.vectors.shape[1]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.vectors[self.order[index]]
+
+
+def write_parquet(file, images: list[str], vectors, checkpoint: str, gallery: str) -> None:
+    """``embeddings.parquet`` into an open binary ``file``: ``images`` with their ``vectors`` (a
+    float16 matrix, :class:`DiskRows` or :class:`Ordered`: row i is images[i]'s), a row group at a time."""
     dimension = vectors.shape[1]
-    values = pa.array(vectors.reshape(-1), type=pa.float16())
-    table = pa.table({"image": [row["image"] for row in rows], "vector": pa.FixedSizeListArray.from_arrays(values, dimension)})
-    table = table.replace_schema_metadata(
-        {"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension), "beholder.gallery": gallery}
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=ROWS_PER_GROUP)
-    return buffer.getvalue()
+    schema = pa.schema([("image", pa.string()), ("vector", pa.list_(pa.float16(), dimension))]).with_metadata(
+        {"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension), "beholder.gallery": gallery})
+    with pq.ParquetWriter(file, schema, use_dictionary=["image"], write_statistics=["image"]) as writer:  # vectors repeat no values
+        for start in range(0, len(images), ROWS_PER_GROUP):
+            rows = np.asarray(vectors[start:start + ROWS_PER_GROUP], dtype=np.float16)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), type=pa.float16()), dimension)
+            writer.write_table(pa.table({"image": images[start:start + ROWS_PER_GROUP], "vector": column}, schema=schema))
 
 
 def centred(vectors: np.ndarray, mean: np.ndarray, chunk: int = 16384) -> np.ndarray:

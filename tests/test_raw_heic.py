@@ -1,5 +1,6 @@
 """Camera RAW (through LibRaw) and HEIC read wherever images are read; real files, written here."""
 
+import calendar
 import io
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 
 from beholder.core.storage import Store
 from beholder.data.gallery import build_transform, list_gallery
-from beholder.data.images import UnreadableImage, decode_image
+from beholder.data.images import DATE_TIME_ORIGINAL, EXIF_IFD, UnreadableImage, capture_time, decode_image
 
 from raw_files import dng_bytes
 
@@ -62,6 +63,18 @@ def test_heic_is_read_and_raw_and_heic_are_found_in_a_gallery(tmp_path):
     assert sorted(list_gallery(Store(), str(tmp_path / "g"))) == ["IMG_1.HEIC", "IMG_2.dng", "IMG_3.NEF"]
     with pytest.raises(UnreadableImage):
         decode_image((tmp_path / "g" / "IMG_3.NEF").read_bytes())
+
+
+def test_a_heics_capture_time_is_read_without_decoding_it(monkeypatch):
+    """The loader decodes each photo once: its capture time comes from the HEIC's EXIF block alone."""
+    import pillow_heif
+
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[DATE_TIME_ORIGINAL] = "2024:06:01 12:30:05"
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(Image.fromarray((two_halves(96, 64) * 255).astype(np.uint8))).save(buffer, quality=90, exif=exif.tobytes())
+    monkeypatch.setattr(pillow_heif.HeifImage, "load", lambda self: pytest.fail("decoded"))
+    assert capture_time("IMG_1.HEIC", buffer.getvalue()) == calendar.timegm((2024, 6, 1, 12, 30, 5))
 
 
 @pytest.mark.slow

@@ -113,21 +113,37 @@ def raw_picture(data: bytes, max_pixels: int, min_size: tuple[int, int] | None) 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Pillow's own formats, opened lazily; HEIF/HEIC decoded by pillow_heif directly, upright
     (registering pillow_heif's opener instead would change Pillow for the whole process)."""
-    if data[4:8] != b"ftyp":
+    heif = heif_file(data)
+    if heif is None:
         return Image.open(io.BytesIO(data))
+    width, height = heif.size
+    if width * height > max_pixels:
+        raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
+    return heif.to_pillow()
+
+
+def heif_file(data: bytes):
+    """A HEIF/HEIC file opened by pillow_heif, not yet decoded; None for any other format."""
+    if data[4:8] != b"ftyp":
+        return None
     try:
         import pillow_heif
     except ModuleNotFoundError:
         if data[8:12] in HEIF_BRANDS:
             raise UnreadableImage(f"a HEIF/HEIC file; reading it {needs('pillow_heif')}") from None
-        return Image.open(io.BytesIO(data))
-    if pillow_heif.is_supported(data):
-        heif = pillow_heif.open_heif(io.BytesIO(data))
-        width, height = heif.size
-        if width * height > max_pixels:
-            raise UnreadableImage(f"{width}x{height} pixels is more than the limit of {max_pixels}")
-        return heif.to_pillow()
-    return Image.open(io.BytesIO(data))
+        return None
+    return pillow_heif.open_heif(io.BytesIO(data)) if pillow_heif.is_supported(data) else None
+
+
+def exif_of(data: bytes) -> Image.Exif:
+    """A file's EXIF, its pixels left undecoded (a HEIC's too: its EXIF is a block of its own)."""
+    heif = heif_file(data)
+    if heif is None:
+        return Image.open(io.BytesIO(data)).getexif()
+    exif = Image.Exif()
+    if heif.info.get("exif"):
+        exif.load(heif.info["exif"])
+    return exif
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -150,7 +166,7 @@ def capture_time(path: str, data: bytes | None = None) -> float | None:
         stamp = "{}:{}:{} {}:{}:{}".format(*match.groups())
     elif data:
         try:
-            exif = open_image(data).getexif()
+            exif = exif_of(data)
         except Exception:  # an unreadable image has no time; its decoding reports why
             return None
         stamp = exif.get_ifd(EXIF_IFD).get(DATE_TIME_ORIGINAL) or exif.get(DATE_TIME)

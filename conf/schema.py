@@ -141,6 +141,7 @@ class PredictConfig(CommandConfig):
     precision: str = MISSING
     channels_last: Any = MISSING  # true, false or "auto"
     compile: bool = MISSING
+    fold_norms: bool = MISSING
     highlights: int = MISSING
     embeddings: bool = MISSING
     group_similarity: Optional[float] = MISSING

@@ -146,7 +146,8 @@ PYTHON = sys.executable
 
 PREDICT_FAST = ["num_workers=0", "batch_size=8", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "highlights=6",
                 "feature_cache=null", "technical=off",  # the fixtures are noise: the technical tests use photos of their own
-                "precision=fp32"]  # scores to the bit, as the checkpoint's thresholds were drawn; bf16's: test_precision_follows_the_hardware
+                "precision=fp32", "fold_norms=false"]  # scores to the bit, as the checkpoint's thresholds were drawn; bf16's:
+# test_precision_follows_the_hardware, folded norms': test_folded_norms_give_the_same_scores_and_share_the_feature_cache
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,10 @@ from beholder.models.features import cached_features
 from beholder.models.inference import score_images
 from beholder.models.load import load_checkpoint
 from beholder.models.scorenet import ScoreNet
+from beholder.predict.run import predict
 from beholder.train.run import train
 
-from conftest import PYTHON, ROOT, TINY, compose_train, tiny_net
+from conftest import PYTHON, ROOT, TINY, compose_predict, compose_train, read_scores, tiny_net
 
 FROZEN = ["backbone.trainable_blocks=0", "backbone.levels=true", 'backbone.extra=["test_resnet"]', "head=regression",
           "data.score_column=beauty_mean", "trainer.max_epochs=4"]
@@ -111,6 +112,23 @@ def test_a_head_on_cached_features_scores_as_the_checkpoint_does_on_images(galle
     assert rho == pytest.approx(metrics["test/spearman_value"], abs=1e-4)  # the same model, from images
 
 
+def test_folded_norms_give_the_same_scores_and_share_the_feature_cache(gallery, tmp_path, capsys):
+    """fold_norms=true (predict's default) computes the same features with fewer passes: the same
+    decisions, and features cached unfolded are found folded (the cache's key is the networks' as trained)."""
+    train(compose_train(run_overrides(gallery, tmp_path)))
+    args = [f"ckpt={tmp_path}/run/checkpoints/best.ckpt", f"gallery={gallery}", f"feature_cache={tmp_path}/predicted"]
+    plain = predict(compose_predict(args + [f"output={tmp_path}/plain"]))
+    cached = predict(compose_predict(args + [f"output={tmp_path}/cached", "fold_norms=true"]))
+    assert plain["from_cache"] is None and cached["from_cache"]["photos"] == cached["scored"] == 60
+    capsys.readouterr()
+    folded = predict(compose_predict(args + [f"output={tmp_path}/folded", "fold_norms=true", "feature_cache=null"]))
+    assert plain["computed_in"]["folded_norms"] is None and folded["computed_in"]["folded_norms"] > 10  # test_efficientnet's and test_resnet's
+    assert f"computed in     fp32, channels_last, {folded['computed_in']['folded_norms']} batch norms folded" in capsys.readouterr().out
+    a, b = ({r["image"]: r for r in read_scores(tmp_path / name / "scores.csv")} for name in ("plain", "folded"))
+    assert max(abs(float(a[k]["score"]) - float(b[k]["score"])) for k in a) < 1e-3
+    assert all(a[k]["band"] == b[k]["band"] for k in a)
+
+
 @pytest.mark.slow
 def test_cv_ships_one_averaged_checkpoint_calibrated_on_every_labelled_top_tier_photo(gallery, tmp_path):
     overrides = run_overrides(gallery, tmp_path, "cv=3")
@@ -147,3 +165,28 @@ def test_the_best_preset_is_a_cached_cross_validated_frozen_ensemble_and_the_dem
         assert cfg.backbone.trainable_blocks == 0 and cfg.backbone.levels and len(cfg.backbone.extra) == 2
         assert cfg.cv == 5 and cfg.feature_cache == os.path.join(os.environ["XDG_CACHE_HOME"], "beholder", "features")  # the user's own
     assert compose_train(["gallery=.", "labels=x.csv", f"output_dir={tmp_path}"]).backbone.name == "legacy_xception"
+
+
+def test_batch_norms_fold_into_their_convolutions_or_the_network_is_left_as_it_was(monkeypatch):
+    from torch import nn
+
+    from beholder.models import fusion
+
+    net = tiny_net().eval()
+    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):  # statistics a trained network has
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    sample = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        before = net.features(sample)
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    monkeypatch.setattr(fusion, "fuse_conv_bn_eval", lambda conv, norm: conv)  # a wrong fold: the norm's scale lost
+    assert fusion.fold_batch_norms(net, sample, net.features) == fusion.Folded(0, False)
+    assert [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == norms
+    monkeypatch.undo()
+
+    folded = fusion.fold_batch_norms(net, sample, net.features)
+    assert folded.kept and folded.folded == len(norms) - sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) > 0
+    with torch.no_grad():
+        assert torch.allclose(net.features(sample), before, rtol=1e-4, atol=1e-5)

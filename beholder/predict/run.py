@@ -23,6 +23,7 @@ from beholder.core.vocabulary import KEYS, respell_config
 from beholder.data.gallery import GalleryDataset, build_transform
 from beholder.data.scores import BANDS
 from beholder.models.features import FeatureCache, network_key
+from beholder.models.fusion import Folded, fold_batch_norms
 from beholder.models.load import load_checkpoint
 from beholder.models.module import BeholderModule
 from beholder.predict.options import decision_policy, read_verdicts
@@ -50,13 +51,23 @@ def speed_up(cfg: DictConfig, module: BeholderModule) -> dict:
     bf16 = cfg.precision == "bf16" or native is not None
     channels_last = (bf16 or not uses_gpu(cfg.trainer)) if cfg.channels_last == "auto" else bool(cfg.channels_last)
     module.bf16_features = bf16
+    folded = fold_norms(module) if cfg.fold_norms else None
     if channels_last:
         module.use_channels_last()
     if cfg.compile:
         module.net.features = torch.compile(module.net.features)
     why = f"native on this machine: {native}" if native else "no native bf16 on this machine"
     return {"precision": "bf16" if bf16 else "fp32", "channels_last": channels_last, "compile": bool(cfg.compile),
+            "folded_norms": None if folded is None else folded.folded if folded.kept else "disagreed",
             "why": f"precision=auto, {why}" if cfg.precision == "auto" else f"precision={cfg.precision}"}
+
+
+def fold_norms(module: BeholderModule) -> Folded:
+    """``fold_norms``: the networks' batch norms folded into their convolutions, checked on a random
+    batch of two at the networks' input size."""
+    module.eval()
+    sample = torch.rand(2, 3, *module.net.sizes[0], generator=torch.Generator().manual_seed(0))
+    return fold_batch_norms(module.net, sample, module.net.features)
 
 
 def predict(cfg: DictConfig) -> dict | None:
@@ -71,12 +82,14 @@ def predict(cfg: DictConfig) -> dict | None:
     workers = loader_workers(cfg.num_workers, cfg.trainer)
     ckpt_path = os.path.expanduser(str(cfg.ckpt)) if cfg.ckpt else default_model.checkpoint_path()
     module = load_checkpoint(ckpt_path)
+    # the cache's key is of the networks as trained, before speed_up folds their norms
+    cache_key = network_key(module.net, {}) if cfg.feature_cache and module.net.frozen else None
     computed_in = speed_up(cfg, module)
     store = Store(cfg.endpoint_url)
     partial = join(output, PARTIAL)
     transform = build_transform(module.net.data_config, train=False)
-    if cfg.feature_cache and module.net.frozen:  # the features a personal model trained on, or an earlier model's run
-        module.feature_cache = FeatureCache(str(cfg.feature_cache), network_key(module.net, {}), module.net.feature_mean.numel())
+    if cache_key:  # the features a personal model trained on, or an earlier model's run
+        module.feature_cache = FeatureCache(str(cfg.feature_cache), cache_key, module.net.feature_mean.numel())
     checks = Checks.of(cfg.technical)
     measures_cache = FeatureCache(str(cfg.feature_cache), f"technical-{measures_version()}", len(FEATURES)) if checks and cfg.feature_cache else None
     check = RowCheck(*module.net.head.score_range(), module.net.feature_mean.numel(), len(FEATURES) if checks else 0)

@@ -10,7 +10,7 @@ from PIL import Image
 from beholder.data.images import capture_time
 from beholder.predict.run import predict
 from beholder.search import bursts
-from beholder.search.embeddings import DiskRows, Ordered
+from beholder.search.embeddings import DiskRows, Rows
 
 from conftest import compose_predict, read_scores
 
@@ -65,7 +65,7 @@ def test_embeddings_waiting_on_disk_in_another_order_group_as_a_matrix_does(tmp_
     for row in vectors[shuffle]:
         on_disk.append(row)
     assert list(tmp_path.iterdir()) == []  # unnamed: nothing is left behind, whatever happens
-    ranked = Ordered(on_disk, np.argsort(shuffle))  # back in the matrix's order
+    ranked = Rows(on_disk, np.argsort(shuffle))  # back in the matrix's order
     assert np.array_equal(ranked[5:9], vectors[5:9]) and np.array_equal(ranked[[7, 2]], vectors[[7, 2]])
     with pytest.raises(IndexError):
         on_disk[[len(vectors)]]

@@ -33,7 +33,7 @@ from beholder.predict.shards import RowCheck, ShardWriter, compact_shards, model
 from beholder.predict.summary import groups_summary, print_summary, small_reduction_warning
 from beholder.predict.technical import Checks, burst_preference, final_order, judge
 from beholder.search.bursts import DEFAULT_GROUP_SIMILARITY, burst_groups, cull_bursts
-from beholder.search.embeddings import Ordered
+from beholder.search.embeddings import Rows
 from beholder.technical import REASONS
 from beholder.technical.measures import FEATURES, measures_version
 
@@ -141,7 +141,7 @@ def score_and_decide(cfg, module, store, gallery, output, partial, ckpt_path, ve
         judge(ranked, checks)
         ranked = final_order(ranked)
     before_bursts = sum(row["band"] == "reject" for row in ranked) / len(ranked)
-    vectors = Ordered(rows.embeddings, [row["embedding"] for row in ranked]) if cfg.embeddings else None
+    vectors = Rows(rows.embeddings, [row["embedding"] for row in ranked]) if cfg.embeddings else None
     similarity, similarity_source = near_copy_similarity(cfg, module)
     culled = group_bursts(cfg, ranked, vectors, similarity) if cfg.embeddings else 0
     for row in ranked:  # a photo the person rated keeps their verdict, whatever the model says
@@ -204,7 +204,7 @@ def near_copy_similarity(cfg: DictConfig, module: BeholderModule) -> tuple[float
     return DEFAULT_GROUP_SIMILARITY, "the default (the model has none of its own)"
 
 
-def group_bursts(cfg: DictConfig, ranked: list[dict], vectors: Ordered, similarity: float) -> int:
+def group_bursts(cfg: DictConfig, ranked: list[dict], vectors: Rows, similarity: float) -> int:
     """Each row's near-duplicate ``group``, ``group_rank`` and ``group_size`` (``vectors``: the rows'
     embeddings, in their order); with ``keep_per_group``, the surplus of each group rejected. Returns how many were."""
     times = np.array([row["taken"] for row in ranked], dtype=np.float64)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beholder.search.embeddings import centred, gallery_mean
+from beholder.search.embeddings import Rows, gallery_mean
 
 EXACT_LIMIT = 4096
 DEFAULT_GROUP_SIMILARITY = 0.8  # for a model without its own: best F1 on the best preset's features (bench/similar.py)
@@ -43,24 +43,6 @@ def sketch(vectors, rng: np.random.Generator, chunk: int = 2048) -> np.ndarray:
     projection = rng.standard_normal((vectors.shape[1], SKETCH)).astype(np.float32)
     out = np.concatenate([vectors[s:s + chunk].astype(np.float32) @ projection for s in range(0, len(vectors), chunk)])
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-class UnitRows:
-    """Rows of ``vectors`` (float16, any matrix-like of :mod:`embeddings`) centred on ``mean`` and
-    unit, as float32, made as they are asked for: the whole gallery's are never held at once."""
-
-    def __init__(self, vectors, mean: np.ndarray):
-        self.vectors, self.mean = vectors, mean
-
-    def __len__(self) -> int:
-        return len(self.vectors)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self.vectors), self.vectors.shape[1]
-
-    def __getitem__(self, index) -> np.ndarray:
-        return centred(self.vectors[index], self.mean)
 
 
 def exact_pairs(vectors, threshold: float, block: int = 1024):
@@ -132,10 +114,10 @@ def components(count: int, pairs) -> np.ndarray:
 
 def burst_groups(vectors, threshold: float, times: np.ndarray | None = None,
                  window: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``vectors``: float16 rows (a matrix, or embeddings.DiskRows / Ordered), in rank order (best
+    """``vectors``: float16 rows (a matrix, or embeddings.DiskRows / Rows), in rank order (best
     first). Each row's group (1 = the group of the best image, then in
     order of their best images), its rank in the group and the group's size."""
-    unit = UnitRows(vectors, gallery_mean(vectors))
+    unit = Rows(vectors, mean=gallery_mean(vectors))  # centred as compared, a chunk at a time
     root = components(len(unit), similar_pairs(unit, threshold, times, window))
     _, inverse, sizes = np.unique(root, return_inverse=True, return_counts=True)
     group = inverse + 1  # each root is its group's best row, so groups number in order of their best

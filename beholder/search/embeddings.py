@@ -79,26 +79,30 @@ class DiskRows:
         self.file.close()
 
 
-class Ordered:
-    """The rows of ``vectors`` (a matrix or :class:`DiskRows`) in the order ``order``, without a copy."""
+class Rows:
+    """The rows of ``vectors`` (a matrix or :class:`DiskRows`) as they are asked for, a slice or an
+    array of row numbers at a time, never all at once: in the order ``order`` (None: as they are),
+    and with ``mean``, centred on it and unit, as float32 (:func:`centred`)."""
 
-    def __init__(self, vectors, order: np.ndarray):
-        self.vectors, self.order = vectors, np.asarray(order, dtype=np.int64)
+    def __init__(self, vectors, order=None, mean: np.ndarray | None = None):
+        self.vectors, self.mean = vectors, mean
+        self.order = None if order is None else np.asarray(order, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.vectors) if self.order is None else len(self.order)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return len(self.order), self.vectors.shape[1]
+        return len(self), self.vectors.shape[1]
 
     def __getitem__(self, index) -> np.ndarray:
-        return self.vectors[self.order[index]]
+        rows = self.vectors[index if self.order is None else self.order[index]]
+        return rows if self.mean is None else centred(rows, self.mean)
 
 
 def write_parquet(file, images: list[str], vectors, checkpoint: str, gallery: str) -> None:
     """``embeddings.parquet`` into an open binary ``file``: ``images`` with their ``vectors`` (a
-    float16 matrix, :class:`DiskRows` or :class:`Ordered`: row i is images[i]'s), a row group at a time."""
+    float16 matrix, :class:`DiskRows` or :class:`Rows`: row i is images[i]'s), a row group at a time."""
     dimension = vectors.shape[1]
     schema = pa.schema([("image", pa.string()), ("vector", pa.list_(pa.float16(), dimension))]).with_metadata(
         {"beholder.checkpoint_sha256": checkpoint, "beholder.dimension": str(dimension), "beholder.gallery": gallery})

@@ -13,8 +13,10 @@ starts over; a file changed since it was scored is scored again, and so is a fil
 be read for a reason that may pass (no permission). A row that is not what beholder writes (a
 score no model of this kind gives, bytes that are not numbers) is named and its image scored again.
 A complete run compacts its shards
-into one of each kind holding the gallery as it was scored, so that the next run into the same
-output (a new shoot added to the library, the webcam's next day) scores only what was added or changed."""
+into as few as hold the gallery as it was scored (``COMPACT_ROWS`` rows each), so that the next run into the same
+output (a new shoot added to the library, the webcam's next day) scores only what was added or changed.
+Shards are read a line at a time, and the embeddings they hold go to a temporary file, so that
+neither is ever held whole in memory."""
 
 from __future__ import annotations
 

@@ -172,6 +172,25 @@ def test_predict_from_and_to_s3(trained, tmp_path, s3_bucket, s3_endpoint, monke
     assert len(read_parquet(parquet)[0]) == 60
 
 
+def test_an_interrupted_s3_run_resumes_from_every_small_shard(trained, tmp_path, s3_bucket, s3_endpoint, monkeypatch):
+    """S3 shards are read a few downloads ahead (PREFETCH): a rerun finds every object's rows."""
+    from beholder.predict import shards
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(shards, "FLUSH_ROWS", 1)  # an object per batch of 8
+    monkeypatch.setattr(shards, "PREFETCH", 2)
+    ckpt, gallery = trained
+    client, bucket = s3_bucket
+    upload_folder(client, bucket, copy_gallery(gallery, tmp_path / "photos"), "day")
+    args = [f"ckpt={ckpt}", f"gallery=s3://{bucket}/day/", f"output=s3://{bucket}/out/", f"endpoint_url={s3_endpoint}"]
+    with pytest.raises(Incomplete, match="20 of 60 images are not processed yet"):
+        predict(compose_predict(args + ["+trainer.limit_predict_batches=5"]))
+    objects = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix="out/.beholder-partial/scores-")["Contents"]]
+    assert len(objects) == 5
+    summary = predict(compose_predict(args))
+    assert summary["newly_scored"] == 20 and summary["scored"] == 60
+
+
 def run_predict(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([PYTHON, str(ROOT / "predict.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

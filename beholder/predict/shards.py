@@ -48,9 +48,9 @@ FORMER_FIELDS = {"scores": ["image", "version", "score", "tier", "probabilities"
 RUN_FILE = "run.json"
 SHARD_NAME = re.compile(r"(scores|skipped)-rank\d+(-[0-9a-f]+-\d+)?\.csv")
 FLUSH_ROWS = 512
+FLUSH_SECONDS = 30.0
 PREFETCH = 8  # S3 shards downloaded at once while reading
 COMPACT_ROWS = 4096  # rows of a compacted shard: ~60 MB of text, read and written whole on S3
-FLUSH_SECONDS = 30.0
 MODEL_DIGITS = 16  # of the checkpoint's sha256, in each row: which model scored it
 
 
@@ -247,13 +247,18 @@ def shard_files(store: Store, folder: str, names: list[str]):
                 yield name, lines
         return
     with ThreadPoolExecutor(PREFETCH) as pool:
-        window: deque = deque()
-        for name in [*names, None]:
-            if name is not None:
-                window.append((name, pool.submit(store.read, join(folder, name))))
-            while window and (name is None or len(window) > PREFETCH):
-                ready, download = window.popleft()
-                yield ready, text_file(download.result())
+        downloads: deque = deque()
+        for name in names:
+            downloads.append((name, pool.submit(store.read, join(folder, name))))
+            if len(downloads) > PREFETCH:
+                yield from opened(*downloads.popleft())
+        while downloads:
+            yield from opened(*downloads.popleft())
+
+
+def opened(name: str, download):
+    with text_file(download.result()) as lines:
+        yield name, lines
 
 
 def whole_lines(lines):
@@ -287,8 +292,7 @@ def read_shards(store: Store, folder: str, versions: dict[str, str], model: str,
         found.embeddings = DiskRows(check.dimension, None if is_s3(folder) else folder)
     by_kind = {kind: ({}, set()) for kind in FIELDS}
     for name, lines in shard_files(store, folder, names):
-        with lines:
-            _read(lines, kind_of(name), versions, model, check, found, *by_kind[kind_of(name)], seen)
+        _read(lines, kind_of(name), versions, model, check, found, *by_kind[kind_of(name)], seen)
     (scored, outdated), (skipped_rows, outdated_skips) = by_kind["scores"], by_kind["skipped"]
     outdated -= set(scored)
     outdated_skips -= set(skipped_rows)

@@ -33,8 +33,8 @@ def decode(text: str) -> np.ndarray:
 
 
 class DiskRows:
-    """float16 rows of one width in an unnamed temporary file (in ``folder``; gone when closed or when
-    the process ends): appended one at a time, read back by index, a slice or an array of row
+    """float16 rows of one width in an unnamed temporary file (in ``folder``; gone with the object, or
+    when the process ends): appended one at a time, read back by index, a slice or an array of row
     numbers, like a matrix's. A gallery's embeddings wait here on disk, in the page cache, not in
     the process's memory."""
 
@@ -74,9 +74,6 @@ class DiskRows:
         for i, row in enumerate(rows.tolist()):
             out[i] = np.frombuffer(os.pread(fd, self.row_bytes, row * self.row_bytes), dtype=np.float16)
         return out
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class Rows:
